@@ -1,0 +1,134 @@
+"""Annotators: which engine, how to sample, which resources on the cluster."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from molal_ray.config.base import StrictModel, resolve_path
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+class SamplingConfig(StrictModel):
+    """The consistency votes: T sampled answers per text (paper: T=10, temperature 0.7, top-p 0.9)."""
+
+    n_samples: int = Field(10, ge=1, le=256, description="T, the number of sampled answers per text.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature of the T answers.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass of the T answers.")
+    max_tokens: int | None = Field(
+        None, ge=1, le=4096,
+        description="New tokens per answer. None: just long enough for the longest label "
+                    "(plus end of sequence); free-text engines may need more.")
+    seed: int | None = Field(0, description="Seed of the engine's sampler; None for a random one.")
+    constrained: bool = Field(
+        True,
+        description="Constrain answers to the label set (structured choice decoding), so every "
+                    "vote is a valid label. False: free text, parsed afterwards (invalid votes counted).")
+
+
+class ReplayEngineConfig(StrictModel):
+    """Serve recorded annotations by sample id (no model)."""
+
+    type: Literal["replay"] = "replay"
+    path: str = Field(..., description="A recording: the trec-5llm JSONL(.gz) format, or a Parquet "
+                                       "file of the project's recording format (sample_id, annotator, "
+                                       "label_probs, samples).")
+    source_annotator: str | None = Field(
+        None, description="Whose recording to replay; default: this annotator's own name.")
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+
+class HFEngineConfig(StrictModel):
+    """A Hugging Face transformers causal LM, batched (CPU or one GPU, no vLLM)."""
+
+    type: Literal["hf"] = "hf"
+    model: str = Field(..., description="Model name on a hub, or a local folder (from_pretrained).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    batch_size: int = Field(16, ge=1, le=4096, description="Texts per forward pass.")
+    max_model_len: int = Field(2048, ge=16, description="Prompt + answer tokens; longer prompts are "
+                                                        "truncated from the text and flagged.")
+
+    @field_validator("model")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info) if v.startswith(".") else v
+
+
+class VLLMEngineConfig(StrictModel):
+    """vLLM's async engine: one request per text with n=T samples and label logprobs."""
+
+    type: Literal["vllm"] = "vllm"
+    model: str = Field(..., description="Model name on a hub, or a local folder.")
+    dtype: str = Field("auto", description="vLLM dtype ('auto', 'bfloat16', 'float16', 'float32').")
+    max_model_len: int = Field(2048, ge=16, description="Context length the engine is built with.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of the shared instruction prefix.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for CPU builds in tests).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica for one model.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                          description="Extra AsyncEngineArgs fields, passed as is.")
+
+    @field_validator("model")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info) if v.startswith(".") else v
+
+
+EngineConfig = Annotated[Union[ReplayEngineConfig, HFEngineConfig, VLLMEngineConfig],
+                         Field(discriminator="type")]
+
+
+class AutoscalingConfig(StrictModel):
+    """Serve autoscaling range of an annotator deployment."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(..., ge=1, description="Upper bound of replicas (one GPU each on a cluster).")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Requests per replica the autoscaler aims at.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas <= max_replicas (got {self.min_replicas} > {self.max_replicas})")
+        return self
+
+
+class ResourcesConfig(StrictModel):
+    """Where an annotator's replicas run: each replica holds one engine."""
+
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per replica (1 on a GPU cluster, 0 on a laptop).")
+    num_cpus: float = Field(1.0, ge=0.0, description="CPUs per replica.")
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscaling range instead of a fixed count.")
+    max_ongoing_requests: int = Field(8, ge=1, description="Batches in flight per replica.")
+
+
+class AnnotatorConfig(StrictModel):
+    """One LLM annotator = one Serve deployment."""
+
+    name: str = Field(..., description="Unique name; also the `annotator` value in the table.")
+    engine: EngineConfig = Field(..., description="Which engine answers (replay, hf, vllm).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="The T sampled answers.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Replicas and resources.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("a name of letters, digits, '_', '.', '-' starting with a letter (<= 64 chars)")
+        return v
+
+
+def check_unique_names(annotators: list[AnnotatorConfig]) -> list[AnnotatorConfig]:
+    names = [a.name for a in annotators]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise ValueError(f"unique annotator names; duplicated: {dups}")
+    return annotators

@@ -1,0 +1,93 @@
+"""Configs of the pool, the output, the Serve application and the label job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from molal_ray.config.annotator import AnnotatorConfig, check_unique_names
+from molal_ray.config.base import StrictModel, resolve_path
+from molal_ray.config.task import TaskConfig
+
+
+class PoolConfig(StrictModel):
+    """The unlabeled pool: files with an id and a text column."""
+
+    path: str = Field(..., description="A file, a folder or a glob of Parquet, JSONL(.gz) or CSV files.")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
+        "auto", description="File format; 'auto' picks it from the file extension.")
+    id_column: str = Field("id", description="Column holding each sample's unique id.")
+    text_column: str = Field("text", description="Column holding the text to label.")
+    max_text_chars: int = Field(
+        20000, ge=1,
+        description="Texts longer than this are cut before tokenisation and flagged 'truncated' "
+                    "(engines also cut to their model's context and flag it).")
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+
+class OutputConfig(StrictModel):
+    """Where the annotation table is written (a folder of Parquet part files)."""
+
+    path: str = Field(..., description="Output folder; parts are added atomically, so a rerun resumes.")
+    mode: Literal["resume", "overwrite", "error"] = Field(
+        "resume",
+        description="An existing output: 'resume' skips the (sample, annotator) pairs already done; "
+                    "'overwrite' deletes it first; 'error' refuses to start.")
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+
+class RayConfig(StrictModel):
+    """How to reach Ray: None starts a local, embedded runtime."""
+
+    address: str | None = Field(None, description="None: local Ray in-process; 'auto' or ray://...: a cluster.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local runtime (None: all).")
+    serve_app_name: str = Field("annotators", description="Name of the Serve application of the annotators.")
+    keep_serve_running: bool = Field(
+        False, description="Leave the annotator deployments up after the job (on a cluster).")
+
+
+class AnnotatorAppConfig(StrictModel):
+    """Arguments of the Serve application (`serve_configs/*.yaml` args)."""
+
+    task: TaskConfig = Field(..., description="Label set and prompt.")
+    annotators: list[AnnotatorConfig] = Field(..., min_length=1, description="One deployment each.")
+
+    _unique = field_validator("annotators")(check_unique_names)
+
+
+class PipelineConfig(StrictModel):
+    """How the pool streams through the annotators."""
+
+    batch_size: int = Field(256, ge=1, description="Texts per batch sent to every annotator.")
+    concurrency: int = Field(2, ge=1, description="Annotate-stage actors (batches in flight per annotator).")
+    max_retries: int = Field(3, ge=0, description="Retries of a failed batch call before its rows are "
+                                                  "written as error rows.")
+    retry_backoff_s: float = Field(1.0, ge=0.0, description="First wait between retries (doubles each time).")
+    request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one batch call to an annotator.")
+    stage_num_cpus: float = Field(0.25, ge=0.0, description="CPUs reserved per annotate-stage actor "
+                                                            "(it mostly waits on the annotators).")
+
+
+class LabelJobConfig(StrictModel):
+    """`molal-ray label`: stream a pool through every annotator into the annotation table."""
+
+    task: TaskConfig
+    annotators: list[AnnotatorConfig] = Field(..., min_length=1)
+    pool: PoolConfig
+    output: OutputConfig
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    _unique = field_validator("annotators")(check_unique_names)
+
+    def app_config(self) -> AnnotatorAppConfig:
+        return AnnotatorAppConfig(task=self.task, annotators=self.annotators)

@@ -1,0 +1,191 @@
+"""Read a pool of texts (Parquet, JSONL, CSV) as a Ray Dataset of raw rows, never whole.
+
+Every format is read by one datasource that streams each file in chunks and keeps, per row,
+its position (``file:row``): ids that are missing or duplicated are then flagged
+deterministically, so a resumed run sees the same sample ids as the first. Text and id bytes
+are kept raw here; :mod:`molal_ray.pipeline.prepare` decodes them and flags bad rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from molal_ray.config import PoolConfig
+from molal_ray.exceptions import ConfigError
+
+RAW_ID = "_raw_id"
+RAW_TEXT = "_raw_text"
+SOURCE = "_source"
+READ_ERROR = "_read_error"
+RAW_SCHEMA = pa.schema([(RAW_ID, pa.binary()), (RAW_TEXT, pa.binary()), (SOURCE, pa.string()),
+                        (READ_ERROR, pa.string())])
+
+EXTENSIONS = {
+    "parquet": ["parquet"],
+    "jsonl": ["jsonl", "jsonl.gz", "json", "json.gz", "ndjson"],
+    "csv": ["csv", "csv.gz"],
+}
+ROWS_PER_BLOCK = 8192
+_READ_CHUNK = 8 << 20
+
+
+def detect_format(path: str) -> str:
+    """The pool format from a file or folder's extension."""
+    p = path.lower().rstrip("/")
+    candidates = [p]
+    if os.path.isdir(path):
+        candidates = sorted(f.lower() for f in os.listdir(path) if not f.startswith((".", "_")))
+    for c in candidates:
+        for fmt, exts in EXTENSIONS.items():
+            if any(c.endswith("." + e) for e in exts):
+                return fmt
+    raise ConfigError(f"pool.format: cannot tell the format of {path!r} from its extension; "
+                      f"expected one of {sorted(EXTENSIONS)} (set pool.format)")
+
+
+def _as_bytes(v: Any) -> bytes | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape")
+    if isinstance(v, float) and v != v:  # NaN from a CSV/pandas writer
+        return None
+    return str(v).encode("utf-8")
+
+
+class _Rows:
+    """Accumulates raw rows and cuts them into Arrow blocks."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {n: [] for n in RAW_SCHEMA.names}
+
+    def add(self, raw_id: Any, raw_text: Any, source: str, error: str | None = None) -> None:
+        self.cols[RAW_ID].append(_as_bytes(raw_id))
+        self.cols[RAW_TEXT].append(_as_bytes(raw_text))
+        self.cols[SOURCE].append(source)
+        self.cols[READ_ERROR].append(error)
+
+    def __len__(self) -> int:
+        return len(self.cols[SOURCE])
+
+    def flush(self) -> pa.Table:
+        table = pa.table(self.cols, schema=RAW_SCHEMA)
+        self.cols = {n: [] for n in RAW_SCHEMA.names}
+        return table
+
+
+def _read_jsonl(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Table]:
+    rows, rest, lineno = _Rows(), b"", 0
+    while True:
+        chunk = f.read(_READ_CHUNK)
+        data = rest + chunk
+        lines = data.split(b"\n")
+        rest = lines.pop() if chunk else b""
+        for line in lines:
+            lineno += 1
+            src = f"{name}:{lineno}"
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line.decode("utf-8", "surrogateescape"))
+            except ValueError as exc:
+                rows.add(None, None, src, f"bad_json: {exc.msg if hasattr(exc, 'msg') else exc}")
+                continue
+            if not isinstance(obj, dict):
+                rows.add(None, None, src, "bad_json: a line is not a JSON object")
+                continue
+            rows.add(obj.get(id_col), obj.get(text_col), src,
+                     None if text_col in obj else f"missing_column: {text_col!r}")
+            if len(rows) >= ROWS_PER_BLOCK:
+                yield rows.flush()
+        if not chunk:
+            break
+    if len(rows):
+        yield rows.flush()
+
+
+def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Table]:
+    from pyarrow import csv
+
+    # Read every column as bytes, so a bad UTF-8 cell flags one row instead of failing the file.
+    reader = csv.open_csv(
+        f, read_options=csv.ReadOptions(use_threads=False, block_size=1 << 22),
+        convert_options=csv.ConvertOptions(column_types={id_col: pa.binary(), text_col: pa.binary()},
+                                           strings_can_be_null=False))
+    row0 = 0
+    for batch in reader:
+        yield _from_columns(batch, name, id_col, text_col, row0, header_rows=1)
+        row0 += batch.num_rows
+
+
+def _read_parquet(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(f)
+    present = [c for c in (id_col, text_col) if c in pf.schema_arrow.names]
+    row0 = 0
+    for batch in pf.iter_batches(batch_size=ROWS_PER_BLOCK, columns=present):
+        yield _from_columns(batch, name, id_col, text_col, row0, header_rows=0)
+        row0 += batch.num_rows
+
+
+def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, row0: int,
+                  header_rows: int) -> pa.Table:
+    n = batch.num_rows
+    names = batch.schema.names
+
+    def col(c: str) -> pa.Array:
+        if c not in names:
+            return pa.nulls(n, pa.binary())
+        arr = batch.column(names.index(c))
+        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+            return arr.cast(pa.binary())
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            return arr.cast(pa.string()).cast(pa.binary())
+        return pa.array([_as_bytes(v) for v in arr.to_pylist()], pa.binary())
+
+    # Rows are numbered from 1 as a person counts them in the file (CSV: below the header).
+    sources = [f"{name}:{row0 + i + 1 + header_rows}" for i in range(n)]
+    err = None if text_col in names else f"missing_column: {text_col!r}"
+    return pa.table({RAW_ID: col(id_col), RAW_TEXT: col(text_col), SOURCE: pa.array(sources, pa.string()),
+                     READ_ERROR: pa.array([err] * n, pa.string())}, schema=RAW_SCHEMA)
+
+
+_READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
+
+
+def make_datasource(cfg: PoolConfig):  # type: ignore[no-untyped-def]
+    """A Ray Data datasource over the pool's files (imported lazily: Ray is heavy)."""
+    from ray.data.datasource import FileBasedDatasource
+
+    fmt = cfg.format if cfg.format != "auto" else detect_format(cfg.path)
+    reader = _READERS[fmt]
+
+    class PoolDatasource(FileBasedDatasource):
+        _FILE_EXTENSIONS = EXTENSIONS[fmt]
+
+        def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+            yield from reader(f, os.path.basename(path), cfg.id_column, cfg.text_column)
+
+        def _open_input_source(self, filesystem, path, **open_args):  # type: ignore[no-untyped-def]
+            if fmt == "parquet":  # Parquet needs random access
+                return filesystem.open_input_file(path)
+            return super()._open_input_source(filesystem, path, **open_args)
+
+    return PoolDatasource(cfg.path, file_extensions=EXTENSIONS[fmt])
+
+
+def read_pool(cfg: PoolConfig, num_cpus: float = 0.25):  # type: ignore[no-untyped-def]
+    """The pool as a lazily read Ray Dataset of raw rows (``RAW_SCHEMA``)."""
+    import ray.data
+
+    if "://" not in cfg.path and not os.path.exists(cfg.path) and not any(ch in cfg.path for ch in "*?["):
+        raise ConfigError(f"pool.path: got {cfg.path!r}; expected an existing file or folder")
+    return ray.data.read_datasource(make_datasource(cfg), num_cpus=num_cpus)

@@ -1,0 +1,1 @@
+"""Ray Serve shells: the annotator deployments and their application."""
