@@ -19,8 +19,8 @@ def ensure_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
-    if cfg.address is None:
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": cfg.log_to_driver}
+    if cfg.address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=False)
     else:
         kwargs["address"] = cfg.address

@@ -38,6 +38,10 @@ class ReplayEngineConfig(StrictModel):
                                        "label_probs, samples).")
     source_annotator: str | None = Field(
         None, description="Whose recording to replay; default: this annotator's own name.")
+    latency_s_per_text: float = Field(
+        0.0, ge=0.0, le=60.0,
+        description="Simulated model time per text (sleeps without blocking the replica), to study "
+                    "throughput, scaling and interruption without a GPU. 0: answer at once.")
 
     @field_validator("path")
     @classmethod

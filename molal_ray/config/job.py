@@ -51,6 +51,8 @@ class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: local Ray in-process; 'auto' or ray://...: a cluster.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local runtime (None: all).")
     serve_app_name: str = Field("annotators", description="Name of the Serve application of the annotators.")
+    log_to_driver: bool = Field(False, description="Print the logs of Ray workers and Serve replicas "
+                                                   "in the driver's output (they are always in Ray's log files).")
     keep_serve_running: bool = Field(
         False, description="Leave the annotator deployments up after the job (on a cluster).")
 

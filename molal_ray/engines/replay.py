@@ -7,6 +7,7 @@ error row (``unknown_sample``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,6 +66,8 @@ class ReplayEngine(Engine):
     async def annotate(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[Annotation]:
         if self._records is None:
             raise AnnotatorError(f"replay engine {self.name}: annotate() before start()")
+        if self.config.latency_s_per_text > 0:
+            await asyncio.sleep(self.config.latency_s_per_text * len(sample_ids))
         return [self._one(i) for i in sample_ids]
 
     async def check_health(self) -> None:

@@ -1,0 +1,86 @@
+"""The ``molal-ray`` command line: thin wrappers that load a config and call the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from molal_ray.exceptions import MolalError
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level (Ray's and ours).")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Mixture of LLMs in the active-learning loop, on Ray."""
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--output", "output_path", default=None, help="Override output.path.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing output instead of resuming it.")
+@click.option("--address", default=None, help="Ray address (default: the config's; none: local Ray).")
+@click.pass_context
+def label(ctx: click.Context, config: str, output_path: str | None, overwrite: bool, address: str | None) -> None:
+    """Label a pool: every text through every annotator, into the annotation table.
+
+    A rerun with the same output folder resumes: pairs already written are skipped.
+    """
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.pipeline.label_job import run_label_job, summary_lines
+    from molal_ray.progress import LabelProgress
+
+    try:
+        cfg = LabelJobConfig.from_file(config)
+        if output_path:
+            cfg.output.path = output_path
+        if overwrite:
+            cfg.output.mode = "overwrite"
+        if address:
+            cfg.ray.address = address
+        if ctx.obj.get("verbose"):
+            cfg.ray.log_to_driver = True
+        with LabelProgress() as progress:
+            summary = run_label_job(cfg, progress=progress)
+    except MolalError as exc:
+        _fail(exc)
+        return
+    click.echo("\n".join(summary_lines(summary)))
+
+
+@main.command("check-config")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--kind", type=click.Choice(["label", "serve-app"]), default="label",
+              help="Which config model to validate against.")
+def check_config(config: str, kind: str) -> None:
+    """Validate a config file and print it with defaults filled in."""
+    import yaml
+
+    from molal_ray.config import AnnotatorAppConfig, LabelJobConfig
+
+    try:
+        if kind == "label":
+            model = LabelJobConfig.from_file(config)
+        else:
+            from molal_ray.serve_config import load_serve_app_args
+
+            model = load_serve_app_args(config)
+            assert isinstance(model, AnnotatorAppConfig)
+    except MolalError as exc:
+        _fail(exc)
+        return
+    click.echo(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

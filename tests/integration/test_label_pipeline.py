@@ -1,0 +1,181 @@
+"""Label pools end to end on a local Ray: five replay deployments fed by Ray Data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from molal_ray import schema
+from molal_ray.annotation import AnswerParser, votes_from_answers
+from molal_ray.config import LabelJobConfig
+from molal_ray.pipeline.label_job import run_label_job
+from molal_ray.pipeline.output import read_annotation_table
+from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS
+
+pytestmark = pytest.mark.ray
+
+
+def _config(tmp_path: Path, pool: Path, out: Path, latency: float = 0.0, **pipeline) -> dict:
+    return {
+        "task": {"labels": TREC_LABELS},
+        "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet"),
+                                              "latency_s_per_text": latency},
+                        "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
+        "pool": {"path": str(pool)},
+        "output": {"path": str(out)},
+        "pipeline": {"batch_size": 64, "concurrency": 2, **pipeline},
+    }
+
+
+def _expected(ids: list[str]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]]:
+    rec = pq.read_table(TREC / "recording.parquet").to_pylist()
+    parser = AnswerParser(TREC_LABELS)
+    keep = set(ids)
+    out = {}
+    for r in rec:
+        if r["sample_id"] in keep:
+            p = np.asarray(r["label_probs"], dtype=np.float64)
+            votes, n_inv = votes_from_answers(parser.parse_many(r["samples"]), 6)
+            out[(r["sample_id"], r["annotator"])] = (p / p.sum(), votes, n_inv)
+    return out
+
+
+def _table_dict(out: Path) -> dict[tuple[str, str], dict]:
+    rows = read_annotation_table(out).to_pylist()
+    keys = [(r["sample_id"], r["annotator"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a (sample, annotator) pair was written twice"
+    return dict(zip(keys, rows))
+
+
+def test_trec_subset_matches_the_recording_row_by_row(ray_local, tmp_path):
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 400)
+    pq.write_table(pool, tmp_path / "pool.parquet")
+    cfg = LabelJobConfig.from_dict(_config(tmp_path, tmp_path / "pool.parquet", tmp_path / "out"))
+    seen = []
+    summary = run_label_job(cfg, progress=lambda w, n: seen.append((dict(w), n)))
+    table = _table_dict(tmp_path / "out")
+    expected = _expected(pool.column("id").to_pylist())
+    assert set(table) == set(expected) and len(table) == 400 * 5
+    for key, (probs, votes, n_inv) in expected.items():
+        row = table[key]
+        assert row["error"] is None
+        np.testing.assert_allclose(row["probs"], probs, atol=1e-6)
+        np.testing.assert_allclose(row["votes"], votes, atol=1e-6)
+        assert row["n_invalid"] == n_inv and row["n_samples"] == 10
+    assert summary.table_rows == 2000 and summary.pool_rows == 400 and not summary.errors_by_kind
+    assert summary.annotators["mistral"].invalid_vote_rate > 0
+    assert seen[-1] == ({n: 400 for n in TREC_ANNOTATORS}, 400)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["table_rows"] == 2000
+
+
+def test_bad_input_rows_are_flagged_and_counted(ray_local, tmp_path):
+    good = pq.read_table(TREC / "pool.parquet").slice(0, 30).to_pylist()
+    lines = [json.dumps(r).encode() for r in good]
+    lines += [
+        json.dumps({"id": "empty", "text": "  "}).encode(),
+        json.dumps({"id": "null", "text": None}).encode(),
+        b'{"id": "latin1", "text": "caf\xe9"}',
+        json.dumps({"text": "who has no id?"}).encode(),
+        json.dumps({"id": good[0]["id"], "text": "a second row with the first row's id"}).encode(),
+        json.dumps({"id": "not-recorded", "text": "a question the recording never saw"}).encode(),
+        json.dumps({"id": good[1]["id"] + "-long", "text": "x" * 5000}).encode(),
+        b"{broken json",
+    ]
+    (tmp_path / "pool.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    data = _config(tmp_path, tmp_path / "pool.jsonl", tmp_path / "out")
+    data["pool"]["max_text_chars"] = 1000
+    summary = run_label_job(LabelJobConfig.from_dict(data))
+    table = _table_dict(tmp_path / "out")
+    n_rows = len(lines)
+    assert len(table) == n_rows * 5  # nothing dropped
+    kinds = {sid: schema.error_kind(r["error"]) for (sid, a), r in table.items() if a == "yi"}
+    assert kinds["empty"] == kinds["null"] == "empty_text"
+    assert kinds["latin1"] == "invalid_utf8"
+    assert kinds["missing_id:pool.jsonl:34"] == "missing_id"
+    assert kinds[f"{good[0]['id']}#dup1"] == "duplicate_id" and kinds[good[0]["id"]] is None
+    assert kinds["not-recorded"] == "unknown_sample"
+    assert kinds["missing_id:pool.jsonl:38"] == "bad_json"  # an unreadable line keeps its place
+    long = table[(good[1]["id"] + "-long", "yi")]
+    assert long["error"] == "unknown_sample: 'trec-00001-long' is not in the recording"
+    assert long["warning"].startswith("truncated")
+    assert summary.errors_by_kind == {"empty_text": 10, "invalid_utf8": 5, "missing_id": 5, "duplicate_id": 5,
+                                      "unknown_sample": 10, "bad_json": 5}
+    assert summary.warnings_by_kind == {"truncated": 5}
+
+
+def test_an_annotator_that_dies_loses_no_row(ray_local, tmp_path):
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 200)
+    pq.write_table(pool, tmp_path / "pool.parquet")
+    die_dir = tmp_path / "die"
+    die_dir.mkdir()
+    data = _config(tmp_path, tmp_path / "pool.parquet", tmp_path / "out", max_retries=8, retry_backoff_s=0.5)
+    data["annotators"][3]["resources"]["num_replicas"] = 2
+    summary = run_label_job(LabelJobConfig.from_dict(data), engine_cls=_env_engine(die_dir))
+    assert (die_dir / "died-qwen").exists(), "the replica did not die: the test proves nothing"
+    table = _table_dict(tmp_path / "out")
+    assert len(table) == 200 * 5
+    assert all(r["error"] is None for r in table.values())
+    assert summary.annotators["qwen"].rows == 200
+
+
+def _env_engine(die_dir: Path):
+    """The dying engine, with its settings baked in (replicas do not share the driver's env)."""
+    from tests.integration import fakes
+
+    class Engine(fakes.DyingOnceReplayEngine):
+        async def annotate(self, sample_ids, texts):  # type: ignore[no-untyped-def]
+            os.environ["MOLAL_TEST_DIE_DIR"] = str(die_dir)
+            os.environ["MOLAL_TEST_DIE_ANNOTATOR"] = "qwen"
+            return await super().annotate(sample_ids, texts)
+
+    return Engine
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(tmp_path):
+    """A driver killed with SIGKILL (with its whole local Ray) and started again finishes with
+    every pair exactly once, equal to an uninterrupted run."""
+    pool = TREC / "pool.parquet"
+    cfg_path = tmp_path / "label.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(tmp_path, pool, tmp_path / "out", latency=0.002)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "molal_ray.cli", "label", str(cfg_path)]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parts = tmp_path / "out" / "parts"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        n = len(list(parts.glob("part-*.parquet"))) if parts.exists() else 0
+        if n >= 10 or proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(read_annotation_table(tmp_path / "out"))
+    assert 0 < partial < 5452 * 5
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = _table_dict(tmp_path / "out")
+    # The reference: an uninterrupted run of the same config into another folder.
+    ref_cfg = tmp_path / "ref.yaml"
+    ref_cfg.write_text(yaml.safe_dump(_config(tmp_path, pool, tmp_path / "ref")))
+    ref = subprocess.run([sys.executable, "-m", "molal_ray.cli", "label", str(ref_cfg)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    reference = _table_dict(tmp_path / "ref")
+    assert len(resumed) == len(reference) == 5452 * 5
+    assert set(resumed) == set(reference)
+    for k, r in reference.items():
+        assert resumed[k] == r

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+
+from molal_ray.config import LabelJobConfig, SamplingConfig, TaskConfig
+from molal_ray.exceptions import ConfigError
+from tests.conftest import TREC, TREC_LABELS
+
+
+def _base(tmp_path):
+    return {
+        "task": {"labels": ["a", "b"]},
+        "annotators": [{"name": "m1", "engine": {"type": "replay", "path": "rec.parquet"}}],
+        "pool": {"path": "pool.parquet"},
+        "output": {"path": "out"},
+    }
+
+
+def test_example_config_loads_and_resolves_paths():
+    cfg = LabelJobConfig.from_file(TREC / "label.yaml")
+    assert cfg.task.labels == TREC_LABELS
+    assert [a.name for a in cfg.annotators] == ["gemma", "llama", "mistral", "qwen", "yi"]
+    assert cfg.pool.path == str(TREC / "pool.parquet")
+    assert cfg.annotators[0].engine.path == str(TREC / "recording.parquet")
+    assert cfg.annotators[0].sampling == SamplingConfig()  # paper defaults: T=10, 0.7, 0.9
+    assert (cfg.annotators[0].sampling.n_samples, cfg.annotators[0].sampling.temperature,
+            cfg.annotators[0].sampling.top_p) == (10, 0.7, 0.9)
+
+
+def test_relative_paths_follow_the_config_file(tmp_path):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_base(tmp_path)))
+    cfg = LabelJobConfig.from_file(tmp_path / "c.yaml")
+    assert cfg.pool.path == str(tmp_path / "pool.parquet")
+    assert cfg.output.path == str(tmp_path / "out")
+
+
+@pytest.mark.parametrize("patch, where, expected", [
+    (lambda d: d["annotators"][0].update(sampling={"temperature": -1}), "annotators.0.sampling.temperature",
+     "greater than or equal to 0"),
+    (lambda d: d["annotators"][0]["engine"].update(type="gpt"), "annotators.0.engine",
+     "'replay', 'hf', 'vllm'"),
+    (lambda d: d["task"].update(labels=["a", "A"]), "task.labels", "distinct labels"),
+    (lambda d: d["task"].update(prompt_template="no placeholder"), "task", "{text}"),
+    (lambda d: d["pool"].update(format="xlsx"), "pool.format", "'auto', 'parquet', 'jsonl' or 'csv'"),
+    (lambda d: d.update(colour="red"), "colour", "unknown field"),
+    (lambda d: d["annotators"].append(dict(d["annotators"][0])), "annotators", "unique annotator names"),
+    (lambda d: d["annotators"][0].update(resources={"autoscaling": {"min_replicas": 3, "max_replicas": 2}}),
+     "annotators.0.resources.autoscaling", "min_replicas <= max_replicas"),
+])
+def test_bad_values_name_field_value_and_what_is_allowed(tmp_path, patch, where, expected):
+    data = _base(tmp_path)
+    patch(data)
+    with pytest.raises(ConfigError) as err:
+        LabelJobConfig.from_dict(data, base_dir=tmp_path)
+    msg = str(err.value)
+    assert where in msg, msg
+    assert expected in msg, msg
+
+
+def test_bad_value_message_repeats_the_value(tmp_path):
+    data = _base(tmp_path)
+    data["annotators"][0]["sampling"] = {"top_p": 1.7}
+    with pytest.raises(ConfigError, match=r"annotators\.0\.sampling\.top_p: got 1\.7; expected"):
+        LabelJobConfig.from_dict(data)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="expected an existing YAML file"):
+        LabelJobConfig.from_file(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("task: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        LabelJobConfig.from_file(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        LabelJobConfig.from_file(tmp_path / "list.yaml")
+
+
+def test_task_render():
+    t = TaskConfig(labels=["x", "y"], prompt_template="Pick {labels}: {text} {{literal}}")
+    assert t.render("hello") == "Pick x, y: hello {literal}"
