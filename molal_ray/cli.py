@@ -58,6 +58,49 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
     click.echo("\n".join(summary_lines(summary)))
 
 
+@main.command()
+@click.option("--annotations", "annotations", required=True,
+              help="The annotation table: a Parquet file or a `molal-ray label` output folder.")
+@click.option("--gold", required=True, type=click.Path(dir_okay=False),
+              help="CSV or Parquet with columns sample_id,label (label text from the label set).")
+@click.option("--labels", "labels_spec", required=True,
+              help="Labels in the order of probs/votes: 'a,b,c' or a file with one label a line.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
+@click.option("--method", default="default", show_default=True,
+              help="Aggregator: default, pooled, dawid-skene, molam-xgb, majority, mean-probs.")
+@click.option("--negative-threshold", default=0.05, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Labels whose aggregated probability is below this are the sample's negatives.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 100),
+              help="Cross-validation folds on the gold set for the report.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of sub-sampling and CV folds.")
+@click.option("--no-validate", is_flag=True, help="Skip the cross-validated report (faster).")
+@click.option("--report", "report_path", default=None, help="Also write the report as JSON here.")
+def aggregate(annotations: str, gold: str, labels_spec: str, out_path: str, method: str,
+              negative_threshold: float, folds: int, seed: int, no_validate: bool,
+              report_path: str | None) -> None:
+    """Turn the annotation table and a small gold set into one label per sample."""
+    import json
+
+    from molal_ray.aggregation.api import aggregate as run_aggregate
+    from molal_ray.aggregation.api import load_gold, load_labels, read_table_any, report_lines
+
+    try:
+        labels = load_labels(labels_spec)
+        gold_df = load_gold(gold, labels)
+        table = read_table_any(annotations)
+        result = run_aggregate(table, gold_df, labels, method, negative_threshold=negative_threshold,
+                               folds=folds, seed=seed, validate=not no_validate)
+        result.write(out_path)
+    except MolalError as exc:
+        _fail(exc)
+        return
+    click.echo("\n".join(report_lines(result.report, labels)))
+    click.echo(f"wrote {result.table.num_rows} rows to {out_path}")
+    if report_path:
+        with open(report_path, "w", encoding="utf-8") as f:
+            json.dump(result.report, f, indent=2)
+
+
 @main.command("check-config")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["label", "serve-app"]), default="label",

@@ -1,0 +1,179 @@
+"""Aggregate an annotation table with gold labels: the Python API behind `molal-ray aggregate`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from molal_ray import schema
+from molal_ray.aggregation.base import DEFAULT, Gold, available, get_aggregator
+from molal_ray.aggregation.features import AnnotationMatrix, build_matrix, check_table
+from molal_ray.aggregation.validation import CVResult, annotator_quality, cross_validate, direct_accuracy
+from molal_ray.exceptions import AggregationError, SchemaError
+
+OUTPUT_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("label", pa.string()), ("probs", pa.list_(pa.float32())),
+    ("confidence", pa.float32()), ("negatives", pa.list_(pa.string())), ("is_gold", pa.bool_()),
+    ("n_annotators", pa.int16()),
+])
+
+
+def load_labels(spec: str) -> list[str]:
+    """Labels from 'a,b,c' or from a file with one label a line."""
+    if os.path.isfile(spec):
+        labels = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    else:
+        labels = [x.strip() for x in spec.split(",") if x.strip()]
+    if len(labels) < 2:
+        raise AggregationError(f"labels: got {labels!r}; expected at least 2 labels (comma-separated or a file)")
+    if len({x.lower() for x in labels}) != len(labels):
+        raise AggregationError(f"labels: got {labels!r}; expected distinct labels")
+    return labels
+
+
+def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
+    """Gold labels (``sample_id, label``) from CSV or Parquet, checked against the label set."""
+    p = Path(path)
+    if not p.is_file():
+        raise AggregationError(f"gold: got {str(p)!r}; expected a CSV or Parquet file")
+    try:
+        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str, keep_default_na=False)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        raise AggregationError(f"gold: cannot read {p}: {exc}") from None
+    missing = [c for c in ("sample_id", "label") if c not in df.columns]
+    if missing:
+        raise SchemaError(f"gold {p}: missing columns {missing}; got {list(df.columns)}; "
+                          "expected columns sample_id,label")
+    df = df[["sample_id", "label"]].astype(str)
+    lookup = {x.lower(): i for i, x in enumerate(labels)}
+    y = df["label"].str.strip().str.lower().map(lookup)
+    bad = y.isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        line = i + 2 if p.suffix != ".parquet" else i
+        where = f"line {line}" if p.suffix != ".parquet" else f"row {line}"
+        raise AggregationError(f"gold {p}: {int(bad.sum())} labels not in the label set (first at {where}: "
+                               f"{df['label'].iloc[i]!r}); expected one of {labels}")
+    df = df.assign(y=y.astype(int))
+    conflict = df.groupby("sample_id")["y"].nunique()
+    if (conflict > 1).any():
+        sid = conflict[conflict > 1].index[0]
+        raise AggregationError(f"gold {p}: sample {sid!r} has conflicting gold labels")
+    return df.drop_duplicates("sample_id").reset_index(drop=True)
+
+
+def align_gold(gold_df: pd.DataFrame, m: AnnotationMatrix, num_classes: int) -> tuple[Gold, int]:
+    """Gold aligned to the matrix rows; ids absent from the table are ignored (and counted)."""
+    idx = pd.Index(m.sample_ids).get_indexer(gold_df["sample_id"].to_numpy())
+    known = idx >= 0
+    if not known.any():
+        raise AggregationError(f"gold: none of the {len(gold_df)} gold ids is in the annotation table "
+                               f"(first gold id: {gold_df['sample_id'].iloc[0]!r})")
+    return Gold(idx[known], gold_df["y"].to_numpy()[known], num_classes), int((~known).sum())
+
+
+@dataclass
+class AggregationResult:
+    table: pa.Table
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.table, path)
+
+
+def _cv_dict(r: CVResult) -> dict[str, Any]:
+    return {"accuracy": r.accuracy, "ci95": [r.ci_low, r.ci_high], "n_gold": r.n, "folds": r.folds, "note": r.note}
+
+
+def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method: str = "default", *,
+              negative_threshold: float = 0.05, folds: int = 5, seed: int = 0, validate: bool = True,
+              baselines: bool = True) -> AggregationResult:
+    """Fit ``method`` on the table and gold, label every sample, and report honest accuracies."""
+    C = len(labels)
+    m = build_matrix(table, C)
+    gold, n_ignored = align_gold(gold_df, m, C)
+    name = DEFAULT if method == "default" else method
+    get_aggregator(name)  # fail early on an unknown name
+    report: dict[str, Any] = {"method": name, "samples": len(m), "annotators": m.annotators,
+                              "gold_used": len(gold), "gold_ignored_not_in_table": n_ignored,
+                              "table_checks": check_table(table, C), "warnings": []}
+    if len(np.unique(gold.y)) < 2:
+        report["warnings"].append("gold holds a single class: learned aggregators fall back to Dawid-Skene "
+                                  "or predict that class")
+    model = get_aggregator(name, **({"seed": seed} if name in ("pooled", "molam-xgb") else {})).fit(m, gold)
+    probs = model.predict_proba(m)
+    probs[gold.index] = gold.one_hot()
+    is_gold = np.zeros(len(m), bool)
+    is_gold[gold.index] = True
+    label_idx = probs.argmax(1)
+    lab = np.asarray(labels, dtype=object)
+    negatives = [lab[row < negative_threshold].tolist() for row in probs]
+    out = pa.table({
+        "sample_id": pa.array(m.sample_ids.tolist(), pa.string()),
+        "label": pa.array(lab[label_idx].tolist(), pa.string()),
+        "probs": pa.array(probs.astype(np.float32).tolist(), pa.list_(pa.float32())),
+        "confidence": pa.array(probs.max(1).astype(np.float32)),
+        "negatives": pa.array(negatives, pa.list_(pa.string())),
+        "is_gold": pa.array(is_gold), "n_annotators": pa.array(m.present.sum(1).astype(np.int16)),
+    }, schema=OUTPUT_SCHEMA)
+    report["annotator_quality"] = annotator_quality(m, gold)
+    if validate:
+        def factory(n: str):  # type: ignore[no-untyped-def]
+            return lambda: get_aggregator(n, **({"seed": seed} if n in ("pooled", "molam-xgb") else {}))
+        methods = [name] + ([x for x in available() if x != name] if baselines else [])
+        report["validation"] = {}
+        for n in methods:
+            agg = get_aggregator(n)
+            r = (cross_validate(factory(n), m, gold, folds, seed) if agg.uses_gold
+                 else direct_accuracy(agg.fit(m, gold).predict_proba(m), gold))
+            report["validation"][n] = _cv_dict(r)
+    return AggregationResult(out, report)
+
+
+def report_lines(report: dict[str, Any], labels: list[str]) -> list[str]:
+    """The validation report as text."""
+    lines = [f"samples: {report['samples']}  annotators: {', '.join(report['annotators'])}  "
+             f"gold used: {report['gold_used']} (ignored, not in table: {report['gold_ignored_not_in_table']})"]
+    checks = report["table_checks"]
+    lines.append(f"table: {checks['error_rows']} error rows, {checks['non_finite_or_negative']} rows with "
+                 f"NaN/negative values, {checks['absent_pairs']} (sample, annotator) pairs absent")
+    for w in report["warnings"]:
+        lines.append(f"warning: {w}")
+    if "validation" in report:
+        lines.append("accuracy on gold (learned methods: K-fold cross-validation; 95% Wilson interval):")
+        for n, r in report["validation"].items():
+            acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+            ci = "" if r["ci95"][0] is None else f" [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+            star = " <- chosen" if n == report["method"] else ""
+            lines.append(f"  {n:<12} {acc}{ci}{' ' + r['note'] if r['note'] else ''}{star}")
+    lines.append("annotators on gold (vote accuracy / top-probability accuracy):")
+    for n, q in report["annotator_quality"].items():
+        if q["n"]:
+            lines.append(f"  {n:<12} {q['vote_accuracy']:.3f} / {q['prob_accuracy']:.3f}  (n={q['n']})")
+        else:
+            lines.append(f"  {n:<12} no gold rows")
+    del labels
+    return lines
+
+
+def read_table_any(path: str) -> pa.Table:
+    """An annotation table from a Parquet file or a label output folder."""
+    from molal_ray.pipeline.output import read_annotation_table
+
+    if os.path.isdir(path):
+        return read_annotation_table(path)
+    if not os.path.isfile(path):
+        raise AggregationError(f"annotations: got {path!r}; expected a Parquet file or a label output folder")
+    t = pq.read_table(path)
+    missing = [c for c in (schema.SAMPLE_ID, schema.ANNOTATOR, schema.PROBS, schema.VOTES) if c not in t.column_names]
+    if missing:
+        raise SchemaError(f"annotations {path}: missing columns {missing}; got {t.column_names}")
+    return t

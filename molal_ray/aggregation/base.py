@@ -1,0 +1,95 @@
+"""The aggregator interface and its registry.
+
+An aggregator turns an :class:`AnnotationMatrix` (all annotators' probs and votes per sample)
+and a few gold labels into one label distribution per sample. ``fit`` returns ``self``; fitted
+state ends in ``_`` (scikit-learn style). Pure numpy/scikit-learn/xgboost: no Ray inside.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from molal_ray.aggregation.features import AnnotationMatrix
+from molal_ray.exceptions import AggregationError, ConfigError
+
+_REGISTRY: dict[str, type["Aggregator"]] = {}
+
+
+class Gold:
+    """Gold labels aligned to a matrix: ``index`` (rows of the matrix) and ``y`` (class ids)."""
+
+    def __init__(self, index: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+        self.index = np.asarray(index, dtype=np.int64)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.num_classes = num_classes
+        if self.index.shape != self.y.shape:
+            raise AggregationError("gold: index and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, mask: np.ndarray) -> "Gold":
+        return Gold(self.index[mask], self.y[mask], self.num_classes)
+
+    def one_hot(self) -> np.ndarray:
+        return np.eye(self.num_classes)[self.y]
+
+
+class Aggregator(abc.ABC):
+    """Base class: subclasses set ``name`` and implement ``_fit`` and ``predict_proba``."""
+
+    name: ClassVar[str]
+    uses_gold: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _REGISTRY[cls.name] = cls
+
+    def fit(self, m: AnnotationMatrix, gold: Gold) -> "Aggregator":
+        self.num_classes_ = m.num_classes
+        self._fit(m, gold)
+        return self
+
+    def _fit(self, m: AnnotationMatrix, gold: Gold) -> None:  # noqa: B027 - stateless by default
+        """Learn from the matrix and the gold labels."""
+
+    @abc.abstractmethod
+    def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
+        """(S, C) label distributions, rows summing to 1, for every sample of ``m``."""
+
+    def fit_predict_proba(self, m: AnnotationMatrix, gold: Gold) -> np.ndarray:
+        return self.fit(m, gold).predict_proba(m)
+
+
+def available() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_aggregator(name: str, **params: Any) -> Aggregator:
+    """An aggregator by registered name (``default`` is the project's recommended one)."""
+    _load_all()
+    key = DEFAULT if name == "default" else name
+    if key not in _REGISTRY:
+        raise ConfigError(f"aggregator: got {name!r}; expected one of {['default', *sorted(_REGISTRY)]}")
+    return _REGISTRY[key](**params)
+
+
+DEFAULT = "pooled"
+
+
+def _load_all() -> None:
+    # Importing the modules registers their classes.
+    from molal_ray.aggregation import dawid_skene, majority, mean_probs, molam, pooled  # noqa: F401
+
+
+def normalise_rows(p: np.ndarray) -> np.ndarray:
+    """Rows summing to 1; an all-zero or non-finite row becomes uniform (labels stay valid)."""
+    p = np.where(np.isfinite(p) & (p > 0), p, 0.0).astype(np.float64)
+    s = p.sum(1, keepdims=True)
+    C = p.shape[1]
+    return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / C)

@@ -1,0 +1,113 @@
+"""The default aggregator: Dawid-Skene and a gold-trained linear model, pooled, then
+self-trained on the pool.
+
+Why this design (each step checked only with cross-validation on the gold set at run time):
+
+1. Dawid-Skene over the votes learns each annotator's confusions from the whole pool without
+   labels (it sees, for instance, that one model never says "human"), with the gold labels
+   fixed and weighted; it assumes annotators err independently.
+2. A multinomial logistic regression on the gold set alone over [log probs, votes, presence]
+   learns what the annotators' *joint* answers mean, including correlated errors, but from few
+   rows; its regularisation strength is chosen by cross-validation on the gold set.
+3. Their posteriors are pooled geometrically (a product of experts), which is sharper where
+   they agree and hedges where they do not.
+4. A final logistic regression is trained on the gold rows plus the pool rows whose pooled
+   confidence passes ``threshold`` (self-training), so the decision boundary is fitted on
+   thousands of rows instead of fifty.
+
+Fitting uses all gold rows and at most ``max_fit_rows`` pool rows (sampled with ``seed``);
+prediction covers every row, so a pool of millions costs one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from molal_ray.aggregation.base import Aggregator, Gold, normalise_rows
+from molal_ray.aggregation.dawid_skene import DawidSkene
+from molal_ray.aggregation.features import AnnotationMatrix
+from molal_ray.aggregation.learners import linear_features, padded_proba
+from molal_ray.aggregation.molam import _align
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def _fit_lr(X: np.ndarray, y: np.ndarray, C: float, max_iter: int = 2000):  # type: ignore[no-untyped-def]
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return None, classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+        model.fit(X, np.searchsorted(classes, y))
+    return model, classes
+
+
+def choose_c(X: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Regularisation of the gold-only model by K-fold accuracy on the gold rows."""
+    n = len(y)
+    if n < 4 or len(np.unique(y)) < 2:
+        return 0.1
+    cv = KFold(n_splits=min(5, n // 2), shuffle=True, random_state=seed)
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in C_GRID:
+            try:
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+                scores[c] = float(np.mean(cross_val_score(model, X, y, cv=cv, error_score=0.0)))
+            except ValueError:
+                scores[c] = 0.0
+    best = max(scores.values())
+    return min(c for c, s in scores.items() if s >= best - 1e-12)  # ties: the stronger regularisation
+
+
+class PooledAggregator(Aggregator):
+    name = "pooled"
+
+    def __init__(self, threshold: float = 0.7, gold_weight: float = 20.0, final_c: float = 1.0,
+                 max_fit_rows: int = 200_000, seed: int = 0) -> None:
+        self.threshold = threshold
+        self.gold_weight = gold_weight
+        self.final_c = final_c
+        self.max_fit_rows = max_fit_rows
+        self.seed = seed
+
+    def _fit(self, m: AnnotationMatrix, gold: Gold) -> None:
+        rng = np.random.default_rng(self.seed)
+        self.annotators_ = list(m.annotators)
+        others = np.setdiff1d(np.arange(len(m)), gold.index)
+        if len(others) > self.max_fit_rows:
+            others = np.sort(rng.choice(others, self.max_fit_rows, replace=False))
+        rows = np.concatenate([gold.index, others])
+        sub = m.take(rows)
+        sub_gold = Gold(np.arange(len(gold)), gold.y, gold.num_classes)
+        self.ds_ = DawidSkene(gold_weight=self.gold_weight).fit(sub, sub_gold)
+        T = self.ds_.predict_proba(sub)
+        X = linear_features(sub)
+        self.gold_c_ = choose_c(X[: len(gold)], gold.y, self.seed)
+        gold_model, gold_classes = _fit_lr(X[: len(gold)], gold.y, self.gold_c_)
+        if gold_model is not None:
+            P = padded_proba(gold_model, X, gold_classes, self.num_classes_)
+            Q = normalise_rows(np.exp(np.log(T + 1e-6) + np.log(P + 1e-6)))
+        else:  # a single class in gold: nothing to learn a boundary from; keep Dawid-Skene
+            Q = T
+        conf = Q[len(gold):].max(1)
+        sel = np.flatnonzero(conf >= self.threshold) + len(gold)
+        self.n_pseudo_ = int(len(sel))
+        y = np.concatenate([gold.y, Q[sel].argmax(1)])
+        self.model_, self.classes_ = _fit_lr(X[np.concatenate([np.arange(len(gold)), sel])], y, self.final_c)
+
+    def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
+        if list(m.annotators) != self.annotators_:
+            m = _align(m, self.annotators_)
+        if self.model_ is None:
+            return self.ds_.predict_proba(m)
+        return normalise_rows(padded_proba(self.model_, linear_features(m), self.classes_, self.num_classes_))

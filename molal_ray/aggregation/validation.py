@@ -1,0 +1,79 @@
+"""Honest validation on the gold set: K-fold CV of a fitted aggregator, annotator quality."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import binomtest
+
+from molal_ray.aggregation.base import Aggregator, Gold
+from molal_ray.aggregation.features import AnnotationMatrix
+
+
+@dataclass
+class CVResult:
+    accuracy: float | None
+    n: int
+    folds: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+    note: str = ""
+    fold_accuracies: list[float] = field(default_factory=list)
+
+
+def wilson(correct: int, n: int) -> tuple[float, float]:
+    ci = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def cross_validate(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
+                   seed: int = 0) -> CVResult:
+    """Each gold row is predicted by a model fitted without it (it stays in the pool, unlabeled)."""
+    n = len(gold)
+    if n < 2:
+        return CVResult(None, n, 0, note="fewer than 2 gold labels: no cross-validation possible")
+    k = min(folds, n)
+    note = "" if k == folds else f"only {n} gold labels: {k} folds (leave-one-out)"
+    order = np.random.default_rng(seed).permutation(n)
+    correct = 0
+    accs = []
+    for f in range(k):
+        test = order[f::k]
+        train = np.setdiff1d(np.arange(n), test)
+        model = make().fit(m, gold.subset(train))
+        pred = model.predict_proba(m.take(gold.index[test])).argmax(1)
+        hits = int((pred == gold.y[test]).sum())
+        correct += hits
+        accs.append(hits / len(test))
+    lo, hi = wilson(correct, n)
+    return CVResult(correct / n, n, k, lo, hi, note, accs)
+
+
+def direct_accuracy(p: np.ndarray, gold: Gold) -> CVResult:
+    """Accuracy on gold of a method that does not learn from gold (no CV needed)."""
+    correct = int((p[gold.index].argmax(1) == gold.y).sum())
+    lo, hi = wilson(correct, len(gold)) if len(gold) else (None, None)
+    return CVResult(correct / len(gold) if len(gold) else None, len(gold), 0, lo, hi,
+                    "does not learn from gold: accuracy on all gold rows")
+
+
+def annotator_quality(m: AnnotationMatrix, gold: Gold) -> dict[str, dict]:
+    """Per annotator on the gold rows: accuracy of its majority vote and of its top probability,
+    and its confusion matrix (rows: true class, columns: its vote)."""
+    out = {}
+    C = m.num_classes
+    for a, name in enumerate(m.annotators):
+        rows = gold.index[m.present[gold.index, a]]
+        y = gold.y[m.present[gold.index, a]]
+        if len(rows) == 0:
+            out[name] = {"n": 0, "vote_accuracy": None, "prob_accuracy": None, "confusion": None}
+            continue
+        vote = m.votes[rows, a].argmax(1)
+        prob = m.probs[rows, a].argmax(1)
+        conf = np.zeros((C, C), dtype=int)
+        np.add.at(conf, (y, vote), 1)
+        out[name] = {"n": int(len(rows)), "vote_accuracy": float((vote == y).mean()),
+                     "prob_accuracy": float((prob == y).mean()), "confusion": conf.tolist()}
+    return out

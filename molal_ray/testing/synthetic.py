@@ -1,0 +1,68 @@
+"""Synthetic annotation tables with a realistic mix of agreement, for tests and benchmarks.
+
+Each annotator has its own accuracy and a systematic confusion (it answers a fixed wrong class
+for part of one true class), its label probabilities are a noisy, peaked distribution around
+its answer, and its T votes are drawn from a tempered version of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from molal_ray import schema
+
+
+def synthetic_arrays(n: int, num_classes: int = 6, accuracies: tuple[float, ...] = (0.85, 0.75, 0.7, 0.65, 0.6),
+                     n_samples: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(truth (S,), probs (S, A, C), votes (S, A, C)) as float32."""
+    rng = np.random.default_rng(seed)
+    A, C = len(accuracies), num_classes
+    truth = rng.integers(0, C, n)
+    probs = np.empty((n, A, C), np.float32)
+    votes = np.empty((n, A, C), np.float32)
+    for a, acc in enumerate(accuracies):
+        answer = truth.copy()
+        wrong = rng.random(n) > acc
+        answer[wrong] = rng.integers(0, C, int(wrong.sum()))
+        # A systematic confusion: half of class a % C is answered as class (a + 1) % C.
+        src, dst = a % C, (a + 1) % C
+        swap = (truth == src) & (rng.random(n) < 0.5)
+        answer[swap] = dst
+        logits = rng.normal(0, 1, (n, C))
+        logits[np.arange(n), answer] += rng.uniform(1.5, 5.0, n)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        probs[:, a] = p
+        q = p ** (1 / 0.7)
+        q /= q.sum(1, keepdims=True)
+        cdf = q.cumsum(1)
+        draws = (cdf[:, None, :] < rng.random((n, n_samples, 1))).sum(-1).clip(0, C - 1)
+        counts = np.zeros((n, C), np.float32)
+        np.add.at(counts, (np.repeat(np.arange(n), n_samples), draws.ravel()), 1)
+        votes[:, a] = counts / n_samples
+    return truth, probs, votes
+
+
+def synthetic_table(n: int, num_classes: int = 6, seed: int = 0, **kw) -> tuple[pa.Table, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The long annotation table (Arrow, built column-wise) and the true class of each sample."""
+    truth, probs, votes = synthetic_arrays(n, num_classes, seed=seed, **kw)
+    S, A, C = probs.shape
+    ids = pa.array([f"s{i:08d}" for i in range(n)], pa.string())
+    sid = pa.chunked_array([ids] * A)
+    ann = pa.chunked_array([pa.array([f"llm{a}"] * n, pa.string()) for a in range(A)])
+
+    def lists(x: np.ndarray) -> pa.ChunkedArray:
+        chunks = []
+        for a in range(A):
+            flat = pa.array(x[:, a].ravel(), pa.float32())
+            chunks.append(pa.ListArray.from_arrays(pa.array(np.arange(0, S * C + 1, C, dtype=np.int32)), flat))
+        return pa.chunked_array(chunks)
+
+    zeros = pa.chunked_array([pa.array(np.zeros(n, np.int32))] * A)
+    tens = pa.chunked_array([pa.array(np.full(n, 10, np.int32))] * A)
+    nulls = pa.chunked_array([pa.nulls(n, pa.string())] * A)
+    table = pa.table({schema.SAMPLE_ID: sid, schema.ANNOTATOR: ann, schema.PROBS: lists(probs),
+                      schema.VOTES: lists(votes), schema.N_INVALID: zeros, schema.N_SAMPLES: tens,
+                      schema.ERROR: nulls, schema.WARNING: nulls})
+    return table, truth

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from molal_ray.aggregation import aggregate, load_gold, load_labels
+from molal_ray.cli import main
+from molal_ray.exceptions import AggregationError, SchemaError
+from molal_ray.testing.synthetic import synthetic_table
+
+LABELS = ["l0", "l1", "l2", "l3", "l4", "l5"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("agg")
+    table, truth = synthetic_table(1500, seed=3)
+    pq.write_table(table, root / "ann.parquet")
+    gold = pd.DataFrame({"sample_id": [f"s{i:08d}" for i in range(40)], "label": [LABELS[k] for k in truth[:40]]})
+    gold.to_csv(root / "gold.csv", index=False)
+    return root, table, truth, gold
+
+
+def test_output_columns_negatives_and_gold_rows(data):
+    root, table, truth, gold = data
+    res = aggregate(table, load_gold(root / "gold.csv", LABELS), LABELS, validate=False)
+    out = res.table.to_pandas()
+    assert list(out.columns) == ["sample_id", "label", "probs", "confidence", "negatives", "is_gold", "n_annotators"]
+    assert len(out) == 1500 and set(out["label"]) <= set(LABELS)
+    g = out[out.is_gold].set_index("sample_id")
+    assert g.loc[gold.sample_id, "label"].tolist() == gold.label.tolist()
+    row = out.iloc[100]
+    assert row.confidence == pytest.approx(max(row.probs))
+    assert set(row.negatives) == {LABELS[k] for k, p in enumerate(row.probs) if p < 0.05}
+    assert row.label not in row.negatives
+
+
+def test_report_has_cv_intervals_baselines_and_annotator_quality(data):
+    root, table, truth, gold = data
+    res = aggregate(table, load_gold(root / "gold.csv", LABELS), LABELS, folds=5)
+    v = res.report["validation"]
+    assert set(v) == {"pooled", "dawid-skene", "majority", "mean-probs", "molam-xgb"}
+    assert v["pooled"]["folds"] == 5 and v["pooled"]["n_gold"] == 40
+    lo, hi = v["pooled"]["ci95"]
+    assert 0 <= lo <= v["pooled"]["accuracy"] <= hi <= 1
+    q = res.report["annotator_quality"]
+    assert set(q) == {f"llm{a}" for a in range(5)} and q["llm0"]["n"] == 40
+    assert np.asarray(q["llm0"]["confusion"]).sum() == 40
+
+
+def test_gold_label_not_in_label_set_names_the_line(tmp_path):
+    (tmp_path / "g.csv").write_text("sample_id,label\ns1,l0\ns2,banana\n")
+    with pytest.raises(AggregationError, match=r"first at line 3: 'banana'\); expected one of"):
+        load_gold(tmp_path / "g.csv", LABELS)
+
+
+def test_gold_problems(tmp_path, data):
+    root, table, truth, gold = data
+    (tmp_path / "cols.csv").write_text("id,label\ns1,l0\n")
+    with pytest.raises(SchemaError, match="missing columns"):
+        load_gold(tmp_path / "cols.csv", LABELS)
+    (tmp_path / "conf.csv").write_text("sample_id,label\ns1,l0\ns1,l1\n")
+    with pytest.raises(AggregationError, match="conflicting"):
+        load_gold(tmp_path / "conf.csv", LABELS)
+    nowhere = pd.DataFrame({"sample_id": ["zz1", "zz2"], "label": ["l0", "l1"], "y": [0, 1]})
+    with pytest.raises(AggregationError, match="none of the 2 gold ids is in the annotation table"):
+        aggregate(table, nowhere, LABELS)
+    some = pd.concat([load_gold(root / "gold.csv", LABELS), nowhere], ignore_index=True)
+    res = aggregate(table, some, LABELS, validate=False)
+    assert res.report["gold_ignored_not_in_table"] == 2 and res.report["gold_used"] == 40
+
+
+def test_single_class_gold_and_fewer_gold_than_folds(data):
+    root, table, truth, gold = data
+    one = pd.DataFrame({"sample_id": ["s00000000", "s00000001", "s00000002"], "label": ["l0"] * 3, "y": [0] * 3})
+    res = aggregate(table, one, LABELS, folds=5)
+    assert any("single class" in w for w in res.report["warnings"])
+    assert res.report["validation"]["pooled"]["folds"] == 3
+    assert "leave-one-out" in res.report["validation"]["pooled"]["note"]
+    assert set(res.table.column("label").to_pylist()) <= set(LABELS)
+
+
+def test_probs_of_the_wrong_length_is_a_clear_error(data):
+    root, table, truth, gold = data
+    with pytest.raises(SchemaError, match="expected 3 \\(the label set\\)"):
+        aggregate(table, load_gold(root / "gold.csv", LABELS)[:0].assign(y=[]), LABELS[:3])
+
+
+def test_load_labels(tmp_path):
+    assert load_labels("a, b,c") == ["a", "b", "c"]
+    (tmp_path / "l.txt").write_text("x\ny\n\n")
+    assert load_labels(str(tmp_path / "l.txt")) == ["x", "y"]
+    with pytest.raises(AggregationError):
+        load_labels("solo")
+
+
+def test_cli_aggregate(data, tmp_path):
+    root, *_ = data
+    r = CliRunner().invoke(main, ["aggregate", "--annotations", str(root / "ann.parquet"), "--gold",
+                                  str(root / "gold.csv"), "--labels", ",".join(LABELS), "--out",
+                                  str(tmp_path / "o.parquet"), "--method", "dawid-skene", "--folds", "3"])
+    assert r.exit_code == 0, r.output
+    assert "dawid-skene" in r.output and "<- chosen" in r.output
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 1500
+    bad = CliRunner().invoke(main, ["aggregate", "--annotations", str(root / "ann.parquet"), "--gold",
+                                    str(root / "gold.csv"), "--labels", "a,b", "--out", str(tmp_path / "x.parquet")])
+    assert bad.exit_code == 2 and "error: gold" in bad.output and "Traceback" not in bad.output

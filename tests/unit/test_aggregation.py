@@ -1,0 +1,103 @@
+"""Aggregators: one behaviour test over every registered one, plus each one's own checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from molal_ray import schema
+from molal_ray.aggregation import Gold, available, build_matrix, get_aggregator
+from molal_ray.exceptions import ConfigError, SchemaError
+from molal_ray.testing.synthetic import synthetic_table
+
+N = 3000
+
+
+@pytest.fixture(scope="module")
+def synth():
+    table, truth = synthetic_table(N, seed=1)
+    m = build_matrix(table, 6)
+    rng = np.random.default_rng(0)
+    gi = rng.choice(N, 50, replace=False)
+    return table, truth, m, Gold(gi, truth[gi], 6)
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_aggregator_behaves(name, synth):
+    _, truth, m, gold = synth
+    agg = get_aggregator(name)
+    assert agg.fit(m, gold) is agg
+    p = agg.predict_proba(m)
+    assert p.shape == (N, 6)
+    assert np.all(np.isfinite(p)) and np.all(p >= 0)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+    ev = np.ones(N, bool)
+    ev[gold.index] = False
+    assert (p.argmax(1)[ev] == truth[ev]).mean() > 0.6  # far above chance (1/6)
+    # deterministic
+    np.testing.assert_allclose(get_aggregator(name).fit(m, gold).predict_proba(m), p)
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_aggregator_copes_with_absent_annotators(name, synth):
+    table, truth, _, _ = synth
+    # Drop annotator llm0 for the first 100 samples and every annotator for sample 200.
+    sid = np.asarray(table.column("sample_id").to_pylist())
+    ann = np.asarray(table.column("annotator").to_pylist())
+    ids = [f"s{i:08d}" for i in range(N)]
+    drop = ((ann == "llm0") & np.isin(sid, ids[:100])) | (sid == ids[200])
+    t = table.filter(pa.array(~drop))
+    m = build_matrix(t, 6, sample_ids=np.asarray(ids, dtype=object))
+    assert not m.present[:100, 0].any() and not m.present[200].any()
+    gold = Gold(np.arange(300, 350), truth[300:350], 6)
+    p = get_aggregator(name).fit(m, gold).predict_proba(m)
+    assert np.all(np.isfinite(p)) and p.shape == (N, 6)
+    np.testing.assert_allclose(p[200].sum(), 1.0, atol=1e-6)  # no annotator: still a valid label
+
+
+def test_dawid_skene_undoes_a_systematic_confusion():
+    # Three annotators that always answer (true + 1) % C and two weak honest ones.
+    rng = np.random.default_rng(0)
+    S, C = 2000, 4
+    truth = rng.integers(0, C, S)
+    rows = []
+    for a in range(5):
+        if a < 3:
+            ans = (truth + 1) % C
+        else:
+            ans = np.where(rng.random(S) < 0.5, truth, rng.integers(0, C, S))
+        v = np.eye(C)[ans]
+        rows.append(pd.DataFrame({"sample_id": [f"s{i}" for i in range(S)], "annotator": f"a{a}",
+                                  "probs": list(v), "votes": list(v)}))
+    m = build_matrix(pa.Table.from_pandas(pd.concat(rows), preserve_index=False), C)
+    order = np.argsort([int(s[1:]) for s in m.sample_ids])
+    t = truth[[int(s[1:]) for s in m.sample_ids]]
+    gold = Gold(order[:40], t[order[:40]], C)
+    mv = get_aggregator("majority").fit(m, gold).predict_proba(m).argmax(1)
+    ds = get_aggregator("dawid-skene").fit(m, gold).predict_proba(m).argmax(1)
+    assert (mv == t).mean() < 0.1
+    assert (ds == t).mean() > 0.95
+
+
+def test_unknown_aggregator_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="expected one of .*dawid-skene"):
+        get_aggregator("magic")
+
+
+def test_matrix_flags_bad_rows_as_absent_and_rejects_wrong_lengths():
+    t = pa.table({
+        "sample_id": ["a", "a", "b", "b"], "annotator": ["x", "y", "x", "y"],
+        "probs": [[0.5, 0.5], [float("nan"), 1.0], [1.0, 0.0], [0.2, -0.1]],
+        "votes": [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+        "error": [None, None, "empty_text", None],
+    })
+    m = build_matrix(t, 2)
+    assert m.present.tolist() == [[True, False], [False, False]]
+    bad = t.set_column(2, "probs", pa.array([[0.5, 0.5], [1.0], [1.0, 0.0], [0.2, 0.8]]))
+    with pytest.raises(SchemaError, match=r"'probs' has 1 rows of the wrong length \(first at row 1: got 1"):
+        build_matrix(bad, 2)
+    with pytest.raises(SchemaError, match="missing columns"):
+        build_matrix(t.drop_columns(["votes"]), 2)
+    assert schema.PROBS == "probs"
