@@ -22,3 +22,30 @@ def trec_recording():
     import pyarrow.parquet as pq
 
     return pq.read_table(TREC / "recording.parquet")
+
+
+ENGINE_LABELS = ["abbreviation", "entity", "description", "human", "location", "numeric", "science/technology"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with its own BPE tokenizer and chat template, saved locally."""
+    from molal_ray.testing.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def reference_label_probs(model, tokenizer, prompt_ids: list[int], labels: list[str]):
+    """Label-sequence probabilities by a direct forward pass of prompt + label, one label at a time."""
+    import numpy as np
+    import torch
+
+    lps = []
+    for lab in labels:
+        lt = tokenizer(lab, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + lt])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        lps.append(sum(lp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(lt)))
+    p = np.exp(np.array(lps) - max(lps))
+    return p / p.sum()

@@ -77,6 +77,12 @@ class VLLMEngineConfig(StrictModel):
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of the shared instruction prefix.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for CPU builds in tests).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica for one model.")
+    per_request_seed: bool | None = Field(
+        None,
+        description="Seed each text's request from sampling.seed and its sample id, so votes repeat "
+                    "whatever else is in flight. False: only the engine-level seed (votes then repeat "
+                    "for the same sequence of requests). None: on for GPU builds, off for vLLM's CPU "
+                    "build, where per-request seeds stop the engine.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict,
                                           description="Extra AsyncEngineArgs fields, passed as is.")
 

@@ -1,0 +1,146 @@
+"""transformers engine: batched, one prompt pass per text, exact label probabilities.
+
+Per batch of texts: one forward pass over the (left-padded) prompts fills the KV cache; the
+cache is repeated once per label and one more pass scores every label's tokens. That gives each
+label's exact sequence probability and, along the way, every next-token distribution inside the
+label trie, so the T constrained answers are drawn from those without any further model call.
+Cost per text: the prompt once plus C short continuations, instead of T generate calls plus one
+forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from molal_ray.annotation import Annotation
+from molal_ray.config import HFEngineConfig
+from molal_ray.engines.base import Engine
+from molal_ray.engines.label_trie import LabelTrie, text_rng
+from molal_ray.engines.prompting import PromptBuilder
+from molal_ray.exceptions import AnnotatorError
+
+
+def end_token_id(model: Any, tokenizer: Any) -> int:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        raise AnnotatorError("the model has no end-of-sequence token")
+    return int(eos)
+
+
+class HFEngine(Engine):
+    engine_type = "hf"
+
+    def __init__(self, annotator, task) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(annotator, task)
+        cfg = annotator.engine
+        assert isinstance(cfg, HFEngineConfig)
+        self.config = cfg
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not self.sampling.constrained:
+            raise AnnotatorError(f"hf engine {self.name}: answers are always constrained to the label set; "
+                                 "set sampling.constrained: true")
+        device = self.config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[self.config.dtype]
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+            self.model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype).to(device).eval()
+        except OSError as exc:
+            raise AnnotatorError(f"hf engine {self.name}: cannot load {self.config.model!r}: {exc}") from None
+        self.device = torch.device(device)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        label_tokens = [self.tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in self.task.labels]
+        self.trie = LabelTrie(label_tokens, end_token_id(self.model, self.tokenizer))
+        self.prompts = PromptBuilder(self.tokenizer, self.task, self.config.max_model_len - self.trie.max_len - 1)
+
+    async def annotate(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[Annotation]:
+        if self.model is None:
+            raise AnnotatorError(f"hf engine {self.name}: annotate() before start()")
+        return await asyncio.to_thread(self._annotate, list(sample_ids), list(texts))
+
+    def _annotate(self, sample_ids: list[str], texts: list[str]) -> list[Annotation]:
+        out: list[Annotation] = []
+        bs = self.config.batch_size
+        for i in range(0, len(texts), bs):
+            out.extend(self._batch(sample_ids[i:i + bs], texts[i:i + bs]))
+        return out
+
+    def step_logprobs(self, prompt_ids: list[list[int]]) -> np.ndarray:
+        """(B, C, L+1, |trie vocab|): log-probs of the trie's tokens at each step of each label's path."""
+        import torch
+
+        tok, trie = self.tokenizer, self.trie
+        B, C, L = len(prompt_ids), len(trie.seqs), trie.max_len
+        P = max(len(p) for p in prompt_ids)
+        pad = tok.pad_token_id
+        ids = torch.full((B, P), pad, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for b, p in enumerate(prompt_ids):  # left padding: every prompt ends at column P-1
+            ids[b, P - len(p):] = torch.tensor(p)
+            mask[b, P - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        vocab = torch.tensor(trie.vocab, device=self.device)
+        with torch.inference_mode():
+            first = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            lp0 = torch.log_softmax(first.logits[:, -1, :].float(), -1)[:, vocab]  # (B, V')
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(C)
+            lab = torch.full((C, L), pad, dtype=torch.long)
+            lab_mask = torch.zeros((C, L), dtype=torch.long)
+            for c, s in enumerate(trie.seqs):
+                lab[c, :len(s)] = torch.tensor(s)
+                lab_mask[c, :len(s)] = 1
+            lab = lab.to(self.device).repeat(B, 1)
+            lab_mask = lab_mask.to(self.device).repeat(B, 1)
+            full_mask = torch.cat([mask.repeat_interleave(C, 0), lab_mask], 1)
+            lens = mask.sum(1).repeat_interleave(C, 0)
+            cont_pos = lens[:, None] + torch.arange(L, device=self.device)[None, :]
+            cont = self.model(input_ids=lab, attention_mask=full_mask, position_ids=cont_pos,
+                              past_key_values=cache, use_cache=False)
+            lpc = torch.log_softmax(cont.logits.float(), -1)[:, :, vocab]  # (B*C, L, V')
+        steps = torch.cat([lp0.repeat_interleave(C, 0)[:, None, :], lpc], 1)  # (B*C, L+1, V')
+        return steps.reshape(B, C, L + 1, -1).cpu().numpy().astype(np.float64)
+
+    def _batch(self, sample_ids: list[str], texts: list[str]) -> list[Annotation]:
+        built = [self.prompts.build(t) for t in texts]
+        steps = self.step_logprobs([ids for ids, _ in built])
+        C = len(self.trie.seqs)
+        T = self.sampling.n_samples
+        out = []
+        for b, (sid, (_, warning)) in enumerate(zip(sample_ids, built)):
+            seq_lp = self.trie.sequence_logprobs(steps[b])
+            probs = np.exp(seq_lp - seq_lp.max())
+            probs /= probs.sum()
+            answers = self.trie.sample(self.trie.node_logprobs(steps[b]), T, self.sampling.temperature,
+                                       self.sampling.top_p, text_rng(self.sampling.seed, sid))
+            votes = np.bincount(answers, minlength=C) / T
+            out.append(Annotation(probs=probs, votes=votes, n_invalid=0, n_samples=T, warning=warning))
+        return out
+
+    async def check_health(self) -> None:
+        if self.model is None:
+            raise AnnotatorError(f"hf engine {self.name}: not started")
+
+    async def stop(self) -> None:
+        self.model = None

@@ -1,0 +1,58 @@
+"""Tiny causal LMs built locally (random weights, a BPE tokenizer trained on the spot, a chat
+template), saved with ``save_pretrained`` so the real loading code (transformers'
+``from_pretrained``, vLLM's ``model=``) runs on them. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_CORPUS = [
+    "What is the capital of France ? Paris is a location .",
+    "Who wrote Hamlet ? Shakespeare is a human .",
+    "How many feet are in a mile ? The answer is numeric .",
+    "What does NASA stand for ? It is an abbreviation .",
+    "What is a golden retriever ? A dog breed is an entity .",
+    "Why is the sky blue ? The description explains scattering .",
+    "Classify the given question into one of these categories . Answer with only one label .",
+    "science/technology sports world business politics entertainment health",
+]
+
+
+def build_tiny_llama(folder: str | Path, *, hidden_size: int = 128, layers: int = 2, heads: int = 2,
+                     kv_heads: int = 1, intermediate_size: int = 256, vocab_size: int = 512,
+                     max_position_embeddings: int = 1024, seed: int = 0, extra_corpus: list[str] | None = None) -> Path:
+    """A random Llama (head_dim = hidden / heads; 64 works on vLLM's CPU backend) and tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS * 20 + (extra_corpus or []), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
+                                   pad_token="<|pad|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=max_position_embeddings, bos_token_id=fast.bos_token_id,
+                      eos_token_id=fast.convert_tokens_to_ids("<|end|>"), pad_token_id=fast.pad_token_id,
+                      tie_word_embeddings=False, torch_dtype="float32")
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger logits than the default init, so distributions are not flat
+        model.lm_head.weight.mul_(4.0)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
