@@ -63,7 +63,9 @@ class HFEngine(Engine):
                  "float16": torch.float16}[self.config.dtype]
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
-            self.model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype).to(device).eval()
+            # SDPA takes the boolean block mask of the packed label pass as is.
+            self.model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype,
+                                                              attn_implementation="sdpa").to(device).eval()
         except OSError as exc:
             raise AnnotatorError(f"hf engine {self.name}: cannot load {self.config.model!r}: {exc}") from None
         self.device = torch.device(device)
@@ -86,14 +88,18 @@ class HFEngine(Engine):
         return out
 
     def step_logprobs(self, prompt_ids: list[list[int]]) -> np.ndarray:
-        """(B, C, L+1, |trie vocab|): log-probs of the trie's tokens at each step of each label's path."""
+        """(B, C, L+1, |trie vocab|): log-probs of the trie's tokens at each step of each label's path.
+
+        Two forward passes per batch: the left-padded prompts (filling the KV cache), then every
+        label's tokens packed into one short sequence per text, with a block mask so that each
+        label sees the prompt and its own earlier tokens only (no copy of the cache per label).
+        """
         import torch
 
         tok, trie = self.tokenizer, self.trie
         B, C, L = len(prompt_ids), len(trie.seqs), trie.max_len
         P = max(len(p) for p in prompt_ids)
-        pad = tok.pad_token_id
-        ids = torch.full((B, P), pad, dtype=torch.long)
+        ids = torch.full((B, P), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((B, P), dtype=torch.long)
         for b, p in enumerate(prompt_ids):  # left padding: every prompt ends at column P-1
             ids[b, P - len(p):] = torch.tensor(p)
@@ -101,26 +107,31 @@ class HFEngine(Engine):
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         vocab = torch.tensor(trie.vocab, device=self.device)
+        packed = [t for seq in trie.seqs for t in seq]
+        starts = np.cumsum([0] + [len(seq) for seq in trie.seqs])
+        n = len(packed)
+        own = torch.zeros((n, n), dtype=torch.bool)  # token i sees token j of the same label, j <= i
+        offset = []
+        for c, seq in enumerate(trie.seqs):
+            a, z = starts[c], starts[c + 1]
+            own[a:z, a:z] = torch.tril(torch.ones((z - a, z - a), dtype=torch.bool))
+            offset += list(range(len(seq)))
         with torch.inference_mode():
             first = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
             lp0 = torch.log_softmax(first.logits[:, -1, :].float(), -1)[:, vocab]  # (B, V')
-            cache = first.past_key_values
-            cache.batch_repeat_interleave(C)
-            lab = torch.full((C, L), pad, dtype=torch.long)
-            lab_mask = torch.zeros((C, L), dtype=torch.long)
-            for c, s in enumerate(trie.seqs):
-                lab[c, :len(s)] = torch.tensor(s)
-                lab_mask[c, :len(s)] = 1
-            lab = lab.to(self.device).repeat(B, 1)
-            lab_mask = lab_mask.to(self.device).repeat(B, 1)
-            full_mask = torch.cat([mask.repeat_interleave(C, 0), lab_mask], 1)
-            lens = mask.sum(1).repeat_interleave(C, 0)
-            cont_pos = lens[:, None] + torch.arange(L, device=self.device)[None, :]
-            cont = self.model(input_ids=lab, attention_mask=full_mask, position_ids=cont_pos,
-                              past_key_values=cache, use_cache=False)
-            lpc = torch.log_softmax(cont.logits.float(), -1)[:, :, vocab]  # (B*C, L, V')
-        steps = torch.cat([lp0.repeat_interleave(C, 0)[:, None, :], lpc], 1)  # (B*C, L+1, V')
-        return steps.reshape(B, C, L + 1, -1).cpu().numpy().astype(np.float64)
+            full = torch.cat([mask.bool()[:, None, None, :].expand(B, 1, n, P),
+                              own.to(self.device)[None, None].expand(B, 1, n, n)], dim=3)
+            cont_pos = mask.sum(1, keepdim=True) + torch.tensor(offset, device=self.device)[None, :]
+            cont = self.model(input_ids=torch.tensor(packed, device=self.device)[None].expand(B, n),
+                              attention_mask=full, position_ids=cont_pos, past_key_values=first.past_key_values,
+                              use_cache=False)
+            lpc = torch.log_softmax(cont.logits.float(), -1)[:, :, vocab].cpu().numpy()  # (B, n, V')
+        lp0n = lp0.cpu().numpy()
+        steps = np.zeros((B, C, L + 1, len(trie.vocab)))
+        for c, seq in enumerate(trie.seqs):
+            steps[:, c, 0] = lp0n
+            steps[:, c, 1:len(seq) + 1] = lpc[:, starts[c]:starts[c + 1]]
+        return steps
 
     def _batch(self, sample_ids: list[str], texts: list[str]) -> list[Annotation]:
         built = [self.prompts.build(t) for t in texts]

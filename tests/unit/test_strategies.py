@@ -1,0 +1,95 @@
+"""One behaviour test over every registered query strategy, plus each one's own property."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from molal_ray.exceptions import ConfigError, PoolExhaustedError
+from molal_ray.strategies import PoolView, SubsamplingQueryStrategy, available, get_strategy
+
+N, C, D, K = 300, 4, 8, 6
+
+
+def _view(seed=0, n=N):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, C))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    noisy = np.stack([probs + rng.normal(0, 0.05, probs.shape) * probs for _ in range(K)])
+    noisy = np.clip(noisy, 1e-6, None)
+    noisy /= noisy.sum(2, keepdims=True)
+    return PoolView(ids=np.array([f"u{i}" for i in range(n)]), probs=probs, embeddings=rng.normal(size=(n, D)),
+                    labeled_embeddings=rng.normal(size=(10, D)), noisy_probs=noisy)
+
+
+@pytest.mark.parametrize("name", available())
+def test_picks_n_distinct_unlabeled_ids_deterministically(name):
+    view = _view()
+    s = get_strategy(name)
+    a = s.select(view, 25, np.random.default_rng(1))
+    assert len(a) == 25 and len(set(a)) == 25 and set(a) <= set(view.ids)
+    b = get_strategy(name).select(view, 25, np.random.default_rng(1))
+    assert a.tolist() == b.tolist()
+
+
+@pytest.mark.parametrize("name", available())
+def test_errors_when_the_pool_is_smaller_than_n(name):
+    with pytest.raises(PoolExhaustedError, match="Pool exhausted: 5 available / 6 requested"):
+        get_strategy(name).select(_view(n=5), 6, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", available())
+def test_subsampling_wrapper_scores_only_a_subset(name):
+    s = get_strategy(name, subsample=50)
+    assert isinstance(s, SubsamplingQueryStrategy)
+    view = _view()
+    rng = np.random.default_rng(0)
+    cand = s.candidates(view.ids, rng)
+    assert len(cand) == 50 and set(cand) <= set(view.ids)
+    sub = view.take(np.array([np.flatnonzero(view.ids == c)[0] for c in cand]))
+    picks = s.select(sub, 10, rng)
+    assert set(picks) <= set(cand) and len(set(picks)) == 10
+
+
+def test_missing_inputs_and_unknown_names():
+    with pytest.raises(ValueError, match="lacks 'embeddings'"):
+        get_strategy("coreset").select(PoolView(ids=np.array(["a", "b"])), 1, np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="expected one of"):
+        get_strategy("oracle")
+
+
+def test_max_entropy_prefers_flat_predictions():
+    probs = np.array([[0.97, 0.01, 0.01, 0.01], [0.25, 0.25, 0.25, 0.25], [0.6, 0.4, 0, 0]])
+    picks = get_strategy("max-entropy").select(PoolView(ids=np.array(["a", "b", "c"]), probs=probs), 2,
+                                               np.random.default_rng(0))
+    assert picks.tolist() == ["b", "c"]
+
+
+def test_coreset_picks_the_far_cluster_first():
+    emb = np.concatenate([np.zeros((50, 2)) + np.random.default_rng(0).normal(0, 0.01, (50, 2)), [[10.0, 10.0]]])
+    view = PoolView(ids=np.arange(51).astype(str), embeddings=emb, labeled_embeddings=np.zeros((1, 2)))
+    assert get_strategy("coreset").select(view, 1, np.random.default_rng(0)).tolist() == ["50"]
+
+
+def test_noise_stability_prefers_unstable_samples():
+    probs = np.full((3, 2), 0.5)
+    noisy = np.stack([probs, probs])
+    noisy[:, 1] = [[0.9, 0.1], [0.1, 0.9]]  # sample 1 moves under noise
+    view = PoolView(ids=np.array(["a", "b", "c"]), probs=probs, noisy_probs=noisy)
+    assert get_strategy("noise-stability").select(view, 1, np.random.default_rng(0)).tolist() == ["b"]
+
+
+def test_bemps_prefers_samples_the_models_disagree_on():
+    # Two models agree everywhere except on sample 0, which decides which model is right.
+    rng = np.random.default_rng(0)
+    base = rng.dirichlet(np.ones(3), 40)
+    m1, m2 = base.copy(), base.copy()
+    m1[1:20], m2[1:20] = [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]  # they disagree on an estimation region
+    m1[0], m2[0] = [0.99, 0.005, 0.005], [0.005, 0.99, 0.005]   # sample 0 tells them apart
+    m1[20:], m2[20:] = base[20:], base[20:]
+    view = PoolView(ids=np.arange(40).astype(str), noisy_probs=np.stack([m1, m2]))
+    from molal_ray.strategies.bemps import BEMPS
+
+    scores = BEMPS().scores(view, np.random.default_rng(0))
+    assert np.argmax(scores) == 0
+    assert np.all(scores[20:] < 1e-9)  # where the models agree, nothing is learned
