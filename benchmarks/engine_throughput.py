@@ -56,7 +56,8 @@ def reference_loop(model_dir: Path, texts: list[str], T: int, temperature: float
     return len(texts) / (time.perf_counter() - t0)
 
 
-async def engine_rate(kind: str, model_dir: Path, texts: list[str], batch: int) -> tuple[float, float, dict]:
+async def engine_rate(kind: str, model_dir: Path, texts: list[str], batch: int,
+                      label_probs: str = "exact") -> tuple[float, float, dict]:
     """(b) or (c): texts/s of an engine (start-up excluded), and its start-up seconds."""
     from molal_ray.config import AnnotatorConfig, TaskConfig
     from molal_ray.engines import build_engine
@@ -65,7 +66,7 @@ async def engine_rate(kind: str, model_dir: Path, texts: list[str], batch: int) 
     if kind == "hf":
         engine.update(device="cpu", batch_size=batch)
     else:
-        engine.update(enforce_eager=True)
+        engine.update(enforce_eager=True, label_probs=label_probs)
     eng = build_engine(AnnotatorConfig(name=kind, engine=engine),
                        TaskConfig(labels=LABELS, prompt_template=prompt_template()))
     t0 = time.perf_counter()
@@ -115,11 +116,14 @@ def main() -> None:
         print(f"(a) reference loop     {a:8.2f} texts/s  ({args.n_ref} texts)")
         b, sb, xb = asyncio.run(engine_rate("hf", model_dir, questions[: args.n], args.batch))
         print(f"(b) transformers engine {b:7.2f} texts/s  ({args.n} texts, batch {args.batch}; start {sb:.0f}s) {xb}")
-        c = None
+        c = c1 = None
         if not args.skip_vllm:
             c, sc, xc = asyncio.run(engine_rate("vllm", model_dir, questions[: args.n], args.batch))
-            print(f"(c) vLLM engine        {c:8.2f} texts/s  ({args.n} texts; start {sc:.0f}s) {xc}")
-        print(f"b/a = {b / a:.1f}x" + (f"   c/a = {c / a:.1f}x" if c else "   c/a = (skipped)"))
+            print(f"(c) vLLM engine        {c:8.2f} texts/s  ({args.n} texts, label_probs exact; start {sc:.0f}s) {xc}")
+            c1, sc1, xc1 = asyncio.run(engine_rate("vllm", model_dir, questions[: args.n], args.batch, "first_token"))
+            print(f"(c') vLLM engine       {c1:8.2f} texts/s  ({args.n} texts, label_probs first_token; "
+                  f"start {sc1:.0f}s) {xc1}")
+        print(f"b/a = {b / a:.1f}x" + (f"   c/a = {c / a:.1f}x   c'/a = {c1 / a:.1f}x" if c else "   c/a = (skipped)"))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,11 @@ class VLLMEngineConfig(StrictModel):
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of the shared instruction prefix.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for CPU builds in tests).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica for one model.")
+    label_probs: Literal["exact", "first_token"] = Field(
+        "exact",
+        description="'exact': each label's whole token sequence (one cached one-token request per "
+                    "label-trie node); 'first_token': the first token's probability only (one "
+                    "request per text; exact when every label is a single token).")
     per_request_seed: bool | None = Field(
         None,
         description="Seed each text's request from sampling.seed and its sample id, so votes repeat "

@@ -20,9 +20,14 @@ class Engine(abc.ABC):
     """Base class of every engine; subclasses register under their config's ``type``."""
 
     engine_type: ClassVar[str]
+    config_cls: ClassVar[type[Any]]
 
     def __init__(self, annotator: AnnotatorConfig, task: TaskConfig) -> None:
+        if not isinstance(annotator.engine, self.config_cls):
+            raise ConfigError(f"annotators[{annotator.name}].engine: got type {annotator.engine.type!r}; "
+                              f"expected {self.engine_type!r} for {type(self).__name__}")
         self.annotator = annotator
+        self.config = annotator.engine
         self.task = task
         self.sampling = annotator.sampling
         self.parser = AnswerParser(task.labels)

@@ -37,12 +37,11 @@ def end_token_id(model: Any, tokenizer: Any) -> int:
 
 class HFEngine(Engine):
     engine_type = "hf"
+    config_cls = HFEngineConfig
+    config: HFEngineConfig
 
     def __init__(self, annotator, task) -> None:  # type: ignore[no-untyped-def]
         super().__init__(annotator, task)
-        cfg = annotator.engine
-        assert isinstance(cfg, HFEngineConfig)
-        self.config = cfg
         self.model: Any = None
         self.tokenizer: Any = None
 

@@ -23,13 +23,12 @@ from molal_ray.exceptions import AnnotatorError
 
 class ReplayEngine(Engine):
     engine_type = "replay"
+    config_cls = ReplayEngineConfig
+    config: ReplayEngineConfig
 
     def __init__(self, annotator, task) -> None:  # type: ignore[no-untyped-def]
         super().__init__(annotator, task)
-        cfg = annotator.engine
-        assert isinstance(cfg, ReplayEngineConfig)
-        self.config = cfg
-        self.source = cfg.source_annotator or annotator.name
+        self.source = self.config.source_annotator or annotator.name
         self._records: dict[str, tuple[list[float] | None, list[str] | None]] | None = None
 
     async def start(self) -> None:

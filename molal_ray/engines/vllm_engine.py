@@ -17,7 +17,9 @@ the others renormalised), so they cannot serve. Hence:
   counted), and the first step of the sampling request itself carries the raw label-token
   log-probabilities: for single-token labels, one request per text in all.
 
-The result is exact either way. The constrained decoder may spell a label with non-canonical
+The result is exact either way. ``label_probs: first_token`` skips the deeper nodes: a label's
+probability is then its first token's (labels sharing a first token split it equally), exact
+for single-token labels and an approximation otherwise, for one extra request per text at most. The constrained decoder may spell a label with non-canonical
 tokens (seen: 'description' as six short tokens); such answers are still votes for their label,
 parsed from the answer text, and ``max_tokens`` leaves room for the longest spelling.
 """
@@ -43,12 +45,11 @@ MISSING = -1e30
 
 class VLLMEngine(Engine):
     engine_type = "vllm"
+    config_cls = VLLMEngineConfig
+    config: VLLMEngineConfig
 
     def __init__(self, annotator, task) -> None:  # type: ignore[no-untyped-def]
         super().__init__(annotator, task)
-        cfg = annotator.engine
-        assert isinstance(cfg, VLLMEngineConfig)
-        self.config = cfg
         self.engine: Any = None
         self.extra_requests = 0  # node-filling requests made (for benchmarks and tests)
 
@@ -135,15 +136,20 @@ class VLLMEngine(Engine):
                     if j > 0 and tuple(toks[:j]) not in self.trie_prefixes:
                         break
                     nodes.setdefault(tuple(toks[:j]), self._row(step))
-        missing = sorted(self.trie_prefixes - set(nodes), key=len)
+        wanted = self.trie_prefixes if self.config.label_probs == "exact" else {()}
+        missing = sorted(wanted - set(nodes), key=len)
         if missing:
             fills = await asyncio.gather(*[
                 self._generate(ids + list(prefix), self._params(1, False, 1, 0.0, 1.0)) for prefix in missing])
             self.extra_requests += len(missing)
             for prefix, res in zip(missing, fills):
                 nodes[prefix] = self._row(res.outputs[0].logprobs[0])
-        seq_lp = np.array([sum(nodes[seq[:j]][self.trie.vocab_index[t]] for j, t in enumerate(seq))
-                           for seq in self.trie.seqs])
+        if self.config.label_probs == "exact":
+            seq_lp = np.array([sum(nodes[seq[:j]][self.trie.vocab_index[t]] for j, t in enumerate(seq))
+                               for seq in self.trie.seqs])
+        else:  # first token only; labels sharing a first token split its mass equally
+            first = [seq[0] for seq in self.trie.seqs]
+            seq_lp = np.array([nodes[()][self.trie.vocab_index[t]] - np.log(first.count(t)) for t in first])
         probs = np.exp(seq_lp - seq_lp.max())
         probs /= probs.sum()
         return Annotation(probs=probs, votes=votes, n_invalid=n_invalid, n_samples=len(answers), warning=warning)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,7 @@ class AnnotateStage:
 
         self.annotators = annotators
         self.handles = {a: serve.get_deployment_handle(a, app_name) for a in annotators}
-        self.parts_dir = __import__("pathlib").Path(parts_dir)
+        self.parts_dir = Path(parts_dir)
         self.done: dict[str, np.ndarray] = ray.get(done) if isinstance(done, ray.ObjectRef) else (done or {})
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
