@@ -56,3 +56,27 @@ def build_tiny_llama(folder: str | Path, *, hidden_size: int = 128, layers: int 
         model.lm_head.weight.mul_(4.0)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def build_tiny_bert(folder: str | Path, corpus: list[str], *, hidden_size: int = 32, layers: int = 2,
+                    heads: int = 2, num_labels: int = 2, seed: int = 0) -> Path:
+    """A random tiny BERT and a word-level tokenizer over ``corpus`` (a classifier backbone for tests)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(fast), hidden_size=hidden_size, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=hidden_size * 2, max_position_embeddings=256,
+                     num_labels=num_labels, pad_token_id=fast.pad_token_id)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    return out

@@ -1,0 +1,50 @@
+"""The classifier fitted on Ray Train with the robust loss, on a tiny local BERT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from molal_ray.config.training import ClassifierConfig
+from molal_ray.training import negative_mask
+from molal_ray.training.classifier import ClassifierPredictor
+from molal_ray.training.ray_trainer import rows_frame, train_classifier
+
+pytestmark = pytest.mark.ray
+
+A = "apple banana cherry grape melon peach plum".split()
+B = "truck engine wheel brake motor clutch gear".split()
+
+
+def _texts(rng, n):
+    y = rng.integers(0, 2, n)
+    words = [A if k == 0 else B for k in y]
+    return [" ".join(rng.choice(w, 5)) for w in words], y
+
+
+def test_train_keeps_the_best_checkpoint_and_predicts(ray_local, tmp_path):
+    from molal_ray.testing.tiny_models import build_tiny_bert
+
+    rng = np.random.default_rng(0)
+    texts, y = _texts(rng, 160)
+    vtexts, vy = _texts(rng, 40)
+    backbone = build_tiny_bert(tmp_path / "bert", [" ".join(A + B)] * 5)
+    train = rows_frame(texts, y, np.ones(len(y)), negative_mask([[1 - k] for k in y], 2))
+    val = rows_frame(vtexts, vy, np.ones(len(vy)), np.zeros((len(vy), 2)))
+    cfg = ClassifierConfig(backbone=str(backbone), epochs=6, patience=2, batch_size=16, learning_rate=3e-3,
+                           cpus_per_worker=0.5)
+    res = train_classifier(train, val, 2, cfg, lam=0.4, storage_path=str(tmp_path / "ray"), name="r0")
+    assert res.val_accuracy >= 0.9
+    pred = ClassifierPredictor(res.model_dir).predict(vtexts, noise=0.01, copies=3)
+    assert pred["probs"].shape == (40, 2) and pred["embeddings"].shape[0] == 40
+    assert (pred["probs"].argmax(1) == vy).mean() == pytest.approx(res.val_accuracy)
+    assert pred["noisy_probs"].shape == (3, 40, 2)
+    assert not np.allclose(pred["noisy_probs"][0], pred["probs"])
+
+
+def test_missing_columns_are_refused(tmp_path):
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="missing columns"):
+        train_classifier(pd.DataFrame({"text": ["a"]}), pd.DataFrame({"text": ["a"]}), 2,
+                         ClassifierConfig(backbone="x"), 0.4, str(tmp_path), "x")
