@@ -101,6 +101,49 @@ def aggregate(annotations: str, gold: str, labels_spec: str, out_path: str, meth
             json.dump(result.report, f, indent=2)
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue from the last finished round in the output folder.")
+@click.option("--output", "output_path", default=None, help="Override output.path.")
+@click.option("--strategy", default=None, help="Override loop.strategy.")
+@click.option("--annotation", default=None, help="Override loop.annotation (molal, gold, majority, a name).")
+@click.option("--rounds", default=None, type=click.IntRange(1, 1000), help="Override loop.rounds.")
+@click.option("--seed", default=None, type=int, help="Override loop.seed.")
+@click.option("--overwrite", is_flag=True, help="Start again in an output folder that holds a loop.")
+@click.pass_context
+def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, strategy: str | None,
+        annotation: str | None, rounds: int | None, seed: int | None, overwrite: bool) -> None:
+    """Run the active-learning loop: query, annotate with the LLMs, aggregate, train, evaluate."""
+    from molal_ray.config.loop import LoopJobConfig
+    from molal_ray.loop.runner import run_loop
+
+    try:
+        cfg = LoopJobConfig.from_file(config)
+        data = cfg.model_dump(mode="json")
+        for key, value in (("strategy", strategy), ("annotation", annotation), ("rounds", rounds), ("seed", seed)):
+            if value is not None:
+                data["loop"][key] = value
+        if output_path:
+            data["output"]["path"] = output_path
+        if overwrite:
+            data["output"]["mode"] = "overwrite"
+        if ctx.obj.get("verbose"):
+            data["ray"]["log_to_driver"] = True
+        cfg = LoopJobConfig.from_dict(data, source=config)
+
+        def show(m: dict) -> None:
+            ann = "-" if m["annotation_accuracy"] is None else f"{m['annotation_accuracy']:.3f}"
+            click.echo(f"round {m['round']}: labelled {m['n_labeled']}, test accuracy {m['test_accuracy']:.3f}, "
+                       f"macro-F1 {m['test_macro_f1']:.3f}, annotation accuracy {ann} ({m['elapsed_s']:.0f}s)")
+
+        report = run_loop(cfg, resume=resume, on_round=show)
+    except MolalError as exc:
+        _fail(exc)
+        return
+    click.echo(f"report: {cfg.output.path}/report.json, curves.png, summary.md "
+               f"({len(report['rounds'])} rounds)")
+
+
 @main.command("check-config")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["label", "serve-app"]), default="label",

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from molal_ray.config import LabelJobConfig
+from molal_ray.config import LabelJobConfig, PoolConfig
 from molal_ray.engines.base import Engine
 from molal_ray.pipeline.annotate_stage import AnnotateStage
 from molal_ray.pipeline.output import SUMMARY, load_done, open_output
@@ -37,10 +37,10 @@ def _in_hashes(batch: pa.Table, hashes: np.ndarray, keep: bool) -> pa.Table:
     return batch.filter(pa.array(mask if keep else ~mask))
 
 
-def build_prepared(cfg: LabelJobConfig):  # type: ignore[no-untyped-def]
-    cpus = cfg.pipeline.stage_num_cpus
-    return read_pool(cfg.pool, num_cpus=cpus).map_batches(
-        prepare_batch, fn_kwargs={"max_text_chars": cfg.pool.max_text_chars}, batch_format="pyarrow",
+def build_prepared(pool: PoolConfig, cpus: float):  # type: ignore[no-untyped-def]
+    """The pool as prepared rows (ids and texts decoded, bad rows flagged), lazily."""
+    return read_pool(pool, num_cpus=cpus).map_batches(
+        prepare_batch, fn_kwargs={"max_text_chars": pool.max_text_chars}, batch_format="pyarrow",
         batch_size=None, num_cpus=cpus)
 
 
@@ -48,7 +48,7 @@ def plan_stream(cfg: LabelJobConfig):  # type: ignore[no-untyped-def]
     """The prepared pool with duplicate ids resolved, and its row count."""
     import ray.data
 
-    prepared = build_prepared(cfg)
+    prepared = build_prepared(cfg.pool, cfg.pipeline.stage_num_cpus)
     chunks = [b[ID_HASH].to_numpy() for b in
               prepared.select_columns([ID_HASH]).iter_batches(batch_format="pyarrow", batch_size=None)]
     hashes = np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
@@ -60,8 +60,8 @@ def plan_stream(cfg: LabelJobConfig):  # type: ignore[no-untyped-def]
     clean = prepared.map_batches(_in_hashes, fn_kwargs={"hashes": dups, "keep": False},
                                  batch_format="pyarrow", batch_size=None, num_cpus=cpus)
     dup_rows = pa.concat_tables(list(
-        build_prepared(cfg).map_batches(_in_hashes, fn_kwargs={"hashes": dups, "keep": True},
-                                        batch_format="pyarrow", batch_size=None, num_cpus=cpus)
+        build_prepared(cfg.pool, cpus).map_batches(_in_hashes, fn_kwargs={"hashes": dups, "keep": True},
+                                                   batch_format="pyarrow", batch_size=None, num_cpus=cpus)
         .iter_batches(batch_format="pyarrow", batch_size=None)))
     resolved = ray.data.from_arrow(resolve_duplicates(dup_rows))
     return clean.union(resolved), int(hashes.size)

@@ -24,7 +24,9 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     torch.manual_seed(config["seed"])
     tokenizer = AutoTokenizer.from_pretrained(config["backbone"])
-    model = AutoModelForSequenceClassification.from_pretrained(config["backbone"], num_labels=config["num_labels"])
+    # A backbone saved with another head size gets a new head (ignore_mismatched_sizes).
+    model = AutoModelForSequenceClassification.from_pretrained(config["backbone"], num_labels=config["num_labels"],
+                                                               ignore_mismatched_sizes=True)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])

@@ -1,0 +1,82 @@
+"""`molal-ray run`: the active-learning loop's config."""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from molal_ray.config.annotator import AnnotatorConfig, check_unique_names
+from molal_ray.config.base import StrictModel, resolve_path
+from molal_ray.config.job import OutputConfig, PipelineConfig, PoolConfig, RayConfig
+from molal_ray.config.task import TaskConfig
+from molal_ray.config.training import ClassifierConfig
+
+
+class LoopSettings(StrictModel):
+    """The MoLLIA loop (paper defaults where the paper gives them)."""
+
+    initial_gold: int = Field(50, ge=2, description="Human-labelled samples of round 0 (paper: 50).")
+    rounds: int = Field(8, ge=1, description="Query rounds after round 0.")
+    query_size: int = Field(50, ge=1, description="Samples queried (and annotated) per round.")
+    strategy: str = Field("random", description="Query strategy: random, max-entropy, coreset, bemps, noise-stability.")
+    subsample: int | None = Field(2000, ge=1, description="Pool rows scored per round (None: the whole pool).")
+    annotation: str = Field(
+        "molal",
+        description="Who labels queried samples: 'molal' (the aggregator), 'gold' (human labels: the upper "
+                    "reference), 'majority' (majority vote), or one annotator's name.")
+    aggregator: str = Field("default", description="Aggregator used when annotation is 'molal'.")
+    discrepancy_alpha: float = Field(0.5, ge=0, le=1, description="Weight of a MoLAM-labelled sample whose label "
+                                                                  "disagrees with the previous classifier (paper: 0.5).")
+    lambda_start: float = Field(0.4, ge=0, description="Negative-learning weight in round 0 (paper: 0.4).")
+    lambda_step: float = Field(0.06, ge=0, description="Its increase per round (paper: 0.06).")
+    negative_threshold: float = Field(0.05, ge=0, le=1, description="Labels below this aggregated probability "
+                                                                     "are a sample's negatives.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of gold-labelled rows held out as the test split.")
+    test_max: int | None = Field(1000, ge=1, description="At most this many test rows (evaluation cost).")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the labelled rows used for early stopping.")
+    noise_copies: int = Field(5, ge=1, description="Perturbed classifier copies for noise stability and BEMPS.")
+    noise_scale: float = Field(0.01, gt=0, description="Relative scale of that weight noise.")
+    seed: int = Field(0, description="Seed of the gold draw, the test split and the strategies.")
+
+
+class LoopJobConfig(StrictModel):
+    task: TaskConfig
+    annotators: list[AnnotatorConfig] = Field(default_factory=list)
+    pool: PoolConfig
+    gold: str = Field(..., description="CSV or Parquet with sample_id,label: the human labels (initial set, "
+                                       "test split, the 'gold' mode and annotation accuracy).")
+    loop: LoopSettings = Field(default_factory=LoopSettings)
+    classifier: ClassifierConfig
+    output: OutputConfig
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    _unique = field_validator("annotators")(check_unique_names)
+
+    @field_validator("gold")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+    @model_validator(mode="after")
+    def _modes(self) -> "LoopJobConfig":
+        from molal_ray.strategies import available as strategies
+
+        names = [a.name for a in self.annotators]
+        mode = self.loop.annotation
+        if mode not in ("molal", "gold", "majority", *names):
+            raise ValueError(f"loop.annotation one of ['molal', 'gold', 'majority', {', '.join(map(repr, names))}]"
+                             f" (got {mode!r})")
+        if mode != "gold" and not names:
+            raise ValueError(f"annotators for loop.annotation {mode!r} (none configured)")
+        if self.loop.strategy not in strategies():
+            raise ValueError(f"loop.strategy one of {strategies()} (got {self.loop.strategy!r})")
+        return self
+
+    def label_job(self, pool_path: str, out_path: str):  # type: ignore[no-untyped-def]
+        """The label job that annotates one round's queried samples into the loop's table."""
+        from molal_ray.config.job import LabelJobConfig
+
+        return LabelJobConfig(task=self.task, annotators=self.annotators,
+                              pool=PoolConfig(path=pool_path, id_column="id", text_column="text"),
+                              output=OutputConfig(path=out_path, mode="resume"), pipeline=self.pipeline,
+                              ray=self.ray.model_copy(update={"keep_serve_running": True}))

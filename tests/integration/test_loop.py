@@ -1,0 +1,90 @@
+"""The whole loop on a local Ray: replay annotators, the aggregator, a tiny classifier on Ray Train."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from molal_ray.config.loop import LoopJobConfig
+from molal_ray.exceptions import ConfigError
+from molal_ray.loop.runner import run_loop
+from molal_ray.loop.state import LoopState
+from tests.conftest import TREC, TREC_ANNOTATORS, TREC_LABELS
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from molal_ray.testing.tiny_models import build_tiny_bert
+
+    root = tmp_path_factory.mktemp("loop")
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 400)
+    pq.write_table(pool, root / "pool.parquet")
+    backbone = build_tiny_bert(root / "bert", pool.column("text").to_pylist())
+    return root, backbone
+
+
+def _cfg(root, backbone, out, rounds=2, **loop):
+    return LoopJobConfig.from_dict({
+        "task": {"labels": TREC_LABELS},
+        "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+                        "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
+        "pool": {"path": str(root / "pool.parquet")},
+        "gold": str(TREC / "gold.csv"),
+        "loop": {"initial_gold": 20, "rounds": rounds, "query_size": 20, "strategy": "max-entropy",
+                 "subsample": 150, "test_fraction": 0.25, "test_max": 80, **loop},
+        "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
+                       "cpus_per_worker": 0.5},
+        "output": {"path": str(out)},
+    })
+
+
+def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
+    root, backbone = setup
+    out = tmp_path / "run"
+    first = run_loop(_cfg(root, backbone, out, rounds=1))
+    assert [r["n_labeled"] for r in first["rounds"]] == [20, 40]
+    with pytest.raises(ConfigError, match="holds a loop already"):
+        run_loop(_cfg(root, backbone, out, rounds=2))
+    report = run_loop(_cfg(root, backbone, out, rounds=2), resume=True)
+    rounds = report["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and [r["n_labeled"] for r in rounds] == [20, 40, 60]
+    assert rounds[:2] == first["rounds"]  # finished rounds are kept as they were
+    for r in rounds:
+        for k in ("test_accuracy", "test_micro_f1", "test_macro_f1"):
+            assert 0.0 <= r[k] <= 1.0
+    assert rounds[0]["annotation_accuracy"] is None and 0.3 < rounds[2]["annotation_accuracy"] <= 1.0
+    assert json.loads((out / "report.json").read_text())["rounds"] == rounds
+    assert (out / "curves.png").stat().st_size > 0 and "| round |" in (out / "summary.md").read_text()
+    state = LoopState.load(out / "state")
+    ids = [x.sample_id for x in state.labeled]
+    assert len(ids) == len(set(ids)) == 60 and not set(ids) & set(state.pool_ids)
+    sources = {x.source for x in state.labeled}
+    assert sources == {"gold", "molal"}
+    molal = [x for x in state.labeled if x.source == "molal"]
+    assert any(x.negatives for x in molal)  # implicit negative labels travel with their rows
+    assert all(x.weight in (1.0, 0.5) for x in molal)
+    # every queried sample was annotated exactly once by every annotator
+    from molal_ray.pipeline.output import read_annotation_table
+
+    t = read_annotation_table(out / "annotations").to_pandas()
+    assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 60 * 5
+
+
+def test_gold_mode_needs_no_annotator(ray_local, setup, tmp_path):
+    root, backbone = setup
+    cfg = _cfg(root, backbone, tmp_path / "gold", rounds=1, annotation="gold", strategy="random")
+    report = run_loop(cfg)
+    assert report["rounds"][1]["annotation_accuracy"] == 1.0
+    assert not (tmp_path / "gold" / "annotations").exists()
+
+
+def test_bad_loop_settings_are_config_errors(setup, tmp_path):
+    root, backbone = setup
+    with pytest.raises(ConfigError, match="loop.annotation one of"):
+        _cfg(root, backbone, tmp_path, annotation="gpt4")
+    with pytest.raises(ConfigError, match="loop.strategy one of"):
+        _cfg(root, backbone, tmp_path, strategy="oracle")
