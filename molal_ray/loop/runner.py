@@ -88,8 +88,12 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
         if state.labels != labels:
             raise ConfigError(f"resume: the saved loop has labels {state.labels}; the config has {labels}")
     else:
-        if (state_dir / "state.json").exists() and cfg.output.mode != "overwrite":
-            raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
+        if (state_dir / "state.json").exists():
+            if cfg.output.mode != "overwrite":
+                raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
+            import shutil
+
+            shutil.rmtree(out)  # a new loop must not inherit the old one's annotations
         state = LoopState(labels=labels, pool_ids=list(loop_ids), seed=L.seed)
     coord = coordinator_actor().remote(state, str(state_dir), L.strategy, L.subsample, L.annotation,
                                        L.aggregator, L.discrepancy_alpha, L.negative_threshold)
