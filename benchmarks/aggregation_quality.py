@@ -69,7 +69,7 @@ def main() -> None:
         ev[gi] = False
         for n in methods:
             t0 = time.perf_counter()
-            p = get_aggregator(n, **({"seed": seed} if n in ("default", "pooled", "molam-xgb") else {})).fit(
+            p = get_aggregator(n, seed=seed).fit(
                 m, gold).predict_proba(m)
             times[n] = times.get(n, 0.0) + time.perf_counter() - t0
             rows.setdefault(n, []).append(float((p.argmax(1)[ev] == y[ev]).mean()))

@@ -101,14 +101,13 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
     m = build_matrix(table, C)
     gold, n_ignored = align_gold(gold_df, m, C)
     name = DEFAULT if method == "default" else method
-    get_aggregator(name)  # fail early on an unknown name
     report: dict[str, Any] = {"method": name, "samples": len(m), "annotators": m.annotators,
                               "gold_used": len(gold), "gold_ignored_not_in_table": n_ignored,
-                              "table_checks": check_table(table, C), "warnings": []}
+                              "table_checks": check_table(table, m), "warnings": []}
     if len(np.unique(gold.y)) < 2:
         report["warnings"].append("gold holds a single class: learned aggregators fall back to Dawid-Skene "
                                   "or predict that class")
-    model = get_aggregator(name, **({"seed": seed} if name in ("pooled", "molam-xgb") else {})).fit(m, gold)
+    model = get_aggregator(name, seed=seed).fit(m, gold)
     probs = model.predict_proba(m)
     probs[gold.index] = gold.one_hot()
     is_gold = np.zeros(len(m), bool)
@@ -127,7 +126,7 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
     report["annotator_quality"] = annotator_quality(m, gold)
     if validate:
         def factory(n: str):  # type: ignore[no-untyped-def]
-            return lambda: get_aggregator(n, **({"seed": seed} if n in ("pooled", "molam-xgb") else {}))
+            return lambda: get_aggregator(n, seed=seed)
         methods = [name] + ([x for x in available() if x != name] if baselines else [])
         report["validation"] = {}
         for n in methods:

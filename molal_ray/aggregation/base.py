@@ -70,13 +70,19 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_aggregator(name: str, **params: Any) -> Aggregator:
-    """An aggregator by registered name (``default`` is the project's recommended one)."""
+def get_aggregator(name: str, seed: int | None = None, **params: Any) -> Aggregator:
+    """An aggregator by registered name (``default`` is the project's recommended one); ``seed``
+    goes to those that draw random numbers and is ignored by the others."""
+    import inspect
+
     _load_all()
     key = DEFAULT if name == "default" else name
     if key not in _REGISTRY:
         raise ConfigError(f"aggregator: got {name!r}; expected one of {['default', *sorted(_REGISTRY)]}")
-    return _REGISTRY[key](**params)
+    cls = _REGISTRY[key]
+    if seed is not None and "seed" in inspect.signature(cls.__init__).parameters:
+        params["seed"] = seed
+    return cls(**params)
 
 
 DEFAULT = "pooled"

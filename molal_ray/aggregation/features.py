@@ -116,12 +116,11 @@ def build_matrix(table: pa.Table, num_classes: int, annotators: list[str] | None
     return AnnotationMatrix(np.asarray(sample_ids, dtype=object), list(annotators), P, V, present)
 
 
-def check_table(table: pa.Table, num_classes: int) -> dict[str, int]:
-    """Counts of rows that will be treated as absent, by reason (for the report)."""
+def check_table(table: pa.Table, m: AnnotationMatrix) -> dict[str, int]:
+    """Counts of rows treated as absent in ``m`` (built from ``table``), by reason (for the report)."""
     counts = {"error_rows": 0, "non_finite_or_negative": 0}
     if schema.ERROR in table.column_names:
         counts["error_rows"] = int(pc.sum(pc.is_valid(table.column(schema.ERROR))).as_py() or 0)
-    m = build_matrix(table, num_classes)
     counts["absent_pairs"] = int((~m.present).sum())
     ok = pc.is_null(table.column(schema.ERROR)) if schema.ERROR in table.column_names else None
     n_ok = int(pc.sum(ok).as_py()) if ok is not None else table.num_rows
