@@ -72,6 +72,12 @@ class LoopJobConfig(StrictModel):
             raise ValueError(f"loop.strategy one of {strategies()} (got {self.loop.strategy!r})")
         return self
 
+    def app_config(self):  # type: ignore[no-untyped-def]
+        """The annotator application the loop deploys once and labels every round through."""
+        from molal_ray.config.job import AnnotatorAppConfig
+
+        return AnnotatorAppConfig(task=self.task, annotators=self.annotators)
+
     def label_job(self, pool_path: str, out_path: str):  # type: ignore[no-untyped-def]
         """The label job that annotates one round's queried samples into the loop's table."""
         from molal_ray.config.job import LabelJobConfig

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from molal_ray.config.base import StrictModel, resolve_path
 
@@ -23,7 +25,7 @@ def resolve_backbone(value: str) -> str:
 
 
 class ClassifierConfig(StrictModel):
-    """A Hugging Face sequence classifier fitted on Ray Train (TorchTrainer)."""
+    """A Hugging Face sequence classifier fitted on Ray Train (TorchTrainer), or in the driver."""
 
     backbone: str = Field(..., description="Model name or folder (DistilBERT/DistilRoBERTa on GPUs), or "
                                            "package:PKG/folder for a model shipped in a Python package (offline: "
@@ -37,7 +39,22 @@ class ClassifierConfig(StrictModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
+    threads: int | None = Field(None, ge=1, description="torch threads per training worker and per inference "
+                                                         "actor (None: Ray's default, one per CPU reserved). On "
+                                                         "one machine where the loop's phases run one after "
+                                                         "another, the number of cores.")
+    trainer: Literal["ray", "local"] = Field(
+        "ray", description="'ray': Ray Train (TorchTrainer) fits the classifier and Ray Data scores the pool. "
+                           "'local': the same training and scoring code in the driver process, without the "
+                           "per-round start of Ray Train workers (small experiments, benchmarks; one worker).")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
+
+    @model_validator(mode="after")
+    def _local_is_one_worker(self) -> "ClassifierConfig":
+        if self.trainer == "local" and self.num_workers != 1:
+            raise ValueError(f"num_workers 1 with trainer 'local' (got {self.num_workers}); use trainer 'ray' for "
+                             "data-parallel workers")
+        return self
 
     @field_validator("backbone")
     @classmethod

@@ -32,17 +32,20 @@ class Coordinator:
     def get_state(self) -> LoopState:
         return self.state
 
-    def rng(self, purpose: int) -> np.random.Generator:
-        return np.random.default_rng([self.state.seed, self.state.round, purpose])
+    def rng(self, purpose: int, round_: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.state.seed, self.state.round if round_ is None else round_, purpose])
 
     def add_rows(self, rows: list[LabeledRow]) -> LoopState:
         """Round 0: the initial human labels."""
         self.state.add(rows)
         return self.state
 
-    def candidates(self) -> list[str]:
-        """Pool ids to score this round (a random subset when sub-sampling)."""
-        return self.strategy.candidates(np.asarray(self.state.pool_ids, dtype=object), self.rng(1)).tolist()
+    def candidates(self, round_: int | None = None) -> list[str]:
+        """Pool ids to score in round ``round_`` (default: this one; a random subset when
+        sub-sampling). The pool does not change between the end of a round and the next query, so
+        the runner asks for the next round's candidates right after training and scores them
+        with the test split in one pass."""
+        return self.strategy.candidates(np.asarray(self.state.pool_ids, dtype=object), self.rng(1, round_)).tolist()
 
     def select(self, view: PoolView, n: int) -> list[str]:
         return self.strategy.select(view, min(n, len(view)), self.rng(2)).tolist()

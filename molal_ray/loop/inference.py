@@ -1,4 +1,5 @@
-"""Ray Data batch inference with the current classifier (thin shell over ClassifierPredictor)."""
+"""Batch inference with the current classifier: Ray Data over an actor (``trainer: ray``) or the
+same stage in this process (``trainer: local``). A thin shell over ClassifierPredictor."""
 
 from __future__ import annotations
 
@@ -7,36 +8,60 @@ import pandas as pd
 
 from molal_ray.strategies import PoolView
 
+NOISY = "noisy"  # optional bool column: also score this row under weight noise
+
 
 class PredictStage:
-    """``map_batches`` UDF: rows ``id, text`` -> ``id, probs, embeddings[, noisy_probs]``."""
+    """``map_batches`` UDF: rows ``id, text[, noisy]`` -> ``id, probs, embeddings[, noisy_probs]``.
 
-    def __init__(self, model_dir: str, max_length: int, copies: int, noise: float, seed: int) -> None:
+    ``noisy_probs`` (copies x classes, flattened) is computed for the rows whose ``noisy`` flag is
+    set (all rows when the column is absent) and is NaN for the others."""
+
+    def __init__(self, model_dir: str, max_length: int, copies: int, noise: float, seed: int,
+                 threads: int | None = None) -> None:
+        import torch
+
         from molal_ray.training.classifier import ClassifierPredictor
 
+        if threads:
+            torch.set_num_threads(threads)
         self.predictor = ClassifierPredictor(model_dir, max_length=max_length)
         self.copies, self.noise, self.seed = copies, noise, seed
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        out = self.predictor.predict(batch["text"].tolist(), noise=self.noise, copies=self.copies, seed=self.seed)
+        texts = batch["text"].tolist()
+        out = self.predictor.predict(texts)
         res = pd.DataFrame({"id": batch["id"].to_numpy(), "probs": list(out["probs"]),
                             "embeddings": list(out["embeddings"])})
         if self.copies:
-            res["noisy_probs"] = list(np.transpose(out["noisy_probs"], (1, 0, 2)).reshape(len(batch), -1))
+            want = batch[NOISY].to_numpy(bool) if NOISY in batch else np.ones(len(batch), bool)
+            noisy = np.full((len(batch), self.copies * out["probs"].shape[1]), np.nan, np.float32)
+            if want.any():
+                sub = self.predictor.predict([t for t, w in zip(texts, want) if w], noise=self.noise,
+                                             copies=self.copies, seed=self.seed)["noisy_probs"]
+                noisy[want] = np.transpose(sub, (1, 0, 2)).reshape(int(want.sum()), -1)
+            res["noisy_probs"] = list(noisy)
         return res
 
 
 def predict_frame(df: pd.DataFrame, model_dir: str, max_length: int, copies: int = 0, noise: float = 0.0,
-                  seed: int = 0, batch_size: int = 64) -> pd.DataFrame:
-    """Predictions for ``df`` (columns id, text), in ``df``'s order."""
-    import ray.data
-
+                  seed: int = 0, batch_size: int = 64, *, local: bool = False,
+                  threads: int | None = None) -> pd.DataFrame:
+    """Predictions for ``df`` (columns id, text[, noisy]), in ``df``'s order."""
     if len(df) == 0:
         return pd.DataFrame({"id": [], "probs": [], "embeddings": []})
-    ds = ray.data.from_pandas(df[["id", "text"]]).map_batches(
-        PredictStage, fn_constructor_kwargs={"model_dir": model_dir, "max_length": max_length, "copies": copies,
-                                             "noise": noise, "seed": seed},
-        batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    cols = ["id", "text"] + ([NOISY] if NOISY in df else [])
+    kwargs = {"model_dir": model_dir, "max_length": max_length, "copies": copies, "noise": noise, "seed": seed,
+              "threads": threads}
+    if local:
+        stage = PredictStage(**kwargs)
+        return pd.concat([stage(df[cols].iloc[i:i + batch_size]) for i in range(0, len(df), batch_size)],
+                         ignore_index=True)
+    import ray.data
+
+    ds = ray.data.from_pandas(df[cols]).map_batches(
+        PredictStage, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     out = ds.to_pandas()
     return out.set_index("id").loc[df["id"].to_numpy()].reset_index()
 

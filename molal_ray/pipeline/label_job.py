@@ -68,8 +68,10 @@ def plan_stream(cfg: LabelJobConfig):  # type: ignore[no-untyped-def]
 
 
 def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None,
-                  progress: ProgressFn | None = None) -> LabelSummary:
-    """Label the pool; resumes from what the output folder already holds."""
+                  progress: ProgressFn | None = None, deploy: bool = True) -> LabelSummary:
+    """Label the pool; resumes from what the output folder already holds. ``deploy=False`` uses
+    the annotator application already running under ``cfg.ray.serve_app_name`` as it is (the
+    loop deploys once and labels every round's queries through it)."""
     import ray
 
     t0 = time.monotonic()
@@ -78,7 +80,8 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
     out = open_output(cfg.output.path, cfg.output.mode, labels, names)
     done = load_done(out)
     ensure_ray(cfg.ray)
-    deploy_annotators(cfg.app_config(), cfg.ray.serve_app_name, engine_cls)
+    if deploy:
+        deploy_annotators(cfg.app_config(), cfg.ray.serve_app_name, engine_cls)
     try:
         stream, pool_rows = plan_stream(cfg)
         pl = cfg.pipeline
@@ -97,7 +100,7 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
             if progress is not None:
                 progress(dict(written), pool_rows)
     finally:
-        if not cfg.ray.keep_serve_running:
+        if deploy and not cfg.ray.keep_serve_running:
             undeploy_annotators(cfg.ray.serve_app_name)
     wall = time.monotonic() - t0
     n_rows, err_kinds, warn_kinds, per = summarise_table(str(out.root))

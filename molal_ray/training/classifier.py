@@ -7,7 +7,8 @@ directly by unit tests. Rows carry ``text, label, weight, negatives`` (a 0/1 mas
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,15 +43,64 @@ def train_epoch(model: Any, tokenizer: Any, batches: Iterable[dict[str, np.ndarr
 
 @torch.inference_mode()
 def evaluate(model: Any, tokenizer: Any, batches: Iterable[dict[str, np.ndarray]], max_length: int,
-             device: torch.device) -> float:
-    """Accuracy on labelled batches."""
+             device: torch.device, all_reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+    """Accuracy on labelled batches (``all_reduce`` sums [hits, rows] over data-parallel workers,
+    so that every worker sees the same accuracy and takes the same early-stopping decision)."""
     model.eval()
-    hits, n = 0, 0
+    counts = np.zeros(2, np.float64)
     for batch in batches:
         logits = model(**tokenize(tokenizer, batch["text"].tolist(), max_length, device)).logits
-        hits += int((logits.argmax(-1).cpu().numpy() == np.asarray(batch["label"])).sum())
-        n += len(batch["label"])
-    return hits / max(n, 1)
+        counts += ((logits.argmax(-1).cpu().numpy() == np.asarray(batch["label"])).sum(), len(batch["label"]))
+    if all_reduce is not None:
+        counts = all_reduce(counts)
+    return float(counts[0] / max(counts[1], 1))
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    val_accuracy: float
+    epochs_run: int
+
+
+def check_frames(train: Any, val: Any) -> None:
+    """Training frames carry ``text, label, weight, negatives`` on every row."""
+    for df, split in ((train, "train"), (val, "val")):
+        missing = {"text", "label", "weight", "negatives"} - set(df.columns)
+        if missing:
+            raise ValueError(f"{split} rows: missing columns {sorted(missing)}")
+
+
+def fit_epochs(model: Any, tokenizer: Any, optimizer: Any, *, epochs: int, patience: int, lam: float,
+               max_length: int, device: torch.device,
+               train_batches: Callable[[int], Iterable[dict[str, np.ndarray]]],
+               val_batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+               on_epoch: Callable[[dict[str, float], bool], None],
+               all_reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> int:
+    """Train epoch by epoch with early stopping on validation accuracy; ``on_epoch(metrics,
+    improved)`` keeps the best model. Stops after ``patience`` epochs without improvement; returns
+    the epochs run."""
+    best, stale = -1.0, 0
+    for epoch in range(epochs):
+        loss = train_epoch(model, tokenizer, train_batches(epoch), optimizer, lam, max_length, device)
+        val_acc = evaluate(model, tokenizer, val_batches(), max_length, device, all_reduce)
+        improved = val_acc > best
+        on_epoch({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc}, improved)
+        if improved:
+            best, stale = val_acc, 0
+        else:
+            stale += 1
+            if stale > patience:
+                return epoch + 1
+    return epochs
+
+
+def frame_batches(df: Any, batch_size: int, seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of a pandas frame as dicts of numpy columns (shuffled with ``seed`` unless None)."""
+    order = np.arange(len(df)) if seed is None else np.random.default_rng(seed).permutation(len(df))
+    for i in range(0, len(df), batch_size):
+        part = df.iloc[order[i:i + batch_size]]
+        yield {c: part[c].to_numpy() for c in part.columns}
 
 
 class ClassifierPredictor:

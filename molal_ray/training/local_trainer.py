@@ -1,0 +1,54 @@
+"""Fit the classifier in the driver process (``classifier.trainer: local``): the same epochs,
+loss and early stopping as the Ray Train shell, for small experiments and benchmarks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from molal_ray.config.training import ClassifierConfig
+from molal_ray.training.classifier import TrainResult
+
+
+def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: ClassifierConfig, lam: float,
+                storage_path: str, name: str) -> TrainResult:
+    """The same training as :func:`train_classifier`, in this process (``classifier.trainer:
+    local``): no Ray Train workers to start each round. The best epoch's weights are kept in
+    memory and saved to ``storage_path/name``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from molal_ray.training.classifier import check_frames, fit_epochs, frame_batches
+
+    check_frames(train, val)
+    saved_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        device = torch.device("cuda" if cfg.use_gpu else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(cfg.backbone)
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.backbone, num_labels=num_labels,
+                                                                   ignore_mismatched_sizes=True).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        best: dict[str, Any] = {}
+
+        def on_epoch(metrics: dict[str, float], improved: bool) -> None:
+            if improved:
+                best["state"] = copy.deepcopy(model.state_dict())
+                best["val_accuracy"] = metrics["val_accuracy"]
+
+        epochs = fit_epochs(model, tokenizer, optimizer, epochs=cfg.epochs, patience=cfg.patience, lam=lam,
+                            max_length=cfg.max_length, device=device,
+                            train_batches=lambda epoch: frame_batches(train, cfg.batch_size, cfg.seed + epoch),
+                            val_batches=lambda: frame_batches(val, cfg.batch_size), on_epoch=on_epoch)
+        model.load_state_dict(best["state"])
+        out = Path(storage_path, name, "best")
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return TrainResult(model_dir=str(out), val_accuracy=float(best["val_accuracy"]), epochs_run=epochs)
