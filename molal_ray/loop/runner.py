@@ -32,8 +32,8 @@ logger = logging.getLogger("molal_ray.loop")
 
 
 def read_pool_frame(cfg: LoopJobConfig) -> pd.DataFrame:
-    """id and text of the pool's usable rows, read with Ray Data (flagged rows are left out of the
-    loop and counted in the log). The loop keeps these two columns in the driver."""
+    """id and text of the pool's usable rows, sorted by id, read with Ray Data (flagged rows are
+    left out of the loop and counted in the log). The loop keeps these two columns in the driver."""
     from molal_ray import schema
     from molal_ray.pipeline.label_job import build_prepared
 
@@ -43,7 +43,9 @@ def read_pool_frame(cfg: LoopJobConfig) -> pd.DataFrame:
         logger.warning("%d pool rows are flagged (%s...) and left out of the loop", int(bad.sum()),
                        df.loc[bad, schema.POOL_ERROR].iloc[0])
     df = df.loc[~bad, [schema.SAMPLE_ID, schema.TEXT]].rename(columns={schema.SAMPLE_ID: "id"})
-    return df.drop_duplicates("id").reset_index(drop=True)
+    # Ray Data's read tasks finish in any order: sorting by id makes the test split and the gold
+    # draws depend on the seed only.
+    return df.drop_duplicates("id").sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def _split(cfg: LoopJobConfig, pool: pd.DataFrame, gold: dict[str, int]) -> tuple[list[str], list[str]]:

@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     return root, backbone
 
 
-def _cfg(root, backbone, out, rounds=2, **loop):
+def _cfg(root, backbone, out, rounds=2, trainer="ray", **loop):
     return LoopJobConfig.from_dict({
         "task": {"labels": TREC_LABELS},
         "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
@@ -37,7 +37,7 @@ def _cfg(root, backbone, out, rounds=2, **loop):
         "loop": {"initial_gold": 20, "rounds": rounds, "query_size": 20, "strategy": "max-entropy",
                  "subsample": 150, "test_fraction": 0.25, "test_max": 80, **loop},
         "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
-                       "cpus_per_worker": 0.5},
+                       "cpus_per_worker": 0.5, "trainer": trainer},
         "output": {"path": str(out)},
     })
 
@@ -72,6 +72,22 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
 
     t = read_annotation_table(out / "annotations").to_pandas()
     assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 60 * 5
+
+
+def test_resumed_loop_repeats_an_uninterrupted_one(ray_local, setup, tmp_path):
+    """With the local trainer (deterministic on the CPU): two rounds straight equal one round plus
+    a resume. The straight run scores round 2's candidates in the same pass as round 1's test
+    split; the resumed one scores them afresh."""
+    root, backbone = setup
+    straight = run_loop(_cfg(root, backbone, tmp_path / "a", rounds=2, trainer="local"))
+    run_loop(_cfg(root, backbone, tmp_path / "b", rounds=1, trainer="local"))
+    resumed = run_loop(_cfg(root, backbone, tmp_path / "b", rounds=2, trainer="local"), resume=True)
+    assert straight["trainer"] == "local"
+    for a, b in zip(straight["rounds"], resumed["rounds"], strict=True):
+        assert a["n_labeled"] == b["n_labeled"] and a["annotation_accuracy"] == b["annotation_accuracy"]
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-9)
+    ids = [[x.sample_id for x in LoopState.load(p / "state").labeled] for p in (tmp_path / "a", tmp_path / "b")]
+    assert ids[0] == ids[1]
 
 
 def test_gold_mode_needs_no_annotator(ray_local, setup, tmp_path):
