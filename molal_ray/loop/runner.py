@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
@@ -29,23 +30,32 @@ from molal_ray.training.local_trainer import train_local
 from molal_ray.training.ray_trainer import rows_frame, train_classifier
 
 logger = logging.getLogger("molal_ray.loop")
+FLAGGED_POOL = "pool_flagged.parquet"  # pool rows left out of the loop, with why
 
 
-def read_pool_frame(cfg: LoopJobConfig) -> pd.DataFrame:
-    """id and text of the pool's usable rows, sorted by id, read with Ray Data (flagged rows are
-    left out of the loop and counted in the log). The loop keeps these two columns in the driver."""
+def read_pool_frame(cfg: LoopJobConfig, flagged_path: Path | None = None) -> pd.DataFrame:
+    """id and text of the pool's usable rows, sorted by id, read with Ray Data. Flagged rows (the
+    label pipeline's errors: empty text, bad bytes, missing id...) and later copies of a repeated
+    id are left out of the loop, counted in the log and, with ``flagged_path``, written there
+    (``sample_id, source, pool_error``). The loop keeps id and text in the driver."""
     from molal_ray import schema
     from molal_ray.pipeline.label_job import build_prepared
+    from molal_ray.pipeline.pool import SOURCE
 
     df = build_prepared(cfg.pool, cfg.pipeline.stage_num_cpus).to_pandas()
+    # Ray Data's read tasks finish in any order: sorting makes the test split and the gold draws
+    # depend on the seed only (and picks the same copy of a repeated id every time).
+    df = df.sort_values([schema.SAMPLE_ID, SOURCE], kind="stable").reset_index(drop=True)
+    dup = df[schema.SAMPLE_ID].duplicated() & df[schema.POOL_ERROR].isna()
+    df.loc[dup, schema.POOL_ERROR] = schema.ERR_DUPLICATE_ID + ": another row has this id (kept: the first by source)"
     bad = df[schema.POOL_ERROR].notna()
     if bad.any():
-        logger.warning("%d pool rows are flagged (%s...) and left out of the loop", int(bad.sum()),
+        logger.warning("%d pool rows are flagged and left out of the loop (first: %s)", int(bad.sum()),
                        df.loc[bad, schema.POOL_ERROR].iloc[0])
-    df = df.loc[~bad, [schema.SAMPLE_ID, schema.TEXT]].rename(columns={schema.SAMPLE_ID: "id"})
-    # Ray Data's read tasks finish in any order: sorting by id makes the test split and the gold
-    # draws depend on the seed only.
-    return df.drop_duplicates("id").sort_values("id", kind="stable").reset_index(drop=True)
+    if flagged_path is not None:
+        flagged_path.parent.mkdir(parents=True, exist_ok=True)
+        df.loc[bad, [schema.SAMPLE_ID, SOURCE, schema.POOL_ERROR]].to_parquet(flagged_path, index=False)
+    return df.loc[~bad, [schema.SAMPLE_ID, schema.TEXT]].rename(columns={schema.SAMPLE_ID: "id"}).reset_index(drop=True)
 
 
 def _split(cfg: LoopJobConfig, pool: pd.DataFrame, gold: dict[str, int]) -> tuple[list[str], list[str]]:
@@ -82,7 +92,14 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
     ensure_ray(cfg.ray)
     gold_df = load_gold(cfg.gold, labels)
     gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
-    pool = read_pool_frame(cfg)
+    if not resume and (state_dir / "state.json").exists():
+        if cfg.output.mode != "overwrite":
+            raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
+        import shutil
+
+        shutil.rmtree(out)  # a new loop must not inherit the old one's annotations
+    pool = read_pool_frame(cfg, out / FLAGGED_POOL)
+    n_flagged = pq.read_metadata(out / FLAGGED_POOL).num_rows
     text = dict(zip(pool["id"], pool["text"]))
     test_ids, loop_ids = _split(cfg, pool, gold)
     if resume:
@@ -90,12 +107,6 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
         if state.labels != labels:
             raise ConfigError(f"resume: the saved loop has labels {state.labels}; the config has {labels}")
     else:
-        if (state_dir / "state.json").exists():
-            if cfg.output.mode != "overwrite":
-                raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
-            import shutil
-
-            shutil.rmtree(out)  # a new loop must not inherit the old one's annotations
         state = LoopState(labels=labels, pool_ids=list(loop_ids), seed=L.seed)
     coord = coordinator_actor().remote(state, str(state_dir), L.strategy, L.subsample, L.annotation,
                                        L.aggregator, L.discrepancy_alpha, L.negative_threshold)
@@ -174,7 +185,8 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
     return write_report(out, state.history, {"task": cfg.task.name, "strategy": L.strategy,
                                              "annotation": L.annotation, "query_size": L.query_size,
                                              "initial_gold": L.initial_gold, "test_rows": len(test_ids),
-                                             "seed": L.seed, "trainer": cfg.classifier.trainer})
+                                             "seed": L.seed, "trainer": cfg.classifier.trainer,
+                                             "pool_rows": len(pool), "pool_rows_flagged": n_flagged})
 
 
 class _Scorer:

@@ -90,12 +90,36 @@ def test_resumed_loop_repeats_an_uninterrupted_one(ray_local, setup, tmp_path):
     assert ids[0] == ids[1]
 
 
-def test_gold_mode_needs_no_annotator(ray_local, setup, tmp_path):
+@pytest.mark.parametrize("strategy", ["coreset", "noise-stability", "bemps"])
+def test_model_based_strategies_run_in_the_loop(ray_local, setup, tmp_path, strategy):
+    """Strategies that need embeddings (CoreSet: also the labelled rows') or weight-noise copies
+    get them from the one prediction pass per model, in the straight run and after a resume."""
     root, backbone = setup
+    out = tmp_path / strategy
+    run_loop(_cfg(root, backbone, out, rounds=1, trainer="local", strategy=strategy, noise_copies=2))
+    report = run_loop(_cfg(root, backbone, out, rounds=2, trainer="local", strategy=strategy, noise_copies=2),
+                      resume=True)
+    assert [r["n_labeled"] for r in report["rounds"]] == [20, 40, 60]
+    state = LoopState.load(out / "state")
+    assert len({x.sample_id for x in state.labeled}) == 60
+
+
+def test_gold_mode_needs_no_annotator_and_flagged_rows_stay_out(ray_local, setup, tmp_path):
+    import pyarrow as pa
+
+    root, backbone = setup
+    pool = pq.read_table(root / "pool.parquet")
+    ids = pool.column("id").to_pylist()
+    bad = pa.table({"id": [ids[0], "empty-one", None], "text": ["a second row with the first id", "", "no id"]})
+    pq.write_table(pa.concat_tables([pool, bad.cast(pool.schema)]), tmp_path / "pool.parquet")
     cfg = _cfg(root, backbone, tmp_path / "gold", rounds=1, annotation="gold", strategy="random")
+    cfg = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"path": str(tmp_path / "pool.parquet")})})
     report = run_loop(cfg)
     assert report["rounds"][1]["annotation_accuracy"] == 1.0
     assert not (tmp_path / "gold" / "annotations").exists()
+    assert report["pool_rows"] == pool.num_rows and report["pool_rows_flagged"] == 3
+    flagged = pq.read_table(tmp_path / "gold" / "pool_flagged.parquet").to_pandas()
+    assert sorted(e.split(":")[0] for e in flagged["pool_error"]) == ["duplicate_id", "empty_text", "missing_id"]
 
 
 def test_bad_loop_settings_are_config_errors(setup, tmp_path):
