@@ -37,13 +37,15 @@ def best_single(seed: int, initial_gold: int) -> str:
     from molal_ray.aggregation.api import load_gold
     from molal_ray.config.loop import LoopJobConfig
     from molal_ray.loop import runner
+    from molal_ray.loop.pool_store import PoolStore
 
     cfg = LoopJobConfig.from_file(ROOT / "examples/trec/loop.yaml")
-    sys_pool = runner.read_pool_frame(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, pool_ids, _ = PoolStore.build(cfg.pool, cfg.pipeline.stage_num_cpus, Path(tmp))
     gold_df = load_gold(cfg.gold, cfg.task.labels)
     gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
     _, loop_ids = runner._split(cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"seed": seed})}),
-                                sys_pool, gold)
+                                pool_ids, gold)
     cands = [i for i in loop_ids if i in gold]
     init = np.random.default_rng([seed, 0]).choice(np.asarray(cands, dtype=object), initial_gold, replace=False)
     from benchmarks.aggregation_quality import trec_table

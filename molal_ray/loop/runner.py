@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, SchemaError
 from molal_ray.loop.coordinator import coordinator_actor
 from molal_ray.loop.inference import NOISY, pool_view, predict_frame
+from molal_ray.loop.pool_store import PoolStore
 from molal_ray.loop.report import write_report
 from molal_ray.loop.state import LabeledRow, LoopState
 from molal_ray.training.losses import lambda_for_round
@@ -30,42 +30,17 @@ from molal_ray.training.local_trainer import train_local
 from molal_ray.training.ray_trainer import rows_frame, train_classifier
 
 logger = logging.getLogger("molal_ray.loop")
-FLAGGED_POOL = "pool_flagged.parquet"  # pool rows left out of the loop, with why
 
 
-def read_pool_frame(cfg: LoopJobConfig, flagged_path: Path | None = None) -> pd.DataFrame:
-    """id and text of the pool's usable rows, sorted by id, read with Ray Data. Flagged rows (the
-    label pipeline's errors: empty text, bad bytes, missing id...) and later copies of a repeated
-    id are left out of the loop, counted in the log and, with ``flagged_path``, written there
-    (``sample_id, source, pool_error``). The loop keeps id and text in the driver."""
-    from molal_ray import schema
-    from molal_ray.pipeline.label_job import build_prepared
-    from molal_ray.pipeline.pool import SOURCE
-
-    df = build_prepared(cfg.pool, cfg.pipeline.stage_num_cpus).to_pandas()
-    # Ray Data's read tasks finish in any order: sorting makes the test split and the gold draws
-    # depend on the seed only (and picks the same copy of a repeated id every time).
-    df = df.sort_values([schema.SAMPLE_ID, SOURCE], kind="stable").reset_index(drop=True)
-    dup = df[schema.SAMPLE_ID].duplicated() & df[schema.POOL_ERROR].isna()
-    df.loc[dup, schema.POOL_ERROR] = schema.ERR_DUPLICATE_ID + ": another row has this id (kept: the first by source)"
-    bad = df[schema.POOL_ERROR].notna()
-    if bad.any():
-        logger.warning("%d pool rows are flagged and left out of the loop (first: %s)", int(bad.sum()),
-                       df.loc[bad, schema.POOL_ERROR].iloc[0])
-    if flagged_path is not None:
-        flagged_path.parent.mkdir(parents=True, exist_ok=True)
-        df.loc[bad, [schema.SAMPLE_ID, SOURCE, schema.POOL_ERROR]].to_parquet(flagged_path, index=False)
-    return df.loc[~bad, [schema.SAMPLE_ID, schema.TEXT]].rename(columns={schema.SAMPLE_ID: "id"}).reset_index(drop=True)
-
-
-def _split(cfg: LoopJobConfig, pool: pd.DataFrame, gold: dict[str, int]) -> tuple[list[str], list[str]]:
+def _split(cfg: LoopJobConfig, pool_ids: np.ndarray, gold: dict[str, int]) -> tuple[list[str], list[str]]:
+    """The test split (gold-labelled pool rows, drawn with the seed) and the loop's pool."""
     rng = np.random.default_rng([cfg.loop.seed, 7])
-    with_gold = np.array([i for i in pool["id"] if i in gold], dtype=object)
+    with_gold = np.array([i for i in pool_ids if i in gold], dtype=object)
     n_test = int(round(len(with_gold) * cfg.loop.test_fraction))
     if cfg.loop.test_max:
         n_test = min(n_test, cfg.loop.test_max)
     test = set(rng.choice(with_gold, n_test, replace=False).tolist()) if n_test else set()
-    return sorted(test), [i for i in pool["id"] if i not in test]
+    return sorted(test), [i for i in pool_ids if i not in test]
 
 
 def _evaluate(pred: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
@@ -98,10 +73,8 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
         import shutil
 
         shutil.rmtree(out)  # a new loop must not inherit the old one's annotations
-    pool = read_pool_frame(cfg, out / FLAGGED_POOL)
-    n_flagged = pq.read_metadata(out / FLAGGED_POOL).num_rows
-    text = dict(zip(pool["id"], pool["text"]))
-    test_ids, loop_ids = _split(cfg, pool, gold)
+    store, pool_ids, n_flagged = PoolStore.build(cfg.pool, cfg.pipeline.stage_num_cpus, out)
+    test_ids, loop_ids = _split(cfg, pool_ids, gold)
     if resume:
         state = LoopState.load(state_dir)
         if state.labels != labels:
@@ -111,7 +84,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
     coord = coordinator_actor().remote(state, str(state_dir), L.strategy, L.subsample, L.annotation,
                                        L.aggregator, L.discrepancy_alpha, L.negative_threshold)
     test_y = np.array([gold[i] for i in test_ids])
-    scorer = _Scorer(cfg, text)
+    scorer = _Scorer(cfg, store)
     train_fn = train_classifier if cfg.classifier.trainer == "ray" else train_local
     annotate = L.annotation != "gold"
     if annotate:  # once per loop: every round's queries go through the same deployments
@@ -134,7 +107,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
                 state = ray.get(coord.add_rows.remote([LabeledRow(i, gold[i], "gold") for i in init]))
                 if annotate:
                     with clock("annotate"):
-                        _annotate(cfg, init, text, ann_dir)
+                        _annotate(cfg, init, store, ann_dir)
             else:
                 clock.start("query")
                 if scored is None or scored[0] != r:
@@ -147,7 +120,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
                 table = None
                 if annotate:
                     with clock("annotate"):
-                        _annotate(cfg, queried, text, ann_dir)
+                        _annotate(cfg, queried, store, ann_dir)
                         table = read_annotation_table(ann_dir)
                 with clock("aggregate"):
                     info = ray.get(coord.assign.remote(queried, table, gold, {q: prev[q] for q in queried}))
@@ -160,7 +133,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
             neg = np.zeros((len(rows), C), np.float32)
             for i, x in enumerate(rows):
                 neg[i, x.negatives] = 1.0
-            frame = rows_frame([text[x.sample_id] for x in rows], np.array([x.label for x in rows]),
+            frame = rows_frame(store.texts(x.sample_id for x in rows), np.array([x.label for x in rows]),
                                np.array([x.weight for x in rows]), neg)
             val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
             lam = lambda_for_round(r, L.lambda_start, L.lambda_step)
@@ -175,6 +148,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
                        "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
                        "elapsed_s": round(time.monotonic() - t0, 1), "phase_s": clock.seconds}
             state = ray.get(coord.finish_round.remote(metrics))
+            store.keep_only([*test_ids, *(x.sample_id for x in state.labeled)])
             logger.info("round %d: %s, seconds %s", r,
                         {k: metrics[k] for k in ("n_labeled", "test_accuracy", "test_macro_f1")}, clock.seconds)
             if on_round is not None:
@@ -186,7 +160,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
                                              "annotation": L.annotation, "query_size": L.query_size,
                                              "initial_gold": L.initial_gold, "test_rows": len(test_ids),
                                              "seed": L.seed, "trainer": cfg.classifier.trainer,
-                                             "pool_rows": len(pool), "pool_rows_flagged": n_flagged})
+                                             "pool_rows": len(pool_ids), "pool_rows_flagged": n_flagged})
 
 
 class _Scorer:
@@ -194,9 +168,9 @@ class _Scorer:
     weight-noise copies for noise stability and BEMPS) and, for CoreSet, the labelled rows'
     embeddings."""
 
-    def __init__(self, cfg: LoopJobConfig, text: dict[str, str]) -> None:
+    def __init__(self, cfg: LoopJobConfig, store: PoolStore) -> None:
         L, c = cfg.loop, cfg.classifier
-        self.text = text
+        self.store = store
         self.copies = L.noise_copies if L.strategy in ("noise-stability", "bemps") else 0
         self.coreset = L.strategy == "coreset"
         self.kw = {"max_length": c.max_length, "copies": self.copies, "noise": L.noise_scale, "seed": L.seed,
@@ -207,7 +181,7 @@ class _Scorer:
         flags = np.zeros(len(ids), bool)
         start = sum(len(g) for g in groups[:noisy])
         flags[start:start + len(groups[noisy])] = True
-        df = pd.DataFrame({"id": ids, "text": [self.text[i] for i in ids], NOISY: flags})
+        df = pd.DataFrame({"id": ids, "text": self.store.texts(ids), NOISY: flags})
         pred = predict_frame(df, model_dir, **self.kw)
         parts, k = [], 0
         for g in groups:
@@ -258,7 +232,7 @@ class _PhaseClock:
         self._close()
 
 
-def _annotate(cfg: LoopJobConfig, ids: list[str], text: dict[str, str], ann_dir: Path) -> None:
+def _annotate(cfg: LoopJobConfig, ids: list[str], store: PoolStore, ann_dir: Path) -> None:
     """Annotate ``ids`` through the running annotator deployments into the loop's table (exactly
     once)."""
     import pyarrow as pa
@@ -269,5 +243,5 @@ def _annotate(cfg: LoopJobConfig, ids: list[str], text: dict[str, str], ann_dir:
     qdir = ann_dir.parent / "queries"
     qdir.mkdir(parents=True, exist_ok=True)
     path = qdir / f"query-{len(list(qdir.glob('*.parquet'))):04d}.parquet"
-    pq.write_table(pa.table({"id": ids, "text": [text[i] for i in ids]}), path)
+    pq.write_table(pa.table({"id": ids, "text": store.texts(ids)}), path)
     run_label_job(cfg.label_job(str(path), str(ann_dir)), deploy=False)
