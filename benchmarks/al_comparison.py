@@ -12,7 +12,8 @@ Every loop is the example's (examples/trec/loop.yaml: replay annotators on Serve
 its seed, strategy and annotation mode changed. The classifier is trained with ``trainer: local``
 by default: the same training code as on Ray Train, in the driver, which saves the workers'
 start every round (24 loops take about 4 minutes each instead of 8 on 2 CPUs); ``--trainer ray``
-runs them on Ray Train. Per-loop results are appended to ``--out`` (JSON lines) as they finish.
+runs them on Ray Train. Per-loop results are appended to ``--out`` (JSON lines) as they finish; ``--resume`` keeps them and
+runs the loops still missing.
 """
 
 from __future__ import annotations
@@ -69,8 +70,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override classifier.epochs")
     ap.add_argument("--trainer", choices=["local", "ray"], default="local")
     ap.add_argument("--out", default=str(ROOT / "runs" / "al_comparison.jsonl"))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the loops already in --out (same trainer and rounds) and run only the others")
     args = ap.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple[int, str, str], dict] = {}
+    if args.resume and Path(args.out).exists():
+        for line in Path(args.out).read_text().splitlines():
+            rec = json.loads(line)
+            if rec["trainer"] == args.trainer and rec["rounds"] == args.rounds:
+                done[(rec["seed"], rec["strategy"], rec["mode"])] = rec
+    elif Path(args.out).exists():
+        Path(args.out).unlink()
     from molal_ray.config.loop import LoopJobConfig
     from molal_ray.loop.runner import run_loop
 
@@ -82,6 +93,13 @@ def main() -> None:
             single = best_single(seed, base["loop"]["initial_gold"]) if "single" in args.modes else None
             for strategy in args.strategies:
                 for mode in args.modes:
+                    if (seed, strategy, mode) in done:
+                        rec = done[(seed, strategy, mode)]
+                        results.setdefault((strategy, mode), []).append(rec["final_micro_f1"])
+                        ann_acc.setdefault((strategy, mode), []).append(rec["mean_annotation_accuracy"])
+                        print(f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
+                              f"  (from {args.out})", flush=True)
+                        continue
                     data = {**base, "loop": {**base["loop"], "seed": seed, "strategy": strategy,
                                              "rounds": args.rounds, "query_size": args.query_size,
                                              "annotation": single if mode == "single" else mode},
@@ -104,13 +122,17 @@ def main() -> None:
                                              "wall_s": round(time.monotonic() - t0, 1)}) + "\n")
                     print(f"seed {seed} {strategy:<12} {mode:<9}{'(' + single + ')' if mode == 'single' else '':<10} "
                           f"final micro-F1 {f1:.4f}  ({time.monotonic() - t0:.0f}s)", flush=True)
-    print(f"\nfinal test micro-F1, mean of {args.seeds} seeds, {args.rounds} rounds of {args.query_size}:")
-    print(f"{'strategy':<14}" + "".join(f"{m:>10}" for m in args.modes))
-    for strategy in args.strategies:
-        print(f"{strategy:<14}" + "".join(f"{np.mean(results[(strategy, m)]):>10.4f}" for m in args.modes))
-    print("\nmean accuracy of the labels the loop received (queried rows, against gold):")
-    for strategy in args.strategies:
-        print(f"{strategy:<14}" + "".join(f"{np.mean(ann_acc[(strategy, m)]):>10.4f}" for m in args.modes))
+    def table(title: str, values: dict[tuple[str, str], list[float]]) -> None:
+        print(f"\n{title}")
+        print(f"{'strategy':<14}" + "".join(f"{m:>16}" for m in args.modes))
+        for strategy in args.strategies:
+            cells = [values.get((strategy, m), []) for m in args.modes]
+            print(f"{strategy:<14}" + "".join(f"{np.mean(v):>8.4f} +-{np.std(v):.3f}" if v else f"{'-':>16}"
+                                              for v in cells))
+
+    table(f"final test micro-F1, mean +- sd over {args.seeds} seeds, {args.rounds} rounds of {args.query_size}:",
+          results)
+    table("mean accuracy of the labels the loop received (queried rows, against gold):", ann_acc)
 
 
 if __name__ == "__main__":
