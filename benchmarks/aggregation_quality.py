@@ -62,6 +62,7 @@ def main() -> None:
     methods = ["default"] + [n for n in available()]
     rows: dict[str, list[float]] = {}
     times: dict[str, float] = {}
+    calib: dict[str, list[tuple[float, float, float]]] = {}  # mean confidence, NLL, true label < 0.05
     for seed in range(args.seeds):
         gi = np.random.default_rng(seed).choice(len(m), args.gold, replace=False)
         gold = Gold(gi, y[gi], len(LABELS))
@@ -73,6 +74,10 @@ def main() -> None:
                 m, gold).predict_proba(m)
             times[n] = times.get(n, 0.0) + time.perf_counter() - t0
             rows.setdefault(n, []).append(float((p.argmax(1)[ev] == y[ev]).mean()))
+            p_true = p[ev][np.arange(int(ev.sum())), y[ev]]
+            calib.setdefault(n, []).append((float(p[ev].max(1).mean()),
+                                            float(-np.log(np.clip(p_true, 1e-12, 1)).mean()),
+                                            float((p_true < 0.05).mean())))
         for a, name in enumerate(ANNOTATORS):
             rows.setdefault(f"single:{name}", []).append(float((m.votes[:, a].argmax(1)[ev] == y[ev]).mean()))
     print(f"TREC, {len(m)} samples, {args.gold} random gold labels, accuracy on the other rows, "
@@ -86,6 +91,11 @@ def main() -> None:
     print(f"default - majority per seed: {np.round(d - mv, 4).tolist()} (min {np.min(d - mv):+.4f})")
     print(f"default mean {d.mean():.4f}; best single annotator with hindsight ({best_single}) "
           f"{np.mean(rows[best_single]):.4f}; target 0.78")
+    print("\ncalibration on the same rows, mean over seeds (the loop's negatives are labels under 0.05):")
+    print(f"{'method':<16}{'accuracy':>10}{'mean conf':>11}{'NLL':>8}{'true < 0.05':>13}")
+    for n, vals in calib.items():
+        c, nll, neg = np.mean(vals, axis=0)
+        print(f"{n:<16}{np.mean(rows[n]):>10.4f}{c:>11.4f}{nll:>8.3f}{neg:>13.3f}")
 
 
 if __name__ == "__main__":

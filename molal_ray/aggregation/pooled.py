@@ -14,6 +14,9 @@ Why this design (each step checked only with cross-validation on the gold set at
 4. A final logistic regression is trained on the gold rows plus the pool rows whose pooled
    confidence passes ``threshold`` (self-training), so the decision boundary is fitted on
    thousands of rows instead of fifty.
+5. Self-training makes it overconfident, so its distributions are temperature-scaled with one
+   temperature fitted on out-of-fold predictions of the gold rows (``calibration.py``): the
+   labels do not change; ``confidence`` and the loop's negative labels become meaningful.
 
 Fitting uses all gold rows and at most ``max_fit_rows`` pool rows (sampled with ``seed``);
 prediction covers every row, so a pool of millions costs one vectorised pass.
@@ -31,10 +34,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from molal_ray.aggregation.base import Aggregator, Gold, normalise_rows
+from molal_ray.aggregation.calibration import apply_temperature, fit_temperature
 from molal_ray.aggregation.dawid_skene import DawidSkene
 from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.aggregation.learners import linear_features, padded_proba
 from molal_ray.aggregation.molam import _align
+from molal_ray.aggregation.validation import out_of_fold_proba
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -73,12 +78,15 @@ class PooledAggregator(Aggregator):
     name = "pooled"
 
     def __init__(self, threshold: float = 0.7, gold_weight: float = 20.0, final_c: float = 1.0,
-                 max_fit_rows: int = 200_000, seed: int = 0) -> None:
+                 max_fit_rows: int = 200_000, seed: int = 0, calibrate: bool = True,
+                 calibration_folds: int = 5) -> None:
         self.threshold = threshold
         self.gold_weight = gold_weight
         self.final_c = final_c
         self.max_fit_rows = max_fit_rows
         self.seed = seed
+        self.calibrate = calibrate
+        self.calibration_folds = calibration_folds
 
     def _fit(self, m: AnnotationMatrix, gold: Gold) -> None:
         rng = np.random.default_rng(self.seed)
@@ -104,10 +112,19 @@ class PooledAggregator(Aggregator):
         self.n_pseudo_ = int(len(sel))
         y = np.concatenate([gold.y, Q[sel].argmax(1)])
         self.model_, self.classes_ = _fit_lr(X[np.concatenate([np.arange(len(gold)), sel])], y, self.final_c)
+        self.temperature_ = 1.0
+        if self.calibrate and len(gold) >= 2 * self.calibration_folds and len(np.unique(gold.y)) >= 2:
+            def uncalibrated() -> PooledAggregator:
+                return PooledAggregator(self.threshold, self.gold_weight, self.final_c, self.max_fit_rows, self.seed,
+                                        calibrate=False)
+
+            oof, _ = out_of_fold_proba(uncalibrated, m, gold, self.calibration_folds, self.seed)
+            self.temperature_ = fit_temperature(oof, gold.y)
 
     def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
         if list(m.annotators) != self.annotators_:
             m = _align(m, self.annotators_)
         if self.model_ is None:
             return self.ds_.predict_proba(m)
-        return normalise_rows(padded_proba(self.model_, linear_features(m), self.classes_, self.num_classes_))
+        p = normalise_rows(padded_proba(self.model_, linear_features(m), self.classes_, self.num_classes_))
+        return apply_temperature(p, self.temperature_) if self.temperature_ != 1.0 else p

@@ -28,25 +28,33 @@ def wilson(correct: int, n: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def out_of_fold_proba(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
+                      seed: int = 0) -> tuple[np.ndarray, int]:
+    """Label distributions of the gold rows, each from a model fitted without it (it stays in the
+    pool, unlabeled); returns them (in gold order) and the number of folds used."""
+    n = len(gold)
+    k = min(folds, n)
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.zeros((n, gold.num_classes))
+    for f in range(k):
+        test = order[f::k]
+        train = np.setdiff1d(np.arange(n), test)
+        out[test] = make().fit(m, gold.subset(train)).predict_proba(m.take(gold.index[test]))
+    return out, k
+
+
 def cross_validate(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
                    seed: int = 0) -> CVResult:
     """Each gold row is predicted by a model fitted without it (it stays in the pool, unlabeled)."""
     n = len(gold)
     if n < 2:
         return CVResult(None, n, 0, note="fewer than 2 gold labels: no cross-validation possible")
-    k = min(folds, n)
+    p, k = out_of_fold_proba(make, m, gold, folds, seed)
     note = "" if k == folds else f"only {n} gold labels: {k} folds (leave-one-out)"
+    hit = p.argmax(1) == gold.y
     order = np.random.default_rng(seed).permutation(n)
-    correct = 0
-    accs = []
-    for f in range(k):
-        test = order[f::k]
-        train = np.setdiff1d(np.arange(n), test)
-        model = make().fit(m, gold.subset(train))
-        pred = model.predict_proba(m.take(gold.index[test])).argmax(1)
-        hits = int((pred == gold.y[test]).sum())
-        correct += hits
-        accs.append(hits / len(test))
+    accs = [float(hit[order[f::k]].mean()) for f in range(k)]
+    correct = int(hit.sum())
     lo, hi = wilson(correct, n)
     return CVResult(correct / n, n, k, lo, hi, note, accs)
 

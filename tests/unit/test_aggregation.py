@@ -101,3 +101,34 @@ def test_matrix_flags_bad_rows_as_absent_and_rejects_wrong_lengths():
     with pytest.raises(SchemaError, match="missing columns"):
         build_matrix(t.drop_columns(["votes"]), 2)
     assert schema.PROBS == "probs"
+
+
+def test_temperature_is_recovered_and_keeps_the_argmax():
+    from molal_ray.aggregation.calibration import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, 6))
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(6, p=p) for p in true_p])
+    sharp = apply_temperature(true_p, 0.25)  # overconfident by a factor of 4 in log space
+    t = fit_temperature(sharp, y)
+    assert t == pytest.approx(4.0, rel=0.1)
+    assert np.allclose(apply_temperature(sharp, t), true_p, atol=0.05)
+    assert (apply_temperature(sharp, t).argmax(1) == sharp.argmax(1)).all()
+    assert fit_temperature(sharp[:0], y[:0]) == 1.0
+
+
+def test_default_confidence_is_calibrated_on_gold_out_of_fold(synth):
+    """Self-training makes the pooled model overconfident; the temperature fitted out of fold on
+    the gold rows brings its mean confidence near its accuracy without changing a label."""
+    from molal_ray.aggregation.pooled import PooledAggregator
+
+    _, truth, m, gold = synth
+    raw = PooledAggregator(calibrate=False).fit(m, gold).predict_proba(m)
+    cal_model = PooledAggregator().fit(m, gold)
+    cal = cal_model.predict_proba(m)
+    acc = (cal.argmax(1) == truth).mean()
+    assert (cal.argmax(1) == raw.argmax(1)).all()
+    assert cal_model.temperature_ != 1.0
+    assert abs(cal.max(1).mean() - acc) < abs(raw.max(1).mean() - acc)
+    assert abs(cal.max(1).mean() - acc) < 0.05
