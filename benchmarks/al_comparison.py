@@ -88,6 +88,7 @@ def main() -> None:
     base = LoopJobConfig.from_file(ROOT / "examples/trec/loop.yaml").model_dump(mode="json")
     results: dict[tuple[str, str], list[float]] = {}
     ann_acc: dict[tuple[str, str], list[float]] = {}
+    curve: dict[tuple[str, str], list[float]] = {}  # mean micro-F1 over rounds 1..R (area under the curve)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             single = best_single(seed, base["loop"]["initial_gold"]) if "single" in args.modes else None
@@ -97,6 +98,7 @@ def main() -> None:
                         rec = done[(seed, strategy, mode)]
                         results.setdefault((strategy, mode), []).append(rec["final_micro_f1"])
                         ann_acc.setdefault((strategy, mode), []).append(rec["mean_annotation_accuracy"])
+                        curve.setdefault((strategy, mode), []).append(float(np.mean(rec["micro_f1_by_round"][1:])))
                         print(f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
                               f"  (from {args.out})", flush=True)
                         continue
@@ -113,11 +115,14 @@ def main() -> None:
                     accs = [r["annotation_accuracy"] for r in report["rounds"][1:]]
                     results.setdefault((strategy, mode), []).append(f1)
                     ann_acc.setdefault((strategy, mode), []).append(float(np.mean(accs)))
+                    curve.setdefault((strategy, mode), []).append(
+                        float(np.mean([r["test_micro_f1"] for r in report["rounds"][1:]])))
                     with open(args.out, "a") as fh:
                         fh.write(json.dumps({"seed": seed, "strategy": strategy, "mode": mode, "annotator": single
                                              if mode == "single" else None, "final_micro_f1": f1,
                                              "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
                                              "mean_annotation_accuracy": float(np.mean(accs)),
+                                             "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
                                              "trainer": args.trainer, "rounds": args.rounds,
                                              "wall_s": round(time.monotonic() - t0, 1)}) + "\n")
                     print(f"seed {seed} {strategy:<12} {mode:<9}{'(' + single + ')' if mode == 'single' else '':<10} "
@@ -132,6 +137,8 @@ def main() -> None:
 
     table(f"final test micro-F1, mean +- sd over {args.seeds} seeds, {args.rounds} rounds of {args.query_size}:",
           results)
+    table("test micro-F1 averaged over rounds 1..R (the area under the learning curve; steadier than the "
+          "last round):", curve)
     table("mean accuracy of the labels the loop received (queried rows, against gold):", ann_acc)
 
 
