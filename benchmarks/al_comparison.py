@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +69,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override classifier.epochs")
     ap.add_argument("--trainer", choices=["local", "ray"], default="local")
     ap.add_argument("--out", default=str(ROOT / "runs" / "al_comparison.jsonl"))
+    ap.add_argument("--work-dir", default=str(ROOT / "runs" / "al_comparison"),
+                    help="one loop folder per seed, strategy and mode (overwritten when rerun)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the loops already in --out (same trainer and rounds) and run only the others")
     args = ap.parse_args()
@@ -89,44 +90,46 @@ def main() -> None:
     results: dict[tuple[str, str], list[float]] = {}
     ann_acc: dict[tuple[str, str], list[float]] = {}
     curve: dict[tuple[str, str], list[float]] = {}  # mean micro-F1 over rounds 1..R (area under the curve)
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
-            single = best_single(seed, base["loop"]["initial_gold"]) if "single" in args.modes else None
-            for strategy in args.strategies:
-                for mode in args.modes:
-                    if (seed, strategy, mode) in done:
-                        rec = done[(seed, strategy, mode)]
-                        results.setdefault((strategy, mode), []).append(rec["final_micro_f1"])
-                        ann_acc.setdefault((strategy, mode), []).append(rec["mean_annotation_accuracy"])
+    work = args.work_dir
+    # every loop keeps its folder (state, report, curves) under --work-dir
+    for seed in range(args.seeds):
+        single = best_single(seed, base["loop"]["initial_gold"]) if "single" in args.modes else None
+        for strategy in args.strategies:
+            for mode in args.modes:
+                if (seed, strategy, mode) in done:
+                    rec = done[(seed, strategy, mode)]
+                    results.setdefault((strategy, mode), []).append(rec["final_micro_f1"])
+                    ann_acc.setdefault((strategy, mode), []).append(rec["mean_annotation_accuracy"])
+                    if "micro_f1_by_round" in rec:  # not recorded by the first runs of this script
                         curve.setdefault((strategy, mode), []).append(float(np.mean(rec["micro_f1_by_round"][1:])))
-                        print(f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
-                              f"  (from {args.out})", flush=True)
-                        continue
-                    data = {**base, "loop": {**base["loop"], "seed": seed, "strategy": strategy,
-                                             "rounds": args.rounds, "query_size": args.query_size,
-                                             "annotation": single if mode == "single" else mode},
-                            "output": {"path": f"{tmp}/{seed}-{strategy}-{mode}", "mode": "overwrite"}}
-                    data["classifier"] = {**data["classifier"], "trainer": args.trainer}
-                    if args.epochs:
-                        data["classifier"]["epochs"] = args.epochs
-                    t0 = time.monotonic()
-                    report = run_loop(LoopJobConfig.from_dict(data))
-                    f1 = report["rounds"][-1]["test_micro_f1"]
-                    accs = [r["annotation_accuracy"] for r in report["rounds"][1:]]
-                    results.setdefault((strategy, mode), []).append(f1)
-                    ann_acc.setdefault((strategy, mode), []).append(float(np.mean(accs)))
-                    curve.setdefault((strategy, mode), []).append(
-                        float(np.mean([r["test_micro_f1"] for r in report["rounds"][1:]])))
-                    with open(args.out, "a") as fh:
-                        fh.write(json.dumps({"seed": seed, "strategy": strategy, "mode": mode, "annotator": single
-                                             if mode == "single" else None, "final_micro_f1": f1,
-                                             "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
-                                             "mean_annotation_accuracy": float(np.mean(accs)),
-                                             "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
-                                             "trainer": args.trainer, "rounds": args.rounds,
-                                             "wall_s": round(time.monotonic() - t0, 1)}) + "\n")
-                    print(f"seed {seed} {strategy:<12} {mode:<9}{'(' + single + ')' if mode == 'single' else '':<10} "
-                          f"final micro-F1 {f1:.4f}  ({time.monotonic() - t0:.0f}s)", flush=True)
+                    print(f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
+                          f"  (from {args.out})", flush=True)
+                    continue
+                data = {**base, "loop": {**base["loop"], "seed": seed, "strategy": strategy,
+                                         "rounds": args.rounds, "query_size": args.query_size,
+                                         "annotation": single if mode == "single" else mode},
+                        "output": {"path": f"{work}/{seed}-{strategy}-{mode}", "mode": "overwrite"}}
+                data["classifier"] = {**data["classifier"], "trainer": args.trainer}
+                if args.epochs:
+                    data["classifier"]["epochs"] = args.epochs
+                t0 = time.monotonic()
+                report = run_loop(LoopJobConfig.from_dict(data))
+                f1 = report["rounds"][-1]["test_micro_f1"]
+                accs = [r["annotation_accuracy"] for r in report["rounds"][1:]]
+                results.setdefault((strategy, mode), []).append(f1)
+                ann_acc.setdefault((strategy, mode), []).append(float(np.mean(accs)))
+                curve.setdefault((strategy, mode), []).append(
+                    float(np.mean([r["test_micro_f1"] for r in report["rounds"][1:]])))
+                with open(args.out, "a") as fh:
+                    fh.write(json.dumps({"seed": seed, "strategy": strategy, "mode": mode, "annotator": single
+                                         if mode == "single" else None, "final_micro_f1": f1,
+                                         "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
+                                         "mean_annotation_accuracy": float(np.mean(accs)),
+                                         "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
+                                         "trainer": args.trainer, "rounds": args.rounds,
+                                         "wall_s": round(time.monotonic() - t0, 1)}) + "\n")
+                print(f"seed {seed} {strategy:<12} {mode:<9}{'(' + single + ')' if mode == 'single' else '':<10} "
+                      f"final micro-F1 {f1:.4f}  ({time.monotonic() - t0:.0f}s)", flush=True)
     def table(title: str, values: dict[tuple[str, str], list[float]]) -> None:
         print(f"\n{title}")
         print(f"{'strategy':<14}" + "".join(f"{m:>16}" for m in args.modes))
