@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=["molal", "gold", "majority", "single"])
     ap.add_argument("--epochs", type=int, default=None, help="override classifier.epochs")
     ap.add_argument("--trainer", choices=["local", "ray"], default="local")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "al_comparison.jsonl"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "al_comparison.jsonl"))
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "al_comparison"),
                     help="one loop folder per seed, strategy and mode (overwritten when rerun)")
     ap.add_argument("--resume", action="store_true",
