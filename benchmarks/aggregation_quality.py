@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from molal_ray.aggregation.pooled import PooledAggregator
 from molal_ray.aggregation import Gold, available, build_matrix, get_aggregator
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines import build_engine
@@ -51,6 +52,9 @@ def trec_table() -> tuple[pa.Table, pd.Series]:
     return pa.concat_tables(parts), gold
 
 
+UNCALIBRATED = "default-uncal"  # the default without its temperature step, to show what calibration changes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
@@ -59,7 +63,7 @@ def main() -> None:
     table, gold_s = trec_table()
     m = build_matrix(table, len(LABELS))
     y = np.array([LABELS.index(gold_s[s]) for s in m.sample_ids])
-    methods = ["default"] + [n for n in available()]
+    methods = ["default", UNCALIBRATED] + [n for n in available()]
     rows: dict[str, list[float]] = {}
     times: dict[str, float] = {}
     calib: dict[str, list[tuple[float, float, float]]] = {}  # mean confidence, NLL, true label < 0.05
@@ -70,8 +74,8 @@ def main() -> None:
         ev[gi] = False
         for n in methods:
             t0 = time.perf_counter()
-            p = get_aggregator(n, seed=seed).fit(
-                m, gold).predict_proba(m)
+            agg = PooledAggregator(seed=seed, calibrate=False) if n == UNCALIBRATED else get_aggregator(n, seed=seed)
+            p = agg.fit(m, gold).predict_proba(m)
             times[n] = times.get(n, 0.0) + time.perf_counter() - t0
             rows.setdefault(n, []).append(float((p.argmax(1)[ev] == y[ev]).mean()))
             p_true = p[ev][np.arange(int(ev.sum())), y[ev]]
