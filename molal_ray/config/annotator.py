@@ -82,12 +82,13 @@ class VLLMEngineConfig(StrictModel):
         description="'exact': each label's whole token sequence (one cached one-token request per "
                     "label-trie node); 'first_token': the first token's probability only (one "
                     "request per text; exact when every label is a single token).")
-    per_request_seed: bool | None = Field(
-        None,
-        description="Seed each text's request from sampling.seed and its sample id, so votes repeat "
-                    "whatever else is in flight. False: only the engine-level seed (votes then repeat "
-                    "for the same sequence of requests). None: on for GPU builds, off for vLLM's CPU "
-                    "build, where per-request seeds stop the engine.")
+    per_request_seed: bool = Field(
+        True,
+        description="Seed each text's request from sampling.seed and its sample id, so a text's votes "
+                    "repeat whatever else is in flight and however requests are batched. False: only "
+                    "the engine-level seed, and votes then depend on how the engine batched them. On "
+                    "vLLM's CPU build this turns chunked prefill off (a per-request seed stops the "
+                    "engine there when a prompt is split across steps).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict,
                                           description="Extra AsyncEngineArgs fields, passed as is.")
 

