@@ -37,8 +37,8 @@ class PredictStage:
             want = batch[NOISY].to_numpy(bool) if NOISY in batch else np.ones(len(batch), bool)
             noisy = np.full((len(batch), self.copies * out["probs"].shape[1]), np.nan, np.float32)
             if want.any():
-                sub = self.predictor.predict([t for t, w in zip(texts, want) if w], noise=self.noise,
-                                             copies=self.copies, seed=self.seed)["noisy_probs"]
+                sub = self.predictor.noisy_probs([t for t, w in zip(texts, want) if w], noise=self.noise,
+                                                 copies=self.copies, seed=self.seed)
                 noisy[want] = np.transpose(sub, (1, 0, 2)).reshape(int(want.sum()), -1)
             res["noisy_probs"] = list(noisy)
         return res

@@ -129,6 +129,11 @@ class ClassifierPredictor:
             result["noisy_probs"] = self._noisy(inputs, noise, copies, seed)
         return result
 
+    @torch.inference_mode()
+    def noisy_probs(self, texts: list[str], noise: float, copies: int, seed: int = 0) -> np.ndarray:
+        """Only the ``noisy_probs`` of :meth:`predict` (no clean pass): (copies, N, C)."""
+        return self._noisy(tokenize(self.tokenizer, texts, self.max_length, self.device), noise, copies, seed)
+
     def _noisy(self, inputs: dict[str, torch.Tensor], noise: float, copies: int, seed: int) -> np.ndarray:
         params = [p for p in self.model.parameters() if p.dtype.is_floating_point]
         saved = [p.detach().clone() for p in params]

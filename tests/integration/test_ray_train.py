@@ -42,11 +42,15 @@ def test_train_keeps_the_best_checkpoint_and_predicts(ray_local, data, tmp_path)
                            cpus_per_worker=0.5)
     res = train_classifier(train, val, 2, cfg, lam=0.4, storage_path=str(tmp_path / "ray"), name="r0")
     assert res.val_accuracy >= 0.9 and 1 <= res.epochs_run <= 6
-    pred = ClassifierPredictor(res.model_dir).predict(vtexts, noise=0.01, copies=3)
+    predictor = ClassifierPredictor(res.model_dir)
+    pred = predictor.predict(vtexts, noise=0.01, copies=3)
     assert pred["probs"].shape == (40, 2) and pred["embeddings"].shape[0] == 40
     assert (pred["probs"].argmax(1) == vy).mean() == pytest.approx(res.val_accuracy)
     assert pred["noisy_probs"].shape == (3, 40, 2)
     assert not np.allclose(pred["noisy_probs"][0], pred["probs"])
+    # The noisy passes alone (no clean pass) give the same copies; the weights are restored after.
+    np.testing.assert_allclose(predictor.noisy_probs(vtexts, noise=0.01, copies=3), pred["noisy_probs"], atol=1e-6)
+    np.testing.assert_allclose(predictor.predict(vtexts)["probs"], pred["probs"], atol=1e-6)
 
 
 def test_local_trainer_matches_ray_train(ray_local, data, tmp_path):
