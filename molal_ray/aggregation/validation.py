@@ -29,18 +29,18 @@ def wilson(correct: int, n: int) -> tuple[float, float]:
 
 
 def out_of_fold_proba(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
-                      seed: int = 0) -> tuple[np.ndarray, int]:
+                      seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """Label distributions of the gold rows, each from a model fitted without it (it stays in the
-    pool, unlabeled); returns them (in gold order) and the number of folds used."""
+    pool, unlabeled); returns them (in gold order) and the folds used (positions in gold)."""
     n = len(gold)
     k = min(folds, n)
     order = np.random.default_rng(seed).permutation(n)
+    parts = [order[f::k] for f in range(k)]
     out = np.zeros((n, gold.num_classes))
-    for f in range(k):
-        test = order[f::k]
+    for test in parts:
         train = np.setdiff1d(np.arange(n), test)
         out[test] = make().fit(m, gold.subset(train)).predict_proba(m.take(gold.index[test]))
-    return out, k
+    return out, parts
 
 
 def cross_validate(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
@@ -49,11 +49,11 @@ def cross_validate(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Go
     n = len(gold)
     if n < 2:
         return CVResult(None, n, 0, note="fewer than 2 gold labels: no cross-validation possible")
-    p, k = out_of_fold_proba(make, m, gold, folds, seed)
+    p, parts = out_of_fold_proba(make, m, gold, folds, seed)
+    k = len(parts)
     note = "" if k == folds else f"only {n} gold labels: {k} folds (leave-one-out)"
     hit = p.argmax(1) == gold.y
-    order = np.random.default_rng(seed).permutation(n)
-    accs = [float(hit[order[f::k]].mean()) for f in range(k)]
+    accs = [float(hit[test].mean()) for test in parts]
     correct = int(hit.sum())
     lo, hi = wilson(correct, n)
     return CVResult(correct / n, n, k, lo, hi, note, accs)
