@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from molal_ray.aggregation.pooled import PooledAggregator
 from molal_ray.aggregation import Gold, available, build_matrix, get_aggregator
+from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines import build_engine
 from molal_ray.pipeline.annotate_stage import annotation_rows
@@ -52,6 +53,21 @@ def trec_table() -> tuple[pa.Table, pd.Series]:
     return pa.concat_tables(parts), gold
 
 
+def trec_matrix() -> tuple[AnnotationMatrix, np.ndarray]:
+    """The TREC annotation matrix and every row's gold class id."""
+    table, gold_s = trec_table()
+    m = build_matrix(table, len(LABELS))
+    return m, np.array([LABELS.index(gold_s[s]) for s in m.sample_ids])
+
+
+def draw_gold(m: AnnotationMatrix, y: np.ndarray, seed: int, n: int) -> tuple[Gold, np.ndarray]:
+    """``n`` random gold rows for ``seed`` and the mask of the other rows, which are scored."""
+    gi = np.random.default_rng(seed).choice(len(m), n, replace=False)
+    ev = np.ones(len(m), bool)
+    ev[gi] = False
+    return Gold(gi, y[gi], len(LABELS)), ev
+
+
 UNCALIBRATED = "default-uncal"  # the default without its temperature step, to show what calibration changes
 
 
@@ -60,18 +76,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--gold", type=int, default=50)
     args = ap.parse_args()
-    table, gold_s = trec_table()
-    m = build_matrix(table, len(LABELS))
-    y = np.array([LABELS.index(gold_s[s]) for s in m.sample_ids])
+    m, y = trec_matrix()
     methods = ["default", UNCALIBRATED] + [n for n in available()]
     rows: dict[str, list[float]] = {}
     times: dict[str, float] = {}
     calib: dict[str, list[tuple[float, float, float]]] = {}  # mean confidence, NLL, true label < 0.05
     for seed in range(args.seeds):
-        gi = np.random.default_rng(seed).choice(len(m), args.gold, replace=False)
-        gold = Gold(gi, y[gi], len(LABELS))
-        ev = np.ones(len(m), bool)
-        ev[gi] = False
+        gold, ev = draw_gold(m, y, seed, args.gold)
         for n in methods:
             t0 = time.perf_counter()
             agg = PooledAggregator(seed=seed, calibrate=False) if n == UNCALIBRATED else get_aggregator(n, seed=seed)
