@@ -132,3 +132,18 @@ def test_default_confidence_is_calibrated_on_gold_out_of_fold(synth):
     assert cal_model.temperature_ != 1.0
     assert abs(cal.max(1).mean() - acc) < abs(raw.max(1).mean() - acc)
     assert abs(cal.max(1).mean() - acc) < 0.05
+
+
+def test_the_gold_only_models_weight_grows_with_the_gold(synth):
+    """The gold-only model enters the pool with exponent n / (n + gold_half_weight_rows): half
+    of Dawid-Skene's at 50 rows by default, near 1 with many rows, 1 when the setting is 0."""
+    from molal_ray.aggregation.pooled import PooledAggregator, gold_exponent
+
+    assert gold_exponent(50, 50.0) == pytest.approx(0.5)
+    assert gold_exponent(450, 50.0) == pytest.approx(0.9)
+    assert gold_exponent(50, 0.0) == 1.0
+    _, _, m, gold = synth
+    assert PooledAggregator(calibrate=False).fit(m, gold).gold_exponent_ == pytest.approx(0.5)
+    assert PooledAggregator(calibrate=False, gold_half_weight_rows=150).fit(m, gold).gold_exponent_ == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match="gold_half_weight_rows"):
+        PooledAggregator(gold_half_weight_rows=-1)
