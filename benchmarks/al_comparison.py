@@ -58,6 +58,17 @@ def best_single(seed: int, initial_gold: int) -> str:
     return m.annotators[int(np.argmax(accs))]
 
 
+def aggregator_settings(base: dict) -> dict:
+    """The aggregator a `molal` loop used, with its settings, so records from before a change of
+    the default are told apart."""
+    from molal_ray.aggregation import get_aggregator
+
+    name = base["loop"]["aggregator"]
+    agg = get_aggregator(name)
+    return {"name": name, "class": type(agg).__name__,
+            "params": {k: v for k, v in vars(agg).items() if not k.endswith("_")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
@@ -121,7 +132,9 @@ def main() -> None:
                     float(np.mean([r["test_micro_f1"] for r in report["rounds"][1:]])))
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps({"seed": seed, "strategy": strategy, "mode": mode, "annotator": single
-                                         if mode == "single" else None, "final_micro_f1": f1,
+                                         if mode == "single" else None,
+                                         "aggregator": aggregator_settings(base) if mode == "molal" else None,
+                                         "final_micro_f1": f1,
                                          "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
                                          "mean_annotation_accuracy": float(np.mean(accs)),
                                          "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
