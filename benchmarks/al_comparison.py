@@ -11,7 +11,7 @@ gold set of that seed (not with hindsight on the whole data).
 Every loop is the example's (examples/trec/loop.yaml: replay annotators on Serve, MiniLM) with
 its seed, strategy and annotation mode changed. The classifier is trained with ``trainer: local``
 by default: the same training code as on Ray Train, in the driver, which saves the workers'
-start every round (6-7 minutes a loop on 2 CPUs with nothing else running, ``wall_s`` in the
+start every round (6.5-8 minutes a loop on 2 CPUs with nothing else running, ``wall_s`` in the
 records); ``--trainer ray`` runs them on Ray Train. Per-loop results are appended to ``--out``
 (JSON lines) as they finish; ``--resume`` keeps them and runs the loops still missing.
 """
