@@ -81,6 +81,7 @@ def main() -> None:
     rows: dict[str, list[float]] = {}
     times: dict[str, float] = {}
     calib: dict[str, list[tuple[float, float, float]]] = {}  # mean confidence, NLL, true label < 0.05
+    confusion = np.zeros((len(LABELS), len(LABELS)), dtype=np.int64)  # the default's, over seeds
     for seed in range(args.seeds):
         gold, ev = draw_gold(m, y, seed, args.gold)
         for n in methods:
@@ -89,6 +90,8 @@ def main() -> None:
             p = agg.fit(m, gold).predict_proba(m)
             times[n] = times.get(n, 0.0) + time.perf_counter() - t0
             rows.setdefault(n, []).append(float((p.argmax(1)[ev] == y[ev]).mean()))
+            if n == "default":
+                np.add.at(confusion, (y[ev], p.argmax(1)[ev]), 1)
             p_true = p[ev][np.arange(int(ev.sum())), y[ev]]
             calib.setdefault(n, []).append((float(p[ev].max(1).mean()),
                                             float(-np.log(np.clip(p_true, 1e-12, 1)).mean()),
@@ -106,6 +109,10 @@ def main() -> None:
     print(f"default - majority per seed: {np.round(d - mv, 4).tolist()} (min {np.min(d - mv):+.4f})")
     print(f"default mean {d.mean():.4f}; best single annotator with hindsight ({best_single}) "
           f"{np.mean(rows[best_single]):.4f}; target 0.78")
+    print(f"\nthe default's labels against gold, summed over the {args.seeds} seeds (rows: gold, columns: label):")
+    print(f"{'':<14}" + "".join(f"{lab[:8]:>9}" for lab in LABELS))
+    for k, lab in enumerate(LABELS):
+        print(f"{lab:<14}" + "".join(f"{c:>9d}" for c in confusion[k]))
     print("\ncalibration on the same rows, mean over seeds (the loop's negatives are labels under 0.05):")
     print(f"{'method':<16}{'accuracy':>10}{'mean conf':>11}{'NLL':>8}{'true < 0.05':>13}")
     for n, vals in calib.items():
