@@ -1,7 +1,7 @@
 """Ablation of the default aggregator's settings on TREC, on development seeds.
 
-The default's settings (self-training threshold, the gold-only model's weight in the pool,
-final regularisation, weight of gold rows in Dawid-Skene) are compared here on seeds that
+The default's settings (self-training threshold and passes, the gold-only model's weight in the
+pool, final regularisation, weight of gold rows in Dawid-Skene) are compared here on seeds that
 `aggregation_quality.py` does not report (100 and up by default), so that what is reported there
 is not tuned on its own evaluation rows. Each seed draws ``--gold`` random gold labels (50 by
 default); accuracy is measured on all other rows. Calibration is off (it does not change labels)
@@ -31,7 +31,10 @@ from molal_ray.aggregation.pooled import PooledAggregator  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "before (threshold 0.7, exponent 1)": {"threshold": 0.7, "gold_half_weight_rows": 0.0},
+    "before (threshold 0.7, exponent 1, 1 pass)": {"threshold": 0.7, "gold_half_weight_rows": 0.0, "max_passes": 1},
+    "one self-training pass": {"max_passes": 1},
+    "max_passes=3": {"max_passes": 3},
+    "max_passes=20": {"max_passes": 20},
     "threshold=0.7": {"threshold": 0.7},
     "threshold=0.97": {"threshold": 0.97},
     "threshold=1.01 (no self-training)": {"threshold": 1.01},

@@ -147,3 +147,23 @@ def test_the_gold_only_models_weight_grows_with_the_gold(synth):
     assert PooledAggregator(calibrate=False, gold_half_weight_rows=150).fit(m, gold).gold_exponent_ == pytest.approx(0.25)
     with pytest.raises(ConfigError, match="gold_half_weight_rows"):
         PooledAggregator(gold_half_weight_rows=-1)
+
+
+def test_self_training_repeats_until_the_pool_labels_settle(synth):
+    """Each pass relabels the pool with the model just fitted; it stops when fewer than ``tol``
+    of the pool's labels change, well before a generous ``max_passes``."""
+    from molal_ray.aggregation.pooled import PooledAggregator
+
+    _, truth, m, gold = synth
+    one = PooledAggregator(calibrate=False, max_passes=1).fit(m, gold)
+    assert one.passes_ == 1
+    many = PooledAggregator(calibrate=False, max_passes=50).fit(m, gold)
+    assert 1 < many.passes_ < 50
+    again = PooledAggregator(calibrate=False, max_passes=many.passes_ + 1, tol=0.0)
+    again.fit(m, gold)
+    # One more pass after the stop changes fewer than tol of the labels.
+    ev = np.setdiff1d(np.arange(len(m)), gold.index)
+    changed = (again.predict_proba(m)[ev].argmax(1) != many.predict_proba(m)[ev].argmax(1)).mean()
+    assert changed < many.tol
+    with pytest.raises(ConfigError, match="max_passes"):
+        PooledAggregator(max_passes=0)
