@@ -100,6 +100,10 @@ class PooledAggregator(Aggregator):
             raise ConfigError(f"pooled: gold_half_weight_rows must be >= 0; got {gold_half_weight_rows}")
         if max_passes < 1:
             raise ConfigError(f"pooled: max_passes must be >= 1; got {max_passes}")
+        if not tol >= 0:  # also refuses NaN
+            raise ConfigError(f"pooled: tol must be >= 0 (a share of the pool's labels); got {tol}")
+        if not threshold >= 0:
+            raise ConfigError(f"pooled: threshold must be >= 0 (above 1 turns self-training off); got {threshold}")
         self.threshold = threshold
         self.max_passes = max_passes
         self.tol = tol

@@ -167,3 +167,7 @@ def test_self_training_repeats_until_the_pool_labels_settle(synth):
     assert changed < many.tol
     with pytest.raises(ConfigError, match="max_passes"):
         PooledAggregator(max_passes=0)
+    with pytest.raises(ConfigError, match="tol"):
+        PooledAggregator(tol=float("nan"))
+    with pytest.raises(ConfigError, match="threshold"):
+        PooledAggregator(threshold=-0.1)
