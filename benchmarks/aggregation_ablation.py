@@ -1,7 +1,7 @@
 """Ablation of the default aggregator's settings on TREC, on development seeds.
 
-The default's settings (self-training threshold and passes, the gold-only model's weight in the
-pool, final regularisation, weight of gold rows in Dawid-Skene) are compared here on seeds that
+The default's settings (self-training threshold, class floor and passes, the gold-only model's
+weight in the pool, final regularisation, weight of gold rows in Dawid-Skene) are compared here on seeds that
 `aggregation_quality.py` does not report (100 and up by default), so that what is reported there
 is not tuned on its own evaluation rows. Each seed draws ``--gold`` random gold labels (50 by
 default); accuracy is measured on all other rows. Calibration is off (it does not change labels)
@@ -31,13 +31,19 @@ from molal_ray.aggregation.pooled import PooledAggregator  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "before (threshold 0.7, exponent 1, 1 pass)": {"threshold": 0.7, "gold_half_weight_rows": 0.0, "max_passes": 1},
+    "previous (threshold 0.9, no class floor)": {"threshold": 0.9, "class_floor": 0.0},
+    "first (0.7, exponent 1, 1 pass, no floor)": {"threshold": 0.7, "gold_half_weight_rows": 0.0, "max_passes": 1,
+                                                  "class_floor": 0.0},
+    "no class floor": {"class_floor": 0.0},
+    "class_floor=0.3": {"class_floor": 0.3},
+    "threshold=0.9": {"threshold": 0.9},
+    "threshold=0.95": {"threshold": 0.95},
+    "threshold=0.97": {"threshold": 0.97},
+    "threshold=0.99": {"threshold": 0.99},
+    "threshold=1.01 (no self-training)": {"threshold": 1.01, "class_floor": 0.0},
     "one self-training pass": {"max_passes": 1},
     "max_passes=3": {"max_passes": 3},
     "max_passes=20": {"max_passes": 20},
-    "threshold=0.7": {"threshold": 0.7},
-    "threshold=0.97": {"threshold": 0.97},
-    "threshold=1.01 (no self-training)": {"threshold": 1.01},
     "gold exponent 1 (half_weight_rows=0)": {"gold_half_weight_rows": 0.0},
     "gold exponent 0 (Dawid-Skene only)": {"gold_half_weight_rows": 1e12},
     "half_weight_rows=150": {"gold_half_weight_rows": 150.0},
@@ -69,10 +75,10 @@ def main() -> None:
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f}s)", flush=True)
     base = np.array(acc["default"])
     print(f"\nTREC, {args.gold} random gold, accuracy on the other rows, seeds {seeds[0]}..{seeds[-1]}")
-    print(f"{'variant':<40}{'mean':>8}{'min':>8}{'vs default':>12}{'wins':>6}")
+    print(f"{'variant':<44}{'mean':>8}{'min':>8}{'vs default':>12}{'wins':>6}")
     for name, v in acc.items():
         d = np.array(v) - base
-        print(f"{name:<40}{np.mean(v):>8.4f}{np.min(v):>8.4f}{np.mean(d):>+12.4f}{int((d > 0).sum()):>4}/{len(v)}")
+        print(f"{name:<44}{np.mean(v):>8.4f}{np.min(v):>8.4f}{np.mean(d):>+12.4f}{int((d > 0).sum()):>4}/{len(v)}")
     if args.no_ceiling:
         return
     print(f"\nceiling: the final model's features (logistic regression, C=1) with every row's gold label, "

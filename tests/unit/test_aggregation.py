@@ -149,22 +149,58 @@ def test_the_gold_only_models_weight_grows_with_the_gold(synth):
         PooledAggregator(gold_half_weight_rows=-1)
 
 
+def test_self_training_keeps_the_most_confident_share_of_every_predicted_class(synth):
+    """Rows enter self-training above the threshold; besides, each class the pool predicts keeps
+    its ``class_floor`` most confident share, so a class that never reaches the threshold is not
+    dropped from the fit (and so from the model's predictions)."""
+    from molal_ray.aggregation.pooled import PooledAggregator, self_training_rows
+
+    rng = np.random.default_rng(0)
+    Q = rng.dirichlet(np.ones(3) * 0.3, size=400)
+    weak = Q.argmax(1) == 2
+    Q[weak] = rng.dirichlet([1.0, 1.0, 6.0], size=int(weak.sum()))  # class 2: predicted, never sure
+    Q[weak] /= np.maximum(Q[weak].max(1, keepdims=True) / 0.9, 1.0)
+    Q = Q / Q.sum(1, keepdims=True)
+    conf, label = Q.max(1), Q.argmax(1)
+    assert (label == 2).sum() > 10 and conf[label == 2].max() < 0.98
+    plain = self_training_rows(Q, 0.98, 0.0)
+    np.testing.assert_array_equal(plain, np.flatnonzero(conf >= 0.98))
+    assert not (label[plain] == 2).any()
+    floored = self_training_rows(Q, 0.98, 0.5)
+    assert set(plain) <= set(floored)
+    for k in range(3):
+        rows_k = np.flatnonzero(label == k)
+        kept = np.intersect1d(floored, rows_k)
+        assert len(kept) >= np.ceil(0.5 * len(rows_k))
+        # what a class keeps is its most confident rows
+        assert conf[kept].min() >= np.sort(conf[rows_k])[::-1][int(np.ceil(0.5 * len(rows_k))) - 1]
+    assert len(self_training_rows(Q, 2.0, 1.0)) == len(Q)
+    assert len(self_training_rows(Q[:0], 0.98, 0.5)) == 0
+    _, _, m, gold = synth
+    without = PooledAggregator(calibrate=False, class_floor=0.0, max_passes=1).fit(m, gold)
+    with_floor = PooledAggregator(calibrate=False, max_passes=1).fit(m, gold)
+    assert with_floor.n_pseudo_ >= without.n_pseudo_
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="class_floor"):
+            PooledAggregator(class_floor=bad)
+
+
 def test_self_training_repeats_until_the_pool_labels_settle(synth):
-    """Each pass relabels the pool with the model just fitted; it stops when fewer than ``tol``
-    of the pool's labels change, well before a generous ``max_passes``."""
+    """Each pass relabels the pool with the model just fitted; it stops at the first pass that
+    changes fewer than ``tol`` of the pool's labels, well before a generous ``max_passes``."""
     from molal_ray.aggregation.pooled import PooledAggregator
 
     _, truth, m, gold = synth
     one = PooledAggregator(calibrate=False, max_passes=1).fit(m, gold)
-    assert one.passes_ == 1
+    assert one.passes_ == 1 and len(one.label_changes_) == 1
     many = PooledAggregator(calibrate=False, max_passes=50).fit(m, gold)
     assert 1 < many.passes_ < 50
-    again = PooledAggregator(calibrate=False, max_passes=many.passes_ + 1, tol=0.0)
-    again.fit(m, gold)
-    # One more pass after the stop changes fewer than tol of the labels.
-    ev = np.setdiff1d(np.arange(len(m)), gold.index)
-    changed = (again.predict_proba(m)[ev].argmax(1) != many.predict_proba(m)[ev].argmax(1)).mean()
-    assert changed < many.tol
+    assert len(many.label_changes_) == many.passes_
+    assert many.label_changes_[-1] < many.tol <= min(many.label_changes_[:-1])
+    # Without the stop (tol 0) it runs on, and its first passes are the same passes.
+    again = PooledAggregator(calibrate=False, max_passes=many.passes_ + 1, tol=0.0).fit(m, gold)
+    assert again.passes_ == many.passes_ + 1
+    np.testing.assert_allclose(again.label_changes_[:many.passes_], many.label_changes_)
     with pytest.raises(ConfigError, match="max_passes"):
         PooledAggregator(max_passes=0)
     with pytest.raises(ConfigError, match="tol"):
