@@ -8,7 +8,7 @@ default); accuracy is measured on all other rows. Calibration is off (it does no
 to keep the run short.
 
     .venv/bin/python benchmarks/aggregation_ablation.py [--seeds 6] [--first-seed 100] [--gold 50]
-        [--no-ceiling]
+        [--pool N] [--no-ceiling]
 """
 
 from __future__ import annotations
@@ -59,12 +59,20 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--gold", type=int, default=50)
     ap.add_argument("--no-ceiling", action="store_true", help="skip the full-supervision ceiling")
+    ap.add_argument("--pool", type=int, default=None,
+                    help="fit on the gold rows plus this many other random rows, scored on those (the loop's "
+                         "case: a few hundred annotated rows a round); all rows by default")
     args = ap.parse_args()
-    m, y = trec_matrix()
+    m_all, y_all = trec_matrix()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     acc: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for seed in seeds:
+        m, y = m_all, y_all
+        if args.pool is not None:  # a random sub-table of gold + pool rows, as a loop round sees
+            rows = np.sort(np.random.default_rng(10_000 + seed).choice(len(m_all), args.gold + args.pool,
+                                                                        replace=False))
+            m, y = m_all.take(rows), y_all[rows]
         gold, ev = draw_gold(m, y, seed, args.gold)
         runs = {name: PooledAggregator(seed=seed, calibrate=False, **kw) for name, kw in VARIANTS.items()}
         runs["dawid-skene alone"] = get_aggregator("dawid-skene", seed=seed)
@@ -74,7 +82,8 @@ def main() -> None:
             acc.setdefault(name, []).append(float((p.argmax(1)[ev] == y[ev]).mean()))
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f}s)", flush=True)
     base = np.array(acc["default"])
-    print(f"\nTREC, {args.gold} random gold, accuracy on the other rows, seeds {seeds[0]}..{seeds[-1]}")
+    pool = "all other rows" if args.pool is None else f"{args.pool} random other rows"
+    print(f"\nTREC, {args.gold} random gold + {pool}, accuracy on the non-gold rows, seeds {seeds[0]}..{seeds[-1]}")
     print(f"{'variant':<44}{'mean':>8}{'min':>8}{'vs default':>12}{'wins':>6}")
     for name, v in acc.items():
         d = np.array(v) - base
@@ -82,7 +91,7 @@ def main() -> None:
     if args.no_ceiling:
         return
     print(f"\nceiling: the final model's features (logistic regression, C=1) with every row's gold label, "
-          f"5-fold out-of-fold accuracy {supervised_ceiling(m, y):.4f}")
+          f"5-fold out-of-fold accuracy {supervised_ceiling(m_all, y_all):.4f}")
 
 
 def supervised_ceiling(m, y: np.ndarray) -> float:  # type: ignore[no-untyped-def]
