@@ -66,7 +66,7 @@ def aggregator_settings(base: dict) -> dict:
     name = base["loop"]["aggregator"]
     agg = get_aggregator(name)
     return {"name": name, "class": type(agg).__name__,
-            "params": {k: v for k, v in vars(agg).items() if not k.endswith("_")}}
+            "params": agg.settings()}
 
 
 def main() -> None:

@@ -49,6 +49,11 @@ class Aggregator(abc.ABC):
         if "name" in cls.__dict__:
             _REGISTRY[cls.name] = cls
 
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments as set, by name (fitted state ends in ``_`` and is left
+        out): enough to build an unfitted copy, ``type(self)(**self.settings())``."""
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
     def fit(self, m: AnnotationMatrix, gold: Gold) -> "Aggregator":
         self.num_classes_ = m.num_classes
         self._fit(m, gold)

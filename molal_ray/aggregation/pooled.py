@@ -126,7 +126,7 @@ class PooledAggregator(Aggregator):
         if not tol >= 0:  # also refuses NaN
             raise ConfigError(f"pooled: tol must be >= 0 (a share of the pool's labels); got {tol}")
         if not threshold >= 0:
-            raise ConfigError(f"pooled: threshold must be >= 0 (above 1 turns self-training off); got {threshold}")
+            raise ConfigError(f"pooled: threshold must be >= 0 (above 1, with class_floor 0, turns self-training off); got {threshold}")
         if not 0 <= class_floor <= 1:
             raise ConfigError(f"pooled: class_floor must be in [0, 1] (a share of each class's rows); got {class_floor}")
         self.threshold = threshold
@@ -164,19 +164,17 @@ class PooledAggregator(Aggregator):
             Q = T
         # Self-training: fit on gold + confident pool rows, relabel the pool with that model, repeat
         # until the pool's labels settle (fewer than ``tol`` of them change) or ``max_passes``.
-        self.passes_ = 0
         self.n_pseudo_ = 0
         self.label_changes_: list[float] = []  # share of the pool's labels each pass changed
         self.model_, self.classes_ = None, np.unique(gold.y)
         labels = Q[len(gold):].argmax(1)
-        while self.passes_ < self.max_passes:
+        for _ in range(self.max_passes):
             sel = self_training_rows(Q[len(gold):], self.threshold, self.class_floor) + len(gold)
             y = np.concatenate([gold.y, Q[sel].argmax(1)])
             model, classes = _fit_lr(X[np.concatenate([np.arange(len(gold)), sel])], y, self.final_c)
             if model is None:  # a single class among gold and pseudo-labels: keep what there is
                 break
             self.model_, self.classes_, self.n_pseudo_ = model, classes, int(len(sel))
-            self.passes_ += 1
             Q = padded_proba(model, X, classes, self.num_classes_)
             new_labels = Q[len(gold):].argmax(1)
             changed = float((new_labels != labels).mean()) if len(labels) else 0.0
@@ -184,15 +182,14 @@ class PooledAggregator(Aggregator):
             labels = new_labels
             if changed < self.tol:
                 break
+        self.passes_ = len(self.label_changes_)
         self.temperature_ = 1.0
         if self.calibrate and len(gold) >= 2 * self.calibration_folds and len(np.unique(gold.y)) >= 2:
             def uncalibrated() -> PooledAggregator:
                 # The out-of-fold copies only predict the 50-odd gold rows: a smaller pool sample
                 # keeps their cost well under the main fit's on pools of millions.
-                rows = min(self.max_fit_rows, CALIBRATION_FIT_ROWS)
-                return PooledAggregator(self.threshold, self.gold_weight, self.final_c, rows, self.seed,
-                                        calibrate=False, gold_half_weight_rows=self.gold_half_weight_rows,
-                                        max_passes=self.max_passes, tol=self.tol, class_floor=self.class_floor)
+                return PooledAggregator(**{**self.settings(), "calibrate": False,
+                                           "max_fit_rows": min(self.max_fit_rows, CALIBRATION_FIT_ROWS)})
 
             oof, _ = out_of_fold_proba(uncalibrated, m, gold, self.calibration_folds, self.seed)
             self.temperature_ = fit_temperature(oof, gold.y)

@@ -41,6 +41,16 @@ def test_every_aggregator_behaves(name, synth):
 
 
 @pytest.mark.parametrize("name", available())
+def test_settings_rebuild_an_equal_unfitted_aggregator(name, synth):
+    _, _, m, gold = synth
+    agg = get_aggregator(name, seed=3).fit(m, gold)
+    assert not any(k.endswith("_") for k in agg.settings())  # fitted state is not a setting
+    copy = type(agg)(**agg.settings())
+    assert copy.settings() == agg.settings()
+    np.testing.assert_allclose(copy.fit(m, gold).predict_proba(m), agg.predict_proba(m))
+
+
+@pytest.mark.parametrize("name", available())
 def test_every_aggregator_copes_with_absent_annotators(name, synth):
     table, truth, _, _ = synth
     # Drop annotator llm0 for the first 100 samples and every annotator for sample 200.
