@@ -64,6 +64,8 @@ def main() -> None:
                          "case: a few hundred annotated rows a round); all rows by default")
     args = ap.parse_args()
     m_all, y_all = trec_matrix()
+    if args.pool is not None and not 0 <= args.pool <= len(m_all) - args.gold:
+        ap.error(f"--pool must be between 0 and {len(m_all) - args.gold} (the rows that are not gold); got {args.pool}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     acc: dict[str, list[float]] = {}
     t0 = time.perf_counter()
