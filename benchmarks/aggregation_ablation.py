@@ -1,14 +1,14 @@
 """Ablation of the default aggregator's settings on TREC, on development seeds.
 
-The default's settings (self-training threshold, class floor and passes, the gold-only model's
-weight in the pool, final regularisation, weight of gold rows in Dawid-Skene) are compared here on seeds that
-`aggregation_quality.py` does not report (100 and up by default), so that what is reported there
-is not tuned on its own evaluation rows. Each seed draws ``--gold`` random gold labels (50 by
+The default's settings (self-training threshold, class floor, class weights and passes, the
+gold-only model's weight in the pool, final regularisation, weight of gold rows in Dawid-Skene)
+are compared here on seeds that `aggregation_quality.py` does not report (100 and up by
+default), so that what is reported there is not tuned on its own evaluation rows. Each seed draws ``--gold`` random gold labels (50 by
 default); accuracy is measured on all other rows. Calibration is off (it does not change labels)
 to keep the run short.
 
     .venv/bin/python benchmarks/aggregation_ablation.py [--seeds 6] [--first-seed 100] [--gold 50]
-        [--pool N] [--no-ceiling]
+        [--pool N] [--variants PREFIX ...] [--no-ceiling]
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ from molal_ray.aggregation.pooled import PooledAggregator  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "previous (threshold 0.9, no class floor)": {"threshold": 0.9, "class_floor": 0.0},
+    "previous (no class weights)": {"balance_classes": False},
+    "before (0.9, no floor, no class weights)": {"threshold": 0.9, "class_floor": 0.0, "balance_classes": False},
     "first (0.7, exponent 1, 1 pass, no floor)": {"threshold": 0.7, "gold_half_weight_rows": 0.0, "max_passes": 1,
-                                                  "class_floor": 0.0},
+                                                  "class_floor": 0.0, "balance_classes": False},
+    "class weights uncapped (balanced)": {"max_class_weight": float("inf")},
+    "max_class_weight=3": {"max_class_weight": 3.0},
+    "max_class_weight=1.5": {"max_class_weight": 1.5},
     "no class floor": {"class_floor": 0.0},
     "class_floor=0.3": {"class_floor": 0.3},
     "threshold=0.9": {"threshold": 0.9},
@@ -62,7 +66,15 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=None,
                     help="fit on the gold rows plus this many other random rows, scored on those (the loop's "
                          "case: a few hundred annotated rows a round); all rows by default")
+    ap.add_argument("--variants", nargs="+", metavar="PREFIX", default=None,
+                    help="run only the variants whose names start with one of these (the default, Dawid-Skene "
+                         "and majority always run); all by default")
     args = ap.parse_args()
+    variants = VARIANTS
+    if args.variants is not None:
+        variants = {n: kw for n, kw in VARIANTS.items() if n == "default" or n.startswith(tuple(args.variants))}
+        if len(variants) == 1:
+            ap.error(f"--variants: no variant starts with {args.variants}; the variants are {list(VARIANTS)}")
     m_all, y_all = trec_matrix()
     if args.pool is not None and not 0 <= args.pool <= len(m_all) - args.gold:
         ap.error(f"--pool must be between 0 and {len(m_all) - args.gold} (the rows that are not gold); got {args.pool}")
@@ -76,7 +88,7 @@ def main() -> None:
                                                                         replace=False))
             m, y = m_all.take(rows), y_all[rows]
         gold, ev = draw_gold(m, y, seed, args.gold)
-        runs = {name: PooledAggregator(seed=seed, calibrate=False, **kw) for name, kw in VARIANTS.items()}
+        runs = {name: PooledAggregator(seed=seed, calibrate=False, **kw) for name, kw in variants.items()}
         runs["dawid-skene alone"] = get_aggregator("dawid-skene", seed=seed)
         runs["majority"] = get_aggregator("majority", seed=seed)
         for name, agg in runs.items():

@@ -195,6 +195,33 @@ def test_self_training_keeps_the_most_confident_share_of_every_predicted_class(s
             PooledAggregator(class_floor=bad)
 
 
+def test_self_training_weights_classes_toward_balance_with_a_cap(synth):
+    """Each class's rows weigh n / (K n_k), as scikit-learn's balanced class weights, but at most
+    ``max_class_weight``, so a rare class is lifted without being blown up."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from molal_ray.aggregation.pooled import PooledAggregator, balanced_weights
+
+    y = np.array([0] * 60 + [2] * 30 + [5] * 10)
+    plain = balanced_weights(y, float("inf"))
+    sk = compute_class_weight("balanced", classes=np.array([0, 2, 5]), y=y)
+    np.testing.assert_allclose(plain, sk[np.searchsorted([0, 2, 5], y)])
+    np.testing.assert_allclose((plain[y == 0].sum(), plain[y == 2].sum(), plain[y == 5].sum()), 100 / 3)
+    capped = balanced_weights(y, 2.0)
+    np.testing.assert_allclose(capped[y == 5], 2.0)  # 100 / (3 * 10) = 3.33, capped
+    np.testing.assert_allclose(capped[y != 5], plain[y != 5])
+    np.testing.assert_allclose(balanced_weights(np.array([1, 1, 1]), 2.0), 1.0)
+    # The aggregator uses them: with them on, the fit differs; off, it is the unweighted fit.
+    _, _, m, gold = synth
+    on = PooledAggregator(calibrate=False, max_passes=1).fit(m, gold)
+    off = PooledAggregator(calibrate=False, max_passes=1, balance_classes=False).fit(m, gold)
+    lr_on, lr_off = on.model_[-1], off.model_[-1]
+    assert not np.allclose(lr_on.coef_, lr_off.coef_)
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ConfigError, match="max_class_weight"):
+            PooledAggregator(max_class_weight=bad)
+
+
 def test_self_training_repeats_until_the_pool_labels_settle(synth):
     """Each pass relabels the pool with the model just fitted; it stops at the first pass that
     changes fewer than ``tol`` of the pool's labels, well before a generous ``max_passes``."""
