@@ -1,7 +1,9 @@
 """The default aggregator: Dawid-Skene and a gold-trained linear model, pooled, then
 self-trained on the pool.
 
-Why this design (each step checked only with cross-validation on the gold set at run time):
+Why this design. What it chooses at run time (the gold-only model's regularisation, the
+temperature) it chooses by cross-validation on the gold set only; its fixed settings were chosen
+on development seeds (last paragraph).
 
 1. Dawid-Skene over the votes learns each annotator's confusions from the whole pool without
    labels (it sees, for instance, that one model never says "human"), with the gold labels
@@ -34,9 +36,9 @@ Why this design (each step checked only with cross-validation on the gold set at
    labels do not change; ``confidence`` and the loop's negative labels become meaningful.
 
 The settings (threshold 0.98 with a class floor of half, the growing exponent, repeated passes,
-class weights capped at 2) were chosen on TREC development seeds that the reported benchmark does not use:
-``benchmarks/aggregation_ablation.py`` with 25, 50 and 200 gold rows, where each beat the setting
-it replaced on average.
+class weights capped at 2) were chosen on TREC development seeds that the reported benchmark does
+not use: ``benchmarks/aggregation_ablation.py`` with 25, 50 and 200 gold rows, where each beat the
+setting it replaced on average with 50 gold rows.
 
 Fitting uses all gold rows and at most ``max_fit_rows`` pool rows (sampled with ``seed``);
 prediction covers every row, so a pool of millions costs one vectorised pass.
