@@ -54,6 +54,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
 
 from molal_ray.aggregation.base import Aggregator, Gold, normalise_rows
 from molal_ray.aggregation.calibration import apply_temperature, fit_temperature
@@ -81,12 +82,10 @@ def _fit_lr(X: np.ndarray, y: np.ndarray, C: float, max_iter: int = 2000,  # typ
 
 
 def balanced_weights(y: np.ndarray, max_weight: float) -> np.ndarray:
-    """Per-row weights that move the classes present in ``y`` toward balance: n / (K n_k) for a
-    row of class k, K the number of classes present (scikit-learn's ``class_weight="balanced"``),
-    at most ``max_weight``. ``max_weight=inf`` is the plain balanced weighting."""
-    classes, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
-    w = np.minimum(len(y) / (len(classes) * counts.astype(np.float64)), max_weight)
-    return w[codes]
+    """Per-row weights that move the classes present in ``y`` toward balance: scikit-learn's
+    balanced weights, n / (K n_k) for a row of class k (K the classes present), at most
+    ``max_weight``. ``max_weight=inf`` is the plain balanced weighting."""
+    return np.minimum(compute_sample_weight("balanced", y), max_weight)
 
 
 def choose_c(X: np.ndarray, y: np.ndarray, seed: int) -> float:
@@ -148,6 +147,8 @@ class PooledAggregator(Aggregator):
             raise ConfigError(f"pooled: threshold must be >= 0 (above 1, with class_floor 0, turns self-training off); got {threshold}")
         if not 0 <= class_floor <= 1:
             raise ConfigError(f"pooled: class_floor must be in [0, 1] (a share of each class's rows); got {class_floor}")
+        if not isinstance(balance_classes, (bool, np.bool_)):
+            raise ConfigError(f"pooled: balance_classes must be true or false; got {balance_classes!r}")
         if not max_class_weight >= 1:
             raise ConfigError(f"pooled: max_class_weight must be >= 1 (the most a class's rows may weigh; inf for "
                               f"plain balanced weights); got {max_class_weight}")

@@ -211,7 +211,7 @@ def test_self_training_weights_classes_toward_balance_with_a_cap(synth):
     np.testing.assert_allclose(capped[y == 5], 2.0)  # 100 / (3 * 10) = 3.33, capped
     np.testing.assert_allclose(capped[y != 5], plain[y != 5])
     np.testing.assert_allclose(balanced_weights(np.array([1, 1, 1]), 2.0), 1.0)
-    # The aggregator uses them: with them on, the fit differs; off, it is the unweighted fit.
+    # The aggregator uses them: the fit with them on differs from the fit with them off.
     _, _, m, gold = synth
     on = PooledAggregator(calibrate=False, max_passes=1).fit(m, gold)
     off = PooledAggregator(calibrate=False, max_passes=1, balance_classes=False).fit(m, gold)
@@ -220,6 +220,8 @@ def test_self_training_weights_classes_toward_balance_with_a_cap(synth):
     for bad in (0.5, float("nan")):
         with pytest.raises(ConfigError, match="max_class_weight"):
             PooledAggregator(max_class_weight=bad)
+    with pytest.raises(ConfigError, match="balance_classes"):
+        PooledAggregator(balance_classes="no")
 
 
 def test_self_training_repeats_until_the_pool_labels_settle(synth):
