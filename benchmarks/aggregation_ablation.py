@@ -3,9 +3,9 @@
 The default's settings (self-training threshold, class floor, class weights and passes, the
 gold-only model's weight in the pool, final regularisation, weight of gold rows in Dawid-Skene)
 are compared here on seeds that `aggregation_quality.py` does not report (100 and up by
-default), so that what is reported there is not tuned on its own evaluation rows. Each seed draws ``--gold`` random gold labels (50 by
-default); accuracy is measured on all other rows. Calibration is off (it does not change labels)
-to keep the run short.
+default), so that what is reported there is not tuned on its own evaluation rows. Each seed
+draws ``--gold`` random gold labels (50 by default); accuracy is measured on all other rows.
+Calibration is off (it does not change labels) to keep the run short.
 
     .venv/bin/python benchmarks/aggregation_ablation.py [--seeds 6] [--first-seed 100] [--gold 50]
         [--pool N] [--variants PREFIX ...] [--no-ceiling]
