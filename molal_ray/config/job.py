@@ -23,6 +23,11 @@ class PoolConfig(StrictModel):
         20000, ge=1,
         description="Texts longer than this are cut before tokenisation and flagged 'truncated' "
                     "(engines also cut to their model's context and flag it).")
+    buckets: int | None = Field(
+        None, ge=1, le=4096,
+        description="Buckets the prepared pool is split into by id hash (repeated ids are resolved within "
+                    "one). None: one per 32 MiB of pool files. Part of the prepared pool's fingerprint: "
+                    "changing it prepares the pool again.")
 
     @field_validator("path")
     @classmethod

@@ -47,6 +47,9 @@ class ClassifierConfig(StrictModel):
         "ray", description="'ray': Ray Train (TorchTrainer) fits the classifier and Ray Data scores the pool. "
                            "'local': the same training and scoring code in the driver process, without the "
                            "per-round start of Ray Train workers (small experiments, benchmarks; one worker).")
+    inference_batch_size: int = Field(64, ge=1, description="Texts per batch when the classifier scores the pool.")
+    inference_concurrency: int = Field(1, ge=1, description="Predictor actors scoring the pool (Ray Data), each with "
+                                                            "cpus_per_worker CPUs and, with use_gpu, one GPU.")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
 
     @model_validator(mode="after")

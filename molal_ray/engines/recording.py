@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from molal_ray.exceptions import SchemaError
@@ -50,21 +52,39 @@ def trec_jsonl_to_recording(path: str | Path) -> pa.Table:
     return pa.table(cols, schema=RECORDING_SCHEMA)
 
 
-def load_recording(path: str | Path, annotator: str) -> dict[str, tuple[list[float] | None, list[str] | None]]:
-    """``sample_id -> (label_probs, samples)`` of one annotator, from either format."""
+def iter_recording(path: str | Path, annotator: str, batch_size: int = 65536) -> Iterator[pa.RecordBatch | pa.Table]:
+    """One annotator's rows of a recording (either format), batch by batch."""
     p = str(path)
     if p.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
-        out = {}
-        for row in iter_trec_jsonl(p):
-            ann = row.get("annotators", {}).get(annotator)
-            if ann is not None:
-                out[row["id"]] = (ann.get("label_probs"), ann.get("samples"))
-        return out
+        yield load_recording_table(p, annotator)
+        return
+    if not Path(p).exists():
+        raise FileNotFoundError(p)
+    ds = pads.dataset(p, format="parquet")
+    missing = set(RECORDING_SCHEMA.names) - set(ds.schema.names)
+    if missing:
+        raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; expected {RECORDING_SCHEMA.names}")
+    yield from ds.to_batches(columns=RECORDING_SCHEMA.names, filter=pc.field("annotator") == annotator,
+                             batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
+
+
+def load_recording_table(path: str | Path, annotator: str) -> pa.Table:
+    """One annotator's rows of a recording (either format) as a ``RECORDING_SCHEMA`` table."""
+    p = str(path)
+    if p.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+        table = trec_jsonl_to_recording(p)
+        return table.filter(pc.equal(table.column("annotator"), annotator))
     table = pq.read_table(p, filters=[("annotator", "=", annotator)])
     missing = set(RECORDING_SCHEMA.names) - set(table.column_names)
     if missing:
         raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; "
                           f"expected {RECORDING_SCHEMA.names}")
+    return table.select(RECORDING_SCHEMA.names)
+
+
+def load_recording(path: str | Path, annotator: str) -> dict[str, tuple[list[float] | None, list[str] | None]]:
+    """``sample_id -> (label_probs, samples)`` of one annotator, from either format."""
+    table = load_recording_table(path, annotator)
     ids = table.column("sample_id").to_pylist()
     probs = table.column("label_probs").to_pylist()
     samples = table.column("samples").to_pylist()

@@ -1,107 +1,346 @@
-"""The coordinator: owns the loop state, picks queries, turns annotations into training rows.
+"""The coordinator: owns the loop state and runs each round (the paper's central coordinator).
 
-:class:`Coordinator` is plain Python (tested without Ray); :data:`CoordinatorActor` is the same
-class as a Ray actor, which the runner drives.
+A round: draw the candidates (row numbers of the prepared pool, never a list of its ids), have
+them scored by the current classifier, pick the queries with the strategy, have the annotators
+label them, turn their answers into labels, weights and negatives with the aggregator, train the
+classifier, score the test split (and the next round's candidates in the same pass), save.
+
+:class:`Coordinator` is plain Python: everything that touches the cluster goes through a
+:class:`RoundServices` (Ray Data scoring, Serve annotators, Ray Train; ``loop/services.py``), so
+the round's logic is tested without Ray against fakes. ``loop/actor.py`` runs it as a Ray actor.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
+from molal_ray import schema
 from molal_ray.aggregation import Gold, build_matrix, get_aggregator
+from molal_ray.config.loop import LoopSettings
+from molal_ray.exceptions import AggregationError, PoolExhaustedError, SchemaError
+from molal_ray.loop.scoring import ScoreRequest, ScoreResult
 from molal_ray.loop.state import LabeledRow, LoopState
-from molal_ray.strategies import PoolView, get_strategy
-from molal_ray.training.losses import discrepancy_weights
+from molal_ray.pipeline.prepare import ROW
+from molal_ray.strategies import SubsamplingQueryStrategy, get_strategy
+from molal_ray.strategies.base import draw_rows
+from molal_ray.training.classifier import TrainResult
+from molal_ray.training.losses import discrepancy_weights, lambda_for_round
+from molal_ray.training.ray_trainer import rows_frame
+
+SOURCE_OF_MODE = {"molal": "molal", "gold": "gold", "majority": "majority"}
+
+
+class RoundServices(Protocol):
+    """What a round asks of the cluster."""
+
+    def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
+        """Run the classifier over the rows the request names."""
+
+    def annotate(self, rows: pa.Table) -> None:
+        """Have every annotator label these pool rows (``_row, sample_id``) into the loop's table
+        (pairs already there are skipped)."""
+
+    def annotations(self) -> pa.Table:
+        """The loop's annotation table."""
+
+    def texts(self, keys: np.ndarray) -> list[str]:
+        """Texts of usable pool rows, in the order of ``keys``."""
+
+    def train(self, train: pd.DataFrame, val: pd.DataFrame, lam: float, name: str) -> TrainResult:
+        """Fit the classifier; returns where the best model is."""
+
+
+class PoolGeometry(Protocol):
+    """The prepared pool's row numbering (``PreparedPool`` has it)."""
+
+    @property
+    def n_usable(self) -> int: ...
+
+    def keys_of(self, dense: np.ndarray) -> np.ndarray: ...
+
+    def dense_of(self, keys: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Split:
+    """Gold labels as the loop uses them: the held-out test rows (keys sorted, with their
+    labels), and the other gold-labelled rows of the pool (round 0 draws from them)."""
+
+    test_rows: np.ndarray
+    test_y: np.ndarray
+    gold_rows: dict[str, int]  # sample id -> row key, test rows excluded
+    gold: dict[str, int]  # sample id -> class, every gold label
+
+    @classmethod
+    def make(cls, found: pa.Table, gold: dict[str, int], test_fraction: float, test_max: int | None,
+             seed: int) -> "Split":
+        """``found``: the ``_row, sample_id`` of the gold ids that are usable pool rows. The test
+        rows are drawn with the seed from them, sorted by id, so the split depends on the seed,
+        the pool and the gold file only."""
+        found = found.sort_by(schema.SAMPLE_ID)
+        ids = found.column(schema.SAMPLE_ID).to_pylist()
+        keys = found.column(ROW).to_numpy()
+        n_test = int(round(len(ids) * test_fraction))
+        if test_max:
+            n_test = min(n_test, test_max)
+        rng = np.random.default_rng([seed, 7])
+        pick = np.sort(rng.choice(len(ids), n_test, replace=False)) if n_test else np.zeros(0, np.int64)
+        is_test = np.zeros(len(ids), bool)
+        is_test[pick] = True
+        order = np.argsort(keys[is_test])
+        test_rows = keys[is_test][order]
+        test_y = np.array([gold[i] for i in np.asarray(ids, dtype=object)[is_test][order]], dtype=np.int64)
+        return cls(test_rows, test_y, {i: int(k) for i, k, t in zip(ids, keys, is_test) if not t}, gold)
+
+
+    def initial(self, n: int, seed: int) -> list[str]:
+        """The ``n`` gold ids of round 0, drawn with the seed among the gold-labelled pool rows
+        outside the test split."""
+        ids = sorted(self.gold_rows)
+        if len(ids) < n:
+            raise SchemaError(f"initial gold: {len(ids)} pool rows have gold labels outside the test split; "
+                              f"{n} requested")
+        return [ids[i] for i in np.random.default_rng([seed, 0]).choice(len(ids), n, replace=False)]
+
+
+class PhaseClock:
+    """Wall seconds per phase of a round (query, annotate, aggregate, train, score)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.current: str | None = None
+        self._t = 0.0
+
+    def __call__(self, name: str) -> "PhaseClock":
+        self.current, self._t = name, time.monotonic()
+        return self
+
+    def __enter__(self) -> "PhaseClock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.current is not None:
+            self.seconds[self.current] = round(self.seconds.get(self.current, 0.0) + time.monotonic() - self._t, 2)
+        self.current = None
 
 
 class Coordinator:
-    def __init__(self, state: LoopState, state_dir: str, strategy: str, subsample: int | None,
-                 annotation: str, aggregator: str, alpha: float, negative_threshold: float) -> None:
+    def __init__(self, state: LoopState, settings: LoopSettings, pool: PoolGeometry, split: Split,
+                 services: RoundServices, state_dir: Any, *, aggregator_params: dict[str, Any] | None = None) -> None:
         self.state = state
-        self.state_dir = Path(state_dir)
-        self.strategy = get_strategy(strategy, subsample=subsample)
-        self.annotation = annotation
-        self.aggregator = aggregator
-        self.alpha = alpha
-        self.negative_threshold = negative_threshold
+        self.s = settings
+        self.pool = pool
+        self.split = split
+        self.services = services
+        self.state_dir = state_dir
+        self.strategy = get_strategy(settings.strategy, subsample=settings.subsample)
+        self.base = self.strategy.base if isinstance(self.strategy, SubsamplingQueryStrategy) else self.strategy
+        self.aggregator_params = aggregator_params or {}
+        self.clock = PhaseClock()
+        # The next round's candidates, scored in the same pass as the test split after training.
+        self._scored: tuple[int, ScoreRequest, ScoreResult] | None = None
+        self.t0 = time.monotonic()
 
-    def get_state(self) -> LoopState:
-        return self.state
+    # -- small helpers ----------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.state.round > self.s.rounds
 
-    def rng(self, purpose: int, round_: int | None = None) -> np.random.Generator:
-        return np.random.default_rng([self.state.seed, self.state.round if round_ is None else round_, purpose])
+    @property
+    def annotates(self) -> bool:
+        return self.s.annotation != "gold"
 
-    def add_rows(self, rows: list[LabeledRow]) -> LoopState:
-        """Round 0: the initial human labels."""
-        self.state.add(rows)
-        return self.state
+    @property
+    def num_classes(self) -> int:
+        return len(self.state.labels)
 
-    def candidates(self, round_: int | None = None) -> list[str]:
-        """Pool ids to score in round ``round_`` (default: this one; a random subset when
-        sub-sampling). The pool does not change between the end of a round and the next query, so
-        the runner asks for the next round's candidates right after training and scores them
-        with the test split in one pass."""
-        return self.strategy.candidates(np.asarray(self.state.pool_ids, dtype=object), self.rng(1, round_)).tolist()
+    def rng(self, purpose: int, round_: int) -> np.random.Generator:
+        return np.random.default_rng([self.state.seed, round_, purpose])
 
-    def select(self, view: PoolView, n: int) -> list[str]:
-        return self.strategy.select(view, min(n, len(view)), self.rng(2)).tolist()
+    def phase(self) -> str | None:
+        return self.clock.current
 
-    def assign(self, queried: list[str], table: pa.Table | None, gold_map: dict[str, int],
-               previous_pred: dict[str, int]) -> dict[str, Any]:
-        """Labels for the queried ids by the configured annotation mode; adds them to the state."""
-        C = len(self.state.labels)
-        if self.annotation == "gold":
-            labels = np.array([gold_map[i] for i in queried])
-            probs = np.eye(C)[labels]
+    # -- the round --------------------------------------------------------------------------------
+    def run_round(self) -> dict[str, Any]:
+        """Run the next round; returns its metrics (also appended to the history and saved)."""
+        r = self.state.round
+        self.clock = clock = PhaseClock()
+        info: dict[str, Any] = {"annotation_accuracy": None}
+        if r == 0:
+            rows = self.initial_gold()
+            self.state.add(rows)
+            if self.annotates:
+                with clock("annotate"):
+                    self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]))
         else:
-            init = [r.sample_id for r in self.state.labeled if r.source == "gold"]
-            m = build_matrix(table, C)
-            idx = {s: i for i, s in enumerate(m.sample_ids)}
-            present = [i for i in init if i in idx]
-            gold = Gold(np.array([idx[i] for i in present], dtype=np.int64),
-                        np.array([gold_map[i] for i in present], dtype=np.int64), C)
-            rows = np.array([idx[i] for i in queried if i in idx], dtype=np.int64)
-            missing = [i for i in queried if i not in idx]
+            with clock("query"):
+                queried, prev = self.query(r)
+            if self.annotates:
+                with clock("annotate"):
+                    self.services.annotate(queried)
+            with clock("aggregate"):
+                info = self.assign(queried, self.services.annotations() if self.annotates else None, prev)
+        with clock("train"):
+            res, lam = self.train(r)
+        with clock("score"):
+            nxt = self.request(r + 1) if r < self.s.rounds else None
+            scored = self.services.score(res.model_dir, self._with_test(nxt))
+            self._scored = (r + 1, nxt, scored) if nxt is not None else None
+        metrics = {"round": r, "n_labeled": len(self.state.labeled), **evaluate(scored, self.split),
+                   "annotation_accuracy": info.get("annotation_accuracy"), "val_accuracy": res.val_accuracy,
+                   "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
+                   "elapsed_s": round(time.monotonic() - self.t0, 1), "phase_s": clock.seconds}
+        self.finish_round(metrics)
+        return metrics
+
+    def initial_gold(self) -> list[LabeledRow]:
+        """Round 0: the human labels the loop starts from."""
+        return [LabeledRow(i, self.split.gold_rows[i], self.split.gold[i], "gold")
+                for i in self.split.initial(self.s.initial_gold, self.state.seed)]
+
+    def _excluded(self) -> np.ndarray:
+        """Dense row numbers no query may take: labelled and test rows."""
+        keys = np.concatenate([self.state.label_rows(), self.split.test_rows])
+        return np.unique(self.pool.dense_of(keys))
+
+    def request(self, round_: int) -> ScoreRequest:
+        """What the classifier must compute for round ``round_``'s query (the pool does not change
+        between the end of a round and the next query, so it is known right after training)."""
+        exclude = self._excluded()
+        n = min(self.s.query_size, self.pool.n_usable - exclude.size)
+        if n <= 0:
+            raise PoolExhaustedError(self.pool.n_usable - exclude.size, self.s.query_size)
+        rng = self.rng(1, round_)
+        if self.base.model_free:  # only the rows it will query, for the discrepancy weights
+            dense = draw_rows(self.pool.n_usable, n, exclude, rng)
+        else:
+            dense = self.strategy.candidate_rows(self.pool.n_usable, exclude, rng)
+        needs = tuple(self.base.requires)
+        per_row = getattr(self.base, "per_row", False)
+        return ScoreRequest(
+            test=np.zeros(0, np.int64),
+            candidates=None if dense is None else np.sort(self.pool.keys_of(dense)),
+            labeled=self.state.label_rows() if "embeddings" in needs else np.zeros(0, np.int64),
+            exclude=np.sort(self.pool.keys_of(exclude)) if dense is None else np.zeros(0, np.int64),
+            strategy=self.base.name, needs=needs, top_n=n if per_row else None,
+            tiebreak_key=int(self.rng(2, round_).integers(2**63)) if per_row else 0,
+            noise_copies=self.s.noise_copies, noise_scale=self.s.noise_scale, seed=self.state.seed)
+
+    def _with_test(self, req: ScoreRequest | None) -> ScoreRequest:
+        if req is None:
+            return ScoreRequest(test=self.split.test_rows, candidates=np.zeros(0, np.int64))
+        req.test = self.split.test_rows
+        return req
+
+    def query(self, r: int) -> tuple[pa.Table, dict[str, int]]:
+        """The round's queries (``_row, sample_id``) and the previous classifier's prediction for
+        each (for the discrepancy weights)."""
+        if self._scored is not None and self._scored[0] == r:
+            _, req, result = self._scored
+        else:  # after a resume: score with the last round's model
+            req = self.request(r)
+            result = self.services.score(self.state.history[-1]["model_dir"], req)
+        cand = result.candidates
+        if req.top_n is None:
+            view = result.view(self.s.noise_copies)
+            picks = self.strategy.select(view, min(self.s.query_size, len(view)), self.rng(2, r))
+            pos = {sid: i for i, sid in enumerate(cand.column(schema.SAMPLE_ID).to_pylist())}
+            cand = cand.take(pa.array([pos[sid] for sid in picks.tolist()], pa.int64()))
+        prev = dict(zip(cand.column(schema.SAMPLE_ID).to_pylist(), cand.column("pred").to_pylist()))
+        return _rows_table(cand.column(ROW).to_numpy(), cand.column(schema.SAMPLE_ID).to_pylist()), prev
+
+    def assign(self, queried: pa.Table, table: pa.Table | None, previous_pred: dict[str, int]) -> dict[str, Any]:
+        """Labels for the queried rows by the configured annotation mode; adds them to the state."""
+        C = self.num_classes
+        ids = queried.column(schema.SAMPLE_ID).to_pylist()
+        keys = queried.column(ROW).to_pylist()
+        mode = self.s.annotation
+        if mode == "gold":
+            missing = [i for i in ids if i not in self.split.gold]
             if missing:
-                raise ValueError(f"{len(missing)} queried samples have no annotation (first: {missing[0]!r})")
-            if self.annotation == "molal":
-                agg = get_aggregator(self.aggregator).fit(m, gold)
-                probs = agg.predict_proba(m.take(rows))
-            elif self.annotation == "majority":
-                probs = get_aggregator("majority").predict_proba(m.take(rows))
-            else:  # one annotator's own majority of its samples
-                a = m.annotators.index(self.annotation)
-                v = np.nan_to_num(m.votes[rows, a])
-                probs = np.where(v.sum(1, keepdims=True) > 0, v, 1.0 / C)
-            labels = probs.argmax(1)
-        source = "molal" if self.annotation == "molal" else ("gold" if self.annotation == "gold" else
-                                                              ("majority" if self.annotation == "majority" else
-                                                               "annotator"))
-        prev = np.array([previous_pred.get(i, -1) for i in queried])
-        weights = (discrepancy_weights(labels, prev, np.zeros(len(queried), bool), self.alpha)
-                   if self.annotation == "molal" and previous_pred else np.ones(len(queried), np.float32))
-        new = [LabeledRow(sid, int(lab), source, float(w),
-                          [int(k) for k in np.flatnonzero(p < self.negative_threshold)] if source == "molal" else [])
-               for sid, lab, w, p in zip(queried, labels, weights, probs)]
+                raise SchemaError(f"loop.annotation 'gold': {len(missing)} queried rows have no gold label "
+                                  f"(first: {missing[0]!r})")
+            probs = np.eye(C)[[self.split.gold[i] for i in ids]]
+        else:
+            if table is None:
+                raise AggregationError("loop: no annotation table for the queried rows")
+            probs = self.aggregate(table, ids)
+        labels = probs.argmax(1)
+        source = SOURCE_OF_MODE.get(mode, "annotator")
+        prev = np.array([previous_pred.get(i, -1) for i in ids])
+        weights = (discrepancy_weights(labels, prev, np.zeros(len(ids), bool), self.s.discrepancy_alpha)
+                   if mode == "molal" and previous_pred else np.ones(len(ids), np.float32))
+        new = [LabeledRow(sid, int(k), int(lab), source, float(w),
+                          [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)] if source == "molal" else [])
+               for sid, k, lab, w, p in zip(ids, keys, labels, weights, probs)]
         self.state.add(new)
-        truth = [gold_map.get(i) for i in queried]
-        known = [(lab, t) for lab, t in zip(labels, truth) if t is not None]
-        return {"annotation_accuracy": float(np.mean([lab == t for lab, t in known])) if known else None,
+        known = [(lab, self.split.gold[i]) for lab, i in zip(labels, ids) if i in self.split.gold]
+        return {"annotation_accuracy": float(np.mean([a == t for a, t in known])) if known else None,
                 "n_down_weighted": int((weights < 1).sum())}
 
-    def finish_round(self, metrics: dict[str, Any]) -> LoopState:
+    def aggregate(self, table: pa.Table, ids: list[str]) -> np.ndarray:
+        """Label distributions of ``ids`` from the loop's annotation table: the aggregator fitted
+        on it with the gold rows of round 0 (``molal``), majority vote, or one annotator's votes."""
+        C = self.num_classes
+        m = build_matrix(table, C)
+        idx = {s: i for i, s in enumerate(m.sample_ids)}
+        missing = [i for i in ids if i not in idx]
+        if missing:
+            raise AggregationError(f"{len(missing)} queried samples have no annotation (first: {missing[0]!r})")
+        rows = np.array([idx[i] for i in ids], dtype=np.int64)
+        mode = self.s.annotation
+        if mode == "molal":
+            gold_rows = [r for r in self.state.labeled if r.source == "gold" and r.sample_id in idx]
+            gold = Gold(np.array([idx[r.sample_id] for r in gold_rows], dtype=np.int64),
+                        np.array([r.label for r in gold_rows], dtype=np.int64), C)
+            agg = get_aggregator(self.s.aggregator, **self.aggregator_params).fit(m, gold)
+            return agg.predict_proba(m.take(rows))
+        if mode == "majority":
+            return get_aggregator("majority").predict_proba(m.take(rows))
+        a = m.annotators.index(mode)  # one annotator's own majority of its samples
+        v = np.nan_to_num(m.votes[rows, a])
+        return np.where(v.sum(1, keepdims=True) > 0, v, 1.0 / C)
+
+    def train(self, r: int) -> tuple[TrainResult, float]:
+        rows = self.state.labeled
+        order = np.random.default_rng([self.state.seed, r, 3]).permutation(len(rows))
+        n_val = max(1, int(round(len(rows) * self.s.val_fraction)))
+        neg = np.zeros((len(rows), self.num_classes), np.float32)
+        for i, x in enumerate(rows):
+            neg[i, x.negatives] = 1.0
+        frame = rows_frame(self.services.texts(np.array([x.row for x in rows], dtype=np.int64)),
+                           np.array([x.label for x in rows]), np.array([x.weight for x in rows]), neg)
+        val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
+        lam = lambda_for_round(r, self.s.lambda_start, self.s.lambda_step)
+        return self.services.train(train, val, lam, f"round-{r}"), lam
+
+    def finish_round(self, metrics: dict[str, Any]) -> None:
         self.state.history.append(metrics)
         self.state.round += 1
         self.state.save(self.state_dir)
-        return self.state
 
 
-def coordinator_actor():  # type: ignore[no-untyped-def]
-    """The Ray actor class around :class:`Coordinator` (created lazily: Ray is heavy)."""
-    import ray
+def _rows_table(keys: Any, ids: list[str]) -> pa.Table:
+    return pa.table({ROW: pa.array(np.asarray(keys, dtype=np.int64)), schema.SAMPLE_ID: pa.array(ids, pa.string())})
 
-    return ray.remote(num_cpus=0)(Coordinator)
+
+def evaluate(scored: ScoreResult, split: Split) -> dict[str, float]:
+    """Test accuracy and F1 of the classifier's predictions on the test split."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    pred = dict(zip(scored.test_rows.tolist(), scored.test_pred.tolist()))
+    missing = [k for k in split.test_rows.tolist() if k not in pred]
+    if missing:
+        raise SchemaError(f"scoring: {len(missing)} test rows came back without a prediction")
+    p = np.array([pred[k] for k in split.test_rows.tolist()])
+    y = split.test_y
+    if len(y) == 0:
+        return {"test_accuracy": float("nan"), "test_micro_f1": float("nan"), "test_macro_f1": float("nan")}
+    return {"test_accuracy": float(accuracy_score(y, p)), "test_micro_f1": float(f1_score(y, p, average="micro")),
+            "test_macro_f1": float(f1_score(y, p, average="macro"))}

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
 from typing import Any
+
+from molal_ray.storage import Location, resolve
 
 KEYS = ("round", "n_labeled", "test_accuracy", "test_micro_f1", "test_macro_f1", "annotation_accuracy")
 
 
-def write_report(out: Path, history: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(out: str | Location, history: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    out = resolve(out)
+    out.mkdirs()
     report = {**meta, "rounds": [{k: h.get(k) for k in KEYS} | {"val_accuracy": h.get("val_accuracy")}
                                  for h in history]}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    out.join("report.json").write_text(json.dumps(report, indent=2))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,8 +36,10 @@ def write_report(out: Path, history: list[dict[str, Any]], meta: dict[str, Any])
     ax.legend()
     ax.set_title(f"{meta.get('strategy')} / annotation: {meta.get('annotation')}")
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    out.join("curves.png").write_bytes(png.getvalue())
     lines = [f"# Active learning: {meta.get('task')}", "",
              f"strategy `{meta.get('strategy')}`, annotation `{meta.get('annotation')}`, "
              f"{len(history) - 1} rounds of {meta.get('query_size')}", "",
@@ -43,5 +48,5 @@ def write_report(out: Path, history: list[dict[str, Any]], meta: dict[str, Any])
         ann = "-" if h.get("annotation_accuracy") is None else f"{h['annotation_accuracy']:.3f}"
         lines.append(f"| {h['round']} | {h['n_labeled']} | {h['test_accuracy']:.3f} | {h['test_micro_f1']:.3f} | "
                      f"{h['test_macro_f1']:.3f} | {ann} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    out.join("summary.md").write_text("\n".join(lines) + "\n")
     return report

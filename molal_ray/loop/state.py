@@ -1,26 +1,32 @@
-"""The active-learning loop's state: a plain object, saved after every finished round.
+"""The active-learning loop's state: a plain object of size O(labelled), saved after every round.
 
-The unit of resume is a finished round: ``save`` writes the state atomically, ``load`` reads it
-back, and a resumed loop starts at ``state.round``.
+It holds the labelled rows (id, row key in the prepared pool, label, source, weight, negative
+labels), the round and the history; the unlabelled set is never listed: it is the prepared pool
+minus these rows. The unit of resume is a finished round: ``save`` writes the state whole (a
+rename on a disk, one upload on an object store), ``load`` reads it back, and a resumed loop
+starts at ``state.round``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from molal_ray.exceptions import SchemaError
+from molal_ray.storage import Location, resolve
 
 STATE_FILE = "state.json"
+STATE_VERSION = 2
 SOURCES = ("gold", "molal", "majority", "annotator")
 
 
 @dataclass
 class LabeledRow:
     sample_id: str
+    row: int  # the row's key in the prepared pool
     label: int
     source: str  # one of SOURCES
     weight: float = 1.0
@@ -32,46 +38,50 @@ class LoopState:
     labels: list[str]
     round: int = 0
     labeled: list[LabeledRow] = field(default_factory=list)
-    pool_ids: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     seed: int = 0
+    pool: str = ""  # the prepared pool's fingerprint digest: a resume must run on the same pool
 
     def label_ids(self) -> set[str]:
         return {r.sample_id for r in self.labeled}
 
+    def label_rows(self) -> np.ndarray:
+        """Sorted row keys of the labelled rows."""
+        return np.sort(np.fromiter((r.row for r in self.labeled), dtype=np.int64, count=len(self.labeled)))
+
     def add(self, rows: list[LabeledRow]) -> None:
-        """Move rows from the pool to the labeled set (each id once)."""
+        """Label rows (each id once)."""
         have = self.label_ids()
         dup = [r.sample_id for r in rows if r.sample_id in have]
-        if dup:
-            raise SchemaError(f"loop state: {len(dup)} ids are labeled already (first: {dup[0]!r})")
-        new = {r.sample_id for r in rows}
+        if dup or len({r.sample_id for r in rows}) != len(rows):
+            raise SchemaError(f"loop state: ids labelled twice (first: {(dup or [rows[0].sample_id])[0]!r})")
         self.labeled.extend(rows)
-        self.pool_ids = [i for i in self.pool_ids if i not in new]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"version": STATE_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoopState":
+        if d.get("version") != STATE_VERSION:
+            raise SchemaError(f"loop state: version {d.get('version')!r}; expected {STATE_VERSION} (a state saved by "
+                              "another version of molal_ray: start the loop again in a new output folder)")
         rows = [LabeledRow(**r) for r in d.get("labeled", [])]
         bad = [r.source for r in rows if r.source not in SOURCES]
         if bad:
             raise SchemaError(f"loop state: label source {bad[0]!r}; expected one of {SOURCES}")
-        return cls(labels=list(d["labels"]), round=int(d["round"]), labeled=rows, pool_ids=list(d["pool_ids"]),
-                   history=list(d.get("history", [])), seed=int(d.get("seed", 0)))
+        return cls(labels=list(d["labels"]), round=int(d["round"]), labeled=rows, history=list(d.get("history", [])),
+                   seed=int(d.get("seed", 0)), pool=str(d.get("pool", "")))
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, out / STATE_FILE)
-        return out / STATE_FILE
+    def save(self, folder: str | Location) -> Location:
+        loc = resolve(folder)
+        loc.mkdirs()
+        target = loc.join(STATE_FILE)
+        target.write_text(json.dumps(self.to_dict()))
+        return target
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> "LoopState":
-        p = Path(folder) / STATE_FILE
-        if not p.is_file():
+    def load(cls, folder: str | Location) -> "LoopState":
+        p = resolve(folder).join(STATE_FILE)
+        if not p.exists():
             raise SchemaError(f"loop state: no {STATE_FILE} in {folder}; nothing to resume")
         return cls.from_dict(json.loads(p.read_text()))

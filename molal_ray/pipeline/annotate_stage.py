@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from molal_ray import schema
-from molal_ray.pipeline.output import is_done, write_part
+from molal_ray.exceptions import SchemaError
+from molal_ray.pipeline.output import DoneIndex, write_part
+from molal_ray.pipeline.pool_store import BUCKET
 from molal_ray.pipeline.prepare import ID_HASH
+from molal_ray.storage import Location, resolve
 
 logger = logging.getLogger("molal_ray.pipeline")
 
@@ -31,18 +34,25 @@ def _join(*parts: str | None) -> str | None:
     return "; ".join(kept) if kept else None
 
 
+def _vectors(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """(N, C) floats -> a list<float32> column, null where not ``valid`` (built without a Python
+    loop over rows)."""
+    n, c = values.shape
+    offsets = pa.array(np.arange(0, n * c + 1, c, dtype=np.int32))
+    flat = pa.array(np.nan_to_num(values.astype(np.float32).ravel()), pa.float32())
+    return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~valid))
+
+
 def annotation_rows(annotator: str, ids: list[str], payload: dict[str, Any],
                     pool_warnings: list[str | None]) -> pa.Table:
     """Table rows of one annotator's answer to a batch."""
-    probs, votes = payload["probs"], payload["votes"]
     errors = list(payload["error"])
-    probs_l = [None if e is not None else probs[i].tolist() for i, e in enumerate(errors)]
-    votes_l = [None if e is not None else votes[i].tolist() for i, e in enumerate(errors)]
+    ok = np.array([e is None for e in errors], dtype=bool)
     warns = [_join(pw, ew) for pw, ew in zip(pool_warnings, payload["warning"])]
     return pa.table({
-        schema.SAMPLE_ID: ids, schema.ANNOTATOR: [annotator] * len(ids),
-        schema.PROBS: pa.array(probs_l, pa.list_(pa.float32())),
-        schema.VOTES: pa.array(votes_l, pa.list_(pa.float32())),
+        schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.ANNOTATOR: pa.array([annotator] * len(ids), pa.string()),
+        schema.PROBS: _vectors(np.asarray(payload["probs"]), ok),
+        schema.VOTES: _vectors(np.asarray(payload["votes"]), ok),
         schema.N_INVALID: pa.array(payload["n_invalid"], pa.int32()),
         schema.N_SAMPLES: pa.array(payload["n_samples"], pa.int32()),
         schema.ERROR: pa.array(errors, pa.string()), schema.WARNING: pa.array(warns, pa.string()),
@@ -52,25 +62,30 @@ def annotation_rows(annotator: str, ids: list[str], payload: dict[str, Any],
 def error_rows(annotator: str, ids: list[str], errors: list[str], warnings: list[str | None]) -> pa.Table:
     n = len(ids)
     return pa.table({
-        schema.SAMPLE_ID: ids, schema.ANNOTATOR: [annotator] * n,
+        schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.ANNOTATOR: pa.array([annotator] * n, pa.string()),
         schema.PROBS: pa.nulls(n, pa.list_(pa.float32())), schema.VOTES: pa.nulls(n, pa.list_(pa.float32())),
         schema.N_INVALID: pa.array(np.zeros(n, np.int32)), schema.N_SAMPLES: pa.array(np.zeros(n, np.int32)),
         schema.ERROR: pa.array(errors, pa.string()), schema.WARNING: pa.array(warnings, pa.string()),
     }, schema=schema.ANNOTATION_SCHEMA)
 
 
-class AnnotateStage:
-    """``map_batches`` UDF: prepared pool rows in, per-annotator counts out (rows go to parts)."""
+INPUT_COLUMNS = (schema.SAMPLE_ID, schema.TEXT, schema.POOL_ERROR, schema.POOL_WARNING, ID_HASH, BUCKET)
 
-    def __init__(self, app_name: str, annotators: list[str], parts_dir: str, done: Any,
+
+class AnnotateStage:
+    """``map_batches`` UDF: prepared pool rows in, per-annotator counts out (rows go to parts).
+
+    Also called directly, on one small batch, by the loop's coordinator (the light annotate call
+    of a round): same retries, same flagged rows, same exactly-once parts."""
+
+    def __init__(self, app_name: str, annotators: list[str], parts_dir: Location | str, done: DoneIndex,
                  max_retries: int, retry_backoff_s: float, request_timeout_s: float) -> None:
-        import ray
         from ray import serve
 
         self.annotators = annotators
         self.handles = {a: serve.get_deployment_handle(a, app_name) for a in annotators}
-        self.parts_dir = Path(parts_dir)
-        self.done: dict[str, np.ndarray] = ray.get(done) if isinstance(done, ray.ObjectRef) else (done or {})
+        self.parts_dir = resolve(parts_dir)
+        self.done = done
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self.request_timeout_s = request_timeout_s
@@ -91,22 +106,33 @@ class AnnotateStage:
                 response = self.handles[annotator].annotate.remote(ids, texts)
         raise AssertionError("unreachable")
 
+    def _need(self, annotator: str, hashes: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        need = np.ones(len(hashes), dtype=bool)
+        for b in np.unique(buckets):
+            m = buckets == b
+            need[m] = ~self.done.mask(annotator, hashes[m], int(b))
+        return need
+
     def __call__(self, batch: pa.Table) -> pa.Table:
+        missing = [c for c in INPUT_COLUMNS if c not in batch.column_names]
+        if missing:
+            raise SchemaError(f"annotate stage: input lacks columns {missing}; got {batch.column_names}")
         ids = batch.column(schema.SAMPLE_ID).to_pylist()
         texts = batch.column(schema.TEXT).to_pylist()
         pool_err = batch.column(schema.POOL_ERROR).to_pylist()
         pool_warn = batch.column(schema.POOL_WARNING).to_pylist()
         hashes = batch.column(ID_HASH).to_numpy()
+        buckets = batch.column(BUCKET).to_numpy()
         bad = np.array([e is not None for e in pool_err], dtype=bool)
 
-        tables: list[pa.Table] = []
+        tables: list[tuple[pa.Table, np.ndarray]] = []
         pending: dict[str, tuple[np.ndarray, Any]] = {}
         for a in self.annotators:
-            need = ~is_done(self.done.get(a), hashes)
+            need = self._need(a, hashes, buckets)
             flagged = np.flatnonzero(need & bad)
             if flagged.size:
-                tables.append(error_rows(a, [ids[i] for i in flagged], [pool_err[i] for i in flagged],
-                                         [pool_warn[i] for i in flagged]))
+                tables.append((error_rows(a, [ids[i] for i in flagged], [pool_err[i] for i in flagged],
+                                          [pool_warn[i] for i in flagged]), buckets[flagged]))
             todo = np.flatnonzero(need & ~bad)
             if todo.size:
                 sub_ids, sub_texts = [ids[i] for i in todo], [texts[i] for i in todo]
@@ -116,29 +142,28 @@ class AnnotateStage:
             sub_warn = [pool_warn[i] for i in todo]
             try:
                 payload = self._call(a, sub_ids, sub_texts, response)
-                tables.append(annotation_rows(a, sub_ids, payload, sub_warn))
+                tables.append((annotation_rows(a, sub_ids, payload, sub_warn), buckets[todo]))
             except Exception as exc:  # noqa: BLE001 - flagged rows, the run goes on
                 msg = f"{schema.ERR_ANNOTATOR_FAILED}: {type(exc).__name__}: {str(exc)[:300]}"
                 logger.error("annotator %s gave up on a batch of %d: %s", a, len(todo), msg)
-                tables.append(error_rows(a, sub_ids, [msg] * len(todo), sub_warn))
+                tables.append((error_rows(a, sub_ids, [msg] * len(todo), sub_warn), buckets[todo]))
         if not tables:
             return STATS_SCHEMA.empty_table()
-        table = pa.concat_tables(tables)
-        write_part(self.parts_dir, table)
+        table = pa.concat_tables([t for t, _ in tables])
+        row_buckets = np.concatenate([b for _, b in tables])
+        for b in np.unique(row_buckets):
+            write_part(self.parts_dir, table.filter(pa.array(row_buckets == b)), int(b))
         return batch_stats(table)
 
 
 def batch_stats(table: pa.Table) -> pa.Table:
     """Per-annotator counts of a batch's rows."""
-    ann = np.asarray(table.column(schema.ANNOTATOR).to_pylist(), dtype=object)
-    err = np.array([e is not None for e in table.column(schema.ERROR).to_pylist()])
-    inv = table.column(schema.N_INVALID).to_numpy(zero_copy_only=False)
-    ns = table.column(schema.N_SAMPLES).to_numpy(zero_copy_only=False)
-    names = sorted(set(ann))
-    return pa.table({
-        "annotator": names,
-        "rows": [int((ann == n).sum()) for n in names],
-        "errors": [int(err[ann == n].sum()) for n in names],
-        "n_invalid": [int(inv[ann == n].sum()) for n in names],
-        "n_samples": [int(ns[ann == n].sum()) for n in names],
-    }, schema=STATS_SCHEMA)
+    has_err = pc.is_valid(table.column(schema.ERROR))
+    t = pa.table({"annotator": table.column(schema.ANNOTATOR), "err": pc.cast(has_err, pa.int64()),
+                  "inv": pc.cast(table.column(schema.N_INVALID), pa.int64()),
+                  "ns": pc.cast(table.column(schema.N_SAMPLES), pa.int64())})
+    g = t.group_by("annotator").aggregate([("annotator", "count"), ("err", "sum"), ("inv", "sum"), ("ns", "sum")])
+    g = g.sort_by("annotator")
+    return pa.table({"annotator": g.column("annotator"), "rows": g.column("annotator_count"),
+                     "errors": g.column("err_sum"), "n_invalid": g.column("inv_sum"),
+                     "n_samples": g.column("ns_sum")}, schema=STATS_SCHEMA)

@@ -1,27 +1,32 @@
 """`molal-ray label`: stream the pool through every annotator into the annotation table.
 
-Flow: read the pool (Ray Data, streamed) -> decode and flag rows -> find duplicate ids (a pass
-over 64-bit id hashes only) -> an actor pool sends batches to the annotator deployments and
-writes atomic parts -> the driver only sees per-batch counts (for progress) and the summary.
+Flow: the pool is read once and prepared (rows checked, repeated ids resolved in their id-hash
+bucket; ``pool_store``) into ``OUT/pool`` -> Ray Data streams the prepared rows to an actor pool
+that sends batches to the annotator deployments and writes parts, skipping pairs the table holds
+(loaded per bucket) -> the driver sees only per-batch counts -> parts are compacted per bucket
+-> the summary is computed batch by batch with Arrow compute. Nothing pool-sized reaches the
+driver.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from molal_ray.config import LabelJobConfig, PoolConfig
+from molal_ray.config import LabelJobConfig
 from molal_ray.engines.base import Engine
-from molal_ray.pipeline.annotate_stage import AnnotateStage
-from molal_ray.pipeline.output import SUMMARY, load_done, open_output
-from molal_ray.pipeline.pool import read_pool
-from molal_ray.pipeline.prepare import ID_HASH, find_duplicate_hashes, prepare_batch, resolve_duplicates
+from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage
+from molal_ray.pipeline.output import (
+    SUMMARY,
+    DoneIndex,
+    OutputDir,
+    compact_bucket,
+    open_output,
+    pin_buckets,
+    table_files,
+)
+from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.summary import LabelSummary, summarise_table
 from molal_ray.runtime import deploy_annotators, ensure_ray, undeploy_annotators
 
@@ -31,85 +36,72 @@ ProgressFn = Callable[[dict[str, int], int], None]
 """Called with the rows written so far per annotator (this run) and the rows expected per annotator."""
 
 
-def _in_hashes(batch: pa.Table, hashes: np.ndarray, keep: bool) -> pa.Table:
-    h = batch.column(ID_HASH).to_numpy()
-    mask = np.isin(h, hashes)
-    return batch.filter(pa.array(mask if keep else ~mask))
-
-
-def build_prepared(pool: PoolConfig, cpus: float):  # type: ignore[no-untyped-def]
-    """The pool as prepared rows (ids and texts decoded, bad rows flagged), lazily."""
-    return read_pool(pool, num_cpus=cpus).map_batches(
-        prepare_batch, fn_kwargs={"max_text_chars": pool.max_text_chars}, batch_format="pyarrow",
-        batch_size=None, num_cpus=cpus)
-
-
-def plan_stream(cfg: LabelJobConfig):  # type: ignore[no-untyped-def]
-    """The prepared pool with duplicate ids resolved, and its row count."""
+def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig):  # type: ignore[no-untyped-def]
+    """The lazy Ray Dataset of per-batch counts: every prepared row (usable and flagged) through
+    the annotate actors."""
     import ray.data
 
-    prepared = build_prepared(cfg.pool, cfg.pipeline.stage_num_cpus)
-    chunks = [b[ID_HASH].to_numpy() for b in
-              prepared.select_columns([ID_HASH]).iter_batches(batch_format="pyarrow", batch_size=None)]
-    hashes = np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
-    dups = find_duplicate_hashes(hashes)
-    if dups.size == 0:
-        return prepared, int(hashes.size)
-    logger.warning("%d ids occur more than once in the pool; later copies are flagged", dups.size)
-    cpus = cfg.pipeline.stage_num_cpus
-    clean = prepared.map_batches(_in_hashes, fn_kwargs={"hashes": dups, "keep": False},
-                                 batch_format="pyarrow", batch_size=None, num_cpus=cpus)
-    dup_rows = pa.concat_tables(list(
-        build_prepared(cfg.pool, cpus).map_batches(_in_hashes, fn_kwargs={"hashes": dups, "keep": True},
-                                                   batch_format="pyarrow", batch_size=None, num_cpus=cpus)
-        .iter_batches(batch_format="pyarrow", batch_size=None)))
-    resolved = ray.data.from_arrow(resolve_duplicates(dup_rows))
-    return clean.union(resolved), int(hashes.size)
+    pl = cfg.pipeline
+    if not pool.n_rows:
+        return None
+    first_run = not table_files(out.parts)[0]
+    stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS, num_cpus=pl.stage_num_cpus)
+    return stream.map_batches(
+        AnnotateStage,
+        fn_constructor_kwargs={
+            "app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
+            "parts_dir": out.parts, "done": DoneIndex(out.parts, empty=first_run),
+            "max_retries": pl.max_retries, "retry_backoff_s": pl.retry_backoff_s,
+            "request_timeout_s": pl.request_timeout_s},
+        batch_size=pl.batch_size, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=pl.concurrency))
+
+
+def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
+    """Merge each bucket's parts into files of about 128 MB (Ray tasks, one per bucket)."""
+    import ray
+
+    task = ray.remote(num_cpus=num_cpus)(compact_bucket)
+    return sum(ray.get([task.remote(out.parts, k) for k in range(buckets)]))
 
 
 def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None,
                   progress: ProgressFn | None = None, deploy: bool = True) -> LabelSummary:
     """Label the pool; resumes from what the output folder already holds. ``deploy=False`` uses
-    the annotator application already running under ``cfg.ray.serve_app_name`` as it is (the
-    loop deploys once and labels every round's queries through it)."""
-    import ray
-
+    the annotator application already running under ``cfg.ray.serve_app_name`` as it is."""
     t0 = time.monotonic()
     labels = cfg.task.labels
     names = [a.name for a in cfg.annotators]
     out = open_output(cfg.output.path, cfg.output.mode, labels, names)
-    done = load_done(out)
     ensure_ray(cfg.ray)
+    pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus, buckets=out.buckets)
+    if out.buckets is None:
+        out = pin_buckets(out, pool.manifest.buckets)
+    if pool.n_flagged:
+        logger.warning("%d of %d pool rows are flagged (%s); they get error rows", pool.n_flagged, pool.n_rows,
+                       ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())))
     if deploy:
         deploy_annotators(cfg.app_config(), cfg.ray.serve_app_name, engine_cls)
+    written = dict.fromkeys(names, 0)
     try:
-        stream, pool_rows = plan_stream(cfg)
-        pl = cfg.pipeline
-        results = stream.map_batches(
-            AnnotateStage,
-            fn_constructor_kwargs={
-                "app_name": cfg.ray.serve_app_name, "annotators": names, "parts_dir": str(out.parts),
-                "done": ray.put(done), "max_retries": pl.max_retries, "retry_backoff_s": pl.retry_backoff_s,
-                "request_timeout_s": pl.request_timeout_s},
-            batch_size=pl.batch_size, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
-            compute=ray.data.ActorPoolStrategy(size=pl.concurrency))
-        written = dict.fromkeys(names, 0)
-        for stats in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        results = annotate_dataset(pool, out, cfg)
+        for stats in (results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []):
             for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):
                 written[a] = written.get(a, 0) + int(r)
             if progress is not None:
-                progress(dict(written), pool_rows)
+                progress(dict(written), pool.n_rows)
     finally:
         if deploy and not cfg.ray.keep_serve_running:
             undeploy_annotators(cfg.ray.serve_app_name)
     wall = time.monotonic() - t0
-    n_rows, err_kinds, warn_kinds, per = summarise_table(str(out.root))
+    compact(out, pool.manifest.buckets, cfg.pipeline.stage_num_cpus)
+    n_rows, err_kinds, warn_kinds, per = summarise_table(out.root)
     this_run = sum(written.values())
-    summary = LabelSummary(output=str(out.root), pool_rows=pool_rows, table_rows=n_rows,
+    summary = LabelSummary(output=str(out.root), pool_rows=pool.n_rows, table_rows=n_rows,
                            rows_written_this_run=this_run, wall_time_s=round(wall, 3),
                            rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,
                            errors_by_kind=err_kinds, warnings_by_kind=warn_kinds, annotators=per)
-    (out.root / SUMMARY).write_text(json.dumps(summary.to_dict(), indent=2))
+    out.root.join(SUMMARY).write_json(summary.to_dict())
     return summary
 
 

@@ -1,26 +1,32 @@
-"""The annotation table on disk: a folder of Parquet parts, each added atomically.
+"""The annotation table on storage: a folder of Parquet files, added whole, each pair once.
 
-Layout::
+Layout (``OUT`` a local folder or a URI)::
 
-    OUT/manifest.json           label set and annotators the table was written for
-    OUT/parts/part-<key>.parquet  rows of ``schema.ANNOTATION_SCHEMA``
-    OUT/summary.json            the last run's summary
+    OUT/manifest.json                        label set and annotators the table was written for
+    OUT/parts/part-b00003-<pairs>.parquet    rows of one batch, of pool bucket 3
+    OUT/parts/data-b00003-<members>.parquet  parts of bucket 3 compacted into one file
+    OUT/pool/                                the prepared pool (see ``pool_store``)
+    OUT/summary.json                         the last run's summary, written last
 
-A part is written to a temporary name and renamed into place, so a part either holds all its
-rows or does not exist; its name is a hash of the (sample, annotator) pairs it holds, so a
-batch retried by Ray Data replaces its own part instead of adding a second copy. Together with
-skipping the pairs already present on a rerun, each pair is written exactly once.
+Why each (sample, annotator) pair is written exactly once, on a local disk or an object store:
+
+- A file appears whole or not at all (``Location.write_parquet``: a rename on a disk, a single
+  upload on an object store), and never changes after.
+- A part's name is a hash of the pairs it holds: a batch retried by Ray Data writes the same
+  name again, with the same rows, instead of a second copy.
+- A rerun skips the pairs the table already holds (:class:`DoneIndex`, loaded per bucket).
+- Compaction writes a ``data-`` file that lists, in its Parquet metadata, the parts it holds,
+  and only then deletes those parts. Readers skip every part listed by a ``data-`` file, so a
+  crash between the two steps never shows a pair twice; the next open deletes the leftovers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -30,97 +36,186 @@ import pyarrow.parquet as pq
 from molal_ray import schema
 from molal_ray.exceptions import ConfigError, SchemaError
 from molal_ray.pipeline.prepare import hash_ids
+from molal_ray.storage import Location, resolve
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
+POOL = "pool"
 SUMMARY = "summary.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MEMBERS_KEY = b"molal.members"
+COMPACT_TARGET_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
 class OutputDir:
-    root: Path
+    root: Location
+    buckets: int | None = None  # the pool bucket count the table is written with (None: not yet chosen)
 
     @property
-    def parts(self) -> Path:
-        return self.root / PARTS
+    def parts(self) -> Location:
+        return self.root.join(PARTS)
+
+    @property
+    def pool(self) -> Location:
+        return self.root.join(POOL)
 
 
-def open_output(path: str, mode: str, labels: list[str], annotators: list[str]) -> OutputDir:
+def open_output(path: str | Location, mode: str, labels: list[str], annotators: list[str]) -> OutputDir:
     """Create or reopen an output folder; refuse one written for another label set."""
-    root = Path(path)
+    root = resolve(path, field="output.path")
     out = OutputDir(root)
-    if root.exists() and any(root.iterdir()):
+    if not root.is_empty():
         if mode == "error":
             raise ConfigError(f"output.path: {root} exists and output.mode is 'error'; "
                               "expected a new folder (or mode 'resume' / 'overwrite')")
         if mode == "overwrite":
-            shutil.rmtree(root)
-    out.parts.mkdir(parents=True, exist_ok=True)
-    manifest = root / MANIFEST
+            root.delete_dir()
+    out.parts.mkdirs()
+    manifest = root.join(MANIFEST)
     if manifest.exists():
-        old = json.loads(manifest.read_text())
+        old = manifest.read_json()
+        if old.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(f"output.path: {root} holds a table of format {old.get('format_version')}; this version "
+                              f"writes format {FORMAT_VERSION}. Use another folder or output.mode: overwrite")
         if old.get("labels") != labels:
             raise ConfigError(f"output.path: {root} holds a table for labels {old.get('labels')}; "
                               f"the config has {labels}. Use another folder or output.mode: overwrite")
         names = sorted(set(old.get("annotators", [])) | set(annotators))
+        buckets = old.get("buckets")
     else:
-        names = list(annotators)
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, "labels": labels, "annotators": names},
-                              indent=2))
-    os.replace(tmp, manifest)
-    for stale in out.parts.glob(".tmp-*"):  # parts of an interrupted run that never landed
-        stale.unlink(missing_ok=True)
+        names, buckets = list(annotators), None
+    manifest.write_json({"format_version": FORMAT_VERSION, "labels": labels, "annotators": names,
+                         "buckets": buckets})
+    out = OutputDir(root, buckets)
+    out.parts.delete_stale_temporaries()  # parts of an interrupted run that never landed
+    _files, members = table_files(out.parts)
+    for name in members:  # parts a compaction had already copied when it was interrupted
+        out.parts.join(name).delete_file()
     return out
 
 
-def part_name(sample_ids: list[str], annotators: list[str]) -> str:
+def pin_buckets(out: OutputDir, buckets: int) -> OutputDir:
+    """Record the pool bucket count the table is written with (parts are named per bucket, and
+    a rerun must find a pair in the bucket it was written in)."""
+    manifest = out.root.join(MANIFEST)
+    data = manifest.read_json()
+    data["buckets"] = buckets
+    manifest.write_json(data)
+    return OutputDir(out.root, buckets)
+
+
+# -- writing ------------------------------------------------------------------------------------
+def part_name(sample_ids: list[str], annotators: list[str], bucket: int = 0) -> str:
     h = hashlib.blake2b(digest_size=12)
     for s, a in sorted(zip(sample_ids, annotators)):
         h.update(s.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
         h.update(a.encode())
         h.update(b"\x01")
-    return f"part-{h.hexdigest()}.parquet"
+    return f"part-b{bucket:05d}-{h.hexdigest()}.parquet"
 
 
-def write_part(parts_dir: Path, table: pa.Table) -> Path:
-    """Write one part atomically (temp file, then rename)."""
+def write_part(parts_dir: Location | str, table: pa.Table, bucket: int = 0) -> Location:
+    """Write one part (whole or not at all), named after the pairs it holds."""
+    parts_dir = resolve(parts_dir)
     table = table.select(list(schema.ANNOTATION_COLUMNS)).cast(schema.ANNOTATION_SCHEMA)
-    name = part_name(table.column(schema.SAMPLE_ID).to_pylist(), table.column(schema.ANNOTATOR).to_pylist())
-    final = parts_dir / name
-    tmp = parts_dir / f".tmp-{uuid.uuid4().hex}-{name}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, final)
+    name = part_name(table.column(schema.SAMPLE_ID).to_pylist(), table.column(schema.ANNOTATOR).to_pylist(), bucket)
+    final = parts_dir.join(name)
+    final.write_parquet(table, compression="zstd")
     return final
 
 
-def _dataset(path: str | os.PathLike[str]) -> pads.Dataset:
-    p = Path(path)
-    target = p / PARTS if (p / PARTS).is_dir() else p
-    if not target.exists():
-        raise SchemaError(f"annotation table: got {str(p)!r}; expected a Parquet file or a label output folder")
-    return pads.dataset(str(target), format="parquet", schema=schema.ANNOTATION_SCHEMA,
-                        exclude_invalid_files=False, ignore_prefixes=[".", "_"])
+# -- reading ------------------------------------------------------------------------------------
+def _bucket_prefix(bucket: int | None) -> str:
+    return "" if bucket is None else f"-b{bucket:05d}-"
 
 
-def read_annotation_table(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+def table_files(parts_dir: Location, bucket: int | None = None) -> tuple[list[Location], set[str]]:
+    """The files that make up the table (of one bucket, or all) and the names of the parts that
+    compacted files already hold (skipped)."""
+    infos = parts_dir.list(suffix=".parquet")
+    pre = _bucket_prefix(bucket)
+    data = [i for i in infos if i.base_name.startswith("data" + pre if pre else "data-")]
+    members: set[str] = set()
+    for i in data:
+        meta = pq.read_metadata(i.path, filesystem=parts_dir.fs).metadata or {}
+        members.update(json.loads(meta.get(MEMBERS_KEY, b"[]")))
+    parts = [i for i in infos if i.base_name.startswith("part" + pre if pre else "part-")
+             and i.base_name not in members]
+    return [parts_dir.join(i.base_name) for i in (*data, *parts)], members
+
+
+def _dataset(path: str | Location) -> pads.Dataset:
+    loc = resolve(path)
+    parts = loc.join(PARTS)
+    if parts.is_dir() or loc.join(MANIFEST).exists():
+        files, _ = table_files(parts)
+        return pads.dataset([f.path for f in files], format="parquet", filesystem=loc.fs,
+                            schema=schema.ANNOTATION_SCHEMA)
+    if loc.is_file():
+        return pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
+    raise SchemaError(f"annotation table: got {str(loc)!r}; expected a Parquet file or a label output folder")
+
+
+def read_annotation_table(path: str | Location, columns: list[str] | None = None) -> pa.Table:
     """The whole annotation table (a label output folder or one Parquet file)."""
     return _dataset(path).to_table(columns=columns)
 
 
-def load_done(out: OutputDir) -> dict[str, np.ndarray]:
-    """Per annotator, the sorted id hashes of samples that already have a row."""
-    table = _dataset(out.root).to_table(columns=[schema.SAMPLE_ID, schema.ANNOTATOR])
-    done: dict[str, np.ndarray] = {}
-    if table.num_rows == 0:
+def iter_annotation_table(path: str | Location, columns: list[str] | None = None,
+                          batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """The table batch by batch, one file at a time (memory stays flat whatever its size)."""
+    loc = resolve(path)
+    if loc.join(PARTS).is_dir() or loc.join(MANIFEST).exists():
+        files = [f.path for f in table_files(loc.join(PARTS))[0]]
+    elif loc.is_file():
+        files = [loc.path]
+    else:
+        raise SchemaError(f"annotation table: got {str(loc)!r}; expected a Parquet file or a label output folder")
+    for f in files:
+        with loc.fs.open_input_file(f) as fh:
+            yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns)
+
+
+class DoneIndex:
+    """Which (sample, annotator) pairs the table already holds, loaded per pool bucket on first
+    use, so a resumed job never loads (or ships) the whole table's keys to every worker: an
+    annotate actor holds the keys of the few buckets it is working on."""
+
+    def __init__(self, parts_dir: Location | str, *, empty: bool = False, cached_buckets: int = 4) -> None:
+        self.parts_dir = resolve(parts_dir)
+        self.empty = empty  # a first run: nothing to load
+        self.cached_buckets = cached_buckets
+        self._cache: OrderedDict[int | None, dict[str, np.ndarray]] = OrderedDict()
+
+    def _load(self, bucket: int | None) -> dict[str, np.ndarray]:
+        if bucket in self._cache:
+            self._cache.move_to_end(bucket)
+            return self._cache[bucket]
+        done: dict[str, np.ndarray] = {}
+        files, _ = table_files(self.parts_dir, bucket)
+        if files:
+            t = pads.dataset([f.path for f in files], format="parquet", filesystem=self.parts_dir.fs,
+                             schema=schema.ANNOTATION_SCHEMA).to_table(columns=[schema.SAMPLE_ID, schema.ANNOTATOR])
+            ann = t.column(schema.ANNOTATOR).to_numpy(zero_copy_only=False)
+            ids = t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False)
+            for name in np.unique(ann):
+                done[str(name)] = np.sort(hash_ids(ids[ann == name]))
+        self._cache[bucket] = done
+        while len(self._cache) > self.cached_buckets:
+            self._cache.popitem(last=False)
         return done
-    ann = table.column(schema.ANNOTATOR).to_numpy(zero_copy_only=False)
-    ids = table.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False)
-    for name in np.unique(ann):
-        done[str(name)] = np.sort(hash_ids(ids[ann == name]))
-    return done
+
+    def mask(self, annotator: str, hashes: np.ndarray, bucket: int | None = None) -> np.ndarray:
+        """True where the pair (sample with this id hash, annotator) is already in the table;
+        ``bucket`` None looks through the whole table (small tables: the loop's)."""
+        if self.empty:
+            return np.zeros(len(hashes), dtype=bool)
+        return is_done(self._load(bucket).get(annotator), hashes)
+
+    def forget(self) -> None:
+        self._cache.clear()
 
 
 def is_done(done_sorted: np.ndarray | None, hashes: np.ndarray) -> np.ndarray:
@@ -130,3 +225,38 @@ def is_done(done_sorted: np.ndarray | None, hashes: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(done_sorted, hashes)
     pos[pos == done_sorted.size] = 0
     return done_sorted[pos] == hashes
+
+
+# -- compaction -----------------------------------------------------------------------------------
+def compact_bucket(parts_dir: Location | str, bucket: int, target_bytes: int = COMPACT_TARGET_BYTES) -> int:
+    """Merge the parts of one bucket into files of about ``target_bytes``; returns the parts
+    merged. Safe to interrupt at any point (see the module docstring)."""
+    parts_dir = resolve(parts_dir)
+    pre = _bucket_prefix(bucket)
+    _, members = table_files(parts_dir, bucket)
+    parts = [i for i in parts_dir.list(prefix="part" + pre, suffix=".parquet") if i.base_name not in members]
+    groups: list[list[pa.fs.FileInfo]] = [[]]
+    size = 0
+    for i in parts:
+        if groups[-1] and size + (i.size or 0) > target_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += i.size or 0
+    merged = 0
+    for group in groups:
+        if len(group) < 2:
+            continue
+        names = [i.base_name for i in group]
+        digest = hashlib.blake2b("\n".join(names).encode(), digest_size=12).hexdigest()
+        target = parts_dir.join(f"data{pre}{digest}.parquet")
+        sch = schema.ANNOTATION_SCHEMA.with_metadata({MEMBERS_KEY: json.dumps(names).encode()})
+        with target.open_write() as f, pq.ParquetWriter(f, sch, compression="zstd") as writer:
+            for i in group:  # one part at a time: memory stays flat
+                with parts_dir.fs.open_input_file(i.path) as src:
+                    writer.write_table(pq.read_table(src, schema=schema.ANNOTATION_SCHEMA).replace_schema_metadata(
+                        sch.metadata))
+        for i in group:
+            parts_dir.join(i.base_name).delete_file()
+        merged += len(group)
+    return merged

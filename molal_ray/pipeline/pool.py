@@ -161,11 +161,10 @@ def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, 
 _READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
 
 
-def make_datasource(cfg: PoolConfig):  # type: ignore[no-untyped-def]
+def make_datasource(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str):  # type: ignore[no-untyped-def]
     """A Ray Data datasource over the pool's files (imported lazily: Ray is heavy)."""
     from ray.data.datasource import FileBasedDatasource
 
-    fmt = cfg.format if cfg.format != "auto" else detect_format(cfg.path)
     reader = _READERS[fmt]
 
     class PoolDatasource(FileBasedDatasource):
@@ -179,13 +178,12 @@ def make_datasource(cfg: PoolConfig):  # type: ignore[no-untyped-def]
                 return filesystem.open_input_file(path)
             return super()._open_input_source(filesystem, path, **open_args)
 
-    return PoolDatasource(cfg.path, file_extensions=EXTENSIONS[fmt])
+    return PoolDatasource(paths, filesystem=filesystem)
 
 
-def read_pool(cfg: PoolConfig, num_cpus: float = 0.25):  # type: ignore[no-untyped-def]
-    """The pool as a lazily read Ray Dataset of raw rows (``RAW_SCHEMA``)."""
+def read_pool(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str, num_cpus: float = 0.25):  # type: ignore[no-untyped-def]
+    """The pool's files (listed by :func:`~molal_ray.pipeline.pool_store.list_pool_files`) as a
+    lazily read Ray Dataset of raw rows (``RAW_SCHEMA``)."""
     import ray.data
 
-    if "://" not in cfg.path and not os.path.exists(cfg.path) and not any(ch in cfg.path for ch in "*?["):
-        raise ConfigError(f"pool.path: got {cfg.path!r}; expected an existing file or folder")
-    return ray.data.read_datasource(make_datasource(cfg), num_cpus=num_cpus)
+    return ray.data.read_datasource(make_datasource(cfg, filesystem, paths, fmt), num_cpus=num_cpus)

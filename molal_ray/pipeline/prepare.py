@@ -11,11 +11,13 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from molal_ray import schema
 from molal_ray.pipeline.pool import RAW_ID, RAW_TEXT, READ_ERROR, SOURCE
 
 ID_HASH = "_id_hash"
+ROW = "_row"
 PREPARED_SCHEMA = pa.schema([
     (schema.SAMPLE_ID, pa.string()), (schema.TEXT, pa.string()), (schema.POOL_ERROR, pa.string()),
     (schema.POOL_WARNING, pa.string()), (SOURCE, pa.string()), (ID_HASH, pa.uint64()),
@@ -80,39 +82,66 @@ def prepare_batch(raw: pa.Table, max_text_chars: int) -> pa.Table:
     }, schema=PREPARED_SCHEMA)
 
 
-def find_duplicate_hashes(hashes: np.ndarray) -> np.ndarray:
-    """Sorted hashes that occur more than once."""
-    if hashes.size == 0:
-        return hashes.astype(np.uint64)
-    values, counts = np.unique(hashes, return_counts=True)
-    return values[counts > 1]
-
-
 def _source_key(source: str) -> tuple[str, int]:
+    """Sort key of a ``file:row`` source: the file, then the row as a number (row 10 after 9)."""
     name, _, row = source.rpartition(":")
     return (name, int(row)) if row.isdigit() else (source, 0)
 
 
 def resolve_duplicates(rows: pa.Table) -> pa.Table:
-    """Rows sharing an id: the first in file order keeps it; each later one gets the id
-    ``ID#dupK`` and the error ``duplicate_id`` (so every row stays, with a unique key)."""
+    """Give every row a unique id: the one rule for repeated ids, shared by the label job and the
+    loop. Among rows sharing an id, the first *usable* copy in file order (by ``file:row``, rows
+    compared as numbers) keeps the id; when every copy is flagged, the first copy keeps it. Each
+    other copy gets the id ``ID#dupK`` (K = 1, 2, ... in file order), no text and the error
+    ``duplicate_id``, so every row stays, under a key of its own. The result does not depend on
+    the order the rows arrive in."""
     if rows.num_rows == 0:
         return rows
-    data = rows.to_pylist()
+    ids = rows.column(schema.SAMPLE_ID)
+    counts = pc.value_counts(ids)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return rows
+    mask = pc.is_in(ids, value_set=repeated)
+    keep = rows.filter(pc.invert(mask))
     groups: dict[str, list[dict]] = defaultdict(list)
-    for r in data:
+    for r in rows.filter(mask).to_pylist():
         groups[r[schema.SAMPLE_ID]].append(r)
     out = []
     for sid, group in groups.items():
         group.sort(key=lambda r: _source_key(r[SOURCE]))
-        first = group[0]
-        out.append(first)
-        for k, r in enumerate(group[1:], 1):
+        usable = [r for r in group if r[schema.POOL_ERROR] is None]
+        winner = usable[0] if usable else group[0]
+        out.append(winner)
+        for k, r in enumerate((r for r in group if r is not winner), 1):
             r = dict(r)
             r[schema.SAMPLE_ID] = f"{sid}#dup{k}"
             r[schema.TEXT] = None
-            r[schema.POOL_ERROR] = (f"{schema.ERR_DUPLICATE_ID}: id {sid!r} at {r[SOURCE]} was first "
-                                    f"seen at {first[SOURCE]}")
+            r[schema.POOL_ERROR] = (f"{schema.ERR_DUPLICATE_ID}: id {sid!r} at {r[SOURCE]} is also at "
+                                    f"{winner[SOURCE]}, which keeps it")
             r[ID_HASH] = int(hash_ids([r[schema.SAMPLE_ID]])[0])
             out.append(r)
-    return pa.Table.from_pylist(out, schema=PREPARED_SCHEMA)
+    return pa.concat_tables([keep, pa.Table.from_pylist(out, schema=rows.schema)])
+
+
+def bucket_of(hashes: np.ndarray, buckets: int) -> np.ndarray:
+    """The bucket (0..buckets-1) of each id hash: its top 32 bits scaled to the bucket count, so
+    every copy of an id lands in the same bucket and buckets are even."""
+    h = np.asarray(hashes, dtype=np.uint64) >> np.uint64(32)
+    return ((h * np.uint64(buckets)) >> np.uint64(32)).astype(np.int32)
+
+
+ROW_BITS = 40
+"""A usable row's key is ``bucket << ROW_BITS | position in the bucket``."""
+
+
+def split_bucket(rows: pa.Table, bucket: int) -> tuple[pa.Table, pa.Table]:
+    """All prepared rows of one bucket -> (usable rows sorted by id, each with its row key;
+    flagged rows sorted by id). Deterministic: the same pool gives the same files."""
+    rows = resolve_duplicates(rows)
+    ok = pc.is_null(rows.column(schema.POOL_ERROR))
+    usable = rows.filter(ok).sort_by([(schema.SAMPLE_ID, "ascending")])
+    keys = (np.int64(bucket) << np.int64(ROW_BITS)) + np.arange(usable.num_rows, dtype=np.int64)
+    usable = usable.append_column(ROW, pa.array(keys, pa.int64()))
+    flagged = rows.filter(pc.invert(ok)).sort_by([(schema.SAMPLE_ID, "ascending")])
+    return usable, flagged

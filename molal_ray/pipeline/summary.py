@@ -6,10 +6,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from molal_ray import schema
-from molal_ray.pipeline.output import read_annotation_table
+from molal_ray.pipeline.output import iter_annotation_table
+from molal_ray.storage import Location
 
 
 @dataclass
@@ -36,27 +38,42 @@ class LabelSummary:
         return asdict(self)
 
 
-def summarise_table(path: str) -> tuple[int, dict[str, int], dict[str, int], dict[str, AnnotatorSummary]]:
+def _kinds(col: pa.ChunkedArray | pa.Array, split_parts: bool) -> Counter[str]:
+    """Counts of the kinds (text before the first colon) of a string column's non-null values;
+    ``split_parts`` counts each "; "-separated part of a value (warnings hold several)."""
+    vals = pc.drop_null(col)
+    if split_parts:
+        vals = pc.list_flatten(pc.split_pattern(vals, "; "))
+    kinds = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(vals, ":", max_splits=1), 0))
+    vc = pc.value_counts(kinds)
+    return Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
+
+
+def summarise_table(path: str | Location) -> tuple[int, dict[str, int], dict[str, int], dict[str, AnnotatorSummary]]:
+    """Rows, errors and warnings by kind, and per-annotator counts of the whole table, computed
+    batch by batch with Arrow compute (memory stays flat however large the table)."""
     cols = [schema.ANNOTATOR, schema.ERROR, schema.WARNING, schema.N_INVALID, schema.N_SAMPLES]
-    t = read_annotation_table(path, columns=cols)
-    ann = np.asarray(t.column(schema.ANNOTATOR).to_pylist(), dtype=object)
-    errors = t.column(schema.ERROR).to_pylist()
-    warnings = t.column(schema.WARNING).to_pylist()
-    inv = t.column(schema.N_INVALID).to_numpy(zero_copy_only=False).astype(np.int64)
-    ns = t.column(schema.N_SAMPLES).to_numpy(zero_copy_only=False).astype(np.int64)
-    err_kinds = Counter(schema.error_kind(e) for e in errors if e is not None)
+    n_rows = 0
+    err_kinds: Counter[str] = Counter()
     warn_kinds: Counter[str] = Counter()
-    for w in warnings:
-        if w:
-            for part in w.split("; "):
-                warn_kinds[schema.error_kind(part) or part] += 1
-    has_err = np.array([e is not None for e in errors], dtype=bool)
-    has_warn = np.array([w is not None for w in warnings], dtype=bool)
-    per: dict[str, AnnotatorSummary] = {}
-    for name in sorted(set(ann.tolist())):
-        m = ann == name
-        total = int(ns[m].sum())
-        per[name] = AnnotatorSummary(rows=int(m.sum()), errors=int(has_err[m].sum()),
-                                     invalid_vote_rate=float(inv[m].sum() / total) if total else 0.0,
-                                     warnings=int(has_warn[m].sum()))
-    return t.num_rows, dict(err_kinds), dict(warn_kinds), per
+    per: dict[str, list[int]] = {}
+    for batch in iter_annotation_table(path, columns=cols):
+        if batch.num_rows == 0:
+            continue
+        t = pa.Table.from_batches([batch])
+        n_rows += t.num_rows
+        err_kinds += _kinds(t.column(schema.ERROR), split_parts=False)
+        warn_kinds += _kinds(t.column(schema.WARNING), split_parts=True)
+        g = pa.table({"a": t.column(schema.ANNOTATOR),
+                      "e": pc.cast(pc.is_valid(t.column(schema.ERROR)), pa.int64()),
+                      "w": pc.cast(pc.is_valid(t.column(schema.WARNING)), pa.int64()),
+                      "i": pc.cast(t.column(schema.N_INVALID), pa.int64()),
+                      "n": pc.cast(t.column(schema.N_SAMPLES), pa.int64())}) \
+            .group_by("a").aggregate([("a", "count"), ("e", "sum"), ("w", "sum"), ("i", "sum"), ("n", "sum")])
+        for row in g.to_pylist():
+            acc = per.setdefault(row["a"], [0, 0, 0, 0, 0])
+            for j, k in enumerate(("a_count", "e_sum", "w_sum", "i_sum", "n_sum")):
+                acc[j] += int(row[k] or 0)
+    summaries = {name: AnnotatorSummary(rows=v[0], errors=v[1], invalid_vote_rate=v[3] / v[4] if v[4] else 0.0,
+                                        warnings=v[2]) for name, v in sorted(per.items())}
+    return n_rows, dict(err_kinds), dict(warn_kinds), summaries

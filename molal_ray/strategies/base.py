@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 
 from molal_ray.exceptions import ConfigError, PoolExhaustedError
 
@@ -44,18 +45,52 @@ class PoolView:
                         sub(self.noisy_probs, axis=1))
 
 
+def tiebreak(ids: np.ndarray, key: int) -> np.ndarray:
+    """A random order of ids that depends only on each id and ``key``, not on where or with
+    which other rows it is computed: ties are then broken the same way block by block (Ray
+    Data) as over the whole candidate set."""
+    arr = np.asarray(ids, dtype=object)
+    if arr.size == 0:
+        return np.zeros(0, np.uint64)
+    return pd.util.hash_array(arr, hash_key=f"{int(key) % 16**16:016x}", categorize=False)
+
+
+def top_n(scores: np.ndarray, ties: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n highest scores, ties (and NaN, ranked last) broken by ``ties``."""
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    return np.lexsort((np.asarray(ties), -s))[:n]
+
+
+def draw_rows(n_rows: int, k: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """k distinct row numbers of 0..n_rows-1 outside ``exclude`` (sorted unique), uniformly, in
+    O(k + |exclude|) time and memory: no list of the pool's rows is made."""
+    exclude = np.asarray(exclude, dtype=np.int64)
+    free = n_rows - exclude.size
+    if k >= free:  # everything left (small by construction: at most k rows)
+        rest = np.setdiff1d(np.arange(n_rows, dtype=np.int64), exclude)
+        return rest
+    draw = rng.choice(n_rows, size=min(n_rows, k + exclude.size), replace=False).astype(np.int64)
+    if exclude.size:
+        draw = draw[~np.isin(draw, exclude)]
+    return np.sort(draw[:k])
+
+
 class QueryStrategy(abc.ABC):
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
+    model_free: ClassVar[bool] = False
+    """True when the choice uses no classifier output (random): the loop then scores only the
+    rows it will query, for the discrepancy weights."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if isinstance(cls.__dict__.get("name"), str):
             _REGISTRY[cls.__dict__["name"]] = cls
 
-    def candidates(self, pool_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Which pool ids the loop must score before :meth:`select` (all, unless wrapped)."""
-        return pool_ids
+    def candidate_rows(self, n_rows: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """Which pool rows (numbers 0..n_rows-1, none of ``exclude``) the loop must score before
+        :meth:`select`; None: every row not excluded (unless wrapped)."""
+        return None
 
     def select(self, view: PoolView, n: int, rng: np.random.Generator) -> np.ndarray:
         """n distinct ids of ``view``."""
@@ -77,17 +112,21 @@ class QueryStrategy(abc.ABC):
 
 
 class ScoreStrategy(QueryStrategy):
-    """Picks the n highest scores (ties broken at random)."""
+    """Picks the n highest scores, ties broken by a random order of the ids (:func:`tiebreak`,
+    keyed by the first number drawn from ``rng``)."""
+
+    per_row: ClassVar[bool] = True
+    """A row's score depends on that row alone: the loop keeps each batch's top n while scoring
+    (Ray Data) and merges them, with the same result as :meth:`select` over all candidates."""
 
     @abc.abstractmethod
     def scores(self, view: PoolView, rng: np.random.Generator) -> np.ndarray:
         """(N,) informativeness of each candidate: higher is queried first."""
 
     def _select(self, view: PoolView, n: int, rng: np.random.Generator) -> np.ndarray:
+        key = int(rng.integers(2**63))
         s = np.asarray(self.scores(view, rng), dtype=np.float64)
-        perm = rng.permutation(len(s))
-        order = perm[np.argsort(-s[perm], kind="stable")]
-        return order[:n]
+        return top_n(s, tiebreak(view.ids, key), n)
 
 
 class SubsamplingQueryStrategy(QueryStrategy):
@@ -104,10 +143,8 @@ class SubsamplingQueryStrategy(QueryStrategy):
     def name(self) -> str:  # type: ignore[override]
         return f"subsampled({self.base.name}, {self.size})"
 
-    def candidates(self, pool_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if len(pool_ids) <= self.size:
-            return pool_ids
-        return np.sort(rng.choice(pool_ids, self.size, replace=False))
+    def candidate_rows(self, n_rows: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        return draw_rows(n_rows, self.size, exclude, rng)
 
     def _select(self, view: PoolView, n: int, rng: np.random.Generator) -> np.ndarray:
         return self.base._select(view, n, rng)

@@ -22,6 +22,7 @@ from molal_ray.strategies.base import PoolView, ScoreStrategy
 class BEMPS(ScoreStrategy):
     name = "bemps"
     requires = ("noisy_probs",)
+    per_row = False  # a candidate's score depends on the estimation set drawn from all of them
 
     def __init__(self, estimation_set: int = 1000) -> None:
         self.estimation_set = estimation_set

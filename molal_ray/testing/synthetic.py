@@ -66,3 +66,46 @@ def synthetic_table(n: int, num_classes: int = 6, seed: int = 0, **kw) -> tuple[
                       schema.VOTES: lists(votes), schema.N_INVALID: zeros, schema.N_SAMPLES: tens,
                       schema.ERROR: nulls, schema.WARNING: nulls})
     return table, truth
+
+
+SYNTHETIC_LABELS = ["a", "b", "c", "d", "e", "f"]
+SYNTHETIC_ANNOTATORS = ["m1", "m2", "m3", "m4", "m5"]
+
+
+def write_synthetic_pool(n: int, root: str, seed: int = 0, gold_rows: int = 0) -> None:
+    """A pool of ``n`` synthetic texts (``root/pool.parquet``: id, text), a recording of five
+    annotators for the replay engine (``root/recording.parquet``) and, with ``gold_rows``, the
+    true labels of that many random rows (``root/gold.csv``). Built column-wise with Arrow, so
+    millions of rows take seconds and little memory; run it in a child process to keep a
+    benchmark's driver free of it."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from molal_ray.engines.recording import RECORDING_SCHEMA
+
+    out = Path(root)
+    rng = np.random.default_rng(seed)
+    C = len(SYNTHETIC_LABELS)
+    truth = rng.integers(0, C, n)
+    ids = pa.array([f"s{i:08d}" for i in range(n)], pa.string())
+    topics = np.array(["weather", "history", "sport", "music", "science", "travel"])
+    texts = pa.array([f"question {i} about {topics[t]} and topic {i % 97}?" for i, t in enumerate(truth)],
+                     pa.string())
+    pq.write_table(pa.table({"id": ids, "text": texts}), out / "pool.parquet", row_group_size=50_000)
+    label_names = pa.array(SYNTHETIC_LABELS, pa.string())
+    with pq.ParquetWriter(out / "recording.parquet", RECORDING_SCHEMA) as writer:
+        for a in SYNTHETIC_ANNOTATORS:
+            p = rng.dirichlet(np.ones(C) * 0.3, n)
+            p[np.arange(n), truth] += 1.0
+            p /= p.sum(1, keepdims=True)
+            draws = (p.cumsum(1)[:, None, :] > rng.random((n, 10, 1))).argmax(-1)
+            probs = pa.ListArray.from_arrays(pa.array(np.arange(0, n * C + 1, C, dtype=np.int32)), pa.array(p.ravel()))
+            samples = pa.ListArray.from_arrays(pa.array(np.arange(0, n * 10 + 1, 10, dtype=np.int32)),
+                                               label_names.take(pa.array(draws.ravel())))
+            writer.write_table(pa.table({"sample_id": ids, "annotator": pa.array([a] * n, pa.string()),
+                                         "label_probs": probs, "samples": samples}, schema=RECORDING_SCHEMA))
+    if gold_rows:
+        pick = np.sort(rng.choice(n, min(gold_rows, n), replace=False))
+        pq.write_table(pa.table({"sample_id": ids.take(pa.array(pick)),
+                                 "label": label_names.take(pa.array(truth[pick]))}), out / "gold.parquet")

@@ -61,7 +61,7 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
     assert (out / "curves.png").stat().st_size > 0 and "| round |" in (out / "summary.md").read_text()
     state = LoopState.load(out / "state")
     ids = [x.sample_id for x in state.labeled]
-    assert len(ids) == len(set(ids)) == 60 and not set(ids) & set(state.pool_ids)
+    assert len(ids) == len(set(ids)) == 60 and len({x.row for x in state.labeled}) == 60
     sources = {x.source for x in state.labeled}
     assert sources == {"gold", "molal"}
     molal = [x for x in state.labeled if x.source == "molal"]
@@ -128,3 +128,62 @@ def test_bad_loop_settings_are_config_errors(setup, tmp_path):
         _cfg(root, backbone, tmp_path, annotation="gpt4")
     with pytest.raises(ConfigError, match="loop.strategy one of"):
         _cfg(root, backbone, tmp_path, strategy="oracle")
+
+
+@pytest.mark.slow
+def test_a_killed_loop_resumes_to_the_rounds_of_an_uninterrupted_one(setup, tmp_path):
+    """The whole loop (driver, coordinator actor, local Ray) killed with SIGKILL once round 1 is
+    saved, then run again with --resume: every round equals an uninterrupted run's (local
+    trainer: deterministic on the CPU)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    root, backbone = setup
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+
+    def config(out):
+        data = _cfg(root, backbone, out, rounds=3, trainer="local").model_dump(mode="json")
+        path = tmp_path / f"{out.name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "molal_ray.cli", "run", str(config(killed))]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = killed / "state" / "state.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["round"] >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the loop ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads(state.read_text())["round"] == 2
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight = tmp_path / "straight"
+    ref = subprocess.run([sys.executable, "-m", "molal_ray.cli", "run", str(config(straight))], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a = json.loads((killed / "report.json").read_text())["rounds"]
+    b = json.loads((straight / "report.json").read_text())["rounds"]
+    assert [r["round"] for r in a] == [0, 1, 2, 3]
+    for x, y in zip(a, b, strict=True):
+        assert x["n_labeled"] == y["n_labeled"] and x["annotation_accuracy"] == y["annotation_accuracy"]
+        assert x["test_accuracy"] == pytest.approx(y["test_accuracy"], abs=1e-9)
+    assert [r.sample_id for r in LoopState.load(killed / "state").labeled] == \
+        [r.sample_id for r in LoopState.load(straight / "state").labeled]
+    from molal_ray.pipeline.output import read_annotation_table
+
+    t = read_annotation_table(killed / "annotations").to_pandas()
+    assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 80 * 5

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -49,14 +51,22 @@ def test_negative_term_pushes_the_negative_class_down():
 
 
 def test_state_save_load_resume(tmp_path):
-    s = LoopState(labels=["a", "b"], pool_ids=["x", "y", "z"], seed=3)
-    s.add([LabeledRow("x", 0, "gold"), LabeledRow("y", 1, "molal", 0.5, [0])])
+    """The state holds the labelled rows (with their pool row keys), the round and the history:
+    it grows with the labelled set, never with the pool."""
+    s = LoopState(labels=["a", "b"], seed=3, pool="abc")
+    s.add([LabeledRow("x", 7, 0, "gold"), LabeledRow("y", 3, 1, "molal", 0.5, [0])])
     s.round = 1
     s.history.append({"round": 0, "n_labeled": 2, "test_accuracy": 0.5})
     s.save(tmp_path)
     t = LoopState.load(tmp_path)
-    assert t == s and t.pool_ids == ["z"] and t.labeled[1].negatives == [0]
-    with pytest.raises(SchemaError, match="labeled already"):
-        t.add([LabeledRow("x", 1, "molal")])
+    assert t == s and t.labeled[1].negatives == [0] and t.label_rows().tolist() == [3, 7]
+    assert set(json.loads((tmp_path / "state.json").read_text())) == {"version", "labels", "round", "labeled",
+                                                                      "history", "seed", "pool"}
+    with pytest.raises(SchemaError, match="labelled twice"):
+        t.add([LabeledRow("x", 9, 1, "molal")])
     with pytest.raises(SchemaError, match="nothing to resume"):
         LoopState.load(tmp_path / "none")
+    old = json.loads((tmp_path / "state.json").read_text())
+    old.pop("version")
+    with pytest.raises(SchemaError, match="another version"):
+        LoopState.from_dict(old)

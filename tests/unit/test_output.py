@@ -9,8 +9,18 @@ import pytest
 from molal_ray import schema
 from molal_ray.exceptions import ConfigError
 from molal_ray.pipeline.annotate_stage import error_rows
-from molal_ray.pipeline.output import is_done, load_done, open_output, part_name, read_annotation_table, write_part
+from molal_ray.pipeline.output import (
+    DoneIndex,
+    compact_bucket,
+    is_done,
+    open_output,
+    part_name,
+    read_annotation_table,
+    table_files,
+    write_part,
+)
 from molal_ray.pipeline.prepare import hash_ids
+from molal_ray.storage import resolve
 
 
 def _rows(ids, annotator="m"):
@@ -28,26 +38,31 @@ def test_rewriting_the_same_batch_replaces_its_part(tmp_path):
     write_part(out.parts, _rows(["b", "a"]))  # a retried batch
     t = read_annotation_table(out.root)
     assert sorted(t.column("sample_id").to_pylist()) == ["a", "b"]
-    assert not list(out.parts.glob(".tmp-*"))
+    assert not out.parts.list(prefix=".tmp-")
 
 
 def test_stale_temporary_parts_are_removed_on_reopen(tmp_path):
     out = open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m"])
-    (out.parts / ".tmp-dead-part.parquet").write_bytes(b"half a file")
+    (tmp_path / "o" / "parts" / ".tmp-dead-part.parquet").write_bytes(b"half a file")
     write_part(out.parts, _rows(["a"]))
     assert read_annotation_table(out.root).num_rows == 1  # the stale file is not read
     open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m"])
-    assert not list(out.parts.glob(".tmp-*"))
+    assert not out.parts.list(prefix=".tmp-")
 
 
 def test_done_set_per_annotator(tmp_path):
     out = open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m", "n"])
-    write_part(out.parts, pa.concat_tables([_rows(["a", "b"], "m"), _rows(["c"], "n")]))
-    done = load_done(out)
-    h = hash_ids(["a", "b", "c", "d"])
-    assert is_done(done["m"], h).tolist() == [True, True, False, False]
-    assert is_done(done["n"], h).tolist() == [False, False, True, False]
-    assert is_done(done.get("o"), h).tolist() == [False] * 4
+    write_part(out.parts, pa.concat_tables([_rows(["a", "b"], "m"), _rows(["c"], "n")]), bucket=0)
+    write_part(out.parts, _rows(["e"], "m"), bucket=1)
+    done = DoneIndex(out.parts)
+    h = hash_ids(["a", "b", "c", "d", "e"])
+    assert done.mask("m", h, 0).tolist() == [True, True, False, False, False]
+    assert done.mask("n", h, 0).tolist() == [False, False, True, False, False]
+    assert done.mask("m", h, 1).tolist() == [False] * 4 + [True]  # each bucket loads its own parts
+    assert done.mask("o", h, 0).tolist() == [False] * 5
+    assert done.mask("m", h).tolist() == [True, True, False, False, True]  # the whole table
+    assert DoneIndex(out.parts, empty=True).mask("m", h, 0).tolist() == [False] * 5
+    assert is_done(None, h).tolist() == [False] * 5
 
 
 def test_modes_and_label_mismatch(tmp_path):
@@ -60,7 +75,7 @@ def test_modes_and_label_mismatch(tmp_path):
         open_output(path, "error", ["x", "y"], ["m"])
     out = open_output(path, "overwrite", ["x", "z"], ["m"])
     assert read_annotation_table(out.root).num_rows == 0
-    assert json.loads((out.root / "manifest.json").read_text())["labels"] == ["x", "z"]
+    assert json.loads(out.root.join("manifest.json").read_text())["labels"] == ["x", "z"]
 
 
 def test_written_schema(tmp_path):
@@ -69,3 +84,39 @@ def test_written_schema(tmp_path):
     t = read_annotation_table(out.root)
     assert t.schema.equals(schema.ANNOTATION_SCHEMA)
     assert np.all(t.column("n_invalid").to_numpy() == 0)
+
+
+def test_compaction_keeps_every_pair_once_even_when_interrupted(tmp_path):
+    out = open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m"])
+    for ids in (["a", "b"], ["c"], ["d", "e"]):
+        write_part(out.parts, _rows(ids), bucket=2)
+    write_part(out.parts, _rows(["z"]), bucket=3)
+    before = sorted(read_annotation_table(out.root).column("sample_id").to_pylist())
+    # A compaction interrupted between writing its file and deleting the parts it holds: the
+    # data file is there and so are its members; readers must still see each pair once.
+    import shutil
+
+    keep = tmp_path / "keep"
+    shutil.copytree(tmp_path / "o" / "parts", keep)
+    assert compact_bucket(out.parts, 2) == 3
+    data = [i.base_name for i in out.parts.list(prefix="data-b00002-")]
+    assert len(data) == 1 and len(out.parts.list(prefix="part-b00002-")) == 0
+    for f in keep.iterdir():  # bring the deleted members back
+        if not (tmp_path / "o" / "parts" / f.name).exists():
+            shutil.copy(f, tmp_path / "o" / "parts" / f.name)
+    assert len(out.parts.list(prefix="part-b00002-")) == 3
+    assert sorted(read_annotation_table(out.root).column("sample_id").to_pylist()) == before
+    files, members = table_files(out.parts)
+    assert len(members) == 3 and len(files) == 2  # the data file and bucket 3's part
+    assert DoneIndex(out.parts).mask("m", hash_ids(["a", "e", "z"]), 2).tolist() == [True, True, False]
+    open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m"])  # reopening deletes the leftovers
+    assert len(out.parts.list(prefix="part-b00002-")) == 0
+    assert sorted(read_annotation_table(out.root).column("sample_id").to_pylist()) == before
+    assert compact_bucket(out.parts, 3) == 0  # a single part is left as it is
+
+
+def test_a_uri_output_is_resolved_through_pyarrow(tmp_path):
+    loc = resolve(f"file://{tmp_path}/o")
+    out = open_output(loc, "resume", ["x", "y"], ["m"])
+    write_part(out.parts, _rows(["a"]))
+    assert read_annotation_table(f"file://{tmp_path}/o").num_rows == 1

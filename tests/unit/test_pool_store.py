@@ -1,45 +1,109 @@
-"""The loop's on-disk pool: texts by id, repeated ids resolved the same way as at build time."""
+"""The prepared pool without Ray: bucket files, row keys and numbers, fetches by key, the one rule
+for repeated ids (shared by the label job and the loop)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from molal_ray.loop.pool_store import PoolStore, _keep_first
+from molal_ray import schema
+from molal_ray.exceptions import SchemaError
+from molal_ray.pipeline.pool import RAW_SCHEMA
+from molal_ray.pipeline.pool_store import (
+    BUCKET,
+    MANIFEST,
+    ROW_GROUP_ROWS,
+    PreparedPool,
+    prepare_with_bucket,
+    read_row_groups,
+    write_bucket,
+)
+from molal_ray.pipeline.prepare import resolve_duplicates, split_bucket
+from molal_ray.storage import resolve
 
 
-def _write(folder, rows):
-    folder.mkdir()
-    half = len(rows) // 2
-    for k, part in enumerate((rows[:half], rows[half:])):  # two files, like Ray Data's output
-        ids, texts, errors, sources = zip(*part)
-        pq.write_table(pa.table({"sample_id": list(ids), "text": list(texts), "pool_error": list(errors),
-                                 "_source": list(sources)}), folder / f"part-{k}.parquet")
+def _raw(rows):
+    ids, texts, sources = zip(*rows)
+    return pa.table({"_raw_id": [None if i is None else i.encode() for i in ids],
+                     "_raw_text": [None if t is None else t.encode() for t in texts],
+                     "_source": list(sources), "_read_error": [None] * len(rows)}, schema=RAW_SCHEMA)
 
 
-ROWS = [("b", "text of b", None, "f:1"), ("a", "text of a", None, "f:0"), ("c", "", "empty_text: ...", "f:2"),
-        ("a", "second copy of a", None, "f:3"), ("d", "text of d", None, "f:4"), ("b", "x", "invalid_utf8", "f:5")]
+def test_a_repeated_id_keeps_its_first_usable_copy_rows_compared_as_numbers():
+    # rows 9 and 10 of one file: as strings "f:10" < "f:9", as rows 9 comes first
+    t = prepare_with_bucket(_raw([("a", "row ten", "f:10"), ("a", "row nine", "f:9")]), 100, 1)
+    for order in ([0, 1], [1, 0]):
+        out = {r["sample_id"]: r for r in resolve_duplicates(t.take(order)).to_pylist()}
+        assert out["a"]["text"] == "row nine" and out["a"]["_source"] == "f:9"
+        assert out["a#dup1"]["_source"] == "f:10" and out["a#dup1"]["pool_error"].startswith("duplicate_id")
 
 
-def test_repeated_ids_keep_the_first_unflagged_copy():
-    import pandas as pd
+def test_a_flagged_first_copy_gives_way_to_a_usable_later_one():
+    t = prepare_with_bucket(_raw([("a", "", "f:1"), ("a", "fine", "f:2"), ("a", "also fine", "f:3")]), 100, 1)
+    out = {r["sample_id"]: r for r in resolve_duplicates(t).to_pylist()}
+    assert out["a"]["text"] == "fine" and out["a"]["pool_error"] is None
+    assert out["a#dup1"]["_source"] == "f:1" and out["a#dup2"]["_source"] == "f:3"
+    assert all(out[k]["pool_error"].startswith("duplicate_id") for k in ("a#dup1", "a#dup2"))
+    only_bad = prepare_with_bucket(_raw([("b", "", "f:1"), ("b", " ", "f:2")]), 100, 1)
+    out = {r["sample_id"]: r for r in resolve_duplicates(only_bad).to_pylist()}
+    assert out["b"]["pool_error"].startswith("empty_text") and out["b#dup1"]["pool_error"].startswith("duplicate")
 
-    df = _keep_first(pd.DataFrame(ROWS, columns=["sample_id", "text", "pool_error", "_source"]))
-    assert list(df["sample_id"]) == ["a", "a", "b", "b", "c", "d"]
-    kept = df[df["pool_error"].isna()]
-    assert list(kept["text"]) == ["text of a", "text of b", "text of d"]
-    assert df.loc[1, "pool_error"].startswith("duplicate_id") and df.loc[3, "pool_error"] == "invalid_utf8"
+
+def _pool(tmp_path, rows, buckets=3):
+    folder = resolve(tmp_path / "pool")
+    folder.mkdirs()
+    t = prepare_with_bucket(_raw(rows), 1000, buckets)
+    usable, flagged = [0] * buckets, [0] * buckets
+    for k in range(buckets):
+        part = t.filter(pa.array(t.column(BUCKET).to_numpy() == k))
+        if part.num_rows:
+            c = write_bucket(part, folder).to_pylist()[0]
+            usable[k], flagged[k] = c["usable"], c["flagged"]
+    folder.join(MANIFEST).write_json({"fingerprint": {"format_version": 2}, "buckets": buckets, "usable": usable,
+                                      "flagged": flagged, "flagged_by_kind": {}})
+    return PreparedPool.open(folder)
 
 
-def test_texts_come_back_in_the_asked_order_and_unusable_ids_are_refused(tmp_path):
-    _write(tmp_path / "pool", ROWS)
-    store = PoolStore(tmp_path / "pool")
-    assert store.texts(["d", "a", "b", "a"]) == ["text of d", "text of a", "text of b", "text of a"]
-    with pytest.raises(KeyError, match="not usable rows"):
-        store.texts(["a", "c"])  # c is flagged
-    with pytest.raises(KeyError, match="'zz'"):
-        store.texts(["zz"])
-    store.keep_only(["a"])
-    assert set(store._cache) == {"a"}
-    assert store.texts(["b"]) == ["text of b"]  # read again after the cache was trimmed
+def test_keys_numbers_and_fetches(tmp_path):
+    rows = [(f"id{i}", f"text {i}", f"f:{i}") for i in range(50)] + [("bad", "", "f:50"), ("id3", "again", "f:51")]
+    pool = _pool(tmp_path, rows)
+    assert pool.n_usable == 50 and pool.n_flagged == 2 and pool.n_rows == 52
+    dense = np.arange(50)
+    keys = pool.keys_of(dense)
+    assert len(set(keys.tolist())) == 50 and pool.dense_of(keys).tolist() == dense.tolist()
+    got = pool.fetch(keys[::-1][:10], columns=(schema.SAMPLE_ID, schema.TEXT))
+    assert got.column("_row").to_pylist() == keys[::-1][:10].tolist()
+    for sid, text in zip(got.column("sample_id").to_pylist(), got.column("text").to_pylist()):
+        assert text == "text " + sid[2:]
+    assert pool.fetch([keys[3], keys[3]]).num_rows == 2
+    found = pool.find(["id7", "id3", "bad", "nope"])
+    assert sorted(found.column("sample_id").to_pylist()) == ["id3", "id7"]
+    assert pool.fetch(found.column("_row").to_numpy()).column("sample_id").to_pylist() == \
+        found.column("sample_id").to_pylist()
+    flagged = pa.Table.from_batches(list(pool.iter_flagged()))
+    assert sorted(flagged.column("sample_id").to_pylist()) == ["bad", "id3#dup1"]
+    with pytest.raises(SchemaError, match="not usable rows"):
+        pool.fetch([int(keys.max()) + 1])
+    with pytest.raises(SchemaError, match="row numbers outside"):
+        pool.keys_of(np.array([50]))
+
+
+def test_read_items_cover_every_row_group_or_just_the_wanted_rows(tmp_path):
+    n = 3 * ROW_GROUP_ROWS + 10
+    pool = _pool(tmp_path, [(f"s{i:06d}", f"t{i:06d}", f"f:{i}") for i in range(n)], buckets=1)
+    items = pool.read_items(("bucket",))
+    assert [(i["file"], i["row_groups"]) for i in items] == [("bucket-00000.parquet", [g]) for g in range(4)]
+    dense = np.array([1, 3 * ROW_GROUP_ROWS + 2, ROW_GROUP_ROWS - 1])  # row groups 0 and 3, not 1 or 2
+    items = pool.read_items(keys=pool.keys_of(dense))
+    assert [i["row_groups"] for i in items] == [[0, 3]]
+    got = read_row_groups(pa.Table.from_pylist(items), pool.folder, ["sample_id", "text"])
+    assert got.column("sample_id").to_pylist() == [f"s{i:06d}" for i in sorted(dense)]
+
+
+def test_bucket_files_do_not_depend_on_row_order(tmp_path):
+    rows = [(f"id{i}", f"text {i}", f"f:{i}") for i in range(30)] + [("id1", "dup", "f:30")]
+    t = prepare_with_bucket(_raw(rows), 1000, 1)
+    a = split_bucket(t, 0)
+    b = split_bucket(t.take(np.random.default_rng(0).permutation(t.num_rows)), 0)
+    assert a[0].equals(b[0]) and a[1].equals(b[1])

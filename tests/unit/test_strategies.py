@@ -7,6 +7,7 @@ import pytest
 
 from molal_ray.exceptions import ConfigError, PoolExhaustedError
 from molal_ray.strategies import PoolView, SubsamplingQueryStrategy, available, get_strategy
+from molal_ray.strategies.base import draw_rows, tiebreak, top_n
 
 N, C, D, K = 300, 4, 8, 6
 
@@ -44,11 +45,63 @@ def test_subsampling_wrapper_scores_only_a_subset(name):
     assert isinstance(s, SubsamplingQueryStrategy)
     view = _view()
     rng = np.random.default_rng(0)
-    cand = s.candidates(view.ids, rng)
-    assert len(cand) == 50 and set(cand) <= set(view.ids)
-    sub = view.take(np.array([np.flatnonzero(view.ids == c)[0] for c in cand]))
+    exclude = np.arange(0, N, 3)  # labelled rows are never candidates
+    rows = s.candidate_rows(N, exclude, rng)
+    assert len(rows) == 50 == len(set(rows.tolist())) and not set(rows.tolist()) & set(exclude.tolist())
+    sub = view.take(rows)
     picks = s.select(sub, 10, rng)
-    assert set(picks) <= set(cand) and len(set(picks)) == 10
+    assert set(picks) <= set(sub.ids) and len(set(picks)) == 10
+    assert get_strategy(name).candidate_rows(N, exclude, rng) is None  # unwrapped: every row
+
+
+def test_draw_rows_is_uniform_outside_the_excluded_rows_and_never_lists_the_pool():
+    rng = np.random.default_rng(0)
+    exclude = np.array([0, 1, 2, 5])
+    counts = np.zeros(10)
+    for _ in range(2000):
+        counts[draw_rows(10, 3, exclude, rng)] += 1
+    assert counts[exclude].sum() == 0
+    free = np.setdiff1d(np.arange(10), exclude)
+    assert np.allclose(counts[free] / 2000, 0.5, atol=0.06)  # 3 of 6 free rows each time
+    assert draw_rows(10, 8, exclude, rng).tolist() == free.tolist()  # fewer left than asked: all of them
+    big = draw_rows(10**12, 5, np.array([7]), rng)  # a trillion rows: drawn, not listed
+    assert len(big) == 5 and big.max() < 10**12
+
+
+@pytest.mark.parametrize("name", [n for n in available() if getattr(get_strategy(n), "per_row", False)])
+def test_block_wise_top_n_equals_selecting_over_every_candidate(name):
+    """Score strategies whose scores are per row: keeping each block's top n and merging them (as
+    the loop's Ray Data scoring does) picks exactly what select() picks over all candidates."""
+    view = _view(seed=3)
+    strategy = get_strategy(name)
+    whole = strategy.select(view, 20, np.random.default_rng(5))
+    key = int(np.random.default_rng(5).integers(2**63))  # the first number select() draws
+    kept = []
+    for block in np.array_split(np.random.default_rng(1).permutation(N), 7):
+        part = view.take(block)
+        s = strategy.scores(part, np.random.default_rng(0))
+        kept += [(s[i], part.ids[i]) for i in top_n(s, tiebreak(part.ids, key), 20)]
+    scores, ids = np.array([k[0] for k in kept]), np.array([k[1] for k in kept], dtype=object)
+    merged = ids[top_n(scores, tiebreak(ids, key), 20)]
+    assert merged.tolist() == whole.tolist()
+
+
+def test_ties_are_broken_by_id_not_by_position():
+    view = PoolView(ids=np.array([f"u{i}" for i in range(40)]), probs=np.full((40, 4), 0.25))
+    a = get_strategy("max-entropy").select(view, 5, np.random.default_rng(2))
+    b = get_strategy("max-entropy").select(view.take(np.arange(40)[::-1]), 5, np.random.default_rng(2))
+    assert a.tolist() == b.tolist()
+    c = get_strategy("max-entropy").select(view, 5, np.random.default_rng(3))
+    assert a.tolist() != c.tolist()  # another seed, another order among equals
+
+
+def test_coreset_keeps_float32_blocks_and_matches_one_block():
+    view = _view(seed=4)
+    from molal_ray.strategies.coreset import CoreSet
+
+    one = CoreSet(block_rows=10**6).select(view, 15, np.random.default_rng(0))
+    many = CoreSet(block_rows=37).select(view, 15, np.random.default_rng(0))
+    assert one.tolist() == many.tolist()
 
 
 def test_missing_inputs_and_unknown_names():

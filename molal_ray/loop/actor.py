@@ -1,0 +1,60 @@
+"""The coordinator as a Ray actor: it opens the prepared pool, the gold labels and the state,
+and runs each round where it lives; the driver only receives each round's metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from molal_ray.aggregation.api import load_gold
+from molal_ray.config.loop import LoopJobConfig
+from molal_ray.exceptions import ConfigError, SchemaError
+from molal_ray.loop.coordinator import Coordinator, Split
+from molal_ray.loop.services import RayRoundServices
+from molal_ray.loop.state import LoopState
+from molal_ray.pipeline.pool_store import PreparedPool
+from molal_ray.storage import resolve
+
+STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, POOL_DIR = "state", "annotations", "train", "pool"
+
+
+class CoordinatorActor:
+    """Builds a :class:`Coordinator` with Ray services; ``run_round`` returns metrics."""
+
+    def __init__(self, cfg: dict[str, Any], resume: bool) -> None:
+        self.cfg = LoopJobConfig.model_validate(cfg)
+        out = resolve(self.cfg.output.path, field="output.path")
+        pool = PreparedPool.open(out.join(POOL_DIR))
+        if pool is None:
+            raise SchemaError(f"loop: no prepared pool in {out.join(POOL_DIR)}")
+        labels = self.cfg.task.labels
+        gold_df = load_gold(self.cfg.gold, labels)
+        gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
+        L = self.cfg.loop
+        split = Split.make(pool.find(list(gold)), gold, L.test_fraction, L.test_max, L.seed)
+        state_dir = out.join(STATE_DIR)
+        if resume:
+            state = LoopState.load(state_dir)
+            if state.labels != labels:
+                raise ConfigError(f"resume: the saved loop has labels {state.labels}; the config has {labels}")
+            if state.pool != pool.manifest.key():
+                raise ConfigError("resume: the pool changed since the loop started (its files, columns or buckets); "
+                                  "start a new loop (output.mode: overwrite) or restore the pool")
+        else:
+            state = LoopState(labels=labels, seed=L.seed, pool=pool.manifest.key())
+        services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR))
+        self.coord = Coordinator(state, L, pool, split, services, state_dir)
+        self.test_rows = len(split.test_rows)
+
+    def run_round(self) -> dict[str, Any] | None:
+        """The next round's metrics, or None when the loop has run every round."""
+        return None if self.coord.finished else self.coord.run_round()
+
+    def history(self) -> list[dict[str, Any]]:
+        return self.coord.state.history
+
+    def phase(self) -> tuple[int, str | None]:
+        """The round running and its phase (for progress displays)."""
+        return self.coord.state.round, self.coord.phase()
+
+    def info(self) -> dict[str, Any]:
+        return {"test_rows": self.test_rows}

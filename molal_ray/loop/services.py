@@ -1,0 +1,96 @@
+"""The round's services on Ray (a thin shell the coordinator calls; see ``coordinator.py``).
+
+- ``score``: Ray Data reads the wanted rows of the prepared pool (one task per row group) and
+  predictor actors (``ScoreStage``; CPUs, GPUs and concurrency from the classifier config) score
+  them; only what the strategy needs comes back. ``trainer: local`` runs the same stage here.
+- ``annotate``: the light annotate call of a round: the queried rows go straight to the running
+  annotator deployments through one ``AnnotateStage`` (same retries, flagged rows and
+  exactly-once parts as the label job), into the loop's own table.
+- ``annotations``: the loop's table, read once per round.
+- ``texts``: texts of labelled rows for training, fetched by row key.
+- ``train``: Ray Train (``TorchTrainer``), or the same epochs in this process (``trainer: local``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from molal_ray import schema
+from molal_ray.config.loop import LoopJobConfig
+from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_in_process
+from molal_ray.pipeline.annotate_stage import AnnotateStage
+from molal_ray.pipeline.output import DoneIndex, read_annotation_table
+from molal_ray.pipeline.pool_store import BUCKET, PreparedPool
+from molal_ray.pipeline.prepare import ID_HASH, ROW, ROW_BITS, hash_ids
+from molal_ray.storage import Location
+from molal_ray.training.classifier import TrainResult
+
+
+class RayRoundServices:
+    def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations_dir: Location, train_dir: Location) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.ann_dir = annotations_dir
+        self.parts = annotations_dir.join("parts")
+        self.train_dir = train_dir
+        self._stage: AnnotateStage | None = None
+
+    # -- scoring --------------------------------------------------------------------------------
+    def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
+        c = self.cfg.classifier
+        wanted = None if request.candidates is None else np.unique(np.concatenate(
+            [request.test, request.candidates, request.labeled]))
+        if c.trainer == "local":
+            return score_in_process(self.pool, model_dir, request, c.max_length, c.threads, wanted)
+        import ray.data
+
+        ds = self.pool.dataset(columns=(ROW, schema.SAMPLE_ID, schema.TEXT), keys=wanted,
+                               num_cpus=self.cfg.pipeline.stage_num_cpus)
+        out = ds.map_batches(
+            ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "request": request, "max_length": c.max_length,
+                                               "device": "cuda" if c.use_gpu else "cpu", "threads": c.threads},
+            batch_size=c.inference_batch_size, batch_format="pyarrow", num_cpus=c.cpus_per_worker,
+            num_gpus=1 if c.use_gpu else 0, compute=ray.data.ActorPoolStrategy(size=c.inference_concurrency))
+        return collect([pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+                        for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
+
+    # -- annotation ------------------------------------------------------------------------------
+    def annotate(self, rows: pa.Table) -> None:
+        if rows.num_rows == 0:
+            return
+        if self._stage is None:
+            from molal_ray.pipeline.output import open_output
+
+            open_output(self.ann_dir, "resume", self.cfg.task.labels, [a.name for a in self.cfg.annotators])
+            pl = self.cfg.pipeline
+            self._stage = AnnotateStage(self.cfg.ray.serve_app_name, [a.name for a in self.cfg.annotators], self.parts,
+                                        DoneIndex(self.parts), pl.max_retries, pl.retry_backoff_s,
+                                        pl.request_timeout_s)
+        self._stage.done.forget()  # the table grew since the last round
+        keys = rows.column(ROW).to_numpy()
+        ids = rows.column(schema.SAMPLE_ID).to_pylist()
+        n = len(ids)
+        pl = self.cfg.pipeline
+        batch = pa.table({schema.SAMPLE_ID: pa.array(ids, pa.string()),
+                          schema.TEXT: pa.array(self.texts(keys), pa.string()),
+                          schema.POOL_ERROR: pa.nulls(n, pa.string()), schema.POOL_WARNING: pa.nulls(n, pa.string()),
+                          ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
+                          BUCKET: pa.array((keys >> np.int64(ROW_BITS)).astype(np.int32))})
+        for i in range(0, n, pl.batch_size):
+            self._stage(batch.slice(i, pl.batch_size))
+
+    def annotations(self) -> pa.Table:
+        return read_annotation_table(self.ann_dir)
+
+    # -- training --------------------------------------------------------------------------------
+    def texts(self, keys: np.ndarray) -> list[str]:
+        return self.pool.fetch(keys, columns=(schema.TEXT,)).column(schema.TEXT).to_pylist()
+
+    def train(self, train: pd.DataFrame, val: pd.DataFrame, lam: float, name: str) -> TrainResult:
+        from molal_ray.training.local_trainer import train_local
+        from molal_ray.training.ray_trainer import train_classifier
+
+        fn = train_classifier if self.cfg.classifier.trainer == "ray" else train_local
+        return fn(train, val, len(self.cfg.task.labels), self.cfg.classifier, lam, str(self.train_dir), name)

@@ -1,0 +1,208 @@
+"""The coordinator's round logic without Ray: fake services around the real scoring stage (with a
+fake classifier), the real replay annotators of the TREC recording and the real aggregators."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from molal_ray import schema
+from molal_ray.aggregation.api import load_gold
+from molal_ray.config import AnnotatorConfig, TaskConfig
+from molal_ray.config.loop import LoopSettings
+from molal_ray.engines import build_engine
+from molal_ray.exceptions import PoolExhaustedError
+from molal_ray.loop.coordinator import Coordinator, Split
+from molal_ray.loop.scoring import ScoreStage, collect
+from molal_ray.loop.state import LoopState
+from molal_ray.pipeline.annotate_stage import annotation_rows
+from molal_ray.pipeline.prepare import ROW
+from molal_ray.serve.deployment import pack_annotations
+from molal_ray.training.classifier import TrainResult
+from tests.conftest import TREC, TREC_ANNOTATORS, TREC_LABELS
+
+N = 300
+
+
+class FakePredictor:
+    """Class probabilities from a hash of the text and the model's name: deterministic, and
+    different for every trained model."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def _p(self, text: str, salt: str = "") -> np.ndarray:
+        h = hashlib.blake2b(f"{self.model}|{salt}|{text}".encode(), digest_size=24).digest()
+        logits = np.frombuffer(h, dtype=np.uint8)[:6].astype(np.float64) / 40.0
+        return np.exp(logits) / np.exp(logits).sum()
+
+    def predict(self, texts):  # type: ignore[no-untyped-def]
+        probs = np.stack([self._p(t) for t in texts])
+        return {"probs": probs, "embeddings": np.stack([np.r_[self._p(t, "e"), self._p(t, "f")] for t in texts])}
+
+    def noisy_probs(self, texts, noise, copies, seed=0):  # type: ignore[no-untyped-def]
+        return np.stack([np.stack([self._p(t, f"n{k}") for t in texts]) for k in range(copies)])
+
+
+class Geometry:
+    def __init__(self, n: int) -> None:
+        self.n_usable = n
+
+    def keys_of(self, dense):  # type: ignore[no-untyped-def]
+        return np.asarray(dense, dtype=np.int64) + 1000  # keys differ from row numbers on purpose
+
+    def dense_of(self, keys):  # type: ignore[no-untyped-def]
+        return np.asarray(keys, dtype=np.int64) - 1000
+
+
+class FakeServices:
+    def __init__(self, pool: pa.Table) -> None:
+        self.pool = pool  # _row, sample_id, text
+        self.by_key = {k: i for i, k in enumerate(pool.column(ROW).to_pylist())}
+        task = TaskConfig(labels=TREC_LABELS)
+        self.engines = {a: build_engine(AnnotatorConfig(name=a, engine={"type": "replay",
+                                                                     "path": str(TREC / "recording.parquet")}), task)
+                        for a in TREC_ANNOTATORS}
+        for e in self.engines.values():
+            asyncio.run(e.start())
+        self.tables: list[pa.Table] = []
+        self.annotated: list[str] = []
+        self.requests = []
+
+    def score(self, model_dir, request):  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        stage = ScoreStage(model_dir, request, 32, predictor=FakePredictor(model_dir))
+        return collect([stage(self.pool.slice(i, 37)) for i in range(0, self.pool.num_rows, 37)], request)
+
+    def annotate(self, rows):  # type: ignore[no-untyped-def]
+        ids = rows.column(schema.SAMPLE_ID).to_pylist()
+        self.annotated += ids
+        for a, e in self.engines.items():
+            payload = pack_annotations(asyncio.run(e.annotate(ids, self.texts(rows.column(ROW).to_numpy()))), 6)
+            self.tables.append(annotation_rows(a, ids, payload, [None] * len(ids)))
+
+    def annotations(self):  # type: ignore[no-untyped-def]
+        return pa.concat_tables(self.tables)
+
+    def texts(self, keys):  # type: ignore[no-untyped-def]
+        return [self.pool.column("text")[self.by_key[int(k)]].as_py() for k in keys]
+
+    def train(self, train, val, lam, name):  # type: ignore[no-untyped-def]
+        assert set(train.columns) == {"text", "label", "weight", "negatives"} and len(val) >= 1
+        return TrainResult(model_dir=f"model-{name}-{len(train)}", val_accuracy=0.5, epochs_run=1)
+
+
+@pytest.fixture(scope="module")
+def trec():
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, N).sort_by("id")
+    table = pa.table({ROW: pa.array(np.arange(N, dtype=np.int64) + 1000), schema.SAMPLE_ID: pool.column("id"),
+                      "text": pool.column("text")})
+    gold_df = load_gold(TREC / "gold.csv", TREC_LABELS)
+    gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
+    return table, gold
+
+
+def _coordinator(trec, tmp_path, **settings):
+    table, gold = trec
+    s = LoopSettings(**{"initial_gold": 20, "rounds": 2, "query_size": 15, "strategy": "max-entropy",
+                        "subsample": 100, "test_fraction": 0.2, "test_max": 40, "seed": 1, **settings})
+    found = table.select([ROW, schema.SAMPLE_ID])
+    split = Split.make(found, gold, s.test_fraction, s.test_max, s.seed)
+    services = FakeServices(table)
+    state = LoopState(labels=TREC_LABELS, seed=s.seed)
+    return Coordinator(state, s, Geometry(N), split, services, tmp_path / "state"), services
+
+
+def _run(coord):
+    out = []
+    while not coord.finished:
+        out.append(coord.run_round())
+    return out
+
+
+def test_rounds_query_annotate_aggregate_and_keep_only_labelled_rows_in_the_state(trec, tmp_path):
+    coord, services = _coordinator(trec, tmp_path)
+    metrics = _run(coord)
+    assert [m["round"] for m in metrics] == [0, 1, 2] and [m["n_labeled"] for m in metrics] == [20, 35, 50]
+    state = coord.state
+    ids = [x.sample_id for x in state.labeled]
+    assert len(set(ids)) == 50 and not {x.row for x in state.labeled} & set(coord.split.test_rows.tolist())
+    assert [x.source for x in state.labeled].count("gold") == 20
+    molal = [x for x in state.labeled if x.source == "molal"]
+    assert all(x.weight in (1.0, 0.5) for x in molal) and any(x.weight == 0.5 for x in molal)
+    assert any(x.negatives for x in molal)
+    assert sorted(services.annotated) == sorted(ids)  # each labelled row annotated once
+    assert 0.4 < metrics[2]["annotation_accuracy"] <= 1.0
+    assert set(metrics[1]["phase_s"]) == {"query", "annotate", "aggregate", "train", "score"}
+    # Scoring asked only for sub-samples that avoid labelled and test rows.
+    for req in services.requests:
+        if req.candidates is not None and len(req.candidates):
+            assert len(req.candidates) == 100 and req.top_n == 15
+    saved = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert len(saved["labeled"]) == 50 and "pool_ids" not in saved
+    # Max-entropy picked the most uncertain candidates of the scored sub-sample.
+    req = services.requests[0]
+    stage = ScoreStage("model-round-0-16", req, 32, predictor=FakePredictor("model-round-0-16"))
+    probs = stage.predictor.predict(services.texts(req.candidates))["probs"]
+    entropy = -(probs * np.log(probs)).sum(1)
+    picked = {x.row for x in state.labeled[20:35]}
+    assert min(entropy[[k in picked for k in req.candidates.tolist()]]) >= \
+        np.sort(entropy)[-15] - 1e-12
+
+
+def test_a_resumed_coordinator_repeats_an_uninterrupted_one(trec, tmp_path):
+    straight, _ = _coordinator(trec, tmp_path / "a")
+    _run(straight)
+    first, _ = _coordinator(trec, tmp_path / "b", rounds=1)
+    _run(first)
+    resumed, _ = _coordinator(trec, tmp_path / "b")
+    resumed.state = LoopState.load(tmp_path / "b" / "state")
+    _run(resumed)
+    assert [x.sample_id for x in straight.state.labeled] == [x.sample_id for x in resumed.state.labeled]
+    assert [m["test_accuracy"] for m in straight.state.history] == [m["test_accuracy"] for m in resumed.state.history]
+
+
+@pytest.mark.parametrize("strategy", ["random", "coreset", "bemps", "noise-stability"])
+def test_every_strategy_runs_a_round(trec, tmp_path, strategy):
+    coord, services = _coordinator(trec, tmp_path, rounds=1, strategy=strategy, noise_copies=2)
+    _run(coord)
+    assert len(coord.state.labeled) == 35
+    req = services.requests[0]
+    if strategy == "random":  # scores only the rows it queries (for the discrepancy weights)
+        assert len(req.candidates) == 15
+    if strategy == "coreset":
+        assert len(req.labeled) == 20  # the labelled rows' embeddings are the first centres
+
+
+def test_majority_and_single_annotator_modes_label_by_the_votes(trec, tmp_path):
+    for mode in ("majority", "yi"):
+        coord, services = _coordinator(trec, tmp_path / mode, rounds=1, annotation=mode, strategy="random")
+        _run(coord)
+        table = services.annotations().to_pandas()
+        for row in coord.state.labeled[20:]:
+            votes = table[(table.sample_id == row.sample_id)]
+            if mode == "yi":
+                v = np.asarray(votes[votes.annotator == "yi"]["votes"].iloc[0])
+                assert row.label == int(np.argmax(v)) and row.source == "annotator"
+            else:
+                total = np.sum(np.stack(votes["votes"].to_numpy()), axis=0)
+                assert total[row.label] == total.max() and row.source == "majority"
+            assert row.weight == 1.0 and row.negatives == []
+
+
+def test_gold_mode_asks_no_annotator(trec, tmp_path):
+    coord, services = _coordinator(trec, tmp_path, rounds=1, annotation="gold")
+    metrics = _run(coord)
+    assert services.annotated == [] and metrics[1]["annotation_accuracy"] == 1.0
+
+
+def test_an_exhausted_pool_is_a_clear_error(trec, tmp_path):
+    coord, _ = _coordinator(trec, tmp_path, rounds=30, query_size=15)
+    with pytest.raises(PoolExhaustedError, match="Pool exhausted"):
+        _run(coord)
