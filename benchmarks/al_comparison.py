@@ -36,18 +36,16 @@ def best_single(seed: int, initial_gold: int) -> str:
     """The annotator with the best vote accuracy on the seed's initial gold draw."""
     from molal_ray.aggregation.api import load_gold
     from molal_ray.config.loop import LoopJobConfig
-    from molal_ray.loop import runner
-    from molal_ray.loop.pool_store import PoolStore
+    from molal_ray.loop.coordinator import Split
+    from molal_ray.pipeline.pool_store import PreparedPool
 
     cfg = LoopJobConfig.from_file(ROOT / "examples/trec/loop.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        _, pool_ids, _ = PoolStore.build(cfg.pool, cfg.pipeline.stage_num_cpus, Path(tmp))
     gold_df = load_gold(cfg.gold, cfg.task.labels)
     gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
-    _, loop_ids = runner._split(cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"seed": seed})}),
-                                pool_ids, gold)
-    cands = [i for i in loop_ids if i in gold]
-    init = np.random.default_rng([seed, 0]).choice(np.asarray(cands, dtype=object), initial_gold, replace=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = PreparedPool.build(cfg.pool, Path(tmp) / "pool", num_cpus=cfg.pipeline.stage_num_cpus)
+        split = Split.make(pool.find(list(gold)), gold, cfg.loop.test_fraction, cfg.loop.test_max, seed)
+    init = split.initial(initial_gold, seed)
     from benchmarks.aggregation_quality import trec_matrix
 
     m, _ = trec_matrix()
