@@ -164,7 +164,7 @@ def read_annotation_table(path: str | Location, columns: list[str] | None = None
 
 
 def iter_annotation_table(path: str | Location, columns: list[str] | None = None,
-                          batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+                          batch_size: int = 16384) -> Iterator[pa.RecordBatch]:
     """The table batch by batch, one file at a time (memory stays flat whatever its size)."""
     loc = resolve(path)
     if loc.join(PARTS).is_dir() or loc.join(MANIFEST).exists():
@@ -175,7 +175,7 @@ def iter_annotation_table(path: str | Location, columns: list[str] | None = None
         raise SchemaError(f"annotation table: got {str(loc)!r}; expected a Parquet file or a label output folder")
     for f in files:
         with loc.fs.open_input_file(f) as fh:
-            yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns)
+            yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
 
 
 class DoneIndex:
