@@ -56,6 +56,26 @@ class Location:
         base, q, query = self.uri.partition("?")  # query options stay at the end of the URI
         return Location(self.fs, posixpath.join(self.path, *parts), base.rstrip("/") + "/" + "/".join(parts) + q + query)
 
+    def at(self, path: str) -> "Location":
+        """Another path on the same filesystem (a URI of the same scheme and options)."""
+        if self.is_local:
+            return Location(self.fs, path, path)
+        scheme = self.uri.split("://", 1)[0]
+        _, q, query = self.uri.partition("?")
+        return Location(self.fs, path.rstrip("/"), f"{scheme}://{path.lstrip('/')}{q}{query}")
+
+    def download(self, local_dir: str) -> str:
+        """Copy this folder to a local one (returned); a local folder is returned as it is."""
+        if self.is_local:
+            return self.path
+        pafs.copy_files(self.path, local_dir, source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return local_dir
+
+    def upload_from(self, local_dir: str) -> None:
+        """Copy a local folder's files to this folder."""
+        pafs.copy_files(local_dir, self.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
     @property
     def name(self) -> str:
         return posixpath.basename(self.path.rstrip("/"))

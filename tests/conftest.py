@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Credentials for the S3 endpoint the tests start themselves (any values do); set before any Ray
+# runtime starts, so its workers inherit them. No metadata service is asked for real ones.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "molal-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "molal-test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
 TREC = ROOT / "examples" / "trec"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,17 +40,22 @@ def load_labels(spec: str) -> list[str]:
 
 
 def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
-    """Gold labels (``sample_id, label``) from CSV or Parquet, checked against the label set."""
-    p = Path(path)
-    if not p.is_file():
-        raise AggregationError(f"gold: got {str(p)!r}; expected a CSV or Parquet file")
+    """Gold labels (``sample_id, label``) from CSV or Parquet (a local path or a URI), checked
+    against the label set."""
+    from molal_ray.storage import resolve
+
+    loc = resolve(path, field="gold")
+    p = Path(loc.name)
+    if not loc.is_file():
+        raise AggregationError(f"gold: got {str(loc)!r}; expected a CSV or Parquet file")
     try:
-        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str, keep_default_na=False)
+        data = io.BytesIO(loc.read_bytes())
+        df = pd.read_parquet(data) if p.suffix == ".parquet" else pd.read_csv(data, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        raise AggregationError(f"gold: cannot read {p}: {exc}") from None
+        raise AggregationError(f"gold: cannot read {loc}: {exc}") from None
     missing = [c for c in ("sample_id", "label") if c not in df.columns]
     if missing:
-        raise SchemaError(f"gold {p}: missing columns {missing}; got {list(df.columns)}; "
+        raise SchemaError(f"gold {loc}: missing columns {missing}; got {list(df.columns)}; "
                           "expected columns sample_id,label")
     df = df[["sample_id", "label"]].astype(str)
     lookup = {x.lower(): i for i, x in enumerate(labels)}
@@ -59,13 +65,13 @@ def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
         i = int(np.flatnonzero(bad.to_numpy())[0])
         line = i + 2 if p.suffix != ".parquet" else i
         where = f"line {line}" if p.suffix != ".parquet" else f"row {line}"
-        raise AggregationError(f"gold {p}: {int(bad.sum())} labels not in the label set (first at {where}: "
+        raise AggregationError(f"gold {loc}: {int(bad.sum())} labels not in the label set (first at {where}: "
                                f"{df['label'].iloc[i]!r}); expected one of {labels}")
     df = df.assign(y=y.astype(int))
     conflict = df.groupby("sample_id")["y"].nunique()
     if (conflict > 1).any():
         sid = conflict[conflict > 1].index[0]
-        raise AggregationError(f"gold {p}: sample {sid!r} has conflicting gold labels")
+        raise AggregationError(f"gold {loc}: sample {sid!r} has conflicting gold labels")
     return df.drop_duplicates("sample_id").reset_index(drop=True)
 
 

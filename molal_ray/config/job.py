@@ -23,6 +23,10 @@ class PoolConfig(StrictModel):
         20000, ge=1,
         description="Texts longer than this are cut before tokenisation and flagged 'truncated' "
                     "(engines also cut to their model's context and flag it).")
+    shared: bool = Field(
+        False,
+        description="The local path is a mount every node of the cluster sees. On a cluster of more than one "
+                    "node a local pool path is refused unless this is set; a URI needs nothing.")
     buckets: int | None = Field(
         None, ge=1, le=4096,
         description="Buckets the prepared pool is split into by id hash (repeated ids are resolved within "
@@ -43,6 +47,11 @@ class OutputConfig(StrictModel):
         "resume",
         description="An existing output: 'resume' skips the (sample, annotator) pairs already done; "
                     "'overwrite' deletes it first; 'error' refuses to start.")
+    shared: bool = Field(
+        False,
+        description="The local path is a mount every node of the cluster sees (NFS and the like). On a "
+                    "cluster of more than one node a local path is refused unless this is set; a URI "
+                    "(s3://, gs://) needs nothing.")
 
     @field_validator("path")
     @classmethod
@@ -75,7 +84,12 @@ class PipelineConfig(StrictModel):
     """How the pool streams through the annotators."""
 
     batch_size: int = Field(256, ge=1, description="Texts per batch sent to every annotator.")
-    concurrency: int = Field(2, ge=1, description="Annotate-stage actors (batches in flight per annotator).")
+    concurrency: int = Field(2, ge=1, description="Annotate-stage actors; each takes blocks of the prepared pool "
+                                                  "(a row group of a few thousand rows) one after another.")
+    in_flight: int = Field(4, ge=1, le=256,
+                           description="Batches each annotate actor keeps sent to the annotators at once: "
+                                       "concurrency x in_flight batches in flight in all, which should cover "
+                                       "the replicas of the slowest annotator.")
     max_retries: int = Field(3, ge=0, description="Retries of a failed batch call before its rows are "
                                                   "written as error rows.")
     retry_backoff_s: float = Field(1.0, ge=0.0, description="First wait between retries (doubles each time).")

@@ -77,12 +77,3 @@ class LoopJobConfig(StrictModel):
         from molal_ray.config.job import AnnotatorAppConfig
 
         return AnnotatorAppConfig(task=self.task, annotators=self.annotators)
-
-    def label_job(self, pool_path: str, out_path: str):  # type: ignore[no-untyped-def]
-        """The label job that annotates one round's queried samples into the loop's table."""
-        from molal_ray.config.job import LabelJobConfig
-
-        return LabelJobConfig(task=self.task, annotators=self.annotators,
-                              pool=PoolConfig(path=pool_path, id_column="id", text_column="text"),
-                              output=OutputConfig(path=out_path, mode="resume"), pipeline=self.pipeline,
-                              ray=self.ray.model_copy(update={"keep_serve_running": True}))

@@ -7,7 +7,7 @@ The project's recording format is long, one row per (sample, annotator):
 
 from __future__ import annotations
 
-import gzip
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from molal_ray.exceptions import SchemaError
+from molal_ray.storage import resolve
 
 RECORDING_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
@@ -28,9 +29,10 @@ RECORDING_SCHEMA = pa.schema([
 
 
 def iter_trec_jsonl(path: str | Path) -> Iterator[dict]:
-    """Rows of a trec-5llm style JSONL(.gz) file."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    """Rows of a trec-5llm style JSONL(.gz) file (a local path or a URI)."""
+    loc = resolve(str(path))
+    with loc.fs.open_input_stream(loc.path) as raw:  # .gz is decompressed by pyarrow (detected by name)
+        f = io.TextIOWrapper(raw, encoding="utf-8")
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -58,9 +60,10 @@ def iter_recording(path: str | Path, annotator: str, batch_size: int = 65536) ->
     if p.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         yield load_recording_table(p, annotator)
         return
-    if not Path(p).exists():
+    loc = resolve(p)
+    if not loc.exists():
         raise FileNotFoundError(p)
-    ds = pads.dataset(p, format="parquet")
+    ds = pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
     missing = set(RECORDING_SCHEMA.names) - set(ds.schema.names)
     if missing:
         raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; expected {RECORDING_SCHEMA.names}")
@@ -74,7 +77,8 @@ def load_recording_table(path: str | Path, annotator: str) -> pa.Table:
     if p.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         table = trec_jsonl_to_recording(p)
         return table.filter(pc.equal(table.column("annotator"), annotator))
-    table = pq.read_table(p, filters=[("annotator", "=", annotator)])
+    loc = resolve(p)
+    table = pq.read_table(loc.path, filesystem=loc.fs, filters=[("annotator", "=", annotator)])
     missing = set(RECORDING_SCHEMA.names) - set(table.column_names)
     if missing:
         raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; "

@@ -104,11 +104,20 @@ def frame_batches(df: Any, batch_size: int, seed: int | None = None) -> Iterator
 
 
 class ClassifierPredictor:
-    """Probabilities and mean-pooled embeddings of a saved classifier (loaded once)."""
+    """Probabilities and mean-pooled embeddings of a saved classifier (loaded once, from a local
+    folder or a URI on shared storage)."""
 
     def __init__(self, model_dir: str, max_length: int = 128, device: str = "cpu") -> None:
+        import tempfile
+
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from molal_ray.storage import resolve
+
+        loc = resolve(model_dir)
+        if not loc.is_local:  # a model on shared storage is copied next to this process once
+            self._tmp = tempfile.TemporaryDirectory(prefix="molal-model-")
+            model_dir = loc.download(self._tmp.name)
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(self.device).eval()

@@ -4,17 +4,18 @@ loss and early stopping as the Ray Train shell, for small experiments and benchm
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import tempfile
 from typing import Any
 
 import pandas as pd
 
 from molal_ray.config.training import ClassifierConfig
+from molal_ray.storage import Location, resolve
 from molal_ray.training.classifier import TrainResult
 
 
 def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: ClassifierConfig, lam: float,
-                storage_path: str, name: str) -> TrainResult:
+                storage_path: str | Location, name: str) -> TrainResult:
     """The same training as :func:`train_classifier`, in this process (``classifier.trainer:
     local``): no Ray Train workers to start each round. The best epoch's weights are kept in
     memory and saved to ``storage_path/name``."""
@@ -46,9 +47,13 @@ def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: Cl
                             train_batches=lambda epoch: frame_batches(train, cfg.batch_size, cfg.seed + epoch),
                             val_batches=lambda: frame_batches(val, cfg.batch_size), on_epoch=on_epoch)
         model.load_state_dict(best["state"])
-        out = Path(storage_path, name, "best")
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        out = resolve(storage_path, field="output.path").join(name, "best")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = out.path if out.is_local else tmp
+            model.save_pretrained(local)
+            tokenizer.save_pretrained(local)
+            if not out.is_local:
+                out.upload_from(tmp)
     finally:
         torch.set_num_threads(saved_threads)
-    return TrainResult(model_dir=str(out), val_accuracy=float(best["val_accuracy"]), epochs_run=epochs)
+    return TrainResult(model_dir=out.uri, val_accuracy=float(best["val_accuracy"]), epochs_run=epochs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from molal_ray.config.training import ClassifierConfig
+from molal_ray.storage import Location, resolve
 from molal_ray.training.classifier import TrainResult, check_frames
 
 
@@ -73,14 +73,16 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 def train_classifier(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: ClassifierConfig, lam: float,
-                     storage_path: str, name: str) -> TrainResult:
+                     storage_path: str | Location, name: str) -> TrainResult:
     """Fit on ``train`` (columns text, label, weight, negatives) and keep the best checkpoint by
-    accuracy on ``val``; returns the folder of the best model."""
+    accuracy on ``val``; returns where the best model is (a local folder, or a URI when
+    ``storage_path`` is one: checkpoints then go to shared storage, which every node reads)."""
     import ray.data
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     check_frames(train, val)
+    storage = resolve(storage_path, field="output.path")
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"backbone": cfg.backbone, "num_labels": num_labels, "learning_rate": cfg.learning_rate,
@@ -89,7 +91,8 @@ def train_classifier(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cf
                            "threads": cfg.threads},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=os.path.abspath(storage_path),
+        run_config=RunConfig(name=name, storage_path=storage.path,
+                             storage_filesystem=None if storage.is_local else storage.fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_accuracy",
                                                                 checkpoint_score_order="max")),
         datasets={"train": ray.data.from_pandas(train), "val": ray.data.from_pandas(val)},
@@ -98,7 +101,7 @@ def train_classifier(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cf
     if not result.best_checkpoints:
         raise RuntimeError(f"training {name}: no checkpoint was saved")
     ckpt, metrics = result.best_checkpoints[0]
-    return TrainResult(model_dir=ckpt.path, val_accuracy=float(metrics["val_accuracy"]),
+    return TrainResult(model_dir=storage.at(ckpt.path).uri, val_accuracy=float(metrics["val_accuracy"]),
                        epochs_run=int(metrics["epochs_run"]))
 
 

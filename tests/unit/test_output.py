@@ -120,3 +120,23 @@ def test_a_uri_output_is_resolved_through_pyarrow(tmp_path):
     out = open_output(loc, "resume", ["x", "y"], ["m"])
     write_part(out.parts, _rows(["a"]))
     assert read_annotation_table(f"file://{tmp_path}/o").num_rows == 1
+
+
+def test_locations_keep_uri_options_and_write_whole_files(tmp_path):
+    loc = resolve("s3://bucket/out?endpoint_override=127.0.0.1:9&scheme=http")
+    assert loc.path == "bucket/out" and not loc.is_local
+    part = loc.join("parts", "p.parquet")
+    assert part.path == "bucket/out/parts/p.parquet"
+    assert part.uri == "s3://bucket/out/parts/p.parquet?endpoint_override=127.0.0.1:9&scheme=http"
+    assert loc.at("bucket/out/train/ckpt").uri == "s3://bucket/out/train/ckpt?endpoint_override=127.0.0.1:9&scheme=http"
+    local = resolve(tmp_path / "x")
+    assert local.is_local and local.path == str(tmp_path / "x")
+    f = local.join("a.json")
+    local.mkdirs()
+    with pytest.raises(RuntimeError):
+        with f.open_write() as out:
+            out.write(b"half")
+            raise RuntimeError("the writer dies")
+    assert not f.exists() and not local.list(prefix=".tmp-")  # nothing half-written is left
+    f.write_json({"a": 1})
+    assert f.read_json() == {"a": 1}

@@ -1,0 +1,127 @@
+"""Everything on object storage: a real S3 endpoint (moto's server) started by the tests on
+127.0.0.1. Pool, recording, gold, label output, loop state and Ray Train checkpoints all live at
+``s3://`` URIs; the results equal those of the same jobs on a local disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from molal_ray.config import LabelJobConfig
+from molal_ray.config.loop import LoopJobConfig
+from molal_ray.loop.runner import run_loop
+from molal_ray.loop.state import LoopState
+from molal_ray.pipeline.label_job import run_label_job
+from molal_ray.pipeline.output import read_annotation_table
+from molal_ray.storage import resolve
+from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def data(s3, tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3data")
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 300)
+    pq.write_table(pool, root / "pool.parquet")
+    bucket = s3.bucket("molal-test")
+    return {"root": root, "bucket": bucket,
+            "pool": s3.upload(root / "pool.parquet", bucket, "in/pool.parquet"),
+            "recording": s3.upload(TREC / "recording.parquet", bucket, "in/recording.parquet"),
+            "gold": s3.upload(TREC / "gold.csv", bucket, "in/gold.csv")}
+
+
+def _label_cfg(pool: str, recording: str, out: str, latency: float = 0.0, in_flight: int = 4) -> dict:
+    return {"task": {"labels": TREC_LABELS},
+            "annotators": [{"name": n, "engine": {"type": "replay", "path": recording, "latency_s_per_text": latency},
+                            "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
+            "pool": {"path": pool, "buckets": 3}, "output": {"path": out},
+            "pipeline": {"batch_size": 16, "concurrency": 2, "in_flight": in_flight}}
+
+
+def _pairs(path) -> dict:
+    rows = read_annotation_table(path).to_pylist()
+    keys = [(r["sample_id"], r["annotator"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a (sample, annotator) pair was written twice"
+    return dict(zip(keys, rows))
+
+
+def test_label_job_on_s3_writes_the_rows_of_a_local_run(ray_local, s3, data, tmp_path):
+    out = s3.uri(data["bucket"], "label-a")
+    summary = run_label_job(LabelJobConfig.from_dict(_label_cfg(data["pool"], data["recording"], out)))
+    local = tmp_path / "local"
+    run_label_job(LabelJobConfig.from_dict(_label_cfg(str(data["root"] / "pool.parquet"),
+                                                      str(TREC / "recording.parquet"), str(local))))
+    remote, here = _pairs(out), _pairs(local)
+    assert len(remote) == 300 * 5 and remote == here
+    assert summary.table_rows == 1500 and summary.output == out
+    names = [i.base_name for i in resolve(out).join("parts").list()]
+    assert names and all(n.startswith(("part-b", "data-b")) for n in names)  # nothing left half-written
+    assert resolve(out).join("pool", "_manifest.json").exists()
+
+
+def test_a_killed_label_job_on_s3_resumes_to_the_rows_of_an_uninterrupted_one(ray_local, s3, data, tmp_path):
+    out = s3.uri(data["bucket"], "label-killed")
+    cfg = tmp_path / "label.yaml"
+    cfg.write_text(yaml.safe_dump(_label_cfg(data["pool"], data["recording"], out, latency=0.05, in_flight=1)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "molal_ray.cli", "label", str(cfg)]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parts = resolve(out).join("parts")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(parts.list(prefix="part-")) >= 8:
+            break
+        time.sleep(0.3)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(read_annotation_table(out))
+    assert 0 < partial < 1500
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    local = tmp_path / "local"
+    run_label_job(LabelJobConfig.from_dict(_label_cfg(str(data["root"] / "pool.parquet"),
+                                                      str(TREC / "recording.parquet"), str(local))))
+    assert _pairs(out) == _pairs(local)
+
+
+def test_a_two_round_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_path):
+    from molal_ray.testing.tiny_models import build_tiny_bert
+
+    backbone = build_tiny_bert(tmp_path / "bert", pq.read_table(data["root"] / "pool.parquet").column("text").to_pylist())
+
+    def cfg(pool, recording, gold, out):
+        return LoopJobConfig.from_dict({
+            "task": {"labels": TREC_LABELS},
+            "annotators": [{"name": n, "engine": {"type": "replay", "path": recording},
+                            "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
+            "pool": {"path": pool}, "gold": gold,
+            "loop": {"initial_gold": 20, "rounds": 2, "query_size": 20, "strategy": "max-entropy", "subsample": 120,
+                     "test_fraction": 0.25, "test_max": 60},
+            "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
+                           "cpus_per_worker": 0.5},
+            "output": {"path": out}})
+
+    out = s3.uri(data["bucket"], "loop")
+    remote = run_loop(cfg(data["pool"], data["recording"], data["gold"], out))
+    local = run_loop(cfg(str(data["root"] / "pool.parquet"), str(TREC / "recording.parquet"), str(TREC / "gold.csv"),
+                         str(tmp_path / "loop")))
+    assert [r["n_labeled"] for r in remote["rounds"]] == [20, 40, 60]
+    a, b = LoopState.load(resolve(out).join("state")), LoopState.load(tmp_path / "loop" / "state")
+    assert [(x.sample_id, x.label, x.weight) for x in a.labeled] == [(x.sample_id, x.label, x.weight) for x in b.labeled]
+    assert [r["test_accuracy"] for r in remote["rounds"]] == pytest.approx([r["test_accuracy"] for r in local["rounds"]])
+    assert all(h["model_dir"].startswith("s3://") for h in a.history)  # checkpoints on the object store
+    assert json.loads(resolve(out).join("report.json").read_text())["rounds"] == remote["rounds"]
+    t = read_annotation_table(resolve(out).join("annotations")).to_pandas()
+    assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 60 * 5
