@@ -144,6 +144,112 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
                f"({len(report['rounds'])} rounds)")
 
 
+@main.group()
+def annotators() -> None:
+    """The annotator application on a running Ray cluster: status, scale, deploy, delete.
+
+    Connects to the cluster of RAY_ADDRESS (or --address; 'auto' finds a local one)."""
+
+
+def _connect(address: str | None) -> None:
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
+                 logging_level=logging.WARNING)
+
+
+_APP = click.option("--app", "app_name", default="annotators", show_default=True, help="Serve application name.")
+_ADDRESS = click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else auto).")
+
+
+@annotators.command("status")
+@_APP
+@_ADDRESS
+def annotators_status(app_name: str, address: str | None) -> None:
+    """Per annotator: replicas running / target, health, requests in flight, rows/s."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from molal_ray.serve.control import status
+
+    try:
+        _connect(address)
+        rows = status(app_name)
+    except MolalError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"annotators of {app_name!r}")
+    for col in ("annotator", "health", "replicas (running/target)", "autoscaling", "requests in flight", "rows/s",
+                "rows answered"):
+        table.add_column(col)
+    for r in rows:
+        auto = f"{r.autoscaling['min_replicas']}..{r.autoscaling['max_replicas']}" if r.autoscaling else "-"
+        table.add_row(r.name, r.status.rsplit(".", 1)[-1], f"{r.running}/{r.target}", auto,
+                      "-" if r.ongoing_requests is None else str(r.ongoing_requests),
+                      "-" if r.rows_per_s is None else f"{r.rows_per_s:.1f}", "-" if r.rows is None else str(r.rows))
+    Console().print(table)
+
+
+@annotators.command("scale")
+@click.argument("name")
+@click.option("--replicas", type=int, default=None, help="A fixed number of replicas.")
+@click.option("--min", "min_replicas", type=int, default=None, help="Autoscaling: fewest replicas.")
+@click.option("--max", "max_replicas", type=int, default=None, help="Autoscaling: most replicas.")
+@click.option("--no-wait", is_flag=True, help="Return once Serve has the new target.")
+@_APP
+@_ADDRESS
+def annotators_scale(name: str, replicas: int | None, min_replicas: int | None, max_replicas: int | None,
+                     no_wait: bool, app_name: str, address: str | None) -> None:
+    """Change one annotator's replicas (or its autoscaling range) while jobs run; nothing in
+    flight is lost."""
+    from molal_ray.serve.control import scale
+
+    try:
+        _connect(address)
+        seconds = scale(app_name, name, replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                        wait_s=0 if no_wait else 600)
+    except MolalError as exc:
+        _fail(exc)
+        return
+    target = f"{replicas} replicas" if replicas is not None else f"autoscaling {min_replicas}..{max_replicas}"
+    click.echo(f"{name}: {target}" + (f", answering after {seconds:.1f}s" if seconds else ""))
+
+
+@annotators.command("deploy")
+@click.argument("config", type=click.Path(dir_okay=False))
+@_ADDRESS
+def annotators_deploy(config: str, address: str | None) -> None:
+    """Deploy the annotator application of a Serve config (serve_configs/*.yaml) or of a label or
+    run config, through Serve's controller (no dashboard needed), and wait until it runs."""
+    from molal_ray.serve.control import deploy
+    from molal_ray.serve_config import load_app_config
+
+    try:
+        name, app = load_app_config(config)
+        _connect(address)
+        deploy(app, name)
+    except MolalError as exc:
+        _fail(exc)
+        return
+    click.echo(f"annotator application {name!r} is running: {', '.join(a.name for a in app.annotators)}")
+
+
+@annotators.command("delete")
+@_APP
+@_ADDRESS
+def annotators_delete(app_name: str, address: str | None) -> None:
+    """Delete the annotator application."""
+    from molal_ray.serve.control import delete
+
+    _connect(address)
+    delete(app_name)
+    click.echo(f"deleted {app_name!r}")
+
+
 @main.command("check-config")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["label", "serve-app"]), default="label",

@@ -28,3 +28,23 @@ def load_serve_app_args(path: str | os.PathLike[str]) -> AnnotatorAppConfig:
     out = [AnnotatorAppConfig.from_dict(a.get("args") or {}, source=f"{p}: applications[{a.get('name')}].args")
            for a in apps]
     return out[0]
+
+
+def load_app_config(path: str | os.PathLike[str]) -> tuple[str, AnnotatorAppConfig]:
+    """(application name, annotator app) of a Serve config, or of a label or run config."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: cannot read a config ({exc})") from None
+    if isinstance(doc, dict) and "applications" in doc:
+        apps = [a for a in doc.get("applications", []) if a.get("import_path") == BUILDER]
+        if not apps:
+            raise ConfigError(f"{p}: no application with import_path {BUILDER!r}")
+        return str(apps[0].get("name", "annotators")), load_serve_app_args(p)
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.config.loop import LoopJobConfig
+
+    model = LoopJobConfig if isinstance(doc, dict) and ("loop" in doc or "classifier" in doc) else LabelJobConfig
+    cfg = model.from_file(p)
+    return cfg.ray.serve_app_name, cfg.app_config()

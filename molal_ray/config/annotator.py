@@ -42,6 +42,10 @@ class ReplayEngineConfig(StrictModel):
         0.0, ge=0.0, le=60.0,
         description="Simulated model time per text (sleeps without blocking the replica), to study "
                     "throughput, scaling and interruption without a GPU. 0: answer at once.")
+    latency_serial: bool = Field(
+        False,
+        description="With latency_s_per_text: a replica spends the simulated time on one batch after another, "
+                    "as one model on one GPU does, instead of overlapping the batches it holds.")
 
     @field_validator("path")
     @classmethod
@@ -124,6 +128,10 @@ class ResourcesConfig(StrictModel):
     num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
     autoscaling: AutoscalingConfig | None = Field(None, description="Autoscaling range instead of a fixed count.")
     max_ongoing_requests: int = Field(8, ge=1, description="Batches in flight per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {annotator_slot: 1} to place replicas only on the "
+                    "nodes that declare that resource (cluster.yaml's GPU workers do).")
 
 
 class AnnotatorConfig(StrictModel):

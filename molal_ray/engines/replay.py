@@ -37,6 +37,7 @@ class ReplayEngine(Engine):
         super().__init__(annotator, task)
         self.source = self.config.source_annotator or annotator.name
         self._index: RecordingIndex | None = None
+        self._serial = asyncio.Lock()
 
     async def start(self) -> None:
         try:
@@ -53,7 +54,11 @@ class ReplayEngine(Engine):
         if self._index is None:
             raise AnnotatorError(f"replay engine {self.name}: annotate() before start()")
         if self.config.latency_s_per_text > 0:
-            await asyncio.sleep(self.config.latency_s_per_text * len(sample_ids))
+            if self.config.latency_serial:
+                async with self._serial:
+                    await asyncio.sleep(self.config.latency_s_per_text * len(sample_ids))
+            else:
+                await asyncio.sleep(self.config.latency_s_per_text * len(sample_ids))
         return self._index.lookup(sample_ids)
 
     async def check_health(self) -> None:

@@ -14,9 +14,9 @@ from ray.serve import Application
 
 from molal_ray.config import AnnotatorAppConfig, AnnotatorConfig
 from molal_ray.engines.base import Engine
+from molal_ray.serve.control import INGRESS_NAME
 from molal_ray.serve.deployment import AnnotatorDeployment, AnnotatorsIngress
 
-INGRESS_NAME = "AnnotatorsIngress"
 HEALTH_CHECK_PERIOD_S = 10.0
 # Engines load models in the constructor; vLLM on a GPU can take minutes.
 HEALTH_CHECK_TIMEOUT_S = 60.0
@@ -27,7 +27,8 @@ def deployment_options(annotator: AnnotatorConfig) -> dict[str, Any]:
     res = annotator.resources
     opts: dict[str, Any] = {
         "name": annotator.name,
-        "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus},
+        "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
+                              **({"resources": dict(res.resources)} if res.resources else {})},
         "max_ongoing_requests": res.max_ongoing_requests,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
@@ -49,8 +50,10 @@ def build_annotator_app(config: AnnotatorAppConfig, engine_cls: type[Engine] | N
     """One deployment per annotator, bound under a small ingress."""
     dep = serve.deployment(AnnotatorDeployment)
     children = [
-        dep.options(**deployment_options(a)).bind(a.model_dump(mode="json"), config.task.model_dump(mode="json"),
-                                                  engine_cls)
+        # Replicas get everything but their resources: changing the replica count or autoscaling
+        # range then changes the deployment's options only, and running replicas stay.
+        dep.options(**deployment_options(a)).bind(a.model_dump(mode="json", exclude={"resources"}),
+                                                  config.task.model_dump(mode="json"), engine_cls)
         for a in config.annotators
     ]
     ingress = serve.deployment(AnnotatorsIngress).options(

@@ -7,6 +7,7 @@ no HTTP route is exposed unless the application is run with one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,8 @@ import numpy as np
 
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines.base import Engine, build_engine
+from molal_ray.serve.fingerprint import fingerprint, fingerprint_key
+from molal_ray.serve.stats import REPORT_EVERY_S, stats_actor
 
 logger = logging.getLogger("molal_ray.serve")
 
@@ -49,26 +52,56 @@ class AnnotatorDeployment:
         self.task = TaskConfig.model_validate(task)
         self.engine = build_engine(self.annotator, self.task, engine_cls)
         await self.engine.start()
+        self.in_flight = 0
+        self.rows = 0
+        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         logger.info("annotator %s ready (%s engine)", self.annotator.name, self.engine.engine_type)
 
     async def annotate(self, sample_ids: list[str], texts: list[str]) -> dict[str, Any]:
         """Annotate one batch; returns columns (see :func:`pack_annotations`)."""
         if len(sample_ids) != len(texts):
             raise ValueError(f"annotate: got {len(sample_ids)} ids and {len(texts)} texts; expected equal counts")
-        annotations = await self.engine.annotate(sample_ids, texts)
+        self.in_flight += 1
+        try:
+            annotations = await self.engine.annotate(sample_ids, texts)
+        finally:
+            self.in_flight -= 1
         if len(annotations) != len(texts):
             raise RuntimeError(f"engine {self.engine.engine_type} returned {len(annotations)} "
                                f"annotations for {len(texts)} texts")
+        self.rows += len(texts)
         return pack_annotations(annotations, self.task.num_classes)
+
+    async def _report_loop(self) -> None:
+        """Report the replica's counters to the application's stats actor (for `annotators status`)."""
+        try:
+            from ray import serve
+
+            ctx = serve.get_replica_context()
+            actor = stats_actor(ctx.app_name)
+            replica = str(ctx.replica_id.unique_id)
+        except Exception as exc:  # noqa: BLE001 - counters are optional; answering is not
+            logger.warning("annotator %s: no live counters (%s)", self.annotator.name, exc)
+            return
+        while True:
+            try:
+                actor.report.remote(replica, self.annotator.name, self.in_flight, self.rows)
+            except Exception:  # noqa: BLE001 - the stats actor may be gone; keep answering
+                pass
+            await asyncio.sleep(REPORT_EVERY_S)
 
     async def check_health(self) -> None:
         await self.engine.check_health()
 
     async def info(self) -> dict[str, Any]:
-        return {**self.engine.info(), "labels": self.task.labels}
+        """What the replica answers with: its fingerprint (task and engine settings) and config."""
+        fp = fingerprint(self.annotator, self.task)
+        return {**self.engine.info(), "labels": self.task.labels, "fingerprint": fp,
+                "fingerprint_key": fingerprint_key(fp)}
 
     async def __del__(self) -> None:  # pragma: no cover - best effort on replica shutdown
         try:
+            self._reporter.cancel()
             await self.engine.stop()
         except Exception:  # noqa: BLE001
             pass

@@ -1,0 +1,236 @@
+"""The annotator application on a running cluster: use it, deploy it, scale it, report on it.
+
+A job uses an annotator application that is already running when every one of its annotators is
+there with the same fingerprint (task and engine settings); it refuses, naming the differences,
+when one is missing or differs; it deploys the application only when none is running, and it
+deletes only an application it deployed itself.
+
+Applications are deployed declaratively, through Serve's controller (the same state
+``serve deploy CONFIG.yaml`` writes, no dashboard needed), so ``scale`` can change one
+deployment's replicas (or autoscaling range) in place: Serve adds or removes replicas while the
+others keep answering, and a request in flight on a replica being removed finishes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from molal_ray.config import AnnotatorAppConfig
+from molal_ray.engines.base import Engine
+from molal_ray.exceptions import AnnotatorError, ConfigError
+from molal_ray.serve.fingerprint import differences, fingerprint
+
+logger = logging.getLogger("molal_ray.serve")
+
+BUILDER = "molal_ray.serve.app:build_app"
+INGRESS_NAME = "AnnotatorsIngress"
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+def app_details(app_name: str) -> dict[str, Any] | None:
+    """Serve's details of a live application (None when there is none)."""
+    from ray import serve
+
+    if app_name not in serve.status().applications:
+        return None
+    return _client().get_serve_details().get("applications", {}).get(app_name)
+
+
+def _wait_running(app_name: str, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(app_name)
+        state = str(app.status) if app is not None else "absent"
+        if app is not None and app.status == "RUNNING":
+            return
+        if app is not None and app.status == "DEPLOY_FAILED":
+            raise AnnotatorError(f"annotator application {app_name!r} failed to deploy: {app.message}")
+        if time.monotonic() > deadline:
+            raise AnnotatorError(f"annotator application {app_name!r} is not running after {timeout_s:.0f}s "
+                                 f"(status {state})")
+        time.sleep(0.5)
+
+
+def running_annotators(app_name: str, timeout_s: float = 600.0) -> dict[str, dict[str, Any]] | None:
+    """``info()`` of every annotator of the running application (None when none is running)."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None or app.status == "DELETING":
+        return None
+    _wait_running(app_name, timeout_s)
+    names = [d for d in serve.status().applications[app_name].deployments if d != INGRESS_NAME]
+    return {d: serve.get_deployment_handle(d, app_name).info.remote().result(timeout_s=timeout_s) for d in names}
+
+
+def _app_schema(app: AnnotatorAppConfig, app_name: str) -> dict[str, Any]:
+    return {"name": app_name, "import_path": BUILDER, "route_prefix": None, "args": app.model_dump(mode="json")}
+
+
+def _apply(applications: list[dict[str, Any]]) -> None:
+    """Apply the declarative config of every application (Serve replaces the whole set)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    _client().deploy_apps(ServeDeploySchema.model_validate({"applications": applications}), _blocking=False)
+
+
+def _declared_apps() -> dict[str, dict[str, Any]]:
+    """The declarative config of each application deployed that way (by ``serve deploy`` or
+    by molal_ray)."""
+    apps = _client().get_serve_details().get("applications", {})
+    return {name: a["deployed_app_config"] for name, a in apps.items() if a.get("deployed_app_config")}
+
+
+def deploy(app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engine] | None = None,
+           timeout_s: float = 1800.0) -> None:
+    """Deploy (or update) the annotator application and wait until it runs. With ``engine_cls``
+    (tests inject fake engines) it is deployed from Python with ``serve.run`` instead, and
+    cannot be scaled from a config."""
+    from ray import serve
+
+    serve.start(proxy_location="Disabled")
+    if engine_cls is not None:
+        from molal_ray.serve.app import build_annotator_app
+
+        serve.run(build_annotator_app(app, engine_cls), name=app_name, route_prefix=None, blocking=False)
+    else:
+        declared = _declared_apps()
+        declared[app_name] = _app_schema(app, app_name)
+        _apply(list(declared.values()))
+    _wait_running(app_name, timeout_s)
+
+
+def use_or_deploy(app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engine] | None = None) -> bool:
+    """Use the running application if it matches ``app`` (False), else deploy it (True); refuse
+    a running application that does not match, naming what differs."""
+    running = running_annotators(app_name)
+    if running is None:
+        deploy(app, app_name, engine_cls)
+        return True
+    problems = []
+    for a in app.annotators:
+        if a.name not in running:
+            problems.append(f"annotator {a.name!r} is not running (running: {sorted(running)})")
+            continue
+        diff = differences(fingerprint(a, app.task), running[a.name].get("fingerprint", {}))
+        problems += [f"annotator {a.name!r}: {d}" for d in diff]
+    if problems:
+        raise ConfigError(f"the running annotator application {app_name!r} does not answer as this job asks:\n  "
+                          + "\n  ".join(problems) + "\nexpected the same task and engine settings: change the job, "
+                          "set ray.serve_app_name to another application, or delete the running one")
+    logger.info("using the running annotator application %r", app_name)
+    return False
+
+
+def delete(app_name: str) -> None:
+    from ray import serve
+
+    declared = _declared_apps()
+    if app_name in declared:  # keep the other declarative applications as they are
+        _apply([a for n, a in declared.items() if n != app_name])
+        deadline = time.monotonic() + 120
+        while app_name in serve.status().applications and time.monotonic() < deadline:
+            time.sleep(0.5)
+    else:
+        serve.delete(app_name)
+    from molal_ray.serve.stats import stats_actor
+
+    actor = stats_actor(app_name, create=False)
+    if actor is not None:
+        import ray
+
+        ray.kill(actor)
+
+
+@dataclass
+class AnnotatorStatus:
+    name: str
+    status: str
+    running: int
+    target: int
+    autoscaling: dict[str, Any] | None
+    ongoing_requests: int | None
+    rows_per_s: float | None
+    rows: int | None
+
+
+def status(app_name: str) -> list[AnnotatorStatus]:
+    """Per annotator: replicas running / target, health, requests in flight, rows/s."""
+    import ray
+
+    from molal_ray.serve.stats import stats_actor
+
+    details = app_details(app_name)
+    if details is None:
+        raise ConfigError(f"annotators: no application {app_name!r} is running on this cluster")
+    actor = stats_actor(app_name, create=False)
+    live = ray.get(actor.snapshot.remote(), timeout=30) if actor is not None else {}
+    out = []
+    for name, d in sorted(details["deployments"].items()):
+        if name == INGRESS_NAME:
+            continue
+        cfg = d.get("deployment_config", {})
+        s = live.get(name, {})
+        out.append(AnnotatorStatus(
+            name=name, status=str(d.get("status")), target=int(d.get("target_num_replicas", 0)),
+            running=sum(1 for r in d.get("replicas", []) if r.get("state") == "RUNNING"),
+            autoscaling=cfg.get("autoscaling_config"), ongoing_requests=s.get("ongoing_requests"),
+            rows_per_s=s.get("rows_per_s"), rows=s.get("rows")))
+    return out
+
+
+def scale(app_name: str, annotator: str, *, replicas: int | None = None, min_replicas: int | None = None,
+          max_replicas: int | None = None, wait_s: float = 600.0) -> float:
+    """Set one annotator's replica count (or autoscaling range) in place; returns the seconds
+    until the new target's replicas answer (0 when not waiting)."""
+    from ray import serve
+
+    if (replicas is None) == (min_replicas is None and max_replicas is None):
+        raise ConfigError("scale: expected --replicas N, or --min N and --max M (one or the other)")
+    if replicas is not None and replicas < 1:
+        raise ConfigError(f"scale: --replicas got {replicas}; expected at least 1")
+    if replicas is None and (min_replicas is None or max_replicas is None or not 0 <= min_replicas <= max_replicas
+                             or max_replicas < 1):
+        raise ConfigError(f"scale: got --min {min_replicas} --max {max_replicas}; expected 0 <= min <= max, max >= 1")
+    declared = _declared_apps()
+    if app_name not in declared:
+        if app_name in serve.status().applications:
+            raise ConfigError(f"scale: application {app_name!r} was deployed from Python code, not from a config; "
+                              "expected one deployed by `serve deploy` or by a molal_ray job")
+        raise ConfigError(f"scale: no application {app_name!r} is running on this cluster")
+    app = dict(declared[app_name])
+    names = [d for d in serve.status().applications[app_name].deployments if d != INGRESS_NAME]
+    if annotator not in names:
+        raise ConfigError(f"scale: got annotator {annotator!r}; expected one of {sorted(names)}")
+    overrides = [d for d in app.get("deployments", []) if d.get("name") != annotator]
+    old = next((d for d in app.get("deployments", []) if d.get("name") == annotator), {})
+    if replicas is not None:
+        new = {**old, "name": annotator, "num_replicas": replicas, "autoscaling_config": None}
+    else:
+        auto = {**(old.get("autoscaling_config") or {}), "min_replicas": min_replicas, "max_replicas": max_replicas}
+        new = {**old, "name": annotator, "num_replicas": "auto", "autoscaling_config": auto}
+    app["deployments"] = [*overrides, new]
+    declared[app_name] = app
+    t0 = time.monotonic()
+    _apply(list(declared.values()))
+    if not wait_s or replicas is None:
+        return 0.0
+    deadline = t0 + wait_s
+    while time.monotonic() < deadline:
+        dep = app_details(app_name)["deployments"][annotator]  # type: ignore[index]
+        running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
+        if dep.get("target_num_replicas") == replicas and running == replicas and \
+                str(dep.get("status")) in ("HEALTHY", "DeploymentStatus.HEALTHY"):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise AnnotatorError(f"scale: {annotator!r} did not reach {replicas} running replicas in {wait_s:.0f}s")

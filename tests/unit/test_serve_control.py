@@ -1,0 +1,61 @@
+"""The pure parts of the annotator application's control: fingerprints and live counters."""
+
+from __future__ import annotations
+
+import time
+
+from molal_ray.config import AnnotatorConfig, TaskConfig
+from molal_ray.serve.fingerprint import differences, fingerprint, fingerprint_key
+from molal_ray.serve.stats import AnnotatorStats
+
+TASK = TaskConfig(labels=["a", "b"])
+
+
+def _ann(**engine):
+    return AnnotatorConfig(name="m", engine={"type": "replay", "path": "/r.parquet", **engine})
+
+
+def test_fingerprints_ignore_resources_and_name_what_differs():
+    a = _ann()
+    scaled = a.model_copy(update={"resources": a.resources.model_copy(update={"num_replicas": 4})})
+    assert fingerprint(a, TASK) == fingerprint(scaled, TASK)  # scaling does not change the answers
+    hotter = a.model_copy(update={"sampling": a.sampling.model_copy(update={"temperature": 0.2})})
+    assert differences(fingerprint(hotter, TASK), fingerprint(a, TASK)) == \
+        ["sampling.temperature: 0.2 in the job, 0.7 running"]
+    other_task = TaskConfig(labels=["a", "b"], prompt_template="Label {text}")
+    diff = differences(fingerprint(a, other_task), fingerprint(a, TASK))
+    assert len(diff) == 1 and diff[0].startswith("task.prompt_template: 'Label {text}' in the job")
+    assert fingerprint_key(fingerprint(a, TASK)) != fingerprint_key(fingerprint(hotter, TASK))
+
+
+def test_stats_sum_live_replicas_and_rate_over_the_window(monkeypatch):
+    s = AnnotatorStats()
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    s.report("r1", "yi", 1, 0)
+    s.report("r2", "yi", 2, 0)
+    s.report("r3", "qwen", 0, 0)
+    now[0] += 4
+    s.report("r1", "yi", 1, 40)
+    s.report("r2", "yi", 0, 80)
+    snap = s.snapshot()
+    assert snap["yi"] == {"replicas_reporting": 2, "ongoing_requests": 1, "rows": 120, "rows_per_s": 30.0}
+    now[0] += 11  # a replica that stopped reporting (scaled down) drops out
+    s.report("r1", "yi", 0, 40)
+    assert s.snapshot() == {"yi": {"replicas_reporting": 1, "ongoing_requests": 0, "rows": 40, "rows_per_s": 0.0}}
+
+
+def test_local_paths_are_refused_on_a_cluster_of_several_nodes(monkeypatch):
+    import pytest
+    import ray
+
+    from molal_ray.exceptions import ConfigError
+    from molal_ray.runtime import check_paths_reach_every_node
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
+    with pytest.raises(ConfigError, match=r"output.path: got the local path '/data/out'.*2 nodes.*"
+                                          r"output.shared: true"):
+        check_paths_reach_every_node([("output.path", "/data/out", False)])
+    check_paths_reach_every_node([("output.path", "/nfs/out", True), ("pool.path", "s3://b/pool", False)])
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    check_paths_reach_every_node([("output.path", "/data/out", False)])  # one node: a local path is fine
