@@ -33,21 +33,41 @@ def ensure_ray(cfg: RayConfig) -> None:
     ctx.print_on_execution_start = False
 
 
-def deploy_annotators(app: AnnotatorAppConfig, app_name: str,
-                      engine_cls: type[Engine] | None = None) -> None:
-    """Deploy (or update in place) the annotator application; no HTTP proxy, no route."""
-    from ray import serve
+def check_paths_reach_every_node(paths: list[tuple[str, str, bool]]) -> None:
+    """On a cluster of more than one node, refuse a local path that is not marked shared: the
+    tasks and actors that read or write it may run on a node that does not have it.
+    ``paths``: (config field, path, marked shared)."""
+    import ray
 
-    from molal_ray.serve.app import build_annotator_app
+    from molal_ray.exceptions import ConfigError
+    from molal_ray.storage import is_uri
 
-    serve.start(proxy_location="Disabled")
-    serve.run(build_annotator_app(app, engine_cls), name=app_name, route_prefix=None, blocking=False)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    for field, path, shared in paths:
+        if (not is_uri(path) or path.startswith("file://")) and not shared:
+            section = field.rsplit(".", 1)[0]
+            raise ConfigError(f"{field}: got the local path {path!r}, but this Ray cluster has {len(nodes)} nodes and "
+                              f"the others cannot see it; expected a URI (s3://bucket/..., gs://...) or "
+                              f"{section}.shared: true for a mount every node has")
 
 
-def undeploy_annotators(app_name: str) -> None:
-    from ray import serve
+def start_annotators(app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engine] | None = None) -> bool:
+    """Use the running annotator application when it matches the job, else deploy it; returns
+    whether this job deployed it (and so may delete it at the end)."""
+    from molal_ray.serve.control import use_or_deploy
+
+    return use_or_deploy(app, app_name, engine_cls)
+
+
+def stop_annotators(app_name: str, deployed_here: bool, keep_running: bool) -> None:
+    """Delete the annotator application if this job deployed it (never an operator's)."""
+    if not deployed_here or keep_running:
+        return
+    from molal_ray.serve.control import delete
 
     try:
-        serve.delete(app_name)
+        delete(app_name)
     except Exception as exc:  # noqa: BLE001 - best effort at shutdown
         logger.warning("could not delete Serve app %s: %s", app_name, exc)

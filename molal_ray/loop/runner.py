@@ -50,12 +50,15 @@ def _get(ref: Any) -> Any:
 def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
              on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from molal_ray.runtime import deploy_annotators, ensure_ray, undeploy_annotators
+    from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
     L = cfg.loop
     out = resolve(cfg.output.path, field="output.path")
     ensure_ray(cfg.ray)
+    check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
+                                  ("pool.path", cfg.pool.path, cfg.pool.shared)])
     if not resume and out.join(STATE_DIR, STATE_FILE).exists():
         if cfg.output.mode != "overwrite":
             raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
@@ -68,11 +71,13 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
         logger.warning("%d pool rows are flagged and left out of the loop (%s)", pool.n_flagged,
                        ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())))
     _write_flagged(pool, out)
-    annotate = L.annotation != "gold"
-    if annotate:  # once per loop: every round's queries go through the same deployments
-        deploy_annotators(cfg.app_config(), cfg.ray.serve_app_name)
+    # Once per loop: every round's queries go through the same deployments.
+    ours = start_annotators(cfg.app_config(), cfg.ray.serve_app_name) if L.annotation != "gold" else False
     try:
-        coord = ray.remote(num_cpus=0, max_restarts=0)(CoordinatorActor).remote(cfg.model_dump(mode="json"), resume)
+        # On the driver's node: the gold file and the config's other local paths are read there.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        coord = ray.remote(num_cpus=0, max_restarts=0)(CoordinatorActor).options(scheduling_strategy=here) \
+            .remote(cfg.model_dump(mode="json"), resume)
         while (metrics := _get(coord.run_round.remote())) is not None:
             logger.info("round %d: %s, seconds %s", metrics["round"],
                         {k: metrics[k] for k in ("n_labeled", "test_accuracy", "test_macro_f1")}, metrics["phase_s"])
@@ -82,8 +87,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
         test_rows = ray.get(coord.info.remote())["test_rows"]
         ray.kill(coord)
     finally:
-        if annotate and not cfg.ray.keep_serve_running:
-            undeploy_annotators(cfg.ray.serve_app_name)
+        stop_annotators(cfg.ray.serve_app_name, ours, cfg.ray.keep_serve_running)
     return write_report(out, history, {"task": cfg.task.name, "strategy": L.strategy, "annotation": L.annotation,
                                        "query_size": L.query_size, "initial_gold": L.initial_gold,
                                        "test_rows": test_rows, "seed": L.seed, "trainer": cfg.classifier.trainer,

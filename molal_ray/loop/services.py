@@ -67,19 +67,17 @@ class RayRoundServices:
             pl = self.cfg.pipeline
             self._stage = AnnotateStage(self.cfg.ray.serve_app_name, [a.name for a in self.cfg.annotators], self.parts,
                                         DoneIndex(self.parts), pl.max_retries, pl.retry_backoff_s,
-                                        pl.request_timeout_s)
+                                        pl.request_timeout_s, pl.batch_size, pl.in_flight)
         self._stage.done.forget()  # the table grew since the last round
         keys = rows.column(ROW).to_numpy()
         ids = rows.column(schema.SAMPLE_ID).to_pylist()
         n = len(ids)
-        pl = self.cfg.pipeline
         batch = pa.table({schema.SAMPLE_ID: pa.array(ids, pa.string()),
                           schema.TEXT: pa.array(self.texts(keys), pa.string()),
                           schema.POOL_ERROR: pa.nulls(n, pa.string()), schema.POOL_WARNING: pa.nulls(n, pa.string()),
                           ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
                           BUCKET: pa.array((keys >> np.int64(ROW_BITS)).astype(np.int32))})
-        for i in range(0, n, pl.batch_size):
-            self._stage(batch.slice(i, pl.batch_size))
+        self._stage(batch)
 
     def annotations(self) -> pa.Table:
         return read_annotation_table(self.ann_dir)
@@ -93,4 +91,4 @@ class RayRoundServices:
         from molal_ray.training.ray_trainer import train_classifier
 
         fn = train_classifier if self.cfg.classifier.trainer == "ray" else train_local
-        return fn(train, val, len(self.cfg.task.labels), self.cfg.classifier, lam, str(self.train_dir), name)
+        return fn(train, val, len(self.cfg.task.labels), self.cfg.classifier, lam, self.train_dir, name)

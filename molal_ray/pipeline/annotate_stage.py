@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -79,9 +80,12 @@ class AnnotateStage:
     of a round): same retries, same flagged rows, same exactly-once parts."""
 
     def __init__(self, app_name: str, annotators: list[str], parts_dir: Location | str, done: DoneIndex,
-                 max_retries: int, retry_backoff_s: float, request_timeout_s: float) -> None:
+                 max_retries: int, retry_backoff_s: float, request_timeout_s: float, batch_size: int = 256,
+                 in_flight: int = 1) -> None:
         from ray import serve
 
+        self.batch_size = batch_size
+        self.in_flight = max(1, in_flight)
         self.annotators = annotators
         self.handles = {a: serve.get_deployment_handle(a, app_name) for a in annotators}
         self.parts_dir = resolve(parts_dir)
@@ -113,10 +117,9 @@ class AnnotateStage:
             need[m] = ~self.done.mask(annotator, hashes[m], int(b))
         return need
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        missing = [c for c in INPUT_COLUMNS if c not in batch.column_names]
-        if missing:
-            raise SchemaError(f"annotate stage: input lacks columns {missing}; got {batch.column_names}")
+    def _submit(self, batch: pa.Table) -> tuple[list[tuple[pa.Table, np.ndarray]], dict[str, Any], dict[str, Any]]:
+        """Send one batch to every annotator that still owes its rows; returns the rows ready now
+        (flagged pool rows), the requests in flight and what is needed to finish them."""
         ids = batch.column(schema.SAMPLE_ID).to_pylist()
         texts = batch.column(schema.TEXT).to_pylist()
         pool_err = batch.column(schema.POOL_ERROR).to_pylist()
@@ -124,36 +127,59 @@ class AnnotateStage:
         hashes = batch.column(ID_HASH).to_numpy()
         buckets = batch.column(BUCKET).to_numpy()
         bad = np.array([e is not None for e in pool_err], dtype=bool)
-
-        tables: list[tuple[pa.Table, np.ndarray]] = []
-        pending: dict[str, tuple[np.ndarray, Any]] = {}
+        ready: list[tuple[pa.Table, np.ndarray]] = []
+        pending: dict[str, Any] = {}
         for a in self.annotators:
             need = self._need(a, hashes, buckets)
             flagged = np.flatnonzero(need & bad)
             if flagged.size:
-                tables.append((error_rows(a, [ids[i] for i in flagged], [pool_err[i] for i in flagged],
-                                          [pool_warn[i] for i in flagged]), buckets[flagged]))
+                ready.append((error_rows(a, [ids[i] for i in flagged], [pool_err[i] for i in flagged],
+                                         [pool_warn[i] for i in flagged]), buckets[flagged]))
             todo = np.flatnonzero(need & ~bad)
             if todo.size:
-                sub_ids, sub_texts = [ids[i] for i in todo], [texts[i] for i in todo]
-                pending[a] = (todo, self.handles[a].annotate.remote(sub_ids, sub_texts))
+                pending[a] = (todo, self.handles[a].annotate.remote([ids[i] for i in todo], [texts[i] for i in todo]))
+        return ready, pending, {"ids": ids, "texts": texts, "warn": pool_warn, "buckets": buckets}
+
+    def _finish(self, ready: list[tuple[pa.Table, np.ndarray]], pending: dict[str, Any],
+                ctx: dict[str, Any]) -> pa.Table | None:
+        """Wait for a batch's answers (retrying failed calls), write its parts; its rows."""
+        tables = list(ready)
         for a, (todo, response) in pending.items():
-            sub_ids, sub_texts = [ids[i] for i in todo], [texts[i] for i in todo]
-            sub_warn = [pool_warn[i] for i in todo]
+            sub_ids, sub_texts = [ctx["ids"][i] for i in todo], [ctx["texts"][i] for i in todo]
+            sub_warn = [ctx["warn"][i] for i in todo]
             try:
                 payload = self._call(a, sub_ids, sub_texts, response)
-                tables.append((annotation_rows(a, sub_ids, payload, sub_warn), buckets[todo]))
+                tables.append((annotation_rows(a, sub_ids, payload, sub_warn), ctx["buckets"][todo]))
             except Exception as exc:  # noqa: BLE001 - flagged rows, the run goes on
                 msg = f"{schema.ERR_ANNOTATOR_FAILED}: {type(exc).__name__}: {str(exc)[:300]}"
                 logger.error("annotator %s gave up on a batch of %d: %s", a, len(todo), msg)
-                tables.append((error_rows(a, sub_ids, [msg] * len(todo), sub_warn), buckets[todo]))
+                tables.append((error_rows(a, sub_ids, [msg] * len(todo), sub_warn), ctx["buckets"][todo]))
         if not tables:
-            return STATS_SCHEMA.empty_table()
+            return None
         table = pa.concat_tables([t for t, _ in tables])
         row_buckets = np.concatenate([b for _, b in tables])
         for b in np.unique(row_buckets):
             write_part(self.parts_dir, table.filter(pa.array(row_buckets == b)), int(b))
-        return batch_stats(table)
+        return table
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        """Annotate a block of prepared rows: cut into batches of ``batch_size``, with up to
+        ``in_flight`` batches sent to the annotators at once (the oldest is finished first), so
+        one actor keeps every replica busy however the rows arrive in blocks."""
+        missing = [c for c in INPUT_COLUMNS if c not in block.column_names]
+        if missing:
+            raise SchemaError(f"annotate stage: input lacks columns {missing}; got {block.column_names}")
+        window: deque[tuple[Any, Any, Any]] = deque()
+        done: list[pa.Table] = []
+        for start in range(0, block.num_rows, self.batch_size):
+            window.append(self._submit(block.slice(start, self.batch_size)))
+            if len(window) >= self.in_flight:
+                if (t := self._finish(*window.popleft())) is not None:
+                    done.append(t)
+        while window:
+            if (t := self._finish(*window.popleft())) is not None:
+                done.append(t)
+        return batch_stats(pa.concat_tables(done)) if done else STATS_SCHEMA.empty_table()
 
 
 def batch_stats(table: pa.Table) -> pa.Table:

@@ -28,7 +28,7 @@ from molal_ray.pipeline.output import (
 )
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.summary import LabelSummary, summarise_table
-from molal_ray.runtime import deploy_annotators, ensure_ray, undeploy_annotators
+from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
 logger = logging.getLogger("molal_ray.label")
 
@@ -52,8 +52,8 @@ def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig):  
             "app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
             "parts_dir": out.parts, "done": DoneIndex(out.parts, empty=first_run),
             "max_retries": pl.max_retries, "retry_backoff_s": pl.retry_backoff_s,
-            "request_timeout_s": pl.request_timeout_s},
-        batch_size=pl.batch_size, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
+            "request_timeout_s": pl.request_timeout_s, "batch_size": pl.batch_size, "in_flight": pl.in_flight},
+        batch_size=None, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
         compute=ray.data.ActorPoolStrategy(size=pl.concurrency))
 
 
@@ -67,22 +67,25 @@ def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
 
 def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None,
                   progress: ProgressFn | None = None, deploy: bool = True) -> LabelSummary:
-    """Label the pool; resumes from what the output folder already holds. ``deploy=False`` uses
-    the annotator application already running under ``cfg.ray.serve_app_name`` as it is."""
+    """Label the pool; resumes from what the output folder already holds. The annotators are the
+    application running under ``cfg.ray.serve_app_name`` when it matches the job, else deployed
+    (and deleted at the end); ``deploy=False`` uses the running one without checking it."""
     t0 = time.monotonic()
     labels = cfg.task.labels
     names = [a.name for a in cfg.annotators]
-    out = open_output(cfg.output.path, cfg.output.mode, labels, names)
     ensure_ray(cfg.ray)
+    check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
+                                  ("pool.path", cfg.pool.path, cfg.pool.shared)])
+    out = open_output(cfg.output.path, cfg.output.mode, labels, names)
     pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus, buckets=out.buckets)
     if out.buckets is None:
         out = pin_buckets(out, pool.manifest.buckets)
     if pool.n_flagged:
         logger.warning("%d of %d pool rows are flagged (%s); they get error rows", pool.n_flagged, pool.n_rows,
                        ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())))
-    if deploy:
-        deploy_annotators(cfg.app_config(), cfg.ray.serve_app_name, engine_cls)
+    ours = start_annotators(cfg.app_config(), cfg.ray.serve_app_name, engine_cls) if deploy else False
     written = dict.fromkeys(names, 0)
+    t_annotate = time.monotonic()
     try:
         results = annotate_dataset(pool, out, cfg)
         for stats in (results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []):
@@ -91,15 +94,16 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
             if progress is not None:
                 progress(dict(written), pool.n_rows)
     finally:
-        if deploy and not cfg.ray.keep_serve_running:
-            undeploy_annotators(cfg.ray.serve_app_name)
+        stop_annotators(cfg.ray.serve_app_name, ours, cfg.ray.keep_serve_running)
     wall = time.monotonic() - t0
+    annotate_s = time.monotonic() - t_annotate
     compact(out, pool.manifest.buckets, cfg.pipeline.stage_num_cpus)
     n_rows, err_kinds, warn_kinds, per = summarise_table(out.root)
     this_run = sum(written.values())
     summary = LabelSummary(output=str(out.root), pool_rows=pool.n_rows, table_rows=n_rows,
                            rows_written_this_run=this_run, wall_time_s=round(wall, 3),
                            rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,
+                           annotate_s=round(annotate_s, 3),
                            errors_by_kind=err_kinds, warnings_by_kind=warn_kinds, annotators=per)
     out.root.join(SUMMARY).write_json(summary.to_dict())
     return summary

@@ -67,9 +67,11 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
     """The pool's files (a file, a folder searched recursively, or a glob), their filesystem and
     format. Hidden files and folders (``.`` or ``_`` first) are skipped, as Ray Data does."""
     path = cfg.path
-    wild = [i for i, ch in enumerate(path) if ch in "*?["]
-    base = path if not wild else (path[:wild[0]].rsplit("/", 1)[0] or "/")
-    loc = resolve(base, field="pool.path")
+    # A URI's options (?endpoint_override=...) are not wildcards: look for those in its path only.
+    target, q, query = path.partition("?") if is_uri(path) else (path, "", "")
+    wild = [i for i, ch in enumerate(target) if ch in "*?["]
+    base = target if not wild else (target[:wild[0]].rsplit("/", 1)[0] or "/")
+    loc = resolve(base + q + query, field="pool.path")
     info = loc.info()
     if info.type == pafs.FileType.File and not wild:
         files = [info]
@@ -78,7 +80,7 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
         files = [i for i in loc.fs.get_file_info(sel) if i.type == pafs.FileType.File
                  and not any(part.startswith((".", "_")) for part in i.path[len(loc.path):].split("/") if part)]
         if wild:
-            pattern = loc.path.rstrip("/") + "/" + path.split("?")[0][len(base.rstrip("/")) + 1:] if is_uri(path) \
+            pattern = loc.path.rstrip("/") + "/" + target[len(base.rstrip("/")) + 1:] if is_uri(path) \
                 else os.path.abspath(path)
             files = [i for i in files if fnmatch.fnmatch(i.path, pattern)]
     if not files:

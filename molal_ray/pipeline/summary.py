@@ -30,6 +30,7 @@ class LabelSummary:
     rows_written_this_run: int
     wall_time_s: float
     rows_per_s: float
+    annotate_s: float = 0.0  # the part of wall_time_s spent streaming rows through the annotators
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     warnings_by_kind: dict[str, int] = field(default_factory=dict)
     annotators: dict[str, AnnotatorSummary] = field(default_factory=dict)

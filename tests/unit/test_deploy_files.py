@@ -32,6 +32,7 @@ def test_gpu_variant_asks_one_gpu_per_replica_and_autoscales():
         assert isinstance(a.engine, VLLMEngineConfig)
         opts = deployment_options(a)
         assert opts["ray_actor_options"]["num_gpus"] == 1
+        assert opts["ray_actor_options"]["resources"] == {"annotator_slot": 1}  # what test_multinode places
         assert opts["autoscaling_config"]["max_replicas"] >= opts["autoscaling_config"]["min_replicas"]
         assert "num_replicas" not in opts
 
@@ -59,4 +60,8 @@ def test_cluster_yaml_passes_rays_schema_and_has_gpu_workers():
     assert types[cfg["head_node_type"]]["resources"].get("GPU", 0) == 0
     gpu = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu and all(t["max_workers"] >= 1 for t in gpu)
+    # one annotator slot per GPU, as the multi-node test's worker nodes declare
+    assert all(t["resources"].get("annotator_slot") == t["resources"]["GPU"] for t in gpu)
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)  # token authentication stays on
     assert any("molal" in c and "vllm" in c for c in cfg["setup_commands"])

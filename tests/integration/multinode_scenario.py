@@ -1,0 +1,96 @@
+"""A Ray cluster of three nodes on this machine (``ray.cluster_utils.Cluster``): a head and two
+workers that each declare one GPU and one ``annotator_slot``, as ``cluster.yaml``'s GPU workers
+do. Runs the label job and a two-round loop on it, with two annotators asking for a GPU and a
+slot per replica (as ``serve_configs/annotators-gpu.yaml`` does), and writes what happened to
+``OUT/result.json`` for the test to check.
+
+    python -m tests.integration.multinode_scenario OUT BACKBONE
+
+Run in its own process: a process connects to one Ray cluster only, and the test session has
+its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tests.conftest import TREC, TREC_LABELS
+
+GPU_ANNOTATORS = ["llama", "yi"]
+CPU_ANNOTATORS = ["gemma"]
+SLOT = "annotator_slot"
+
+
+def annotators() -> list[dict]:
+    out = [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+            "resources": {"num_gpus": 1, "num_cpus": 0.1, "resources": {SLOT: 1}}} for n in GPU_ANNOTATORS]
+    out += [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+             "resources": {"num_cpus": 0.1}} for n in CPU_ANNOTATORS]
+    return out
+
+
+def placement(app_name: str) -> dict[str, list[dict]]:
+    """Per annotator, the resources of the node each running replica is on."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    details = _get_global_client().get_serve_details()["applications"][app_name]["deployments"]
+    return {name: [{"node": r["node_id"], "resources": nodes.get(r["node_id"], {})} for r in d["replicas"]
+                   if r["state"] == "RUNNING"] for name, d in details.items() if name != "AnnotatorsIngress"}
+
+
+def main(out: Path, backbone: str) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.config.loop import LoopJobConfig
+    from molal_ray.exceptions import ConfigError
+    from molal_ray.loop.runner import run_loop
+    from molal_ray.pipeline.label_job import run_label_job
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, num_gpus=1, resources={SLOT: 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    result: dict = {"nodes": len([n for n in ray.nodes() if n["Alive"]])}
+    try:
+        pool = pq.read_table(TREC / "pool.parquet").slice(0, 300)
+        pq.write_table(pool, out / "pool.parquet")
+        label = {"task": {"labels": TREC_LABELS}, "annotators": annotators(),
+                 "pool": {"path": str(out / "pool.parquet"), "shared": True, "buckets": 2},
+                 "output": {"path": str(out / "label")}, "pipeline": {"batch_size": 32},
+                 "ray": {"address": cluster.address, "keep_serve_running": True}}
+        try:  # a plain local output on a cluster of several nodes is refused, naming the fix
+            run_label_job(LabelJobConfig.from_dict(label))
+            result["local_output_refused"] = None
+        except ConfigError as exc:
+            result["local_output_refused"] = str(exc)
+        label["output"]["shared"] = True
+        summary = run_label_job(LabelJobConfig.from_dict(label))
+        result["label_rows"] = summary.table_rows
+        result["placement"] = placement("annotators")
+        loop = {"task": {"labels": TREC_LABELS}, "annotators": annotators(),
+                "pool": {"path": str(out / "pool.parquet"), "shared": True}, "gold": str(TREC / "gold.csv"),
+                "loop": {"initial_gold": 20, "rounds": 2, "query_size": 20, "strategy": "max-entropy",
+                         "subsample": 120, "test_fraction": 0.25, "test_max": 60},
+                "classifier": {"backbone": backbone, "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
+                               "cpus_per_worker": 0.5},
+                "output": {"path": str(out / "loop"), "shared": True},
+                "ray": {"address": cluster.address}}
+        report = run_loop(LoopJobConfig.from_dict(loop))
+        result["loop_labelled"] = [r["n_labeled"] for r in report["rounds"]]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])

@@ -1,0 +1,196 @@
+"""Real job submission: a Ray head started with `ray start` (its own ports and temp dir, on
+127.0.0.1, token authentication on), the annotators deployed by the operator, jobs submitted with
+`ray job submit --working-dir .`, one stopped part-way with `ray job stop` and submitted again.
+These are the README's cluster commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from molal_ray.pipeline.output import read_annotation_table
+from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS
+from tests.integration.conftest import free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+class RayHead:
+    """`ray start --head` in a subprocess, stopped by the process ids of its own processes."""
+
+    def __init__(self, tmp: Path) -> None:
+        # Ray's socket paths must stay under 108 bytes: a short temp dir of its own.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="molal-ray-"))
+        self.home = tmp / "home"  # the head's token goes to HOME/.ray; jobs and clients read it there
+        self.home.mkdir()
+        self.dashboard = free_port()
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "HOME": str(self.home),
+                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                    "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{self.dashboard}"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.port = free_port()
+        ports = {"--port": self.port, "--dashboard-port": self.dashboard, "--dashboard-agent-listen-port": free_port(),
+                 "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
+                 "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port(),
+                 "--node-manager-port": free_port(), "--object-manager-port": free_port()}
+        token = subprocess.run(["ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, text=True,
+                               timeout=60)
+        assert token.returncode == 0, token.stderr[-2000:]
+        cmd = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+               "--num-cpus", "2", "--temp-dir", str(self.temp_dir), "--disable-usage-stats",
+               *[x for k, v in ports.items() for x in (k, str(v))]]
+        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stderr[-3000:]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def ray(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run(["ray", *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert out.returncode == 0, (args, out.stdout[-2000:], out.stderr[-3000:])
+        return out
+
+    def molal(self, *args: str) -> subprocess.CompletedProcess:
+        env = {**self.env, "RAY_ADDRESS": self.address}
+        out = subprocess.run([sys.executable, "-m", "molal_ray.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, (args, out.stdout[-2000:], out.stderr[-3000:])
+        return out
+
+    def submit(self, job_id: str, *entry: str) -> None:
+        self.ray("job", "submit", "--working-dir", ".", "--submission-id", job_id, "--no-wait", "--", *entry)
+
+    def status(self, job_id: str) -> str:
+        return self.ray("job", "status", job_id).stdout
+
+    def wait(self, job_id: str, timeout: float = 600) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self.status(job_id).lower()  # "Job 'x' succeeded", "... failed", "... was stopped"
+            for word, state in (("succeeded", "SUCCEEDED"), ("failed", "FAILED"), ("stopped", "STOPPED")):
+                if f"{job_id}' {word}" in s or f"{job_id}' was {word}" in s:
+                    return state
+            time.sleep(2)
+        raise TimeoutError(job_id)
+
+    def logs(self, job_id: str) -> str:
+        return self.ray("job", "logs", job_id, check=False).stdout
+
+    def stop(self) -> None:
+        mine = str(self.temp_dir)
+        procs = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if any(mine in part for part in (p.info["cmdline"] or [])):
+                    procs.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        for p in alive:
+            p.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def head(tmp_path):
+    h = RayHead(tmp_path)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def _label_config(tmp: Path, out: Path, latency: float, in_flight: int = 4) -> Path:
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 400)
+    pq.write_table(pool, tmp / "pool.parquet")
+    cfg = {"task": {"labels": TREC_LABELS},
+           "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet"),
+                                                 "latency_s_per_text": latency},
+                           "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
+           "pool": {"path": str(tmp / "pool.parquet")}, "output": {"path": str(out)},
+           "pipeline": {"batch_size": 16, "concurrency": 2, "in_flight": in_flight}}
+    path = tmp / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _pairs(path: Path) -> dict:
+    rows = read_annotation_table(path).to_pylist()
+    keys = [(r["sample_id"], r["annotator"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a (sample, annotator) pair was written twice"
+    return dict(zip(keys, rows))
+
+
+def test_jobs_submitted_to_a_ray_head_use_the_operators_annotators(head, tmp_path):
+    # The operator deploys the annotators (with the job's task: the fingerprints match).
+    cfg = _label_config(tmp_path, tmp_path / "label-a", latency=0.0)
+    head.molal("annotators", "deploy", str(cfg))
+    head.submit("label-a", "python", "jobs/label.py", str(cfg))
+    assert head.wait("label-a") == "SUCCEEDED", head.logs("label-a")
+    assert len(_pairs(tmp_path / "label-a")) == 400 * 5
+    assert "gemma" in head.molal("annotators", "status").stdout  # the job left the operator's app running
+
+    # A job whose task differs is refused, with the difference named.
+    bad = yaml.safe_load(cfg.read_text())
+    bad["annotators"][0]["sampling"] = {"temperature": 0.2}
+    bad["output"]["path"] = str(tmp_path / "label-bad")
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text(yaml.safe_dump(bad))
+    head.submit("label-bad", "python", "jobs/label.py", str(bad_cfg))
+    assert head.wait("label-bad") == "FAILED"
+    assert "sampling.temperature: 0.2 in the job, 0.7 running" in head.logs("label-bad")
+
+    # The loop as a job, on the same annotators.
+    from molal_ray.testing.tiny_models import build_tiny_bert
+
+    backbone = build_tiny_bert(tmp_path / "bert", pq.read_table(tmp_path / "pool.parquet").column("text").to_pylist())
+    loop = {**yaml.safe_load(cfg.read_text()), "gold": str(TREC / "gold.csv"),
+            "loop": {"initial_gold": 20, "rounds": 1, "query_size": 20, "strategy": "random", "test_fraction": 0.25,
+                     "test_max": 60},
+            "classifier": {"backbone": str(backbone), "epochs": 1, "batch_size": 16, "cpus_per_worker": 0.5},
+            "output": {"path": str(tmp_path / "loop")}}
+    loop.pop("pipeline")
+    loop_cfg = tmp_path / "loop.yaml"
+    loop_cfg.write_text(yaml.safe_dump(loop))
+    head.submit("loop", "python", "jobs/run.py", str(loop_cfg))
+    assert head.wait("loop") == "SUCCEEDED", head.logs("loop")
+    report = json.loads((tmp_path / "loop" / "report.json").read_text())
+    assert [r["n_labeled"] for r in report["rounds"]] == [20, 40]
+
+
+def test_a_job_stopped_part_way_and_submitted_again_writes_each_pair_once(head, tmp_path):
+    cfg = _label_config(tmp_path, tmp_path / "stopped", latency=0.05, in_flight=1)
+    head.submit("stopped-1", "python", "jobs/label.py", str(cfg))
+    parts = tmp_path / "stopped" / "parts"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if parts.exists() and len(list(parts.glob("part-*.parquet"))) >= 4:
+            break
+        time.sleep(0.5)
+    head.ray("job", "stop", "stopped-1")
+    assert head.wait("stopped-1") == "STOPPED"
+    partial = len(read_annotation_table(tmp_path / "stopped"))
+    assert 0 < partial < 400 * 5
+    head.submit("stopped-2", "python", "jobs/label.py", str(cfg))
+    assert head.wait("stopped-2") == "SUCCEEDED", head.logs("stopped-2")
+    ref = _label_config(tmp_path, tmp_path / "reference", latency=0.05)  # the same annotators, still running
+    head.submit("reference", "python", "jobs/label.py", str(ref))
+    assert head.wait("reference") == "SUCCEEDED", head.logs("reference")
+    assert _pairs(tmp_path / "stopped") == _pairs(tmp_path / "reference")
