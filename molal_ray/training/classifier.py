@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from molal_ray.training.losses import robust_loss
+from molal_ray.exceptions import SchemaError
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -32,7 +33,7 @@ def train_epoch(model: Any, tokenizer: Any, batches: Iterable[dict[str, np.ndarr
         logits = model(**inputs).logits
         loss = robust_loss(logits, torch.as_tensor(batch["label"], device=device).long(),
                            torch.as_tensor(batch["weight"], device=device).float(),
-                           torch.as_tensor(np.stack(batch["negatives"]), device=device).float(), lam)
+                           torch.as_tensor(np.stack(list(batch["negatives"])), device=device).float(), lam)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -68,7 +69,7 @@ def check_frames(train: Any, val: Any) -> None:
     for df, split in ((train, "train"), (val, "val")):
         missing = {"text", "label", "weight", "negatives"} - set(df.columns)
         if missing:
-            raise ValueError(f"{split} rows: missing columns {sorted(missing)}")
+            raise SchemaError(f"{split} rows: missing columns {sorted(missing)}")
 
 
 def fit_epochs(model: Any, tokenizer: Any, optimizer: Any, *, epochs: int, patience: int, lam: float,
@@ -107,6 +108,8 @@ class ClassifierPredictor:
     """Probabilities and mean-pooled embeddings of a saved classifier (loaded once, from a local
     folder or a URI on shared storage)."""
 
+    input_column = "text"
+
     def __init__(self, model_dir: str, max_length: int = 128, device: str = "cpu") -> None:
         import tempfile
 
@@ -144,17 +147,25 @@ class ClassifierPredictor:
         return self._noisy(tokenize(self.tokenizer, texts, self.max_length, self.device), noise, copies, seed)
 
     def _noisy(self, inputs: dict[str, torch.Tensor], noise: float, copies: int, seed: int) -> np.ndarray:
-        params = [p for p in self.model.parameters() if p.dtype.is_floating_point]
-        saved = [p.detach().clone() for p in params]
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        outs = []
-        try:
-            for _ in range(copies):
-                for p, s in zip(params, saved):
-                    scale = noise * s.norm() / max(s.numel(), 1) ** 0.5
-                    p.copy_(s + scale * torch.randn(s.shape, generator=gen).to(s.device, s.dtype))
-                outs.append(torch.softmax(self.model(**inputs).logits.float(), -1).cpu().numpy())
-        finally:
+        return perturbed_probs(self.model, lambda: self.model(**inputs).logits, noise, copies, seed)
+
+
+@torch.inference_mode()
+def perturbed_probs(model: torch.nn.Module, forward: Callable[[], torch.Tensor], noise: float, copies: int,
+                    seed: int) -> np.ndarray:
+    """(copies, N, C) softmax of ``forward()`` with ``model``'s weights perturbed by Gaussian
+    noise of relative scale ``noise`` (each tensor's RMS), restored afterwards."""
+    params = [p for p in model.parameters() if p.dtype.is_floating_point]
+    saved = [p.detach().clone() for p in params]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    outs = []
+    try:
+        for _ in range(copies):
             for p, s in zip(params, saved):
-                p.copy_(s)
-        return np.stack(outs)
+                scale = noise * s.norm() / max(s.numel(), 1) ** 0.5
+                p.copy_(s + scale * torch.randn(s.shape, generator=gen).to(s.device, s.dtype))
+            outs.append(torch.softmax(forward().float(), -1).cpu().numpy())
+    finally:
+        for p, s in zip(params, saved):
+            p.copy_(s)
+    return np.stack(outs)

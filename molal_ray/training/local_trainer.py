@@ -57,3 +57,24 @@ def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: Cl
     finally:
         torch.set_num_threads(saved_threads)
     return TrainResult(model_dir=out.uri, val_accuracy=float(best["val_accuracy"]), epochs_run=epochs)
+
+
+def train_head_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: ClassifierConfig, lam: float,
+                     storage_path: str | Location, name: str, encoder: dict[str, Any]) -> TrainResult:
+    """A head (``mode: head``) fitted in this process and saved to ``storage_path/name``."""
+    import numpy as np
+
+    from molal_ray.training.head import fit_head, save_head
+    from molal_ray.training.head_trainer import frame_arrays
+
+    tr, va = frame_arrays(train), frame_arrays(val)
+    fit = fit_head(tr, va, num_labels, hidden=cfg.head_hidden, epochs=cfg.epochs, patience=cfg.patience,
+                   learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                   lam=lam, seed=cfg.seed, device="cuda" if cfg.use_gpu else "cpu")
+    out = resolve(storage_path, field="output.path").join(name, "best")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_head(tmp, fit, int(np.asarray(tr["embedding"]).shape[1]), num_labels, cfg.head_hidden, encoder)
+        if out.is_local:
+            out.delete_dir()
+        out.upload_from(tmp)
+    return TrainResult(model_dir=out.uri, val_accuracy=fit.val_accuracy, epochs_run=fit.epochs_run)

@@ -94,7 +94,8 @@ class FakeServices:
         return [self.pool.column("text")[self.by_key[int(k)]].as_py() for k in keys]
 
     def train(self, train, val, lam, name):  # type: ignore[no-untyped-def]
-        assert set(train.columns) == {"text", "label", "weight", "negatives"} and len(val) >= 1
+        assert set(train.columns) == {ROW, "label", "weight", "negatives"} and len(val) >= 1
+        assert set(train[ROW]).isdisjoint(val[ROW]) and set(train[ROW]) <= set(self.by_key)
         return TrainResult(model_dir=f"model-{name}-{len(train)}", val_accuracy=0.5, epochs_run=1)
 
 

@@ -1,0 +1,175 @@
+"""The pool's frozen embeddings (``classifier.mode: head``), computed once per loop.
+
+Ray Data runs the frozen encoder over the prepared pool (an actor pool of encoders; CPUs, GPUs
+and concurrency from the classifier config), one bucket file per call, and writes, for each
+bucket, a file aligned row for row and row group for row group with it::
+
+    OUT/embeddings/embed-00003.parquet   _row, sample_id, embedding (fixed-size list of float32)
+    OUT/embeddings/_manifest.json        written last: pool key, encoder fingerprint, dimension
+
+So a read of some row keys reads the same row groups as in the pool (``read_items``), and a
+resumed loop reuses the files: each appears whole or not at all (``Location.open_write``), and a
+bucket whose file exists is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from molal_ray import schema
+from molal_ray.config.training import ClassifierConfig
+from molal_ray.exceptions import SchemaError
+from molal_ray.pipeline.pool_store import MANIFEST, ROW_GROUP_ROWS, PreparedPool, bucket_file, read_row_groups
+from molal_ray.pipeline.prepare import ROW
+from molal_ray.storage import Location, resolve
+
+logger = logging.getLogger("molal_ray.loop")
+
+EMBEDDING = "embedding"
+EMBED_KIND = "embed"
+
+
+def embed_schema(dim: int) -> pa.Schema:
+    return pa.schema([(ROW, pa.int64()), (schema.SAMPLE_ID, pa.string()), (EMBEDDING, pa.list_(pa.float32(), dim))])
+
+
+def as_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column -> (N, dim) float32."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    dim = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim)
+
+
+class EmbedBuckets:
+    """``map_batches`` UDF (an actor: the encoder loads once): ``bucket`` numbers -> their embed
+    files written, one row group at a time (memory stays flat), and their row counts."""
+
+    def __init__(self, pool_folder: Location, out: Location, backbone: str, max_length: int, device: str,
+                 threads: int | None, batch_size: int) -> None:
+        from molal_ray.training.encoder import FrozenEncoder
+
+        self.pool_folder, self.out = pool_folder, out
+        self.encoder = FrozenEncoder(backbone, max_length, device=device, threads=threads, batch_size=batch_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        done = []
+        for b in batch.column("bucket").to_pylist():
+            dst = self.out.join(bucket_file(EMBED_KIND, b))
+            src = self.pool_folder.join(bucket_file("bucket", b))
+            rows = 0
+            if not dst.exists():  # resumed: a file that exists is whole
+                sch = embed_schema(self.encoder.dim)
+                with src.fs.open_input_file(src.path) as fin, dst.open_write() as fout, \
+                        pq.ParquetWriter(fout, sch) as w:
+                    pf = pq.ParquetFile(fin)
+                    for g in range(pf.num_row_groups):
+                        t = pf.read_row_group(g, columns=[ROW, schema.SAMPLE_ID, schema.TEXT])
+                        emb = self.encoder(t.column(schema.TEXT).to_pylist())
+                        vals = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1])
+                        w.write_table(pa.table([t.column(ROW), t.column(schema.SAMPLE_ID), vals], schema=sch),
+                                      row_group_size=ROW_GROUP_ROWS)
+                        rows += t.num_rows
+            done.append({"bucket": b, "rows": rows, "dim": self.encoder.dim})
+        return pa.Table.from_pylist(done)
+
+
+class EmbeddingStore:
+    """The embeddings of a prepared pool: Ray Datasets and fetches by row key."""
+
+    def __init__(self, folder: Location, pool: PreparedPool, manifest: dict[str, Any]) -> None:
+        self.folder = folder
+        self.pool = pool
+        self.manifest = manifest
+        self.dim = int(manifest["dim"])
+
+    @staticmethod
+    def fingerprint(pool: PreparedPool, cfg: ClassifierConfig) -> dict[str, Any]:
+        from molal_ray.training.encoder import encoder_fingerprint
+
+        return {"pool": pool.manifest.key(), "encoder": encoder_fingerprint(cfg.backbone, cfg.max_length)}
+
+    @classmethod
+    def open(cls, folder: str | Location, pool: PreparedPool, cfg: ClassifierConfig) -> "EmbeddingStore | None":
+        loc = resolve(folder)
+        m = loc.join(MANIFEST)
+        if not m.exists():
+            return None
+        d = m.read_json()
+        return cls(loc, pool, d) if d.get("fingerprint") == cls.fingerprint(pool, cfg) else None
+
+    @classmethod
+    def build(cls, pool: PreparedPool, folder: str | Location, cfg: ClassifierConfig) -> "EmbeddingStore":
+        """Embed every usable row of ``pool`` into ``folder`` (reused when it holds this pool's
+        embeddings by this encoder; finished buckets of an interrupted build are kept)."""
+        import ray.data
+
+        loc = resolve(folder)
+        old = cls.open(loc, pool, cfg)
+        if old is not None:
+            logger.info("embeddings in %s match the pool and the encoder; reused", loc)
+            return old
+        fp = cls.fingerprint(pool, cfg)
+        marker = loc.join("_building.json")
+        if not marker.exists() or marker.read_json() != fp:  # another pool or encoder: start afresh
+            loc.delete_dir()
+            loc.mkdirs()
+            marker.write_json(fp)
+        loc.delete_stale_temporaries()
+        buckets = [{"bucket": b} for b, n in enumerate(pool.manifest.usable) if n]
+        dim = 0
+        if buckets:
+            ds = ray.data.from_items(buckets, override_num_blocks=len(buckets)).map_batches(
+                EmbedBuckets, fn_constructor_kwargs={
+                    "pool_folder": pool.folder, "out": loc, "backbone": cfg.backbone, "max_length": cfg.max_length,
+                    "device": "cuda" if cfg.use_gpu else "cpu", "threads": cfg.threads,
+                    "batch_size": cfg.inference_batch_size},
+                batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
+                compute=ray.data.ActorPoolStrategy(size=min(cfg.inference_concurrency, len(buckets))),
+                # No restarts: a lost encoder fails the step, and a rerun keeps the finished buckets.
+                max_restarts=0)
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                dim = int(pa.table(batch).column("dim")[0].as_py())
+        manifest = {"fingerprint": fp, "dim": dim}
+        loc.join(MANIFEST).write_json(manifest)
+        marker.delete_file()
+        return cls(loc, pool, manifest)
+
+    # reads --------------------------------------------------------------------------------
+    def read_items(self, keys: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """The pool's read units, pointed at the embed files (same row groups, same positions)."""
+        items = self.pool.read_items(keys=keys)
+        for item in items:
+            item["file"] = item["file"].replace("bucket-", f"{EMBED_KIND}-", 1)
+        return items
+
+    def dataset(self, keys: np.ndarray | None = None, num_cpus: float = 0.25):
+        """A Ray Dataset of ``_row, sample_id, embedding`` of the usable rows (or of ``keys``)."""
+        import ray.data
+
+        items = self.read_items(keys)
+        cols = [ROW, schema.SAMPLE_ID, EMBEDDING]
+        if not items:
+            return ray.data.from_arrow(embed_schema(self.dim).empty_table())
+        return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            read_row_groups, fn_kwargs={"folder": self.folder, "columns": cols}, batch_size=1,  # type: ignore[arg-type]  # Ray's stubs: no fn_kwargs
+            batch_format="pyarrow", num_cpus=num_cpus)
+
+    def fetch(self, keys: np.ndarray) -> np.ndarray:
+        """(len(keys), dim) embeddings in the order of ``keys`` (read in this process)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.size == 0:
+            return np.zeros((0, self.dim), np.float32)
+        items = self.read_items(keys)
+        t = pa.concat_tables([read_row_groups(pa.Table.from_pylist([it]), self.folder, [ROW, EMBEDDING])
+                              for it in items]).sort_by(ROW)
+        rows = t.column(ROW).to_numpy()
+        at = np.searchsorted(rows, keys)
+        if (at >= len(rows)).any() or (rows[np.minimum(at, len(rows) - 1)] != keys).any():
+            raise SchemaError("embeddings: some row keys have no embedding")
+        return as_matrix(t.column(EMBEDDING))[at]
+
