@@ -115,7 +115,9 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
         annotation: str | None, rounds: int | None, seed: int | None, overwrite: bool) -> None:
     """Run the active-learning loop: query, annotate with the LLMs, aggregate, train, evaluate."""
     from molal_ray.config.loop import LoopJobConfig
-    from molal_ray.loop.runner import run_loop
+    from molal_ray.console import forwarded_lines_to, log_file
+    from molal_ray.loop.runner import LOG_FILE, run_loop
+    from molal_ray.progress import LoopProgress
 
     try:
         cfg = LoopJobConfig.from_file(config)
@@ -127,21 +129,23 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
             data["output"]["path"] = output_path
         if overwrite:
             data["output"]["mode"] = "overwrite"
-        if ctx.obj.get("verbose"):
+        verbose = bool(ctx.obj.get("verbose"))
+        if verbose:
             data["ray"]["log_to_driver"] = True
         cfg = LoopJobConfig.from_dict(data, source=config)
+        from molal_ray.storage import resolve
 
-        def show(m: dict) -> None:
-            ann = "-" if m["annotation_accuracy"] is None else f"{m['annotation_accuracy']:.3f}"
-            click.echo(f"round {m['round']}: labelled {m['n_labeled']}, test accuracy {m['test_accuracy']:.3f}, "
-                       f"macro-F1 {m['test_macro_f1']:.3f}, annotation accuracy {ann} ({m['elapsed_s']:.0f}s)")
-
-        report = run_loop(cfg, resume=resume, on_round=show)
+        out = resolve(cfg.output.path, field="output.path")
+        log_path = out.join(LOG_FILE).path if out.is_local else None
+        with log_file(log_path, verbose) as sink, LoopProgress(cfg.loop.rounds) as progress, \
+                forwarded_lines_to(sink, enabled=not verbose):
+            report = run_loop(cfg, resume=resume, on_round=progress.round_done, on_phase=progress.phase)
     except MolalError as exc:
         _fail(exc)
         return
-    click.echo(f"report: {cfg.output.path}/report.json, curves.png, summary.md "
-               f"({len(report['rounds'])} rounds)")
+    where = cfg.output.path
+    click.echo(f"report: {where}/report.html (figures), report.json, summary.md"
+               + (f"; log: {where}/{LOG_FILE}" if log_path else ""))
 
 
 @main.group()
@@ -252,24 +256,35 @@ def annotators_delete(app_name: str, address: str | None) -> None:
 
 @main.command("check-config")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--kind", type=click.Choice(["label", "serve-app"]), default="label",
-              help="Which config model to validate against.")
+@click.option("--kind", type=click.Choice(["auto", "label", "run", "serve-app"]), default="auto", show_default=True,
+              help="Which config model to validate against (auto: from the file's sections).")
 def check_config(config: str, kind: str) -> None:
     """Validate a config file and print it with defaults filled in."""
     import yaml
+    from pydantic import BaseModel
 
     from molal_ray.config import LabelJobConfig
+    from molal_ray.config.loop import LoopJobConfig
 
     try:
+        if kind == "auto":
+            with open(config, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+            keys = set(data) if isinstance(data, dict) else set()
+            kind = "serve-app" if "applications" in keys else "run" if keys & {"loop", "classifier", "gold"} else "label"
+        model: BaseModel
         if kind == "label":
             model = LabelJobConfig.from_file(config)
+        elif kind == "run":
+            model = LoopJobConfig.from_file(config)
         else:
             from molal_ray.serve_config import load_serve_app_args
 
             model = load_serve_app_args(config)
-    except MolalError as exc:
+    except (MolalError, OSError, yaml.YAMLError) as exc:
         _fail(exc)
         return
+    click.echo(f"# {config}: a valid {kind} config")
     click.echo(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
 
 

@@ -7,7 +7,7 @@ import time
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class LabelProgress:
@@ -19,7 +19,7 @@ class LabelProgress:
         self.log_every_s = log_every_s
         self.t0 = time.monotonic()
         self._last_log = 0.0
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
         self._progress = Progress(
             TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:>9} rows/s"), TimeElapsedColumn(),
@@ -51,3 +51,48 @@ class LabelProgress:
             parts = " ".join(f"{k}={v}" for k, v in written.items())
             print(f"[label] {done} rows written ({done / elapsed:.1f} rows/s) of {total} per annotator: {parts}",
                   file=sys.stderr, flush=True)
+
+
+PHASE_NAMES = {"query": "choosing queries", "annotate": "annotating", "aggregate": "aggregating",
+               "train": "training", "score": "scoring"}
+
+
+class LoopProgress:
+    """The loop's display on standard output: on a terminal one live line (round, phase, a bar
+    over the rounds, elapsed time) with one printed line per finished round above it; elsewhere
+    only the lines."""
+
+    def __init__(self, rounds: int, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.rounds = rounds
+        self.t0 = time.monotonic()
+        self._progress = Progress(
+            TextColumn("{task.description:<52}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.console, transient=True) if self.console.is_terminal else None
+        self._task = self._progress.add_task("starting", total=rounds + 1) if self._progress else None
+
+    def __enter__(self) -> "LoopProgress":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def phase(self, round_: int | None, name: str) -> None:
+        text = name if round_ is None else f"round {round_}/{self.rounds}: {PHASE_NAMES.get(name, name)}"
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=text)
+
+    def round_done(self, m: dict) -> None:
+        ann = "" if m.get("annotation_accuracy") is None else f"  labels acc {m['annotation_accuracy']:.3f}"
+        secs = ", ".join(f"{k} {v:.0f}s" for k, v in m.get("phase_s", {}).items() if v >= 0.5)
+        line = (f"round {m['round']}: labelled {m['n_labeled']}  test acc {m['test_accuracy']:.3f}  "
+                f"macro-F1 {m['test_macro_f1']:.3f}{ann}  ({secs}; {m['elapsed_s']:.0f}s in all)")
+        if self._progress is not None and self._task is not None:
+            self._progress.console.print(line, highlight=False)
+            self._progress.advance(self._task)
+        else:
+            print(line, flush=True)

@@ -20,10 +20,17 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": cfg.log_to_driver}
+    if not cfg.log_to_driver:
+        kwargs["logging_level"] = logging.WARNING
     if cfg.address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(num_cpus=cfg.num_cpus, include_dashboard=False)
+        # "local": a new embedded runtime, even when a `ray start` head runs on this machine.
+        kwargs.update(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
     else:
         kwargs["address"] = cfg.address
+    if not cfg.log_to_driver:
+        from molal_ray.console import quiet_ray_loggers
+
+        quiet_ray_loggers()  # Ray's INFO lines go to its log files only
     ray.init(**kwargs)
     # Our own progress display replaces Ray Data's bars.
     from ray.data import DataContext

@@ -31,7 +31,6 @@ from molal_ray.strategies import SubsamplingQueryStrategy, get_strategy
 from molal_ray.strategies.base import draw_rows
 from molal_ray.training.classifier import TrainResult
 from molal_ray.training.losses import discrepancy_weights, lambda_for_round
-from molal_ray.training.ray_trainer import rows_frame
 
 SOURCE_OF_MODE = {"molal": "molal", "gold": "gold", "majority": "majority"}
 
@@ -49,11 +48,9 @@ class RoundServices(Protocol):
     def annotations(self) -> pa.Table:
         """The loop's annotation table."""
 
-    def texts(self, keys: np.ndarray) -> list[str]:
-        """Texts of usable pool rows, in the order of ``keys``."""
-
     def train(self, train: pd.DataFrame, val: pd.DataFrame, lam: float, name: str) -> TrainResult:
-        """Fit the classifier; returns where the best model is."""
+        """Fit the classifier on rows ``_row, label, weight, negatives`` (the service fetches the
+        model's inputs by row key); returns where the best model is."""
 
 
 class PoolGeometry(Protocol):
@@ -132,7 +129,7 @@ class PhaseClock:
 
 class Coordinator:
     def __init__(self, state: LoopState, settings: LoopSettings, pool: PoolGeometry, split: Split,
-                 services: RoundServices, state_dir: Any, *, aggregator_params: dict[str, Any] | None = None) -> None:
+                 services: RoundServices, state_dir: Any) -> None:
         self.state = state
         self.s = settings
         self.pool = pool
@@ -141,7 +138,6 @@ class Coordinator:
         self.state_dir = state_dir
         self.strategy = get_strategy(settings.strategy, subsample=settings.subsample)
         self.base = self.strategy.base if isinstance(self.strategy, SubsamplingQueryStrategy) else self.strategy
-        self.aggregator_params = aggregator_params or {}
         self.clock = PhaseClock()
         # The next round's candidates, scored in the same pass as the test split after training.
         self._scored: tuple[int, ScoreRequest, ScoreResult] | None = None
@@ -217,6 +213,7 @@ class Coordinator:
         if n <= 0:
             raise PoolExhaustedError(self.pool.n_usable - exclude.size, self.s.query_size)
         rng = self.rng(1, round_)
+        dense: np.ndarray | None
         if self.base.model_free:  # only the rows it will query, for the discrepancy weights
             dense = draw_rows(self.pool.n_usable, n, exclude, rng)
         else:
@@ -274,7 +271,7 @@ class Coordinator:
         labels = probs.argmax(1)
         source = SOURCE_OF_MODE.get(mode, "annotator")
         prev = np.array([previous_pred.get(i, -1) for i in ids])
-        weights = (discrepancy_weights(labels, prev, np.zeros(len(ids), bool), self.s.discrepancy_alpha)
+        weights = (discrepancy_weights(labels, prev, self.s.discrepancy_alpha)
                    if mode == "molal" and previous_pred else np.ones(len(ids), np.float32))
         new = [LabeledRow(sid, int(k), int(lab), source, float(w),
                           [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)] if source == "molal" else [])
@@ -299,7 +296,7 @@ class Coordinator:
             gold_rows = [r for r in self.state.labeled if r.source == "gold" and r.sample_id in idx]
             gold = Gold(np.array([idx[r.sample_id] for r in gold_rows], dtype=np.int64),
                         np.array([r.label for r in gold_rows], dtype=np.int64), C)
-            agg = get_aggregator(self.s.aggregator, **self.aggregator_params).fit(m, gold)
+            agg = get_aggregator(self.s.aggregator.name, **self.s.aggregator.params()).fit(m, gold)
             return agg.predict_proba(m.take(rows))
         if mode == "majority":
             return get_aggregator("majority").predict_proba(m.take(rows))
@@ -314,11 +311,39 @@ class Coordinator:
         neg = np.zeros((len(rows), self.num_classes), np.float32)
         for i, x in enumerate(rows):
             neg[i, x.negatives] = 1.0
-        frame = rows_frame(self.services.texts(np.array([x.row for x in rows], dtype=np.int64)),
-                           np.array([x.label for x in rows]), np.array([x.weight for x in rows]), neg)
+        frame = pd.DataFrame({ROW: np.array([x.row for x in rows], dtype=np.int64),
+                              "label": np.array([x.label for x in rows], dtype=np.int64),
+                              "weight": np.array([x.weight for x in rows], dtype=np.float32), "negatives": list(neg)})
         val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
         lam = lambda_for_round(r, self.s.lambda_start, self.s.lambda_step)
         return self.services.train(train, val, lam, f"round-{r}"), lam
+
+    def gold_report(self) -> dict[str, Any]:
+        """How good the labels were, on the rows that have gold labels: each annotator's accuracy
+        (the class most of its votes went to) and the confusion matrix of the labels the loop
+        assigned (aggregator, majority or one annotator; round 0's human labels left out)."""
+        from sklearn.metrics import confusion_matrix
+
+        C = self.num_classes
+        report: dict[str, Any] = {"labels": list(self.state.labels), "annotators": {}}
+        if self.annotates:
+            m = build_matrix(self.services.annotations(), C)
+            rows = np.array([i for i, s in enumerate(m.sample_ids) if s in self.split.gold], dtype=np.int64)
+            y = np.array([self.split.gold[m.sample_ids[i]] for i in rows], dtype=np.int64)
+            for a, name in enumerate(m.annotators):
+                v, p = m.votes[rows, a], m.probs[rows, a]
+                ok = m.present[rows, a]
+                pred = (v[ok] + 1e-3 * p[ok]).argmax(1)  # votes first, probabilities break ties
+                report["annotators"][name] = {"accuracy": float((pred == y[ok]).mean()) if ok.any() else None,
+                                              "rows": int(ok.sum())}
+        assigned = [r for r in self.state.labeled if r.source != "gold" and r.sample_id in self.split.gold]
+        truth = [self.split.gold[r.sample_id] for r in assigned]
+        pred = [r.label for r in assigned]
+        report["assigned"] = {"rows": len(assigned),
+                              "accuracy": float(np.mean(np.equal(truth, pred))) if assigned else None,
+                              "confusion": confusion_matrix(truth, pred, labels=list(range(C))).tolist()
+                              if assigned else None}
+        return report
 
     def finish_round(self, metrics: dict[str, Any]) -> None:
         self.state.history.append(metrics)

@@ -1,7 +1,7 @@
 """`molal-ray run`: the MoLLIA loop on Ray, driven from here, run by the coordinator actor.
 
-The driver prepares the pool once (Ray Data; ``pool_store``), deploys the annotators once,
-starts the coordinator actor and asks it for one round at a time; each call returns that round's
+The driver prepares the pool once (Ray Data; ``pool_store``), with ``classifier.mode: head``
+embeds it once (``embeddings``), deploys the annotators once, starts the coordinator actor and asks it for one round at a time; each call returns that round's
 metrics, and nothing pool-sized crosses to the driver. The coordinator saves the state after
 every round; ``resume`` continues at the next. At the end the driver writes the report from the
 rounds' history.
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError
-from molal_ray.loop.actor import POOL_DIR, STATE_DIR, CoordinatorActor
+from molal_ray.loop.actor import ANNOTATIONS_DIR, EMBEDDINGS_DIR, POOL_DIR, STATE_DIR, TRAIN_DIR, CoordinatorActor
 from molal_ray.loop.report import write_report
 from molal_ray.loop.state import STATE_FILE
 from molal_ray.pipeline.pool_store import FLAGGED_SCHEMA, PreparedPool
@@ -26,6 +26,7 @@ from molal_ray.storage import Location, resolve
 logger = logging.getLogger("molal_ray.loop")
 
 FLAGGED_POOL = "pool_flagged.parquet"  # pool rows left out of the loop, with why
+LOG_FILE = "molal-ray.log"  # the command line's log of a run (kept when the output is overwritten)
 
 
 def _write_flagged(pool: PreparedPool, out: Location) -> None:
@@ -47,48 +48,103 @@ def _get(ref: Any) -> Any:
         raise
 
 
-def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
-             on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+PhaseSink = Callable[[int | None, str], None]
+"""``(round or None before the rounds, phase)``: what the loop is doing now (progress displays)."""
 
-    from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
-    L = cfg.loop
-    out = resolve(cfg.output.path, field="output.path")
-    ensure_ray(cfg.ray)
-    check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
-                                  ("pool.path", cfg.pool.path, cfg.pool.shared)])
-    if not resume and out.join(STATE_DIR, STATE_FILE).exists():
-        if cfg.output.mode != "overwrite":
-            raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
-        for sub in out.list():  # a new loop must not inherit the old one's annotations or state
+def prepare_output(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
+    """A new loop must not inherit an old one's annotations, state or models."""
+    if resume or not out.join(STATE_DIR, STATE_FILE).exists():
+        return
+    if cfg.output.mode != "overwrite":
+        raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
+    for sub in out.list():
+        if sub.base_name != LOG_FILE:
             out.join(sub.base_name).delete_file()
-        for name in (STATE_DIR, "annotations", "train"):
-            out.join(name).delete_dir()
+    for name in (STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, EMBEDDINGS_DIR):
+        out.join(name).delete_dir()
+
+
+def prepare_pool(cfg: LoopJobConfig, out: Location) -> PreparedPool:
+    """The pool read once into the output's prepared pool (reused when it matches), its flagged
+    rows listed, and with ``classifier.mode: head`` its embeddings computed once."""
     pool = PreparedPool.build(cfg.pool, out.join(POOL_DIR), num_cpus=cfg.pipeline.stage_num_cpus)
     if pool.n_flagged:
         logger.warning("%d pool rows are flagged and left out of the loop (%s)", pool.n_flagged,
                        ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())))
     _write_flagged(pool, out)
-    # Once per loop: every round's queries go through the same deployments.
-    ours = start_annotators(cfg.app_config(), cfg.ray.serve_app_name) if L.annotation != "gold" else False
+    return pool
+
+
+def run_rounds(cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, Any]], None] | None,
+               on_phase: PhaseSink) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """Start the coordinator actor and have it run every remaining round; returns the history,
+    the number of test rows and the labels' quality on gold rows."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node (the gold file and the config's other local paths are read there);
+    # two threads, so that the driver can ask which phase runs while a round runs.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=2)(CoordinatorActor)  # type: ignore[call-overload]
+    coord = actor.options(scheduling_strategy=here).remote(cfg.model_dump(mode="json"), resume)
     try:
-        # On the driver's node: the gold file and the config's other local paths are read there.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        coord = ray.remote(num_cpus=0, max_restarts=0)(CoordinatorActor).options(scheduling_strategy=here) \
-            .remote(cfg.model_dump(mode="json"), resume)
-        while (metrics := _get(coord.run_round.remote())) is not None:
+        while True:
+            ref = coord.run_round.remote()
+            last = None
+            while not ray.wait([ref], timeout=0.5)[0]:
+                now = _get(coord.phase.remote())
+                if now != last and now[1] is not None:
+                    on_phase(*now)
+                    last = now
+            metrics = _get(ref)
+            if metrics is None:
+                break
             logger.info("round %d: %s, seconds %s", metrics["round"],
                         {k: metrics[k] for k in ("n_labeled", "test_accuracy", "test_macro_f1")}, metrics["phase_s"])
             if on_round is not None:
                 on_round(metrics)
         history = ray.get(coord.history.remote())
         test_rows = ray.get(coord.info.remote())["test_rows"]
+        gold = ray.get(coord.gold_report.remote())
+        ray.get(coord.close.remote())
+    finally:
         ray.kill(coord)
+    return history, test_rows, gold
+
+
+def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
+             on_round: Callable[[dict[str, Any]], None] | None = None,
+             on_phase: PhaseSink | None = None) -> dict[str, Any]:
+    """The whole loop: output, pool (and embeddings), annotators, rounds, report."""
+    from molal_ray.loop.embeddings import EmbeddingStore
+    from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
+
+    L = cfg.loop
+    phase = on_phase or (lambda r, p: None)
+    out = resolve(cfg.output.path, field="output.path")
+    phase(None, "starting Ray")
+    ensure_ray(cfg.ray)
+    check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
+                                  ("pool.path", cfg.pool.path, cfg.pool.shared)])
+    prepare_output(cfg, out, resume)
+    phase(None, "preparing the pool")
+    pool = prepare_pool(cfg, out)
+    if cfg.classifier.mode == "head":
+        phase(None, f"embedding {pool.n_usable:,} texts with the frozen encoder")
+        EmbeddingStore.build(pool, out.join(EMBEDDINGS_DIR), cfg.classifier)
+    # Once per loop: every round's queries go through the same deployments.
+    ours = False
+    if L.annotation != "gold":
+        phase(None, "starting the annotators")
+        ours = start_annotators(cfg.app_config(), cfg.ray.serve_app_name)
+    try:
+        history, test_rows, gold = run_rounds(cfg, resume, on_round, phase)
     finally:
         stop_annotators(cfg.ray.serve_app_name, ours, cfg.ray.keep_serve_running)
+    phase(None, "writing the report")
     return write_report(out, history, {"task": cfg.task.name, "strategy": L.strategy, "annotation": L.annotation,
                                        "query_size": L.query_size, "initial_gold": L.initial_gold,
                                        "test_rows": test_rows, "seed": L.seed, "trainer": cfg.classifier.trainer,
-                                       "pool_rows": pool.n_usable, "pool_rows_flagged": pool.n_flagged})
+                                       "classifier_mode": cfg.classifier.mode,
+                                       "pool_rows": pool.n_usable, "pool_rows_flagged": pool.n_flagged}, gold)

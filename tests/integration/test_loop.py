@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,7 +28,7 @@ def setup(tmp_path_factory):
     return root, backbone
 
 
-def _cfg(root, backbone, out, rounds=2, trainer="ray", **loop):
+def _cfg(root, backbone, out, rounds=2, trainer="ray", classifier=None, **loop):
     return LoopJobConfig.from_dict({
         "task": {"labels": TREC_LABELS},
         "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
@@ -37,7 +38,7 @@ def _cfg(root, backbone, out, rounds=2, trainer="ray", **loop):
         "loop": {"initial_gold": 20, "rounds": rounds, "query_size": 20, "strategy": "max-entropy",
                  "subsample": 150, "test_fraction": 0.25, "test_max": 80, **loop},
         "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
-                       "cpus_per_worker": 0.5, "trainer": trainer},
+                       "cpus_per_worker": 0.5, "trainer": trainer, **(classifier or {})},
         "output": {"path": str(out)},
     })
 
@@ -187,3 +188,37 @@ def test_a_killed_loop_resumes_to_the_rounds_of_an_uninterrupted_one(setup, tmp_
 
     t = read_annotation_table(killed / "annotations").to_pandas()
     assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 80 * 5
+
+
+HEAD = {"mode": "head", "epochs": 30, "patience": 5, "learning_rate": 1e-2}
+
+
+def test_head_mode_embeds_once_trains_in_one_worker_group_and_resumes(ray_local, setup, tmp_path):
+    """classifier.mode head: the pool is embedded once; every round's head is a checkpoint of
+    the same Ray Train run; a resumed loop reuses the embeddings and starts a new run."""
+    from molal_ray.loop.embeddings import EMBEDDING
+    from molal_ray.pipeline.pool_store import MANIFEST
+
+    root, backbone = setup
+    out = tmp_path / "head"
+    first = run_loop(_cfg(root, backbone, out, rounds=1, classifier=HEAD))
+    emb_manifest = out / "embeddings" / MANIFEST
+    stamp = emb_manifest.stat().st_mtime_ns
+    files = sorted((out / "embeddings").glob("embed-*.parquet"))
+    assert files and sum(pq.read_metadata(f).num_rows for f in files) == 400
+    assert pq.read_schema(files[0]).field(EMBEDDING).type.list_size == 32  # the tiny BERT's width
+    state = LoopState.load(str(out / "state"))
+    dirs = [h["model_dir"] for h in state.history]
+    assert [d.rsplit("/", 1)[1] for d in dirs] == ["round-0", "round-1"]
+    assert len({d.rsplit("/", 1)[0] for d in dirs}) == 1  # one Ray Train run served both rounds
+    for d in dirs:
+        assert (Path(d) / "head.pt").is_file() and json.loads((Path(d) / "head.json").read_text())["dim"] == 32
+    report = run_loop(_cfg(root, backbone, out, rounds=2, classifier=HEAD), resume=True)
+    assert [r["n_labeled"] for r in report["rounds"]] == [20, 40, 60]
+    assert report["rounds"][:2] == first["rounds"]
+    assert emb_manifest.stat().st_mtime_ns == stamp  # reused, not recomputed
+    html = (out / "report.html").read_text()
+    for figure in ("learning curve", "labels received", "annotators", "confusion", "phases"):
+        assert f"<img alt='{figure}' src='data:image/png;base64," in html
+    assert set(report["gold"]["annotators"]) == set(TREC_ANNOTATORS)
+    assert report["gold"]["assigned"]["rows"] > 0 and len(report["gold"]["assigned"]["confusion"]) == 6

@@ -1,0 +1,117 @@
+"""A quiet console for the command line: Ray's own chatter goes to the run's log file.
+
+Without ``-v`` a healthy run prints only our progress and results. Two things keep Ray quiet:
+its Python loggers in the driver are set to WARNING (:func:`quiet_ray_loggers`), and lines that
+Ray forwards to the driver from other processes (``(raylet) ...`` start-up notices such as "N
+worker processes have been started", ``(pid=...)`` worker output) are written to the log file
+instead of the terminal (:func:`forwarded_lines_to`). ``-v`` shows everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "ray.air", "ray.util")
+# Notices about settings we chose on purpose: token authentication on, Ray Data's bars off (ours
+# replace them), and Ray Data's own actor restarts (its constructor arguments live in the object
+# store; ray-project/ray#53727).
+RAY_NOTICES = ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FORWARDED = re.compile(r"^(?:\x1b\[[0-9;]*m)*\((?:raylet|autoscaler|gcs_server|(?:\S.*? )?pid=\d+(?:, ip=[^)\s]+)?)\)")
+
+
+def quiet_ray_loggers(level: int = logging.WARNING) -> None:
+    """Ray's driver-side loggers (they carry their own levels and handlers) at ``level``, and its
+    notices about our own settings at ERROR. Ray Data and Serve set their loggers' levels when
+    they are imported, so they are imported first."""
+    import ray.data  # noqa: F401
+    import ray.serve  # noqa: F401
+
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    for name in RAY_NOTICES:
+        logging.getLogger(name).setLevel(max(level, logging.ERROR))
+
+
+def is_forwarded(line: str) -> bool:
+    """Whether a line is one Ray forwards from another process (raylet, a worker, an actor)."""
+    return bool(_FORWARDED.match(line))
+
+
+class _Router:
+    """A text stream that passes lines through, except Ray's forwarded lines, which go to ``sink``."""
+
+    def __init__(self, stream: IO[str], sink: IO[str] | None) -> None:
+        self._stream = stream
+        self._sink = sink
+        self._buf = ""
+
+    def write(self, s: str) -> int:
+        self._buf += s
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            if is_forwarded(line):
+                if self._sink is not None:
+                    self._sink.write(_ANSI.sub("", line) + "\n")
+                    self._sink.flush()
+            else:
+                self._stream.write(line + "\n")
+        return len(s)
+
+    def flush(self) -> None:
+        if self._buf and not is_forwarded(self._buf):
+            self._stream.write(self._buf)
+            self._buf = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def forwarded_lines_to(sink: IO[str] | None, enabled: bool = True) -> Iterator[None]:
+    """While inside, Ray's forwarded lines on stdout and stderr go to ``sink`` (None: dropped)."""
+    if not enabled:
+        yield
+        return
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Router(sys.stdout, sink), _Router(sys.stderr, sink)
+    try:
+        yield
+    finally:
+        for s in (sys.stdout, sys.stderr):
+            s.flush()
+        sys.stdout, sys.stderr = saved
+
+
+@contextmanager
+def log_file(path: str | None, verbose: bool) -> Iterator[IO[str] | None]:
+    """Our loggers and Ray's at INFO into ``path`` (when given) for the command's duration; the
+    console keeps WARNING (INFO with ``verbose``)."""
+    if path is None:
+        yield None
+        return
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in root.handlers:  # the console's handlers keep the console's level
+        if not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.addHandler(handler)
+    saved = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield handler.stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+        handler.close()
