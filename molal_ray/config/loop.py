@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from typing import Any
 
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+
+from molal_ray.config.aggregation import AggregatorSettings, parse_aggregator
 from molal_ray.config.annotator import AnnotatorConfig, check_unique_names
 from molal_ray.config.base import StrictModel, resolve_path
 from molal_ray.config.job import OutputConfig, PipelineConfig, PoolConfig, RayConfig
@@ -23,7 +26,10 @@ class LoopSettings(StrictModel):
         "molal",
         description="Who labels queried samples: 'molal' (the aggregator), 'gold' (human labels: the upper "
                     "reference), 'majority' (majority vote), or one annotator's name.")
-    aggregator: str = Field("default", description="Aggregator used when annotation is 'molal'.")
+    aggregator: SerializeAsAny[AggregatorSettings] = Field(
+        default_factory=lambda: parse_aggregator("default"),
+        description="Aggregator used when annotation is 'molal': a name (default, pooled, molam-xgb, dawid-skene, "
+                    "majority, mean-probs) or {name: ..., <its settings>}.")
     discrepancy_alpha: float = Field(0.5, ge=0, le=1, description="Weight of a MoLAM-labelled sample whose label "
                                                                   "disagrees with the previous classifier (paper: 0.5).")
     lambda_start: float = Field(0.4, ge=0, description="Negative-learning weight in round 0 (paper: 0.4).")
@@ -36,6 +42,11 @@ class LoopSettings(StrictModel):
     noise_copies: int = Field(5, ge=1, description="Perturbed classifier copies for noise stability and BEMPS.")
     noise_scale: float = Field(0.01, gt=0, description="Relative scale of that weight noise.")
     seed: int = Field(0, description="Seed of the gold draw, the test split and the strategies.")
+
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _aggregator(cls, v: Any) -> AggregatorSettings:
+        return parse_aggregator(v)
 
 
 class LoopJobConfig(StrictModel):
@@ -72,7 +83,7 @@ class LoopJobConfig(StrictModel):
             raise ValueError(f"loop.strategy one of {strategies()} (got {self.loop.strategy!r})")
         return self
 
-    def app_config(self):  # type: ignore[no-untyped-def]
+    def app_config(self):
         """The annotator application the loop deploys once and labels every round through."""
         from molal_ray.config.job import AnnotatorAppConfig
 
