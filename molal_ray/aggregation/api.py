@@ -131,7 +131,7 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
     }, schema=OUTPUT_SCHEMA)
     report["annotator_quality"] = annotator_quality(m, gold)
     if validate:
-        def factory(n: str):  # type: ignore[no-untyped-def]
+        def factory(n: str):
             return lambda: get_aggregator(n, seed=seed)
         methods = [name] + ([x for x in available() if x != name] if baselines else [])
         report["validation"] = {}

@@ -65,13 +65,10 @@ class DawidSkene(Aggregator):
             tol=self.tol)
 
     def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
-        idx = [self.annotators_.index(a) if a in self.annotators_ else -1 for a in m.annotators]
-        X = np.nan_to_num(m.votes.astype(np.float64))
-        known = np.array([i >= 0 for i in idx])
-        # An annotator unseen at fit time has no confusion estimate: it contributes nothing.
-        log_conf = np.zeros((len(idx), *self.log_conf_.shape[1:]))
-        log_conf[known] = self.log_conf_[[i for i in idx if i >= 0]]
-        return _posterior(X * known[None, :, None], log_conf, self.log_prior_)
+        # An annotator unseen at fit time has no confusion estimate: it is dropped; one seen then
+        # and absent now has no votes: it contributes nothing.
+        X = np.nan_to_num(m.aligned(self.annotators_).votes.astype(np.float64))
+        return _posterior(X, self.log_conf_, self.log_prior_)
 
     def confusions(self) -> np.ndarray:
         return np.exp(self.log_conf_)

@@ -40,6 +40,21 @@ class AnnotationMatrix:
         return AnnotationMatrix(self.sample_ids[idx], self.annotators, self.probs[idx], self.votes[idx],
                                 self.present[idx])
 
+    def aligned(self, annotators: list[str]) -> "AnnotationMatrix":
+        """The matrix with annotator columns in this order (a fitted aggregator's): annotators it
+        does not name are dropped, named ones it lacks are absent (NaN, not present)."""
+        if list(annotators) == list(self.annotators):
+            return self
+        S, _, C = self.probs.shape
+        P = np.full((S, len(annotators), C), np.nan, np.float32)
+        V = np.full_like(P, np.nan)
+        present = np.zeros((S, len(annotators)), bool)
+        for j, a in enumerate(annotators):
+            if a in self.annotators:
+                i = self.annotators.index(a)
+                P[:, j], V[:, j], present[:, j] = self.probs[:, i], self.votes[:, i], self.present[:, i]
+        return AnnotationMatrix(self.sample_ids, list(annotators), P, V, present)
+
     def features(self) -> np.ndarray:
         """The paper's [z_1, c_1, ..., z_N, c_N] per sample: (S, A * 2C), NaN where absent."""
         S, A, C = self.probs.shape

@@ -20,7 +20,7 @@ def linear_features(m: AnnotationMatrix) -> np.ndarray:
                            m.present.astype(np.float64)], axis=1)
 
 
-def padded_proba(model, X: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def padded_proba(model, X: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
     """``predict_proba`` of a model fitted on a subset of the classes, as (S, C)."""
     out = np.zeros((len(X), num_classes))
     out[:, classes] = model.predict_proba(X)

@@ -30,7 +30,7 @@ class MoLAMXGB(Aggregator):
         self.seed = seed
         self.n_jobs = n_jobs
 
-    def _model(self):  # type: ignore[no-untyped-def]
+    def _model(self):
         import xgboost as xgb
 
         return xgb.XGBClassifier(n_estimators=self.n_estimators, max_depth=self.max_depth,
@@ -72,19 +72,5 @@ class MoLAMXGB(Aggregator):
             self._train(X[idx], y)
 
     def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
-        if list(m.annotators) != self.annotators_:
-            m = _align(m, self.annotators_)
-        return normalise_rows(self._proba(m.features()))
+        return normalise_rows(self._proba(m.aligned(self.annotators_).features()))
 
-
-def _align(m: AnnotationMatrix, annotators: list[str]) -> AnnotationMatrix:
-    """The matrix with the fitted annotator order; unseen ones dropped, missing ones absent."""
-    S, _, C = m.probs.shape
-    P = np.full((S, len(annotators), C), np.nan, np.float32)
-    V = np.full_like(P, np.nan)
-    present = np.zeros((S, len(annotators)), bool)
-    for j, a in enumerate(annotators):
-        if a in m.annotators:
-            i = m.annotators.index(a)
-            P[:, j], V[:, j], present[:, j] = m.probs[:, i], m.votes[:, i], m.present[:, i]
-    return AnnotationMatrix(m.sample_ids, list(annotators), P, V, present)

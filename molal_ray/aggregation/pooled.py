@@ -61,7 +61,6 @@ from molal_ray.aggregation.calibration import apply_temperature, fit_temperature
 from molal_ray.aggregation.dawid_skene import DawidSkene
 from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.aggregation.learners import linear_features, padded_proba
-from molal_ray.aggregation.molam import _align
 from molal_ray.aggregation.validation import out_of_fold_proba
 from molal_ray.exceptions import ConfigError
 
@@ -69,7 +68,7 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 CALIBRATION_FIT_ROWS = 50_000  # pool rows each out-of-fold copy fits on (temperature only)
 
 
-def _fit_lr(X: np.ndarray, y: np.ndarray, C: float, max_iter: int = 2000,  # type: ignore[no-untyped-def]
+def _fit_lr(X: np.ndarray, y: np.ndarray, C: float, max_iter: int = 2000,
             sample_weight: np.ndarray | None = None):
     classes = np.unique(y)
     if len(classes) < 2:
@@ -222,8 +221,7 @@ class PooledAggregator(Aggregator):
             self.temperature_ = fit_temperature(oof, gold.y)
 
     def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
-        if list(m.annotators) != self.annotators_:
-            m = _align(m, self.annotators_)
+        m = m.aligned(self.annotators_)
         if self.model_ is None:
             return self.ds_.predict_proba(m)
         p = normalise_rows(padded_proba(self.model_, linear_features(m), self.classes_, self.num_classes_))

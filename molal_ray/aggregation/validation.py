@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix
 
 from molal_ray.aggregation.base import Aggregator, Gold
 from molal_ray.aggregation.features import AnnotationMatrix
@@ -28,14 +30,31 @@ def wilson(correct: int, n: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def gold_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Test folds over gold positions: stratified by class (a rare class spreads over the folds
+    instead of landing in one), ``min(folds, n)`` of them (leave-one-out below ``folds`` rows)."""
+    import warnings
+
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = len(y)
+    k = min(folds, n)
+    counts = np.bincount(y)
+    if counts[counts > 0].max() >= k:
+        splitter: Any = StratifiedKFold(k, shuffle=True, random_state=seed)
+    else:  # no class has k rows: folds cannot be stratified
+        splitter = KFold(k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "the least populated class has only 1 member": expected with 50 gold rows
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [test for _, test in splitter.split(np.zeros(n), y)]
+
+
 def out_of_fold_proba(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
                       seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """Label distributions of the gold rows, each from a model fitted without it (it stays in the
     pool, unlabeled); returns them (in gold order) and the folds used (positions in gold)."""
+    parts = gold_folds(gold.y, folds, seed)
     n = len(gold)
-    k = min(folds, n)
-    order = np.random.default_rng(seed).permutation(n)
-    parts = [order[f::k] for f in range(k)]
     out = np.zeros((n, gold.num_classes))
     for test in parts:
         train = np.setdiff1d(np.arange(n), test)
@@ -67,10 +86,10 @@ def direct_accuracy(p: np.ndarray, gold: Gold) -> CVResult:
                     "does not learn from gold: accuracy on all gold rows")
 
 
-def annotator_quality(m: AnnotationMatrix, gold: Gold) -> dict[str, dict]:
+def annotator_quality(m: AnnotationMatrix, gold: Gold) -> dict[str, dict[str, Any]]:
     """Per annotator on the gold rows: accuracy of its majority vote and of its top probability,
     and its confusion matrix (rows: true class, columns: its vote)."""
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     C = m.num_classes
     for a, name in enumerate(m.annotators):
         rows = gold.index[m.present[gold.index, a]]
@@ -80,8 +99,7 @@ def annotator_quality(m: AnnotationMatrix, gold: Gold) -> dict[str, dict]:
             continue
         vote = m.votes[rows, a].argmax(1)
         prob = m.probs[rows, a].argmax(1)
-        conf = np.zeros((C, C), dtype=int)
-        np.add.at(conf, (y, vote), 1)
+        conf = confusion_matrix(y, vote, labels=list(range(C)))
         out[name] = {"n": int(len(rows)), "vote_accuracy": float((vote == y).mean()),
                      "prob_accuracy": float((prob == y).mean()), "confusion": conf.tolist()}
     return out

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
+from molal_ray.exceptions import ConfigError
 
 _NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
 
@@ -31,9 +32,9 @@ class AnswerParser:
         self.labels = list(labels)
         forms = [normalise(label) for label in self.labels]
         if any(not f for f in forms):
-            raise ValueError(f"labels: got {self.labels!r}; expected each to contain a letter or digit")
+            raise ConfigError(f"labels: got {self.labels!r}; expected each to contain a letter or digit")
         if len(set(forms)) != len(forms):
-            raise ValueError(f"labels: got {self.labels!r}; expected labels distinct after normalisation")
+            raise ConfigError(f"labels: got {self.labels!r}; expected labels distinct after normalisation")
         self._exact = {f: i for i, f in enumerate(forms)}
         # Longest label first, so a label contained in another is matched only on its own.
         order = sorted(range(len(forms)), key=lambda i: -len(forms[i]))

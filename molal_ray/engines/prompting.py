@@ -6,6 +6,7 @@ from typing import Any
 
 from molal_ray import schema
 from molal_ray.config import TaskConfig
+from molal_ray.exceptions import ConfigError
 
 # Characters kept per removed token when a text is shortened (re-checked after each cut).
 _SAFETY = 8
@@ -44,6 +45,6 @@ class PromptBuilder:
             keep -= max(_SAFETY, len(ids) - self.max_prompt_tokens)
         ids = self.ids("")
         if len(ids) > self.max_prompt_tokens:
-            raise ValueError(f"the prompt template alone takes {len(ids)} tokens; "
+            raise ConfigError(f"the prompt template alone takes {len(ids)} tokens; "
                              f"the context allows {self.max_prompt_tokens}")
         return ids, f"{schema.WARN_TRUNCATED}: text dropped entirely to fit the context"

@@ -18,6 +18,7 @@ from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines.base import Engine, build_engine
 from molal_ray.serve.fingerprint import fingerprint, fingerprint_key
 from molal_ray.serve.stats import REPORT_EVERY_S, stats_actor
+from molal_ray.exceptions import AnnotatorError, ConfigError, SchemaError
 
 logger = logging.getLogger("molal_ray.serve")
 
@@ -46,7 +47,7 @@ def pack_annotations(annotations: Sequence[Any], num_classes: int) -> dict[str, 
 class AnnotatorDeployment:
     """A Serve deployment class (decorated in :mod:`molal_ray.serve.app`)."""
 
-    async def __init__(self, annotator: dict[str, Any], task: dict[str, Any],
+    async def __init__(self, annotator: dict[str, Any], task: dict[str, Any],  # type: ignore[misc]  # Serve awaits it
                        engine_cls: type[Engine] | None = None) -> None:
         self.annotator = AnnotatorConfig.model_validate(annotator)
         self.task = TaskConfig.model_validate(task)
@@ -60,14 +61,14 @@ class AnnotatorDeployment:
     async def annotate(self, sample_ids: list[str], texts: list[str]) -> dict[str, Any]:
         """Annotate one batch; returns columns (see :func:`pack_annotations`)."""
         if len(sample_ids) != len(texts):
-            raise ValueError(f"annotate: got {len(sample_ids)} ids and {len(texts)} texts; expected equal counts")
+            raise SchemaError(f"annotate: got {len(sample_ids)} ids and {len(texts)} texts; expected equal counts")
         self.in_flight += 1
         try:
             annotations = await self.engine.annotate(sample_ids, texts)
         finally:
             self.in_flight -= 1
         if len(annotations) != len(texts):
-            raise RuntimeError(f"engine {self.engine.engine_type} returned {len(annotations)} "
+            raise AnnotatorError(f"engine {self.engine.engine_type} returned {len(annotations)} "
                                f"annotations for {len(texts)} texts")
         self.rows += len(texts)
         return pack_annotations(annotations, self.task.num_classes)
@@ -122,5 +123,5 @@ class AnnotatorsIngress:
 
     async def annotate(self, annotator: str, sample_ids: list[str], texts: list[str]) -> dict[str, Any]:
         if annotator not in self.handles:
-            raise KeyError(f"annotator: got {annotator!r}; expected one of {sorted(self.handles)}")
+            raise ConfigError(f"annotator: got {annotator!r}; expected one of {sorted(self.handles)}")
         return await self.handles[annotator].annotate.remote(sample_ids, texts)

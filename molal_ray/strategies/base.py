@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from molal_ray.exceptions import ConfigError, PoolExhaustedError
+from molal_ray.exceptions import ConfigError, PoolExhaustedError, SchemaError
 
 _REGISTRY: dict[str, type["QueryStrategy"]] = {}
 
@@ -36,6 +36,13 @@ class PoolView:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def need(self, field: str) -> np.ndarray:
+        """One of the classifier's outputs, which the strategy requires."""
+        value = getattr(self, field)
+        if value is None:
+            raise SchemaError(f"the pool view lacks {field!r}; expected the classifier's outputs for the candidates")
+        return np.asarray(value)
 
     def take(self, idx: np.ndarray) -> "PoolView":
         def sub(x: np.ndarray | None, axis: int = 0) -> np.ndarray | None:
@@ -95,13 +102,13 @@ class QueryStrategy(abc.ABC):
     def select(self, view: PoolView, n: int, rng: np.random.Generator) -> np.ndarray:
         """n distinct ids of ``view``."""
         if n <= 0:
-            raise ValueError(f"n: got {n}; expected a positive number of samples to query")
+            raise ConfigError(f"n: got {n}; expected a positive number of samples to query")
         if n > len(view):
             raise PoolExhaustedError(len(view), n)
         for field in self.requires:
             value = getattr(view, field)
             if value is None:
-                raise ValueError(f"{self.name} strategy: the pool view lacks {field!r}; expected the "
+                raise SchemaError(f"{self.name} strategy: the pool view lacks {field!r}; expected the "
                                  "classifier's outputs for the candidates")
         idx = self._select(view, n, rng)
         return view.ids[idx]
@@ -134,7 +141,7 @@ class SubsamplingQueryStrategy(QueryStrategy):
 
     def __init__(self, base: QueryStrategy, size: int) -> None:
         if size <= 0:
-            raise ValueError(f"subsample size: got {size}; expected a positive number")
+            raise ConfigError(f"subsample size: got {size}; expected a positive number")
         self.base = base
         self.size = size
         self.requires = base.requires  # type: ignore[misc]

@@ -12,5 +12,5 @@ class MaxEntropy(ScoreStrategy):
     requires = ("probs",)
 
     def scores(self, view: PoolView, rng: np.random.Generator) -> np.ndarray:
-        p = np.clip(view.probs, 1e-12, 1.0)
+        p = np.clip(view.need("probs"), 1e-12, 1.0)
         return -(p * np.log(p)).sum(1)

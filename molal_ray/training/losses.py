@@ -20,20 +20,19 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 
-def lambda_for_round(round_index: int, start: float = 0.4, step: float = 0.06, cap: float | None = None) -> float:
+def lambda_for_round(round_index: int, start: float = 0.4, step: float = 0.06) -> float:
     """Weight of the negative-learning term in a round (paper: 0.4 + 0.06 x round)."""
-    value = start + step * round_index
-    return min(value, cap) if cap is not None else value
+    return start + step * round_index
 
 
-def discrepancy_weights(labels: np.ndarray, previous_pred: np.ndarray | None, is_gold: np.ndarray,
-                        alpha: float) -> np.ndarray:
-    """1 for gold rows and rows whose MoLAM label agrees with the previous classifier; alpha else.
-    Without a previous classifier (round 0) every row weighs 1."""
+def discrepancy_weights(labels: np.ndarray, previous_pred: np.ndarray | None, alpha: float) -> np.ndarray:
+    """1 for rows whose MoLAM label agrees with the previous classifier's prediction; alpha for
+    the others (gold rows never come here: they weigh 1). Without a previous classifier (round
+    0) every row weighs 1."""
     w = np.ones(len(labels), dtype=np.float32)
     if previous_pred is None:
         return w
-    disagree = (np.asarray(labels) != np.asarray(previous_pred)) & ~np.asarray(is_gold, dtype=bool)
+    disagree = np.asarray(labels) != np.asarray(previous_pred)
     w[disagree] = alpha
     return w
 

@@ -13,13 +13,13 @@ from molal_ray.training import discrepancy_weights, lambda_for_round, negative_m
 
 def test_lambda_ramp_of_the_paper():
     assert [round(lambda_for_round(r), 2) for r in range(3)] == [0.4, 0.46, 0.52]
-    assert lambda_for_round(100, cap=1.0) == 1.0
+    assert round(lambda_for_round(2, start=0.1, step=0.5), 2) == 1.1
 
 
 def test_discrepancy_weights_only_for_disagreeing_molam_rows():
-    w = discrepancy_weights(np.array([0, 1, 2, 2]), np.array([0, 2, 1, 2]), np.array([False, False, True, False]), 0.5)
-    assert w.tolist() == [1.0, 0.5, 1.0, 1.0]
-    assert discrepancy_weights(np.array([0, 1]), None, np.array([False, False]), 0.5).tolist() == [1.0, 1.0]
+    w = discrepancy_weights(np.array([0, 1, 2, 2]), np.array([0, 2, 1, 2]), 0.5)
+    assert w.tolist() == [1.0, 0.5, 0.5, 1.0]
+    assert discrepancy_weights(np.array([0, 1]), None, 0.5).tolist() == [1.0, 1.0]
 
 
 def test_weights_and_negatives_follow_their_rows_when_shuffled():
