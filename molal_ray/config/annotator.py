@@ -75,7 +75,8 @@ class VLLMEngineConfig(StrictModel):
 
     type: Literal["vllm"] = "vllm"
     model: str = Field(..., description="Model name on a hub, or a local folder.")
-    dtype: str = Field("auto", description="vLLM dtype ('auto', 'bfloat16', 'float16', 'float32').")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        "auto", description="vLLM dtype.")
     max_model_len: int = Field(2048, ge=16, description="Context length the engine is built with.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of the shared instruction prefix.")

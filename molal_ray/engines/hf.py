@@ -40,7 +40,7 @@ class HFEngine(Engine):
     config_cls = HFEngineConfig
     config: HFEngineConfig
 
-    def __init__(self, annotator, task) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, annotator, task) -> None:
         super().__init__(annotator, task)
         self.model: Any = None
         self.tokenizer: Any = None
@@ -64,7 +64,7 @@ class HFEngine(Engine):
             self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
             # SDPA takes the boolean block mask of the packed label pass as is.
             self.model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype,
-                                                              attn_implementation="sdpa").to(device).eval()
+                                                              attn_implementation="sdpa").to(device).eval()  # type: ignore[arg-type]  # transformers' stubs
         except OSError as exc:
             raise AnnotatorError(f"hf engine {self.name}: cannot load {self.config.model!r}: {exc}") from None
         self.device = torch.device(device)

@@ -33,7 +33,7 @@ class ReplayEngine(Engine):
     config_cls = ReplayEngineConfig
     config: ReplayEngineConfig
 
-    def __init__(self, annotator, task) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, annotator, task) -> None:
         super().__init__(annotator, task)
         self.source = self.config.source_annotator or annotator.name
         self._index: RecordingIndex | None = None

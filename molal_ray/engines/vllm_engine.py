@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from molal_ray import schema
 from molal_ray.annotation import Annotation, votes_from_answers
 from molal_ray.config import VLLMEngineConfig
 from molal_ray.engines.base import Engine
@@ -48,7 +49,7 @@ class VLLMEngine(Engine):
     config_cls = VLLMEngineConfig
     config: VLLMEngineConfig
 
-    def __init__(self, annotator, task) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, annotator, task) -> None:
         super().__init__(annotator, task)
         self.engine: Any = None
         self.extra_requests = 0  # node-filling requests made (for benchmarks and tests)
@@ -96,7 +97,7 @@ class VLLMEngine(Engine):
         self.engine = AsyncLLM.from_engine_args(args)
 
     def _params(self, n: int, constrained: bool, max_tokens: int, temperature: float, top_p: float,
-                seed: int | None = None):  # type: ignore[no-untyped-def]
+                seed: int | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -121,6 +122,7 @@ class VLLMEngine(Engine):
             return None
         import zlib
 
+        assert self.sampling.seed is not None  # checked above
         return (self.sampling.seed * 1_000_003 + zlib.crc32(sample_id.encode("utf-8", "surrogatepass"))) % (2**31)
 
     async def _one(self, sample_id: str, text: str) -> Annotation:
@@ -170,7 +172,7 @@ class VLLMEngine(Engine):
             if isinstance(r, BaseException):
                 if type(r).__name__ == "EngineDeadError":
                     raise r  # the replica must be replaced; the caller retries the batch elsewhere
-                out.append(Annotation.failed(f"engine_error: {type(r).__name__}: {str(r)[:200]}"))
+                out.append(Annotation.failed(f"{schema.ERR_ENGINE}: {type(r).__name__}: {str(r)[:200]}"))
             else:
                 out.append(r)
         return out

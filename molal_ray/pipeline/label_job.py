@@ -36,7 +36,7 @@ ProgressFn = Callable[[dict[str, int], int], None]
 """Called with the rows written so far per annotator (this run) and the rows expected per annotator."""
 
 
-def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig):  # type: ignore[no-untyped-def]
+def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig):
     """The lazy Ray Dataset of per-batch counts: every prepared row (usable and flagged) through
     the annotate actors."""
     import ray.data

@@ -161,7 +161,7 @@ def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, 
 _READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
 
 
-def make_datasource(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str):  # type: ignore[no-untyped-def]
+def make_datasource(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str):
     """A Ray Data datasource over the pool's files (imported lazily: Ray is heavy)."""
     from ray.data.datasource import FileBasedDatasource
 
@@ -173,7 +173,7 @@ def make_datasource(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str
         def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
             yield from reader(f, os.path.basename(path), cfg.id_column, cfg.text_column)
 
-        def _open_input_source(self, filesystem, path, **open_args):  # type: ignore[no-untyped-def]
+        def _open_input_source(self, filesystem, path, **open_args):
             if fmt == "parquet":  # Parquet needs random access
                 return filesystem.open_input_file(path)
             return super()._open_input_source(filesystem, path, **open_args)
@@ -181,7 +181,7 @@ def make_datasource(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str
     return PoolDatasource(paths, filesystem=filesystem)
 
 
-def read_pool(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str, num_cpus: float = 0.25):  # type: ignore[no-untyped-def]
+def read_pool(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str, num_cpus: float = 0.25):
     """The pool's files (listed by :func:`~molal_ray.pipeline.pool_store.list_pool_files`) as a
     lazily read Ray Dataset of raw rows (``RAW_SCHEMA``)."""
     import ray.data

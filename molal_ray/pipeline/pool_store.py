@@ -85,11 +85,12 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
             files = [i for i in files if fnmatch.fnmatch(i.path, pattern)]
     if not files:
         raise ConfigError(f"pool.path: got {path!r}; expected an existing file, a folder or a glob of pool files")
-    fmt = cfg.format
+    fmt: str = cfg.format
     if fmt == "auto":
         named = [f.base_name for f in files]
-        fmt = next((detect_format(n) for n in named if any(n.lower().endswith("." + e) for es in EXTENSIONS.values()
-                                                             for e in es)), None) or detect_format(path)
+        found = [detect_format(n) for n in named if any(n.lower().endswith("." + e) for es in EXTENSIONS.values()
+                                                        for e in es)]
+        fmt = found[0] if found else detect_format(path)
     exts = tuple("." + e for e in EXTENSIONS[fmt])
     kept = [f for f in files if f.base_name.lower().endswith(exts)] if len(files) > 1 or wild else files
     if not kept:
@@ -315,7 +316,7 @@ class PreparedPool:
         return items
 
     def dataset(self, kinds: Sequence[str] = ("bucket",), columns: Sequence[str] = (ROW, schema.SAMPLE_ID, schema.TEXT),
-                keys: np.ndarray | None = None, num_cpus: float = 0.25):  # type: ignore[no-untyped-def]
+                keys: np.ndarray | None = None, num_cpus: float = 0.25):
         """A Ray Dataset of the prepared rows (of ``kinds``, or the usable rows with ``keys``),
         read by Ray tasks one row group at a time: ``columns`` only, the wanted rows only."""
         import ray.data
@@ -324,7 +325,7 @@ class PreparedPool:
         if not items:
             return ray.data.from_arrow(USABLE_SCHEMA.empty_table().select(list(columns)))
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            read_row_groups, fn_kwargs={"folder": self.folder, "columns": list(columns)}, batch_size=1,
+            read_row_groups, fn_kwargs={"folder": self.folder, "columns": list(columns)}, batch_size=1,  # type: ignore[arg-type]  # Ray's stubs: no fn_kwargs
             batch_format="pyarrow", num_cpus=num_cpus)
 
     def iter_flagged(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from molal_ray.config import AnnotatorAppConfig, AnnotatorConfig
 from molal_ray.engines.base import Engine
@@ -48,7 +48,7 @@ def deployment_options(annotator: AnnotatorConfig) -> dict[str, Any]:
 
 def build_annotator_app(config: AnnotatorAppConfig, engine_cls: type[Engine] | None = None) -> Application:
     """One deployment per annotator, bound under a small ingress."""
-    dep = serve.deployment(AnnotatorDeployment)
+    dep: Deployment = serve.deployment(AnnotatorDeployment)  # type: ignore[assignment]  # Serve's stubs
     children = [
         # Replicas get everything but their resources: changing the replica count or autoscaling
         # range then changes the deployment's options only, and running replicas stay.
@@ -56,7 +56,8 @@ def build_annotator_app(config: AnnotatorAppConfig, engine_cls: type[Engine] | N
                                                   config.task.model_dump(mode="json"), engine_cls)
         for a in config.annotators
     ]
-    ingress = serve.deployment(AnnotatorsIngress).options(
+    ingress_dep: Deployment = serve.deployment(AnnotatorsIngress)  # type: ignore[assignment]  # Serve's stubs
+    ingress = ingress_dep.options(
         name=INGRESS_NAME, ray_actor_options={"num_cpus": 0})
     return ingress.bind([a.name for a in config.annotators], *children)
 

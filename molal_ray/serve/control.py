@@ -29,7 +29,7 @@ BUILDER = "molal_ray.serve.app:build_app"
 INGRESS_NAME = "AnnotatorsIngress"
 
 
-def _client():  # type: ignore[no-untyped-def]
+def _client():
     from ray.serve.context import _get_global_client
 
     return _get_global_client()
@@ -213,7 +213,7 @@ def scale(app_name: str, annotator: str, *, replicas: int | None = None, min_rep
     if annotator not in names:
         raise ConfigError(f"scale: got annotator {annotator!r}; expected one of {sorted(names)}")
     overrides = [d for d in app.get("deployments", []) if d.get("name") != annotator]
-    old = next((d for d in app.get("deployments", []) if d.get("name") == annotator), {})
+    old: dict[str, Any] = next((d for d in app.get("deployments", []) if d.get("name") == annotator), {})
     if replicas is not None:
         new = {**old, "name": annotator, "num_replicas": replicas, "autoscaling_config": None}
     else:

@@ -50,7 +50,7 @@ class AnnotatorStats:
         return out
 
 
-def stats_actor(app_name: str, create: bool = True):  # type: ignore[no-untyped-def]
+def stats_actor(app_name: str, create: bool = True):
     """The application's stats actor (None when it does not exist and ``create`` is False)."""
     import ray
 

@@ -44,7 +44,7 @@ def synthetic_arrays(n: int, num_classes: int = 6, accuracies: tuple[float, ...]
     return truth, probs, votes
 
 
-def synthetic_table(n: int, num_classes: int = 6, seed: int = 0, **kw) -> tuple[pa.Table, np.ndarray]:  # type: ignore[no-untyped-def]
+def synthetic_table(n: int, num_classes: int = 6, seed: int = 0, **kw) -> tuple[pa.Table, np.ndarray]:
     """The long annotation table (Arrow, built column-wise) and the true class of each sample."""
     truth, probs, votes = synthetic_arrays(n, num_classes, seed=seed, **kw)
     S, A, C = probs.shape

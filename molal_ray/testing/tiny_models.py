@@ -46,7 +46,7 @@ def build_tiny_llama(folder: str | Path, *, hidden_size: int = 128, layers: int 
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=intermediate_size,
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=intermediate_size,  # type: ignore[call-arg]  # transformers' stubs omit the config's **kwargs
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=max_position_embeddings, bos_token_id=fast.bos_token_id,
                       eos_token_id=fast.convert_tokens_to_ids("<|end|>"), pad_token_id=fast.pad_token_id,
@@ -75,7 +75,7 @@ def build_tiny_bert(folder: str | Path, corpus: list[str], *, hidden_size: int =
                                    sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(fast), hidden_size=hidden_size, num_hidden_layers=layers,
+    cfg = BertConfig(vocab_size=len(fast), hidden_size=hidden_size, num_hidden_layers=layers,  # type: ignore[call-arg]  # transformers' stubs omit the config's **kwargs
                      num_attention_heads=heads, intermediate_size=hidden_size * 2, max_position_embeddings=256,
                      num_labels=num_labels, pad_token_id=fast.pad_token_id)
     BertForSequenceClassification(cfg).save_pretrained(out)

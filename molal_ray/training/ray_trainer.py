@@ -11,6 +11,7 @@ import pandas as pd
 from molal_ray.config.training import ClassifierConfig
 from molal_ray.storage import Location, resolve
 from molal_ray.training.classifier import TrainResult, check_frames
+from molal_ray.exceptions import TrainingError
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -27,9 +28,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     tokenizer = AutoTokenizer.from_pretrained(config["backbone"])
     # A backbone saved with another head size gets a new head (ignore_mismatched_sizes).
-    model = AutoModelForSequenceClassification.from_pretrained(config["backbone"], num_labels=config["num_labels"],
-                                                               ignore_mismatched_sizes=True)
-    model = ray.train.torch.prepare_model(model)
+    hf_model = AutoModelForSequenceClassification.from_pretrained(config["backbone"], num_labels=config["num_labels"],
+                                                                  ignore_mismatched_sizes=True)
+    model: Any = ray.train.torch.prepare_model(hf_model)  # the model, or it wrapped in DDP
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -99,7 +100,7 @@ def train_classifier(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cf
     )
     result = trainer.fit()
     if not result.best_checkpoints:
-        raise RuntimeError(f"training {name}: no checkpoint was saved")
+        raise TrainingError(f"training {name}: no checkpoint was saved")
     ckpt, metrics = result.best_checkpoints[0]
     return TrainResult(model_dir=storage.at(ckpt.path).uri, val_accuracy=float(metrics["val_accuracy"]),
                        epochs_run=int(metrics["epochs_run"]))
