@@ -49,12 +49,21 @@ class RayHead:
         token = subprocess.run(["ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, text=True,
                                timeout=60)
         assert token.returncode == 0, token.stderr[-2000:]
-        cmd = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-               "--num-cpus", "2", "--temp-dir", str(self.temp_dir), "--disable-usage-stats",
-               *[x for k, v in ports.items() for x in (k, str(v))]]
-        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
-        assert out.returncode == 0, out.stderr[-3000:]
+        self.cmd = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+                    "--num-cpus", "2", "--disable-usage-stats", *[x for k, v in ports.items() for x in (k, str(v))]]
         self.address = f"127.0.0.1:{self.port}"
+
+    def start(self, attempts: int = 2) -> None:
+        """``ray start``; on a loaded machine the head's start-up can time out (the GCS does not
+        answer in time): its processes are stopped and it is started once more."""
+        for attempt in range(1, attempts + 1):
+            out = subprocess.run([*self.cmd, "--temp-dir", str(self.temp_dir)], env=self.env, capture_output=True,
+                                 text=True, timeout=180)
+            if out.returncode == 0:
+                return
+            self.stop()
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="molal-ray-"))
+        raise AssertionError(f"ray start failed {attempts} times: {out.stderr[-3000:]}")
 
     def ray(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run(["ray", *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -112,6 +121,7 @@ class RayHead:
 def head(tmp_path):
     h = RayHead(tmp_path)
     try:
+        h.start()
         yield h
     finally:
         h.stop()
