@@ -56,6 +56,9 @@ class ClassifierConfig(StrictModel):
     inference_concurrency: int = Field(1, ge=1, description="Predictor actors scoring the pool (Ray Data), each with "
                                                             "cpus_per_worker CPUs and, with use_gpu, one GPU.")
     head_hidden: int = Field(0, ge=0, description="mode 'head': hidden units of the head (0: a linear head).")
+    first_tokens: int = Field(0, ge=0, le=16, description="mode 'head': the embeddings of the first this many tokens "
+                                                          "join the mean-pooled one (for labels that live in a "
+                                                          "text's opening words, such as a question's type).")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
 
     @model_validator(mode="after")

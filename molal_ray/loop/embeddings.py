@@ -15,6 +15,9 @@ bucket whose file exists is skipped.
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -45,16 +48,33 @@ def as_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim)
 
 
+NO_RESTARTS = {"max_restarts": 0, "max_task_retries": 0}  # passed as keywords, for the type checker
+"""Actor options of the loop's Ray Data actor pools: a lost actor fails the step and a rerun
+(``--resume``) picks it up (finished embedding buckets are kept). Ray Data's own default
+(restarts, with the actor's arguments in the object store) makes Ray log an error line at every
+start (ray-project/ray#53727)."""
+
+
+@contextmanager
+def actor_options_accepted() -> Iterator[None]:
+    """Ray 2.60 names no parameter for an actor pool's restarts and warns that extra remote
+    arguments (``max_restarts``) will go in Ray 2.64 (the project pins Ray below 2.61)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        yield
+
+
 class EmbedBuckets:
     """``map_batches`` UDF (an actor: the encoder loads once): ``bucket`` numbers -> their embed
     files written, one row group at a time (memory stays flat), and their row counts."""
 
     def __init__(self, pool_folder: Location, out: Location, backbone: str, max_length: int, device: str,
-                 threads: int | None, batch_size: int) -> None:
+                 threads: int | None, batch_size: int, first_tokens: int = 0) -> None:
         from molal_ray.training.encoder import FrozenEncoder
 
         self.pool_folder, self.out = pool_folder, out
-        self.encoder = FrozenEncoder(backbone, max_length, device=device, threads=threads, batch_size=batch_size)
+        self.encoder = FrozenEncoder(backbone, max_length, device=device, threads=threads, batch_size=batch_size,
+                                     first_tokens=first_tokens)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         done = []
@@ -91,7 +111,8 @@ class EmbeddingStore:
     def fingerprint(pool: PreparedPool, cfg: ClassifierConfig) -> dict[str, Any]:
         from molal_ray.training.encoder import encoder_fingerprint
 
-        return {"pool": pool.manifest.key(), "encoder": encoder_fingerprint(cfg.backbone, cfg.max_length)}
+        return {"pool": pool.manifest.key(),
+                "encoder": encoder_fingerprint(cfg.backbone, cfg.max_length, cfg.first_tokens)}
 
     @classmethod
     def open(cls, folder: str | Location, pool: PreparedPool, cfg: ClassifierConfig) -> "EmbeddingStore | None":
@@ -123,15 +144,15 @@ class EmbeddingStore:
         buckets = [{"bucket": b} for b, n in enumerate(pool.manifest.usable) if n]
         dim = 0
         if buckets:
-            ds = ray.data.from_items(buckets, override_num_blocks=len(buckets)).map_batches(
-                EmbedBuckets, fn_constructor_kwargs={
-                    "pool_folder": pool.folder, "out": loc, "backbone": cfg.backbone, "max_length": cfg.max_length,
-                    "device": "cuda" if cfg.use_gpu else "cpu", "threads": cfg.threads,
-                    "batch_size": cfg.inference_batch_size},
-                batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
-                compute=ray.data.ActorPoolStrategy(size=min(cfg.inference_concurrency, len(buckets))),
-                # No restarts: a lost encoder fails the step, and a rerun keeps the finished buckets.
-                max_restarts=0)
+            with actor_options_accepted():
+                ds = ray.data.from_items(buckets, override_num_blocks=len(buckets)).map_batches(
+                    EmbedBuckets, fn_constructor_kwargs={
+                        "pool_folder": pool.folder, "out": loc, "backbone": cfg.backbone, "max_length": cfg.max_length,
+                        "device": "cuda" if cfg.use_gpu else "cpu", "threads": cfg.threads,
+                        "batch_size": cfg.inference_batch_size, "first_tokens": cfg.first_tokens},
+                    batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
+                    compute=ray.data.ActorPoolStrategy(size=min(cfg.inference_concurrency, len(buckets))),
+                    max_restarts=0, max_task_retries=0)  # see NO_RESTARTS
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 dim = int(pa.table(batch).column("dim")[0].as_py())
         manifest = {"fingerprint": fp, "dim": dim}

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from molal_ray import schema
 from molal_ray.config.loop import LoopJobConfig
-from molal_ray.loop.embeddings import EMBEDDING, EmbeddingStore
+from molal_ray.loop.embeddings import EMBEDDING, EmbeddingStore, actor_options_accepted
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_batch, score_in_process
 from molal_ray.pipeline.annotate_stage import AnnotateStage
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
@@ -80,12 +80,13 @@ class RayRoundServices:
                             for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
         ds = self.pool.dataset(columns=(ROW, schema.SAMPLE_ID, schema.TEXT), keys=wanted,
                                num_cpus=self.cfg.pipeline.stage_num_cpus)
-        out = ds.map_batches(
-            ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "request": request, "max_length": c.max_length,
-                                               "device": "cuda" if c.use_gpu else "cpu", "threads": c.threads},
-            batch_size=c.inference_batch_size, batch_format="pyarrow", num_cpus=c.cpus_per_worker,
-            num_gpus=1 if c.use_gpu else 0, compute=ray.data.ActorPoolStrategy(size=c.inference_concurrency),
-            max_restarts=0)  # a lost predictor fails the round; --resume runs it again
+        with actor_options_accepted():
+            out = ds.map_batches(
+                ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "request": request, "max_length": c.max_length,
+                                                   "device": "cuda" if c.use_gpu else "cpu", "threads": c.threads},
+                batch_size=c.inference_batch_size, batch_format="pyarrow", num_cpus=c.cpus_per_worker,
+                num_gpus=1 if c.use_gpu else 0, compute=ray.data.ActorPoolStrategy(size=c.inference_concurrency),
+                max_restarts=0, max_task_retries=0)  # a lost predictor fails the round (NO_RESTARTS)
         return collect([pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
                         for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
 

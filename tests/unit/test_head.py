@@ -85,15 +85,21 @@ def tiny_bert(tmp_path_factory):
     return build_tiny_bert(tmp_path_factory.mktemp("bert"), corpus)
 
 
-def test_frozen_encoder_is_unit_length_and_batch_independent(tiny_bert):
+@pytest.mark.parametrize("first_tokens", [0, 2])
+def test_frozen_encoder_is_unit_length_and_batch_independent(tiny_bert, first_tokens):
     from molal_ray.training.encoder import FrozenEncoder
 
-    texts = ["who wrote hamlet", "what is the capital of france and why", "how far", "why is the sky blue"]
-    enc = FrozenEncoder(str(tiny_bert), max_length=16, batch_size=2)
+    texts = ["who wrote hamlet", "what is the capital of france and why", "how", "why is the sky blue"]
+    enc = FrozenEncoder(str(tiny_bert), max_length=16, batch_size=2, first_tokens=first_tokens)
     emb = enc(texts)
+    assert enc.dim == 32 * (1 + first_tokens)
     assert emb.shape == (4, enc.dim) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    one_by_one = np.concatenate([enc([t]) for t in texts])  # sorting by length must not mix rows up
+    one_by_one = np.concatenate([enc([t]) for t in texts])  # sorting by length, padding: no row mixed up
     assert np.allclose(emb, one_by_one, atol=1e-5)
+    if first_tokens:  # the mean part points where the plain encoder's does
+        plain = FrozenEncoder(str(tiny_bert), max_length=16)(texts)
+        mean_part = emb[:, :32] / np.linalg.norm(emb[:, :32], axis=1, keepdims=True)
+        assert np.allclose(mean_part, plain, atol=1e-5)
 
 
 def test_embedding_files_align_with_the_pool_and_fetch_by_key(tmp_path, tiny_bert):
