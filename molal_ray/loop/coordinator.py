@@ -319,30 +319,30 @@ class Coordinator:
         return self.services.train(train, val, lam, f"round-{r}"), lam
 
     def gold_report(self) -> dict[str, Any]:
-        """How good the labels were, on the rows that have gold labels: each annotator's accuracy
-        (the class most of its votes went to) and the confusion matrix of the labels the loop
-        assigned (aggregator, majority or one annotator; round 0's human labels left out)."""
+        """How good the labels were on the queried rows that have gold labels: the labels the
+        loop assigned (aggregator, majority or one annotator), their confusion matrix, and each
+        annotator's accuracy on the same rows (the class most of its votes went to)."""
         from sklearn.metrics import confusion_matrix
 
         C = self.num_classes
-        report: dict[str, Any] = {"labels": list(self.state.labels), "annotators": {}}
-        if self.annotates:
+        assigned = [r for r in self.state.labeled if r.source != "gold" and r.sample_id in self.split.gold]
+        truth = np.array([self.split.gold[r.sample_id] for r in assigned], dtype=np.int64)
+        pred = np.array([r.label for r in assigned], dtype=np.int64)
+        report: dict[str, Any] = {"labels": list(self.state.labels), "annotators": {}, "assigned": {
+            "rows": len(assigned), "accuracy": float((truth == pred).mean()) if assigned else None,
+            "confusion": confusion_matrix(truth, pred, labels=list(range(C))).tolist() if assigned else None}}
+        if self.annotates and assigned:
             m = build_matrix(self.services.annotations(), C)
-            rows = np.array([i for i, s in enumerate(m.sample_ids) if s in self.split.gold], dtype=np.int64)
-            y = np.array([self.split.gold[m.sample_ids[i]] for i in rows], dtype=np.int64)
+            idx = {s: i for i, s in enumerate(m.sample_ids)}
+            keep = np.array([r.sample_id in idx for r in assigned])
+            rows = np.array([idx[r.sample_id] for r, k in zip(assigned, keep) if k], dtype=np.int64)
+            y = truth[keep]
             for a, name in enumerate(m.annotators):
                 v, p = m.votes[rows, a], m.probs[rows, a]
                 ok = m.present[rows, a]
-                pred = (v[ok] + 1e-3 * p[ok]).argmax(1)  # votes first, probabilities break ties
-                report["annotators"][name] = {"accuracy": float((pred == y[ok]).mean()) if ok.any() else None,
+                guess = (v[ok] + 1e-3 * p[ok]).argmax(1)  # votes first, probabilities break ties
+                report["annotators"][name] = {"accuracy": float((guess == y[ok]).mean()) if ok.any() else None,
                                               "rows": int(ok.sum())}
-        assigned = [r for r in self.state.labeled if r.source != "gold" and r.sample_id in self.split.gold]
-        truth = [self.split.gold[r.sample_id] for r in assigned]
-        pred = [r.label for r in assigned]
-        report["assigned"] = {"rows": len(assigned),
-                              "accuracy": float(np.mean(np.equal(truth, pred))) if assigned else None,
-                              "confusion": confusion_matrix(truth, pred, labels=list(range(C))).tolist()
-                              if assigned else None}
         return report
 
     def finish_round(self, metrics: dict[str, Any]) -> None:

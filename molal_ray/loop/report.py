@@ -69,7 +69,8 @@ def _figures(history: list[dict[str, Any]], meta: dict[str, Any], gold: dict[str
             gold["annotators"])))
         for i, v in enumerate(vals):
             ax.text(v + 0.01, i, f"{v:.3f}", va="center")
-        ax.set(xlim=(0, 1.1), xlabel="accuracy on rows with gold labels", title="annotators against the gold labels")
+        ax.set(xlim=(0, 1.1), xlabel="accuracy on the queried rows (their gold labels)",
+               title="annotators against the gold labels")
         figs["annotators"] = _png(fig)
 
     conf = (gold or {}).get("assigned", {}).get("confusion")
@@ -132,7 +133,7 @@ def write_report(out: str | Location, history: list[dict[str, Any]], meta: dict[
         lines.append(f"| {h['round']} | {h['n_labeled']} | {h['test_accuracy']:.3f} | {h['test_micro_f1']:.3f} | "
                      f"{h['test_macro_f1']:.3f} | {ann} |")
     if gold and gold.get("annotators"):
-        lines += ["", "| annotator | accuracy on gold rows | rows |", "|---|---|---|"]
+        lines += ["", "| annotator | accuracy on the queried rows (gold) | rows |", "|---|---|---|"]
         for a, v in gold["annotators"].items():
             lines.append(f"| {a} | {'-' if v['accuracy'] is None else format(v['accuracy'], '.3f')} | {v['rows']} |")
     out.join("summary.md").write_text("\n".join(lines) + "\n")

@@ -15,7 +15,7 @@ from tests.conftest import TREC, TREC_ANNOTATORS, TREC_LABELS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-LOUD = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b|^\[[^\]]*\b[EWF] \d+ \d+\]|^[EWF]\d{4} ")
+LOUD = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b|Warning:|^\[[^\]]*\b[EWF] \d+ \d+\]|^[EWF]\d{4} ")
 
 
 def test_a_healthy_run_is_quiet(tmp_path):

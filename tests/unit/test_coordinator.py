@@ -207,3 +207,23 @@ def test_an_exhausted_pool_is_a_clear_error(trec, tmp_path):
     coord, _ = _coordinator(trec, tmp_path, rounds=30, query_size=15)
     with pytest.raises(PoolExhaustedError, match="Pool exhausted"):
         _run(coord)
+
+
+def test_gold_report_scores_the_assigned_labels_and_each_annotator_on_the_same_rows(trec, tmp_path):
+    coord, services = _coordinator(trec, tmp_path, rounds=2)
+    _run(coord)
+    report = coord.gold_report()
+    gold = coord.split.gold
+    assigned = [r for r in coord.state.labeled if r.source == "molal"]
+    assert report["assigned"]["rows"] == len(assigned) == 30
+    conf = np.array(report["assigned"]["confusion"])
+    assert conf.sum() == 30 and np.trace(conf) == sum(gold[r.sample_id] == r.label for r in assigned)
+    assert report["assigned"]["accuracy"] == pytest.approx(np.trace(conf) / 30)
+    table = services.annotations().to_pandas()
+    for name in TREC_ANNOTATORS:
+        hits = []
+        for r in assigned:
+            row = table[(table.sample_id == r.sample_id) & (table.annotator == name)].iloc[0]
+            guess = int(np.argmax(np.asarray(row["votes"]) + 1e-3 * np.asarray(row["probs"])))
+            hits.append(guess == gold[r.sample_id])
+        assert report["annotators"][name] == {"accuracy": pytest.approx(np.mean(hits)), "rows": 30}
