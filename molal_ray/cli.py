@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from molal_ray.exceptions import MolalError
+from molal_ray.exceptions import MolalError, ReviewError, ReviewPending
 
 
 def _fail(exc: Exception) -> None:
@@ -61,8 +61,9 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
 @main.command()
 @click.option("--annotations", "annotations", required=True,
               help="The annotation table: a Parquet file or a `molal-ray label` output folder.")
-@click.option("--gold", required=True, type=click.Path(dir_okay=False),
-              help="CSV or Parquet with columns sample_id,label (label text from the label set).")
+@click.option("--gold", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="CSV or Parquet with columns sample_id,label (label text from the label set); repeat it to add "
+                   "reviewed labels (molal-ray review import) to the first gold set.")
 @click.option("--labels", "labels_spec", required=True,
               help="Labels in the order of probs/votes: 'a,b,c' or a file with one label a line.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
@@ -75,18 +76,18 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of sub-sampling and CV folds.")
 @click.option("--no-validate", is_flag=True, help="Skip the cross-validated report (faster).")
 @click.option("--report", "report_path", default=None, help="Also write the report as JSON here.")
-def aggregate(annotations: str, gold: str, labels_spec: str, out_path: str, method: str,
+def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_path: str, method: str,
               negative_threshold: float, folds: int, seed: int, no_validate: bool,
               report_path: str | None) -> None:
     """Turn the annotation table and a small gold set into one label per sample."""
     import json
 
     from molal_ray.aggregation.api import aggregate as run_aggregate
-    from molal_ray.aggregation.api import load_gold, load_labels, read_table_any, report_lines
+    from molal_ray.aggregation.api import combine_gold, load_gold, load_labels, read_table_any, report_lines
 
     try:
         labels = load_labels(labels_spec)
-        gold_df = load_gold(gold, labels)
+        gold_df = combine_gold([load_gold(g, labels) for g in gold])
         table = read_table_any(annotations)
         result = run_aggregate(table, gold_df, labels, method, negative_threshold=negative_threshold,
                                folds=folds, seed=seed, validate=not no_validate)
@@ -139,7 +140,10 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
         log_path = out.join(LOG_FILE).path if out.is_local else None
         with log_file(log_path, verbose) as sink, LoopProgress(cfg.loop.rounds) as progress, \
                 forwarded_lines_to(sink, enabled=not verbose):
-            report = run_loop(cfg, resume=resume, on_round=progress.round_done, on_phase=progress.phase)
+            run_loop(cfg, resume=resume, on_round=progress.round_done, on_phase=progress.phase)
+    except ReviewPending as exc:  # not a failure: the loop waits for people
+        click.echo(f"paused: {exc}")
+        sys.exit(3)
     except MolalError as exc:
         _fail(exc)
         return
@@ -252,6 +256,154 @@ def annotators_delete(app_name: str, address: str | None) -> None:
     _connect(address)
     delete(app_name)
     click.echo(f"deleted {app_name!r}")
+
+
+@main.group()
+def review() -> None:
+    """Files for people: the samples the mixture is least sure of, out (CSV, Label Studio) and back."""
+
+
+def _texts_of(source: str, ids: list[str], id_column: str, text_column: str) -> dict[str, str]:
+    """Texts of ``ids`` from a `molal-ray label` or `run` output (its prepared pool), or from a
+    Parquet, CSV or JSONL file with an id and a text column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from molal_ray.exceptions import SchemaError
+    from molal_ray.pipeline.pool_store import PreparedPool
+    from molal_ray.storage import resolve
+
+    loc = resolve(source, field="--texts")
+    pool = PreparedPool.open(loc.join("pool")) if loc.is_dir() else None
+    if pool is not None:
+        found = pool.find(ids)
+        t = pool.fetch(found.column("_row").to_numpy())
+        return dict(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
+    if not loc.is_file():
+        raise SchemaError(f"--texts: got {source!r}; expected a label or run output folder, or a pool file")
+    name = loc.name.lower()
+    with loc.fs.open_input_file(loc.path) as f:
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(f, columns=[id_column, text_column])
+        elif name.endswith(".csv"):
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(f)
+        else:
+            import pyarrow.json as pajson
+
+            table = pajson.read_json(f)
+    missing = [c for c in (id_column, text_column) if c not in table.column_names]
+    if missing:
+        raise SchemaError(f"--texts {source}: missing columns {missing}; got {table.column_names}")
+    ids_col = pc.cast(table.column(id_column), pa.string())
+    table = table.filter(pc.is_in(ids_col, value_set=pa.array(ids, pa.string())))
+    return dict(zip(pc.cast(table.column(id_column), pa.string()).to_pylist(), table.column(text_column).to_pylist()))
+
+
+@review.command("export")
+@click.option("--aggregated", required=True, help="A `molal-ray aggregate --out` Parquet file.")
+@click.option("--labels", "labels_spec", required=True, help="The label set: 'a,b,c' or a file with one a line.")
+@click.option("--texts", "texts_from", required=True,
+              help="Where the texts are: the `molal-ray label` output folder, or the pool file.")
+@click.option("--n", "n", type=click.IntRange(1), default=None, help="The N least certain samples.")
+@click.option("--below", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Every sample whose aggregated confidence is below this.")
+@click.option("--rule", type=click.Choice(["margin", "entropy", "confidence"]), default="margin", show_default=True,
+              help="What least certain means (for --n).")
+@click.option("--out", "out_path", required=True, help="The CSV to write (reviewers fill its label column).")
+@click.option("--labelstudio", "ls_path", default=None,
+              help="Also a Label Studio import file (tasks with the aggregated label as a pre-annotation) and, "
+                   "beside it, the labeling config (.xml).")
+@click.option("--id-column", default="id", show_default=True, help="Id column of a pool file.")
+@click.option("--text-column", default="text", show_default=True, help="Text column of a pool file.")
+def review_export(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str, out_path: str,
+                  ls_path: str | None, id_column: str, text_column: str) -> None:
+    """Write the least certain samples of an aggregation for people to confirm or fix."""
+    import json
+
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from molal_ray.aggregation.api import load_labels
+    from molal_ray.review import ReviewItem, csv_text, labelstudio_config, labelstudio_tasks, least_certain
+    from molal_ray.storage import resolve
+
+    try:
+        if (n is None) == (below is None):
+            raise ReviewError("review export: give one of --n or --below")
+        t = pq.read_table(aggregated, columns=["sample_id", "label", "probs", "confidence", "is_gold"])
+        t = t.filter(pc.invert(t.column("is_gold")))  # gold rows need no review
+        probs = np.stack(t.column("probs").to_numpy(zero_copy_only=False)) if t.num_rows else np.zeros((0, 1))
+        conf = t.column("confidence").to_numpy()
+        ids = t.column("sample_id").to_pylist()
+        pos = least_certain(probs, n, rule, ids=ids) if n is not None else np.flatnonzero(conf < below)
+        pos = pos[np.argsort(conf[pos], kind="stable")]  # least sure first
+        picked = [ids[i] for i in pos]
+        texts = _texts_of(texts_from, picked, id_column, text_column)
+        lost = [i for i in picked if i not in texts]
+        if lost:
+            raise ReviewError(f"review export: {len(lost)} samples have no text in {texts_from} (first: {lost[0]!r})")
+        labels_col = t.column("label").to_pylist()
+        items = [ReviewItem(ids[i], texts[ids[i]], labels_col[i], float(conf[i])) for i in pos]
+        resolve(out_path).write_text(csv_text(items))
+        if ls_path:
+            resolve(ls_path).write_text(json.dumps(labelstudio_tasks(items), indent=1))
+            resolve(ls_path.rsplit(".", 1)[0] + ".xml").write_text(labelstudio_config(load_labels(labels_spec)))
+    except (MolalError, OSError) as exc:
+        _fail(exc)
+        return
+    click.echo(f"wrote {len(items)} samples to review to {out_path}" + (f" and {ls_path}" if ls_path else ""))
+
+
+@review.command("import")
+@click.argument("review_file")
+@click.option("--loop", "loop_out", default=None, help="A paused loop's output folder: the labels go to its round.")
+@click.option("--round", "round_", type=int, default=None, help="With --loop: the round that waits for them.")
+@click.option("--labels", "labels_spec", default=None, help="The label set ('a,b,c' or a file); not with --loop.")
+@click.option("--known", default=None, help="The exported review CSV (or any file with sample_id): the ids allowed.")
+@click.option("--out", "out_path", default=None, help="Without --loop: the gold CSV to write (for --gold).")
+def review_import(review_file: str, loop_out: str | None, round_: int | None, labels_spec: str | None,
+                  known: str | None, out_path: str | None) -> None:
+    """Read people's labels back (a filled CSV, or Label Studio's JSON export), check them all,
+    and write them as gold labels: for `molal-ray aggregate --gold`, or into a paused loop."""
+    import csv as csv_mod
+
+    from molal_ray.aggregation.api import load_labels
+    from molal_ray.review import gold_csv, read_review
+    from molal_ray.storage import resolve
+
+    try:
+        if loop_out is not None:
+            from molal_ray.loop.state import LoopState
+
+            if round_ is None:
+                raise ReviewError("review import --loop: give --round (the round the loop waits for)")
+            state = LoopState.load(resolve(loop_out).join("state"))
+            labels = state.labels
+            exported = resolve(loop_out).join("review", f"round-{round_}.csv")
+            if not exported.exists():
+                raise ReviewError(f"review import: the loop in {loop_out} wrote no review for round {round_}")
+            expected = [r["sample_id"] for r in csv_mod.DictReader(exported.read_text().splitlines())]
+            got = read_review(review_file, labels, expected, require_all=True)
+            target = resolve(loop_out).join("review", f"round-{round_}.labels.csv")
+        else:
+            if labels_spec is None or out_path is None:
+                raise ReviewError("review import: give --labels and --out (or --loop and --round)")
+            labels = load_labels(labels_spec)
+            expected = None
+            if known is not None:
+                expected = [r["sample_id"] for r in csv_mod.DictReader(resolve(known).read_text().splitlines())]
+            got = read_review(review_file, labels, expected)
+            target = resolve(out_path)
+        target.write_text(gold_csv(got))  # whole or not at all
+    except MolalError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{len(got)} reviewed labels written to {target}")
 
 
 @main.command("check-config")

@@ -27,6 +27,9 @@ class PoolExhaustedError(MolalError, ValueError):
         self.available = available
         self.requested = requested
 
+    def __reduce__(self) -> tuple[type["PoolExhaustedError"], tuple[int, int]]:  # it crosses from the actor
+        return PoolExhaustedError, (self.available, self.requested)
+
 
 class AggregationError(MolalError, ValueError):
     """Aggregation cannot proceed with the given table and gold labels."""
@@ -34,3 +37,22 @@ class AggregationError(MolalError, ValueError):
 
 class TrainingError(MolalError, RuntimeError):
     """Training the classifier failed (bad training rows, or its workers ended)."""
+
+
+class ReviewError(MolalError, ValueError):
+    """A review file is wrong (a label outside the label set, an unknown id, ...); nothing was used."""
+
+
+class ReviewPending(MolalError):
+    """The loop stopped for people: the round's review file waits for their labels."""
+
+    def __init__(self, round_: int, n: int, path: str) -> None:
+        super().__init__(f"round {round_}: {n} samples need a person's label: fill the label column of {path} (or "
+                         f"import a Label Studio export: molal-ray review import EXPORT.json --loop OUTPUT "
+                         f"--round {round_}), then run again with --resume")
+        self.round = round_
+        self.n = n
+        self.path = path
+
+    def __reduce__(self) -> tuple[type["ReviewPending"], tuple[int, int, str]]:  # it crosses from the actor
+        return ReviewPending, (self.round, self.n, self.path)

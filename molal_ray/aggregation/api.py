@@ -39,6 +39,17 @@ def load_labels(spec: str) -> list[str]:
     return labels
 
 
+def combine_gold(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several gold sets as one (the first set and labels people reviewed later); an id given
+    two different labels is an error."""
+    df = pd.concat(frames, ignore_index=True).drop_duplicates(["sample_id", "y"])
+    clash = df[df.duplicated("sample_id", keep=False)]
+    if len(clash):
+        raise AggregationError(f"gold: {clash['sample_id'].nunique()} ids have different labels in different files "
+                               f"(first: {clash['sample_id'].iloc[0]!r})")
+    return df.reset_index(drop=True)
+
+
 def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
     """Gold labels (``sample_id, label``) from CSV or Parquet (a local path or a URI), checked
     against the label set."""

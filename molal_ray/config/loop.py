@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
@@ -42,6 +42,29 @@ class LoopSettings(StrictModel):
     noise_copies: int = Field(5, ge=1, description="Perturbed classifier copies for noise stability and BEMPS.")
     noise_scale: float = Field(0.01, gt=0, description="Relative scale of that weight noise.")
     seed: int = Field(0, description="Seed of the gold draw, the test split and the strategies.")
+    human_per_round: float = Field(
+        0, ge=0, description="Queried samples per round labelled by people instead of the LLMs: a count (1 or more) "
+                             "or a share of query_size (below 1). They are the samples whose aggregated label is "
+                             "least certain (routing); their labels join the gold set the aggregator fits on. With "
+                             "gold labels for them (the example's gold file), the people are simulated by it; "
+                             "otherwise the loop writes the round's review file and stops until --resume.")
+    routing: Literal["margin", "entropy", "confidence", "disagreement", "random"] = Field(
+        "margin", description="Which queried samples go to people: the smallest margin between the aggregated "
+                              "label's two most likely classes, the highest entropy, the lowest top probability, "
+                              "the most annotators voting against the aggregated label, or random (a baseline).")
+
+    def n_human(self) -> int:
+        """Samples per round that go to people."""
+        h = self.human_per_round
+        return int(round(h * self.query_size)) if h < 1 else int(h)
+
+    @model_validator(mode="after")
+    def _human(self) -> "LoopSettings":
+        h = self.human_per_round
+        if h >= 1 and (h != int(h) or h > self.query_size):
+            raise ValueError(f"loop.human_per_round: got {h}; expected a share below 1 or a whole count of at most "
+                             f"query_size ({self.query_size})")
+        return self
 
     @field_validator("aggregator", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.storage import resolve
 
 STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, POOL_DIR, EMBEDDINGS_DIR = "state", "annotations", "train", "pool", "embeddings"
+REVIEW_DIR = "review"  # the review files of the samples routed to people
 
 
 class CoordinatorActor:
@@ -48,7 +49,7 @@ class CoordinatorActor:
             if embeddings is None:
                 raise SchemaError(f"loop: no embeddings of this pool in {out.join(EMBEDDINGS_DIR)}")
         self.services = services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR),
-                                                    embeddings)
+                                                    embeddings, out.join(REVIEW_DIR))
         self.coord = Coordinator(state, L, pool, split, services, state_dir)
         self.test_rows = len(split.test_rows)
 

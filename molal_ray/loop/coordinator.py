@@ -22,17 +22,19 @@ import pyarrow as pa
 
 from molal_ray import schema
 from molal_ray.aggregation import Gold, build_matrix, get_aggregator
+from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.config.loop import LoopSettings
-from molal_ray.exceptions import AggregationError, PoolExhaustedError, SchemaError
+from molal_ray.exceptions import AggregationError, PoolExhaustedError, ReviewPending, SchemaError
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult
-from molal_ray.loop.state import LabeledRow, LoopState
+from molal_ray.loop.state import HUMAN_SOURCES, LabeledRow, LoopState
 from molal_ray.pipeline.prepare import ROW
+from molal_ray.review import ReviewItem, least_certain
 from molal_ray.strategies import SubsamplingQueryStrategy, get_strategy
 from molal_ray.strategies.base import draw_rows
 from molal_ray.training.classifier import TrainResult
 from molal_ray.training.losses import discrepancy_weights, lambda_for_round
 
-SOURCE_OF_MODE = {"molal": "molal", "gold": "gold", "majority": "majority"}
+SOURCES_OF_MODE = {"molal": "molal", "gold": "gold", "majority": "majority"}
 
 
 class RoundServices(Protocol):
@@ -41,12 +43,21 @@ class RoundServices(Protocol):
     def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
         """Run the classifier over the rows the request names."""
 
-    def annotate(self, rows: pa.Table) -> None:
+    def annotate(self, rows: pa.Table) -> int:
         """Have every annotator label these pool rows (``_row, sample_id``) into the loop's table
-        (pairs already there are skipped)."""
+        (pairs already there are skipped); returns the (sample, annotator) pairs it asked for."""
 
     def annotations(self) -> pa.Table:
         """The loop's annotation table."""
+
+    def texts(self, keys: np.ndarray) -> list[str]:
+        """Texts of usable pool rows, in the order of ``keys``."""
+
+    def write_review(self, name: str, items: list[ReviewItem]) -> str:
+        """Write the review files of ``name`` (a round); returns the CSV's path."""
+
+    def read_review(self, name: str, expected_ids: list[str]) -> dict[str, str] | None:
+        """People's labels of ``name``'s review (label names), or None while any is missing."""
 
     def train(self, train: pd.DataFrame, val: pd.DataFrame, lam: float, name: str) -> TrainResult:
         """Fit the classifier on rows ``_row, label, weight, negatives`` (the service fetches the
@@ -167,19 +178,21 @@ class Coordinator:
         """Run the next round; returns its metrics (also appended to the history and saved)."""
         r = self.state.round
         self.clock = clock = PhaseClock()
-        info: dict[str, Any] = {"annotation_accuracy": None}
+        info: dict[str, Any] = {"annotation_accuracy": None, "n_human": 0}
+        llm_calls = 0
         if r == 0:
             rows = self.initial_gold()
             self.state.add(rows)
+            info["n_human"] = len(rows)
             if self.annotates:
                 with clock("annotate"):
-                    self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]))
+                    llm_calls = self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]))
         else:
             with clock("query"):
                 queried, prev = self.query(r)
             if self.annotates:
                 with clock("annotate"):
-                    self.services.annotate(queried)
+                    llm_calls = self.services.annotate(queried)
             with clock("aggregate"):
                 info = self.assign(queried, self.services.annotations() if self.annotates else None, prev)
         with clock("train"):
@@ -189,7 +202,9 @@ class Coordinator:
             scored = self.services.score(res.model_dir, self._with_test(nxt))
             self._scored = (r + 1, nxt, scored) if nxt is not None else None
         metrics = {"round": r, "n_labeled": len(self.state.labeled), **evaluate(scored, self.split),
-                   "annotation_accuracy": info.get("annotation_accuracy"), "val_accuracy": res.val_accuracy,
+                   "annotation_accuracy": info.get("annotation_accuracy"),
+                   "llm_label_accuracy": info.get("llm_label_accuracy"), "n_human": info.get("n_human", 0),
+                   "llm_calls": llm_calls, "val_accuracy": res.val_accuracy,
                    "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
                    "elapsed_s": round(time.monotonic() - self.t0, 1), "phase_s": clock.seconds}
         self.finish_round(metrics)
@@ -253,11 +268,13 @@ class Coordinator:
         return _rows_table(cand.column(ROW).to_numpy(), cand.column(schema.SAMPLE_ID).to_pylist()), prev
 
     def assign(self, queried: pa.Table, table: pa.Table | None, previous_pred: dict[str, int]) -> dict[str, Any]:
-        """Labels for the queried rows by the configured annotation mode; adds them to the state."""
+        """Labels for the queried rows by the configured annotation mode, the least certain of them
+        from people (``human_per_round``); adds them to the state."""
         C = self.num_classes
         ids = queried.column(schema.SAMPLE_ID).to_pylist()
         keys = queried.column(ROW).to_pylist()
         mode = self.s.annotation
+        m = None
         if mode == "gold":
             missing = [i for i in ids if i not in self.split.gold]
             if missing:
@@ -267,25 +284,66 @@ class Coordinator:
         else:
             if table is None:
                 raise AggregationError("loop: no annotation table for the queried rows")
-            probs = self.aggregate(table, ids)
+            m = build_matrix(table, C)
+            probs = self.aggregate(m, ids)
         labels = probs.argmax(1)
-        source = SOURCE_OF_MODE.get(mode, "annotator")
+        human = np.zeros(len(ids), bool)
+        n_h = min(self.s.n_human(), len(ids)) if mode != "gold" else 0
+        if n_h:
+            pos = self.route(probs, ids, m, n_h)
+            people = self.human_labels([ids[i] for i in pos], np.asarray(keys)[pos], probs[pos])
+            labels[pos] = [people[ids[i]] for i in pos]
+            human[pos] = True
+        source = SOURCES_OF_MODE.get(mode, "annotator")
         prev = np.array([previous_pred.get(i, -1) for i in ids])
         weights = (discrepancy_weights(labels, prev, self.s.discrepancy_alpha)
                    if mode == "molal" and previous_pred else np.ones(len(ids), np.float32))
-        new = [LabeledRow(sid, int(k), int(lab), source, float(w),
-                          [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)] if source == "molal" else [])
-               for sid, k, lab, w, p in zip(ids, keys, labels, weights, probs)]
+        weights[human] = 1.0
+        new = [LabeledRow(sid, int(k), int(lab), "human" if h else source, float(w),
+                          [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)]
+                          if source == "molal" and not h else [])
+               for sid, k, lab, w, p, h in zip(ids, keys, labels, weights, probs, human)]
         self.state.add(new)
-        known = [(lab, self.split.gold[i]) for lab, i in zip(labels, ids) if i in self.split.gold]
-        return {"annotation_accuracy": float(np.mean([a == t for a, t in known])) if known else None,
-                "n_down_weighted": int((weights < 1).sum())}
 
-    def aggregate(self, table: pa.Table, ids: list[str]) -> np.ndarray:
-        """Label distributions of ``ids`` from the loop's annotation table: the aggregator fitted
-        on it with the gold rows of round 0 (``molal``), majority vote, or one annotator's votes."""
+        def accuracy(mask: np.ndarray) -> float | None:
+            known = [(lab, self.split.gold[i]) for lab, i, keep in zip(labels, ids, mask) if keep and i in self.split.gold]
+            return float(np.mean([a == t for a, t in known])) if known else None
+
+        return {"annotation_accuracy": accuracy(np.ones(len(ids), bool)), "llm_label_accuracy": accuracy(~human),
+                "n_human": int(human.sum()), "n_down_weighted": int((weights < 1).sum())}
+
+    def route(self, probs: np.ndarray, ids: list[str], m: Any, n: int) -> np.ndarray:
+        """Positions of the queried rows that go to people: the ``n`` least certain by the rule."""
+        if self.s.routing == "random":
+            return np.sort(self.rng(4, self.state.round).choice(len(ids), n, replace=False))
+        votes = None
+        if self.s.routing == "disagreement" and m is not None:
+            at = {s: i for i, s in enumerate(m.sample_ids)}
+            votes = m.votes[np.array([at[i] for i in ids], dtype=np.int64)]
+        return least_certain(probs, n, self.s.routing, votes, ids)
+
+    def human_labels(self, ids: list[str], keys: np.ndarray, probs: np.ndarray) -> dict[str, int]:
+        """People's labels of these rows: from the gold file when it has them all (simulated
+        people), else from the round's review file, written first; raises
+        :class:`ReviewPending` while it is not filled in."""
+        if all(i in self.split.gold for i in ids):
+            return {i: self.split.gold[i] for i in ids}
+        name = f"round-{self.state.round}"
+        labels = self.services.read_review(name, ids)
+        if labels is None:
+            texts = self.services.texts(keys)
+            items = [ReviewItem(i, t, self.state.labels[int(p.argmax())], float(p.max()))
+                     for i, t, p in zip(ids, texts, probs)]
+            path = self.services.write_review(name, items)
+            raise ReviewPending(self.state.round, len(ids), path)
+        index = {lab: k for k, lab in enumerate(self.state.labels)}
+        return {i: index[labels[i]] for i in ids}
+
+    def aggregate(self, m: AnnotationMatrix, ids: list[str]) -> np.ndarray:
+        """Label distributions of ``ids`` from the loop's annotation matrix: the aggregator fitted
+        on it with the labels people gave (round 0's and those routed to them; ``molal``),
+        majority vote, or one annotator's votes."""
         C = self.num_classes
-        m = build_matrix(table, C)
         idx = {s: i for i, s in enumerate(m.sample_ids)}
         missing = [i for i in ids if i not in idx]
         if missing:
@@ -293,7 +351,7 @@ class Coordinator:
         rows = np.array([idx[i] for i in ids], dtype=np.int64)
         mode = self.s.annotation
         if mode == "molal":
-            gold_rows = [r for r in self.state.labeled if r.source == "gold" and r.sample_id in idx]
+            gold_rows = [r for r in self.state.labeled if r.source in HUMAN_SOURCES and r.sample_id in idx]
             gold = Gold(np.array([idx[r.sample_id] for r in gold_rows], dtype=np.int64),
                         np.array([r.label for r in gold_rows], dtype=np.int64), C)
             agg = get_aggregator(self.s.aggregator.name, **self.s.aggregator.params()).fit(m, gold)
@@ -325,7 +383,7 @@ class Coordinator:
         from sklearn.metrics import confusion_matrix
 
         C = self.num_classes
-        assigned = [r for r in self.state.labeled if r.source != "gold" and r.sample_id in self.split.gold]
+        assigned = [r for r in self.state.labeled if r.source not in HUMAN_SOURCES and r.sample_id in self.split.gold]
         truth = np.array([self.split.gold[r.sample_id] for r in assigned], dtype=np.int64)
         pred = np.array([r.label for r in assigned], dtype=np.int64)
         report: dict[str, Any] = {"labels": list(self.state.labels), "annotators": {}, "assigned": {

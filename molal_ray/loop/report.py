@@ -16,7 +16,7 @@ import numpy as np
 from molal_ray.storage import Location, resolve
 
 KEYS = ("round", "n_labeled", "test_accuracy", "test_micro_f1", "test_macro_f1", "annotation_accuracy",
-        "val_accuracy", "elapsed_s", "phase_s")
+        "llm_label_accuracy", "n_human", "llm_calls", "val_accuracy", "elapsed_s", "phase_s")
 PHASES = ("query", "annotate", "aggregate", "train", "score")
 
 
@@ -101,6 +101,7 @@ def _html(history: list[dict[str, Any]], meta: dict[str, Any], figs: dict[str, b
     rows = "".join(
         f"<tr><td>{h['round']}</td><td>{h['n_labeled']}</td><td>{h['test_accuracy']:.3f}</td>"
         f"<td>{h['test_macro_f1']:.3f}</td><td>{'-' if h.get('annotation_accuracy') is None else format(h['annotation_accuracy'], '.3f')}</td>"
+        f"<td>{h.get('n_human', '-')}</td><td>{h.get('llm_calls', '-')}</td>"
         f"<td>{h.get('elapsed_s', 0):.0f}</td></tr>" for h in history)
     settings = ", ".join(f"{k}: {html.escape(str(v))}" for k, v in meta.items())
     images = "".join(f"<figure><img alt='{html.escape(k)}' src='data:image/png;base64,"
@@ -111,7 +112,7 @@ figure{{display:inline-block;margin:.5em}}img{{max-width:600px}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head>
 <body><h1>Active learning: {html.escape(str(meta.get('task')))}</h1><p>{settings}</p>{images}
 <h2>Rounds</h2><table><tr><th>round</th><th>labelled</th><th>test acc</th><th>macro-F1</th>
-<th>labels acc</th><th>seconds</th></tr>{rows}</table></body></html>
+<th>labels acc</th><th>human labels</th><th>LLM calls</th><th>seconds</th></tr>{rows}</table></body></html>
 """
 
 
@@ -127,11 +128,14 @@ def write_report(out: str | Location, history: list[dict[str, Any]], meta: dict[
     lines = [f"# Active learning: {meta.get('task')}", "",
              f"strategy `{meta.get('strategy')}`, annotation `{meta.get('annotation')}`, "
              f"{len(history) - 1} rounds of {meta.get('query_size')}", "",
-             "| round | labelled | test acc | micro-F1 | macro-F1 | annotation acc |", "|---|---|---|---|---|---|"]
+             "| round | labelled | test acc | micro-F1 | macro-F1 | annotation acc | human labels | LLM calls |",
+             "|---|---|---|---|---|---|---|---|"]
     for h in history:
         ann = "-" if h.get("annotation_accuracy") is None else f"{h['annotation_accuracy']:.3f}"
         lines.append(f"| {h['round']} | {h['n_labeled']} | {h['test_accuracy']:.3f} | {h['test_micro_f1']:.3f} | "
-                     f"{h['test_macro_f1']:.3f} | {ann} |")
+                     f"{h['test_macro_f1']:.3f} | {ann} | {h.get('n_human', '-')} | {h.get('llm_calls', '-')} |")
+    lines += ["", f"human labels in all: {sum(h.get('n_human', 0) for h in history)}, LLM calls in all: "
+                  f"{sum(h.get('llm_calls', 0) for h in history)}"]
     if gold and gold.get("annotators"):
         lines += ["", "| annotator | accuracy on the queried rows (gold) | rows |", "|---|---|---|"]
         for a, v in gold["annotators"].items():

@@ -17,7 +17,15 @@ import pyarrow.parquet as pq
 
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError
-from molal_ray.loop.actor import ANNOTATIONS_DIR, EMBEDDINGS_DIR, POOL_DIR, STATE_DIR, TRAIN_DIR, CoordinatorActor
+from molal_ray.loop.actor import (
+    ANNOTATIONS_DIR,
+    EMBEDDINGS_DIR,
+    POOL_DIR,
+    REVIEW_DIR,
+    STATE_DIR,
+    TRAIN_DIR,
+    CoordinatorActor,
+)
 from molal_ray.loop.report import write_report
 from molal_ray.loop.state import STATE_FILE
 from molal_ray.pipeline.pool_store import FLAGGED_SCHEMA, PreparedPool
@@ -61,7 +69,7 @@ def prepare_output(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
     for sub in out.list():
         if sub.base_name != LOG_FILE:
             out.join(sub.base_name).delete_file()
-    for name in (STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, EMBEDDINGS_DIR):
+    for name in (STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, EMBEDDINGS_DIR, REVIEW_DIR):
         out.join(name).delete_dir()
 
 

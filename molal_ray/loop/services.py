@@ -32,6 +32,7 @@ from molal_ray.pipeline.annotate_stage import AnnotateStage
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
 from molal_ray.pipeline.pool_store import BUCKET, PreparedPool
 from molal_ray.pipeline.prepare import ID_HASH, ROW, ROW_BITS, hash_ids
+from molal_ray.review import ReviewItem
 from molal_ray.storage import Location
 from molal_ray.training.classifier import TrainResult
 from molal_ray.exceptions import ConfigError
@@ -39,12 +40,13 @@ from molal_ray.exceptions import ConfigError
 
 class RayRoundServices:
     def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations_dir: Location, train_dir: Location,
-                 embeddings: EmbeddingStore | None = None) -> None:
+                 embeddings: EmbeddingStore | None = None, review_dir: Location | None = None) -> None:
         self.cfg = cfg
         self.pool = pool
         self.ann_dir = annotations_dir
         self.parts = annotations_dir.join("parts")
         self.train_dir = train_dir
+        self.review_dir = review_dir if review_dir is not None else annotations_dir.join("review")
         self.embeddings = embeddings
         if cfg.classifier.mode == "head" and embeddings is None:
             raise ConfigError("classifier.mode 'head' needs the pool's embeddings")
@@ -91,9 +93,9 @@ class RayRoundServices:
                         for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
 
     # -- annotation ------------------------------------------------------------------------------
-    def annotate(self, rows: pa.Table) -> None:
+    def annotate(self, rows: pa.Table) -> int:
         if rows.num_rows == 0:
-            return
+            return 0
         if self._stage is None:
             from molal_ray.pipeline.output import open_output
 
@@ -111,10 +113,41 @@ class RayRoundServices:
                           schema.POOL_ERROR: pa.nulls(n, pa.string()), schema.POOL_WARNING: pa.nulls(n, pa.string()),
                           ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
                           BUCKET: pa.array((keys >> np.int64(ROW_BITS)).astype(np.int32))})
-        self._stage(batch)
+        stats = self._stage(batch)
+        return int(pa.compute.sum(stats.column("rows")).as_py() or 0) if stats.num_rows else 0
 
     def annotations(self) -> pa.Table:
         return read_annotation_table(self.ann_dir)
+
+    # -- people ------------------------------------------------------------------------------------
+    def write_review(self, name: str, items: list[ReviewItem]) -> str:
+        """``OUT/review/NAME.csv`` (a reviewer fills ``label``), ``NAME.labelstudio.json`` (tasks
+        with the aggregated label as pre-annotation) and the Label Studio labeling config."""
+        import json
+
+        from molal_ray.review import csv_text, labelstudio_config, labelstudio_tasks
+
+        folder = self.review_dir
+        folder.mkdirs()
+        folder.join(f"{name}.labelstudio.json").write_text(json.dumps(labelstudio_tasks(items), indent=1))
+        folder.join("labelstudio-config.xml").write_text(labelstudio_config(self.cfg.task.labels))
+        target = folder.join(f"{name}.csv")
+        if not target.exists():  # never overwrite labels a reviewer may be filling in
+            target.write_text(csv_text(items))
+        return target.uri
+
+    def read_review(self, name: str, expected_ids: list[str]) -> dict[str, str] | None:
+        """``NAME.labels.csv`` (written by ``molal-ray review import``) or the filled ``NAME.csv``;
+        None while either is missing or any label is left empty."""
+        from molal_ray.review import read_review
+
+        for f in (f"{name}.labels.csv", f"{name}.csv"):
+            loc = self.review_dir.join(f)
+            if loc.exists():
+                labels = read_review(loc.uri, self.cfg.task.labels, expected_ids)
+                if set(expected_ids) <= set(labels):
+                    return labels
+        return None
 
     # -- training --------------------------------------------------------------------------------
     def texts(self, keys: np.ndarray) -> list[str]:

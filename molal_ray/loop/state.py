@@ -20,7 +20,8 @@ from molal_ray.storage import Location, resolve
 
 STATE_FILE = "state.json"
 STATE_VERSION = 2
-SOURCES = ("gold", "molal", "majority", "annotator")
+SOURCES = ("gold", "human", "molal", "majority", "annotator")
+HUMAN_SOURCES = ("gold", "human")  # labels people gave: round 0's, and those routed to them
 
 
 @dataclass

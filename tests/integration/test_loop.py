@@ -222,3 +222,42 @@ def test_head_mode_embeds_once_trains_in_one_worker_group_and_resumes(ray_local,
         assert f"<img alt='{figure}' src='data:image/png;base64," in html
     assert set(report["gold"]["annotators"]) == set(TREC_ANNOTATORS)
     assert report["gold"]["assigned"]["rows"] > 0 and len(report["gold"]["assigned"]["confusion"]) == 6
+
+
+def test_a_loop_without_gold_for_its_queries_pauses_for_people_and_resumes(ray_local, setup, tmp_path):
+    """human_per_round with a real pool (no gold label for the queried rows): the loop writes the
+    round's review files and stops; once people's labels are in, --resume finishes the round."""
+    import csv
+
+    import pandas as pd
+
+    from molal_ray.exceptions import ReviewPending
+
+    root, backbone = setup
+    ids = pq.read_table(root / "pool.parquet").column("id").to_pylist()
+    full = pd.read_csv(TREC / "gold.csv", dtype=str)
+    full[full.sample_id.isin(ids[:120])].to_csv(tmp_path / "gold.csv", index=False)  # initial + test rows only
+    out = tmp_path / "run"
+
+    def cfg(rounds):  # type: ignore[no-untyped-def]
+        c = _cfg(root, backbone, out, rounds=rounds, classifier=HEAD, human_per_round=4).model_dump(mode="json")
+        c["gold"] = str(tmp_path / "gold.csv")
+        return LoopJobConfig.from_dict(c)
+
+    with pytest.raises(ReviewPending) as err:
+        run_loop(cfg(1))
+    review = out / "review" / "round-1.csv"
+    assert err.value.round == 1 and err.value.path.endswith("review/round-1.csv")
+    rows = list(csv.DictReader(review.open()))
+    assert len(rows) == 4 and all(r["text"] and r["suggested"] in TREC_LABELS and r["label"] == "" for r in rows)
+    assert (out / "review" / "round-1.labelstudio.json").is_file() and (out / "review" / "labelstudio-config.xml").is_file()
+    truth = dict(zip(full.sample_id, full.label))
+    with review.open("w", newline="") as f:  # the reviewers fill the label column
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "label": truth[r["sample_id"]]} for r in rows])
+    report = run_loop(cfg(1), resume=True)
+    assert [r["n_human"] for r in report["rounds"]] == [20, 4]
+    state = LoopState.load(str(out / "state"))
+    human = {x.sample_id: state.labels[x.label] for x in state.labeled if x.source == "human"}
+    assert human == {r["sample_id"]: truth[r["sample_id"]] for r in rows}

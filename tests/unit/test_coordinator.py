@@ -17,7 +17,7 @@ from molal_ray.aggregation.api import load_gold
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.config.loop import LoopSettings
 from molal_ray.engines import build_engine
-from molal_ray.exceptions import PoolExhaustedError
+from molal_ray.exceptions import PoolExhaustedError, ReviewPending
 from molal_ray.loop.coordinator import Coordinator, Split
 from molal_ray.loop.scoring import ScoreStage, collect
 from molal_ray.loop.state import LoopState
@@ -73,6 +73,7 @@ class FakeServices:
             asyncio.run(e.start())
         self.tables: list[pa.Table] = []
         self.annotated: list[str] = []
+        self.review_dir = None
         self.requests = []
 
     def score(self, model_dir, request):  # type: ignore[no-untyped-def]
@@ -81,11 +82,32 @@ class FakeServices:
         return collect([stage(self.pool.slice(i, 37)) for i in range(0, self.pool.num_rows, 37)], request)
 
     def annotate(self, rows):  # type: ignore[no-untyped-def]
-        ids = rows.column(schema.SAMPLE_ID).to_pylist()
+        ids = [i for i in rows.column(schema.SAMPLE_ID).to_pylist() if i not in self.annotated]  # exactly once
+        keys = [k for k, i in zip(rows.column(ROW).to_pylist(), rows.column(schema.SAMPLE_ID).to_pylist())
+                if i in set(ids)]
         self.annotated += ids
         for a, e in self.engines.items():
-            payload = pack_annotations(asyncio.run(e.annotate(ids, self.texts(rows.column(ROW).to_numpy()))), 6)
+            payload = pack_annotations(asyncio.run(e.annotate(ids, self.texts(keys))), 6)
             self.tables.append(annotation_rows(a, ids, payload, [None] * len(ids)))
+        return len(ids) * len(self.engines)
+
+    def write_review(self, name, items):  # type: ignore[no-untyped-def]
+        from molal_ray.review import csv_text
+
+        path = self.review_dir / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(csv_text(items))
+        return str(path)
+
+    def read_review(self, name, expected_ids):  # type: ignore[no-untyped-def]
+        from molal_ray.review import read_review
+
+        path = self.review_dir / f"{name}.csv"
+        if not path.exists():
+            return None
+        labels = read_review(str(path), TREC_LABELS, expected_ids)
+        return labels if set(expected_ids) <= set(labels) else None
 
     def annotations(self):  # type: ignore[no-untyped-def]
         return pa.concat_tables(self.tables)
@@ -116,6 +138,7 @@ def _coordinator(trec, tmp_path, **settings):
     found = table.select([ROW, schema.SAMPLE_ID])
     split = Split.make(found, gold, s.test_fraction, s.test_max, s.seed)
     services = FakeServices(table)
+    services.review_dir = tmp_path / "review"
     state = LoopState(labels=TREC_LABELS, seed=s.seed)
     return Coordinator(state, s, Geometry(N), split, services, tmp_path / "state"), services
 
@@ -227,3 +250,74 @@ def test_gold_report_scores_the_assigned_labels_and_each_annotator_on_the_same_r
             guess = int(np.argmax(np.asarray(row["votes"]) + 1e-3 * np.asarray(row["probs"])))
             hits.append(guess == gold[r.sample_id])
         assert report["annotators"][name] == {"accuracy": pytest.approx(np.mean(hits)), "rows": 30}
+
+
+def test_routed_samples_get_peoples_labels_and_join_the_aggregators_gold(trec, tmp_path, monkeypatch):
+    from molal_ray.loop import coordinator as mod
+    from molal_ray.review import uncertainty
+
+    fits, seen = [], {}
+
+    class RecordingGold(mod.Gold):  # the gold set each round's aggregator is fitted on
+        def __init__(self, index, y, num_classes):  # type: ignore[no-untyped-def]
+            super().__init__(index, y, num_classes)
+            fits.append(len(y))
+
+    monkeypatch.setattr(mod, "Gold", RecordingGold)
+    coord, services = _coordinator(trec, tmp_path, rounds=2, human_per_round=5)
+    real_aggregate = coord.aggregate
+
+    def recording_aggregate(m, ids):  # type: ignore[no-untyped-def]
+        seen[coord.state.round] = (list(ids), p := real_aggregate(m, ids))
+        return p
+
+    coord.aggregate = recording_aggregate  # type: ignore[method-assign]
+    metrics = _run(coord)
+    assert [m["n_human"] for m in metrics] == [20, 5, 5] and [m["llm_calls"] for m in metrics] == [100, 75, 75]
+    assert fits == [20, 25]  # round 2's aggregator also fits on round 1's five human labels
+    gold = coord.split.gold
+    for r in (1, 2):
+        ids, probs = seen[r]
+        human = {x.sample_id for x in coord.state.labeled[20 + 15 * (r - 1):20 + 15 * r] if x.source == "human"}
+        assert len(human) == 5
+        u = dict(zip(ids, uncertainty(probs, "margin")))
+        assert min(u[i] for i in human) >= max(u[i] for i in ids if i not in human)  # the least certain went
+    for x in coord.state.labeled[20:]:
+        if x.source == "human":
+            assert x.label == gold[x.sample_id] and x.weight == 1.0 and x.negatives == []
+    assert metrics[2]["llm_label_accuracy"] is not None
+
+
+def test_without_gold_labels_the_loop_waits_for_the_review_file(trec, tmp_path):
+    from molal_ray.exceptions import ReviewError
+    from molal_ray.loop.state import LoopState
+
+    coord, services = _coordinator(trec, tmp_path, rounds=1, human_per_round=5)
+    coord.run_round()
+    table = trec[0]
+    test_keys = set(coord.split.test_rows.tolist())
+    keep = {x.sample_id for x in coord.state.labeled} | {
+        i for i, k in zip(table.column(schema.SAMPLE_ID).to_pylist(), table.column(ROW).to_pylist()) if k in test_keys}
+    coord.split.gold = {k: v for k, v in coord.split.gold.items() if k in keep}  # a real pool: nobody knows
+    with pytest.raises(ReviewPending, match="round 1: 5 samples need a person's label") as err:
+        coord.run_round()
+    review = tmp_path / "review" / "round-1.csv"
+    assert err.value.path == str(review)
+    rows = review.read_text().splitlines()
+    assert rows[0] == "sample_id,text,suggested,confidence,label" and len(rows) == 6
+
+    def resumed():  # type: ignore[no-untyped-def]
+        state = LoopState.load(tmp_path / "state")
+        return Coordinator(state, coord.s, coord.pool, coord.split, services, tmp_path / "state")
+
+    filled = [r + ("entity" if i else "") for i, r in enumerate(rows)]
+    review.write_text("\n".join(filled[:-1] + [filled[-1][:-len("entity")] + "no-such-label"]) + "\n")
+    again = resumed()
+    with pytest.raises(ReviewError, match="not in the label set"):
+        again.run_round()
+    assert LoopState.load(tmp_path / "state").round == 1  # nothing applied
+    review.write_text("\n".join(filled) + "\n")
+    again = resumed()
+    m = again.run_round()
+    human = [x for x in again.state.labeled if x.source == "human"]
+    assert m["round"] == 1 and m["n_human"] == 5 and [x.label for x in human] == [1] * 5
