@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from molal_ray.config.annotator import AnnotatorConfig, check_unique_names
 from molal_ray.config.base import StrictModel, resolve_path
@@ -98,6 +98,33 @@ class PipelineConfig(StrictModel):
                                                             "(it mostly waits on the annotators).")
 
 
+class CascadeConfig(StrictModel):
+    """Annotators called in stages: a sample goes on to the next stage only while the stages so
+    far disagree on it or are unsure (``molal_ray/annotation/cascade.py``)."""
+
+    stages: list[list[str]] = Field(..., min_length=2, description="Annotator names, stage by stage (every "
+                                                                    "annotator in one stage; the surest first).")
+    min_vote_share: float = Field(0.8, ge=0.0, le=1.0, description="A sample is settled when every annotator asked "
+                                                                   "so far put the same label on top and gave it at "
+                                                                   "least this share of its sampled answers.")
+
+    def check_names(self, names: list[str]) -> None:
+        flat = [a for stage in self.stages for a in stage]
+        if any(not stage for stage in self.stages):
+            raise ValueError("cascade.stages: an empty stage")
+        dup = sorted({a for a in flat if flat.count(a) > 1})
+        unknown = sorted(set(flat) - set(names))
+        left = [a for a in names if a not in flat]
+        if dup or unknown or left:
+            raise ValueError(f"cascade.stages: every annotator in exactly one stage (twice: {dup}, not an annotator: "
+                             f"{unknown}, in no stage: {left})")
+
+
+def check_cascade(cascade: "CascadeConfig | None", annotators: list[AnnotatorConfig]) -> None:
+    if cascade is not None:
+        cascade.check_names([a.name for a in annotators])
+
+
 class LabelJobConfig(StrictModel):
     """`molal-ray label`: stream a pool through every annotator into the annotation table."""
 
@@ -107,8 +134,19 @@ class LabelJobConfig(StrictModel):
     output: OutputConfig
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    cascade: CascadeConfig | None = Field(None, description="Call the annotators in stages (None: all of them "
+                                                            "on every text).")
 
     _unique = field_validator("annotators")(check_unique_names)
+
+    @model_validator(mode="after")
+    def _cascade(self) -> "LabelJobConfig":
+        check_cascade(self.cascade, self.annotators)
+        return self
+
+    def stages(self) -> list[list[str]]:
+        """The annotators stage by stage (one stage without a cascade)."""
+        return self.cascade.stages if self.cascade else [[a.name for a in self.annotators]]
 
     def app_config(self) -> AnnotatorAppConfig:
         return AnnotatorAppConfig(task=self.task, annotators=self.annotators)

@@ -9,7 +9,7 @@ from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, mod
 from molal_ray.config.aggregation import AggregatorSettings, parse_aggregator
 from molal_ray.config.annotator import AnnotatorConfig, check_unique_names
 from molal_ray.config.base import StrictModel, resolve_path
-from molal_ray.config.job import OutputConfig, PipelineConfig, PoolConfig, RayConfig
+from molal_ray.config.job import CascadeConfig, OutputConfig, PipelineConfig, PoolConfig, RayConfig, check_cascade
 from molal_ray.config.task import TaskConfig
 from molal_ray.config.training import ClassifierConfig
 
@@ -83,6 +83,8 @@ class LoopJobConfig(StrictModel):
     output: OutputConfig
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    cascade: CascadeConfig | None = Field(None, description="Call the annotators in stages (None: all of them "
+                                                            "on every queried text).")
 
     _unique = field_validator("annotators")(check_unique_names)
 
@@ -102,9 +104,14 @@ class LoopJobConfig(StrictModel):
                              f" (got {mode!r})")
         if mode != "gold" and not names:
             raise ValueError(f"annotators for loop.annotation {mode!r} (none configured)")
+        check_cascade(self.cascade, self.annotators)
         if self.loop.strategy not in strategies():
             raise ValueError(f"loop.strategy one of {strategies()} (got {self.loop.strategy!r})")
         return self
+
+    def stages(self) -> list[list[str]]:
+        """The annotators stage by stage (one stage without a cascade)."""
+        return self.cascade.stages if self.cascade else [[a.name for a in self.annotators]]
 
     def app_config(self):
         """The annotator application the loop deploys once and labels every round through."""

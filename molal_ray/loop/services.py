@@ -101,10 +101,13 @@ class RayRoundServices:
 
             open_output(self.ann_dir, "resume", self.cfg.task.labels, [a.name for a in self.cfg.annotators])
             pl = self.cfg.pipeline
+            cascade = self.cfg.cascade
             self._stage = AnnotateStage(self.cfg.ray.serve_app_name, [a.name for a in self.cfg.annotators], self.parts,
                                         DoneIndex(self.parts), pl.max_retries, pl.retry_backoff_s,
-                                        pl.request_timeout_s, pl.batch_size, pl.in_flight)
-        self._stage.done.forget()  # the table grew since the last round
+                                        pl.request_timeout_s, pl.batch_size, pl.in_flight, stages=self.cfg.stages(),
+                                        num_classes=len(self.cfg.task.labels),
+                                        min_vote_share=cascade.min_vote_share if cascade else 1.0)
+        self._stage.forget()  # the table grew since the last round
         keys = rows.column(ROW).to_numpy()
         ids = rows.column(schema.SAMPLE_ID).to_pylist()
         n = len(ids)

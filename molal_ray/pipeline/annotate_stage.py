@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import numpy as np
@@ -81,13 +81,20 @@ class AnnotateStage:
 
     def __init__(self, app_name: str, annotators: list[str], parts_dir: Location | str, done: DoneIndex,
                  max_retries: int, retry_backoff_s: float, request_timeout_s: float, batch_size: int = 256,
-                 in_flight: int = 1) -> None:
+                 in_flight: int = 1, stages: list[list[str]] | None = None, num_classes: int = 0,
+                 min_vote_share: float = 0.8) -> None:
         from ray import serve
 
         self.batch_size = batch_size
         self.in_flight = max(1, in_flight)
-        self.annotators = annotators
-        self.handles = {a: serve.get_deployment_handle(a, app_name) for a in annotators}
+        # A cascade: each batch goes to the first stage; the rows the stages so far leave
+        # unsettled go on to the next (annotation/cascade.py). No cascade: one stage.
+        self.stages = stages or [list(annotators)]
+        self.annotators = [a for stage in self.stages for a in stage]
+        self.num_classes = num_classes
+        self.min_vote_share = min_vote_share
+        self._answers: OrderedDict[int, pa.Table] = OrderedDict()  # earlier stages' rows of a bucket, from the table
+        self.handles = {a: serve.get_deployment_handle(a, app_name) for a in self.annotators}
         self.parts_dir = resolve(parts_dir)
         self.done = done
         self.max_retries = max_retries
@@ -117,9 +124,16 @@ class AnnotateStage:
             need[m] = ~self.done.mask(annotator, hashes[m], int(b))
         return need
 
-    def _submit(self, batch: pa.Table) -> tuple[list[tuple[pa.Table, np.ndarray]], dict[str, Any], dict[str, Any]]:
-        """Send one batch to every annotator that still owes its rows; returns the rows ready now
-        (flagged pool rows), the requests in flight and what is needed to finish them."""
+    def forget(self) -> None:
+        """Drop what was read of the table (the loop's table grows between rounds)."""
+        self.done.forget()
+        self._answers.clear()
+
+    def _submit(self, batch: pa.Table, annotators: list[str] | None = None,
+                rows: np.ndarray | None = None) -> tuple[list[tuple[pa.Table, np.ndarray]], dict[str, Any], dict[str, Any]]:
+        """Send one batch (its ``rows`` only, when given) to every annotator of ``annotators``
+        (the first stage by default) that still owes them; returns the rows ready now (flagged
+        pool rows), the requests in flight and what is needed to finish them."""
         ids = batch.column(schema.SAMPLE_ID).to_pylist()
         texts = batch.column(schema.TEXT).to_pylist()
         pool_err = batch.column(schema.POOL_ERROR).to_pylist()
@@ -129,8 +143,10 @@ class AnnotateStage:
         bad = np.array([e is not None for e in pool_err], dtype=bool)
         ready: list[tuple[pa.Table, np.ndarray]] = []
         pending: dict[str, Any] = {}
-        for a in self.annotators:
+        for a in annotators or self.stages[0]:
             need = self._need(a, hashes, buckets)
+            if rows is not None:
+                need &= rows
             flagged = np.flatnonzero(need & bad)
             if flagged.size:
                 ready.append((error_rows(a, [ids[i] for i in flagged], [pool_err[i] for i in flagged],
@@ -138,11 +154,63 @@ class AnnotateStage:
             todo = np.flatnonzero(need & ~bad)
             if todo.size:
                 pending[a] = (todo, self.handles[a].annotate.remote([ids[i] for i in todo], [texts[i] for i in todo]))
-        return ready, pending, {"ids": ids, "texts": texts, "warn": pool_warn, "buckets": buckets}
+        return ready, pending, {"ids": ids, "texts": texts, "warn": pool_warn, "buckets": buckets, "batch": batch}
 
     def _finish(self, ready: list[tuple[pa.Table, np.ndarray]], pending: dict[str, Any],
                 ctx: dict[str, Any]) -> pa.Table | None:
-        """Wait for a batch's answers (retrying failed calls), write its parts; its rows."""
+        """Finish a batch's first stage, then send the rows it leaves unsettled through the
+        next stages one after another; the batch's rows."""
+        first = self._collect(ready, pending, ctx)
+        tables = [first] if first is not None else []
+        for k in range(1, len(self.stages)):
+            earlier = [a for stage in self.stages[:k] for a in stage]
+            go_on = ~self._settled(ctx, earlier, tables)
+            if not go_on.any():
+                break
+            t = self._collect(*self._submit(ctx["batch"], self.stages[k], go_on))
+            if t is not None:
+                tables.append(t)
+        return pa.concat_tables(tables) if tables else None
+
+    def _settled(self, ctx: dict[str, Any], earlier: list[str], fresh: list[pa.Table]) -> np.ndarray:
+        """Which rows of the batch the ``earlier`` annotators settled: their answers written now
+        (``fresh``) and, on a resumed run, those the table already held."""
+        from molal_ray.annotation.cascade import settled_ids
+
+        ids = np.asarray(ctx["ids"], dtype=object)
+        want = pa.array(earlier, pa.string())
+        parts = [t.filter(pc.is_in(t.column(schema.ANNOTATOR), value_set=want)) for t in fresh]
+        if not self.done.empty:
+            for b in np.unique(ctx["buckets"]):
+                old = self._table_answers(int(b), earlier)
+                mine = pa.array(ids[ctx["buckets"] == b].tolist(), pa.string())
+                parts.append(old.filter(pc.is_in(old.column(schema.SAMPLE_ID), value_set=mine)))
+        answers = pa.concat_tables([schema.ANNOTATION_SCHEMA.empty_table(), *parts])
+        return settled_ids(answers, earlier, self.num_classes, self.min_vote_share, ids.tolist())
+
+    def _table_answers(self, bucket: int, annotators: list[str]) -> pa.Table:
+        """The rows of ``annotators`` that one bucket of the table held before this run's writes
+        (read once per bucket; a few buckets cached)."""
+        if bucket not in self._answers:
+            import pyarrow.dataset as pads
+
+            from molal_ray.pipeline.output import table_files
+
+            files, _ = table_files(self.done.parts_dir, bucket)
+            t = schema.ANNOTATION_SCHEMA.empty_table()
+            if files:
+                t = pads.dataset([f.path for f in files], format="parquet", filesystem=self.done.parts_dir.fs,
+                                 schema=schema.ANNOTATION_SCHEMA).to_table(
+                    filter=pc.field(schema.ANNOTATOR).isin(self.annotators[:-len(self.stages[-1])] or [""]))
+            self._answers[bucket] = t
+            while len(self._answers) > 4:
+                self._answers.popitem(last=False)
+        t = self._answers[bucket]
+        return t.filter(pc.is_in(t.column(schema.ANNOTATOR), value_set=pa.array(annotators, pa.string())))
+
+    def _collect(self, ready: list[tuple[pa.Table, np.ndarray]], pending: dict[str, Any],
+                 ctx: dict[str, Any]) -> pa.Table | None:
+        """Wait for the answers of one send (retrying failed calls), write its parts; its rows."""
         tables = list(ready)
         for a, (todo, response) in pending.items():
             sub_ids, sub_texts = [ctx["ids"][i] for i in todo], [ctx["texts"][i] for i in todo]

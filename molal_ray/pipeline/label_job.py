@@ -52,7 +52,9 @@ def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig):
             "app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
             "parts_dir": out.parts, "done": DoneIndex(out.parts, empty=first_run),
             "max_retries": pl.max_retries, "retry_backoff_s": pl.retry_backoff_s,
-            "request_timeout_s": pl.request_timeout_s, "batch_size": pl.batch_size, "in_flight": pl.in_flight},
+            "request_timeout_s": pl.request_timeout_s, "batch_size": pl.batch_size, "in_flight": pl.in_flight,
+            "stages": cfg.stages(), "num_classes": len(cfg.task.labels),
+            "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0},
         batch_size=None, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
         compute=ray.data.ActorPoolStrategy(size=pl.concurrency))
 
@@ -100,7 +102,11 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
     compact(out, pool.manifest.buckets, cfg.pipeline.stage_num_cpus)
     n_rows, err_kinds, warn_kinds, per = summarise_table(out.root)
     this_run = sum(written.values())
+    # Each flagged pool row has an error row per annotator (never settled, it reaches every stage);
+    # every other row of the table is one LLM call.
+    calls = n_rows - pool.n_flagged * len(names)
     summary = LabelSummary(output=str(out.root), pool_rows=pool.n_rows, table_rows=n_rows,
+                           llm_calls_per_text=round(calls / pool.n_usable, 4) if pool.n_usable else 0.0,
                            rows_written_this_run=this_run, wall_time_s=round(wall, 3),
                            rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,
                            annotate_s=round(annotate_s, 3),
@@ -113,7 +119,8 @@ def summary_lines(s: LabelSummary) -> list[str]:
     """A short human-readable closing summary."""
     lines = [f"annotation table: {s.output}",
              f"pool rows: {s.pool_rows}; table rows: {s.table_rows}; written this run: "
-             f"{s.rows_written_this_run} in {s.wall_time_s:.1f}s ({s.rows_per_s:.1f} rows/s)"]
+             f"{s.rows_written_this_run} in {s.wall_time_s:.1f}s ({s.rows_per_s:.1f} rows/s)",
+             f"LLM calls per text: {s.llm_calls_per_text:.2f}"]
     lines.append("errors by kind: " + (", ".join(f"{k}={v}" for k, v in sorted(s.errors_by_kind.items()))
                                          or "none"))
     if s.warnings_by_kind:

@@ -31,6 +31,7 @@ class LabelSummary:
     wall_time_s: float
     rows_per_s: float
     annotate_s: float = 0.0  # the part of wall_time_s spent streaming rows through the annotators
+    llm_calls_per_text: float = 0.0  # (sample, annotator) pairs sent to an LLM per usable text (a cascade: < annotators)
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     warnings_by_kind: dict[str, int] = field(default_factory=dict)
     annotators: dict[str, AnnotatorSummary] = field(default_factory=dict)

@@ -1,0 +1,124 @@
+"""The annotator cascade: its rule, and the annotate stage calling the annotators in stages
+(fake Serve handles over the replay engines, no Ray): later stages see only the unsettled rows,
+annotators not asked are absent, and a run stopped after the first stage resumes to the same table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from molal_ray import schema
+from molal_ray.annotation.cascade import settled, settled_ids
+from molal_ray.config import AnnotatorConfig, TaskConfig
+from molal_ray.engines import build_engine
+from molal_ray.pipeline.annotate_stage import AnnotateStage
+from molal_ray.pipeline.output import DoneIndex, read_annotation_table
+from molal_ray.pipeline.pool_store import BUCKET
+from molal_ray.pipeline.prepare import ID_HASH, hash_ids
+from molal_ray.serve.deployment import pack_annotations
+from molal_ray.storage import resolve
+from tests.conftest import TREC, TREC_ANNOTATORS, TREC_LABELS
+
+STAGES = [["yi", "mistral"], ["gemma", "llama", "qwen"]]
+
+
+def test_the_rule():
+    v = np.array([[[1, 0], [0.9, 0.1]],   # agree, sure: settled
+                  [[1, 0], [0, 1]],       # disagree
+                  [[0.7, 0.3], [1, 0]],   # agree, one unsure
+                  [[1, 0], [np.nan] * 2]])  # one failed
+    assert settled(v, ~np.isnan(v).any(2), 0.8).tolist() == [True, False, False, False]
+    assert settled(v, ~np.isnan(v).any(2), 0.6).tolist() == [True, False, True, False]
+
+
+class _Response:
+    def __init__(self, payload):  # type: ignore[no-untyped-def]
+        self.payload = payload
+
+    def result(self, timeout_s=None):  # type: ignore[no-untyped-def]
+        return self.payload
+
+
+class _Handle:
+    """A Serve handle stand-in: ``annotate.remote(ids, texts).result()`` from a replay engine."""
+
+    def __init__(self, name, calls):  # type: ignore[no-untyped-def]
+        self.engine = build_engine(AnnotatorConfig(name=name, engine={"type": "replay",
+                                                                      "path": str(TREC / "recording.parquet")}),
+                                   TaskConfig(labels=TREC_LABELS))
+        asyncio.run(self.engine.start())
+        self.annotate = self
+        self.name, self.calls = name, calls
+
+    def remote(self, ids, texts):  # type: ignore[no-untyped-def]
+        self.calls[self.name] = self.calls.get(self.name, 0) + len(ids)
+        return _Response(pack_annotations(asyncio.run(self.engine.annotate(ids, texts)), len(TREC_LABELS)))
+
+
+def _stage(parts, stages, calls, empty):  # type: ignore[no-untyped-def]
+    parts.mkdir(parents=True, exist_ok=True)
+    st = AnnotateStage.__new__(AnnotateStage)  # the constructor asks Serve for handles; these are fakes
+    st.batch_size, st.in_flight, st.stages = 64, 2, stages
+    st.annotators = [a for s in stages for a in s]
+    st.num_classes, st.min_vote_share, st._answers = len(TREC_LABELS), 0.8, OrderedDict()
+    st.handles = {a: _Handle(a, calls) for a in st.annotators}
+    st.parts_dir, st.done = resolve(parts), DoneIndex(parts, empty=empty)
+    st.max_retries, st.retry_backoff_s, st.request_timeout_s = 0, 0.0, 10.0
+    return st
+
+
+@pytest.fixture(scope="module")
+def block():
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 200)
+    ids = pool.column("id").to_pylist()
+    n = len(ids)
+    return pa.table({schema.SAMPLE_ID: ids, schema.TEXT: pool.column("text"),
+                     schema.POOL_ERROR: pa.nulls(n, pa.string()), schema.POOL_WARNING: pa.nulls(n, pa.string()),
+                     ID_HASH: pa.array(hash_ids(ids), pa.uint64()), BUCKET: pa.array(np.zeros(n, np.int32))})
+
+
+def _pairs(table):  # type: ignore[no-untyped-def]
+    return sorted(zip(table.column(schema.SAMPLE_ID).to_pylist(), table.column(schema.ANNOTATOR).to_pylist()))
+
+
+def test_later_stages_see_only_unsettled_rows(tmp_path, block):
+    calls: dict[str, int] = {}
+    _stage(tmp_path / "parts", STAGES, calls, empty=True)(block)
+    table = read_annotation_table(tmp_path)
+    ids = block.column(schema.SAMPLE_ID).to_pylist()
+    first = table.filter(pa.compute.is_in(table.column(schema.ANNOTATOR), value_set=pa.array(STAGES[0])))
+    unsettled = {i for i, ok in zip(ids, settled_ids(first, STAGES[0], 6, 0.8, ids)) if not ok}
+    assert calls == {"yi": 200, "mistral": 200, **{a: len(unsettled) for a in STAGES[1]}}
+    assert 0 < len(unsettled) < 200
+    for a in STAGES[1]:  # the second stage's annotators are absent where the first settled the row
+        asked = {i for i, x in _pairs(table) if x == a}
+        assert asked == unsettled
+    assert len(_pairs(table)) == len(set(_pairs(table))) == 400 + 3 * len(unsettled)
+
+
+def test_a_run_stopped_after_the_first_stage_resumes_to_the_same_table(tmp_path, block):
+    straight: dict[str, int] = {}
+    _stage(tmp_path / "a" / "parts", STAGES, straight, empty=True)(block)
+    calls: dict[str, int] = {}
+    _stage(tmp_path / "b" / "parts", STAGES[:1], calls, empty=True)(block)  # stopped before stage 2
+    _stage(tmp_path / "b" / "parts", STAGES, calls, empty=False)(block)  # resumed
+    assert _pairs(read_annotation_table(tmp_path / "b")) == _pairs(read_annotation_table(tmp_path / "a"))
+    assert calls == straight  # the resumed run asked stage 1 nothing again
+
+
+def test_the_stages_name_every_annotator_once():
+    from molal_ray.config import LabelJobConfig
+
+    base = {"task": {"labels": TREC_LABELS}, "pool": {"path": "p.parquet"}, "output": {"path": "out"},
+            "annotators": [{"name": n, "engine": {"type": "replay", "path": "r.parquet"}} for n in TREC_ANNOTATORS]}
+    ok = LabelJobConfig.from_dict({**base, "cascade": {"stages": STAGES}})
+    assert ok.stages() == STAGES and LabelJobConfig.from_dict(base).stages() == [TREC_ANNOTATORS]
+    for stages, word in (([["yi", "mistral"], ["gemma", "llama"]], "in no stage"), ([["yi", "mistral"], ["yi", "gemma", "llama", "qwen"]], "twice"),
+                         ([["yi", "mistral"], ["gemma", "llama", "qwen", "gpt"]], "not an annotator")):
+        with pytest.raises(Exception, match=word):
+            LabelJobConfig.from_dict({**base, "cascade": {"stages": stages}})
