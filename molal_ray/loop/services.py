@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from molal_ray import schema
 from molal_ray.config.loop import LoopJobConfig
@@ -117,7 +118,7 @@ class RayRoundServices:
                           ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
                           BUCKET: pa.array((keys >> np.int64(ROW_BITS)).astype(np.int32))})
         stats = self._stage(batch)
-        return int(pa.compute.sum(stats.column("rows")).as_py() or 0) if stats.num_rows else 0
+        return int(pc.sum(stats.column("rows")).as_py() or 0) if stats.num_rows else 0
 
     def annotations(self) -> pa.Table:
         return read_annotation_table(self.ann_dir)

@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -91,7 +92,7 @@ def test_later_stages_see_only_unsettled_rows(tmp_path, block):
     _stage(tmp_path / "parts", STAGES, calls, empty=True)(block)
     table = read_annotation_table(tmp_path)
     ids = block.column(schema.SAMPLE_ID).to_pylist()
-    first = table.filter(pa.compute.is_in(table.column(schema.ANNOTATOR), value_set=pa.array(STAGES[0])))
+    first = table.filter(pc.is_in(table.column(schema.ANNOTATOR), value_set=pa.array(STAGES[0])))
     unsettled = {i for i, ok in zip(ids, settled_ids(first, STAGES[0], 6, 0.8, ids)) if not ok}
     assert calls == {"yi": 200, "mistral": 200, **{a: len(unsettled) for a in STAGES[1]}}
     assert 0 < len(unsettled) < 200
