@@ -74,7 +74,7 @@ def train_head_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cf
     out = resolve(storage_path, field="output.path").join(name, "best")
     with tempfile.TemporaryDirectory() as tmp:
         save_head(tmp, fit, int(np.asarray(tr["embedding"]).shape[1]), num_labels, cfg.head_hidden, encoder)
-        if out.is_local:
-            out.delete_dir()
+        out.delete_dir()  # a rerun of the round replaces its head whole
+        out.mkdirs()
         out.upload_from(tmp)
     return TrainResult(model_dir=out.uri, val_accuracy=fit.val_accuracy, epochs_run=fit.epochs_run)

@@ -137,3 +137,20 @@ def test_head_config_fields_are_checked():
 
         LoopJobConfig.from_dict({"task": {"labels": ["a", "b"]}, "annotators": [], "pool": {"path": "p"},
                                  "classifier": {"backbone": "x", "mode": "frozen"}, "output": {"path": "o"}})
+
+
+def test_a_head_fitted_in_this_process_is_saved_where_the_round_says(tmp_path):
+    import pandas as pd
+
+    from molal_ray.training.local_trainer import train_head_local
+
+    def frame(d):  # type: ignore[no-untyped-def]
+        return pd.DataFrame({"embedding": list(d["embedding"]), "label": d["label"], "weight": d["weight"],
+                             "negatives": list(d["negatives"])})
+
+    cfg = ClassifierConfig(backbone="x", mode="head", trainer="local", epochs=20, learning_rate=1e-2)
+    for _ in range(2):  # a rerun of the round replaces its head
+        res = train_head_local(frame(_blobs(120, 0)), frame(_blobs(30, 1)), C, cfg, 0.4, str(tmp_path / "train"),
+                               "round-0", {"backbone": "x"})
+    assert res.model_dir == str(tmp_path / "train" / "round-0" / "best") and is_head(res.model_dir)
+    assert HeadPredictor(res.model_dir).predict(_blobs(10, 2)["embedding"])["probs"].shape == (10, C)
