@@ -5,12 +5,29 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
+from typing import Self
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
-class LabelProgress:
+class _Live:
+    """A rich display started and stopped as a context (None off a terminal)."""
+
+    _progress: Progress | None = None
+
+    def __enter__(self) -> Self:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class LabelProgress(_Live):
     """Callable progress sink: ``(rows written per annotator, rows expected per annotator)``."""
 
     def __init__(self, console: Console | None = None, log_every_s: float = 10.0) -> None:
@@ -24,16 +41,6 @@ class LabelProgress:
             TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:>9} rows/s"), TimeElapsedColumn(),
             console=self.console, transient=False) if self.live else None
-
-    def __enter__(self) -> "LabelProgress":
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def __call__(self, written: dict[str, int], total: int) -> None:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
@@ -57,7 +64,7 @@ PHASE_NAMES = {"query": "choosing queries", "annotate": "annotating", "aggregate
                "train": "training", "score": "scoring"}
 
 
-class LoopProgress:
+class LoopProgress(_Live):
     """The loop's display on standard output: on a terminal one live line (round, phase, a bar
     over the rounds, elapsed time) with one printed line per finished round above it; elsewhere
     only the lines."""
@@ -70,16 +77,6 @@ class LoopProgress:
             TextColumn("{task.description:<52}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=self.console, transient=True) if self.console.is_terminal else None
         self._task = self._progress.add_task("starting", total=rounds + 1) if self._progress else None
-
-    def __enter__(self) -> "LoopProgress":
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def phase(self, round_: int | None, name: str) -> None:
         text = name if round_ is None else f"round {round_}/{self.rounds}: {PHASE_NAMES.get(name, name)}"
