@@ -86,13 +86,14 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
 
     from molal_ray.aggregation.api import aggregate as run_aggregate
     from molal_ray.aggregation.api import combine_gold, load_gold, load_labels, read_table_any, report_lines
+    from molal_ray.pipeline.output import read_cascade
 
     try:
         labels = load_labels(labels_spec)
         gold_df = combine_gold([load_gold(g, labels) for g in gold])
         table = read_table_any(annotations)
         result = run_aggregate(table, gold_df, labels, method, negative_threshold=negative_threshold,
-                               folds=folds, seed=seed, validate=not no_validate)
+                               folds=folds, seed=seed, validate=not no_validate, cascade=read_cascade(annotations))
         result.write(out_path)
     except MolalError as exc:
         _fail(exc)

@@ -112,15 +112,28 @@ def _cv_dict(r: CVResult) -> dict[str, Any]:
 
 def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method: str = "default", *,
               negative_threshold: float = 0.05, folds: int = 5, seed: int = 0, validate: bool = True,
-              baselines: bool = True) -> AggregationResult:
-    """Fit ``method`` on the table and gold, label every sample, and report honest accuracies."""
+              baselines: bool = True, cascade: dict[str, Any] | None = None) -> AggregationResult:
+    """Fit ``method`` on the table and gold, label every sample, and report honest accuracies.
+
+    ``cascade`` (the ``cascade.json`` of a cascaded label job: ``stages``, ``min_vote_share``):
+    every row is seen as the cascade leaves it (``annotation/cascade.py``), so that the gold rows
+    every annotator labelled to rank them look like the rows the aggregator labels."""
     C = len(labels)
-    m = build_matrix(table, C)
+    m = raw = build_matrix(table, C)
+    hidden = 0
+    if cascade:
+        from molal_ray.annotation.cascade import cascade_view
+
+        seen = cascade_view(m, cascade["stages"], float(cascade["min_vote_share"]))
+        hidden, m = int(m.present.sum() - seen.present.sum()), seen
     gold, n_ignored = align_gold(gold_df, m, C)
     name = DEFAULT if method == "default" else method
     report: dict[str, Any] = {"method": name, "samples": len(m), "annotators": m.annotators,
                               "gold_used": len(gold), "gold_ignored_not_in_table": n_ignored,
-                              "table_checks": check_table(table, m), "warnings": []}
+                              "table_checks": check_table(table, raw), "warnings": []}
+    if cascade:
+        report["cascade"] = {"stages": cascade["stages"], "min_vote_share": cascade["min_vote_share"],
+                             "answers_hidden": hidden}
     if len(np.unique(gold.y)) < 2:
         report["warnings"].append("gold holds a single class: learned aggregators fall back to Dawid-Skene "
                                   "or predict that class")

@@ -5,14 +5,25 @@ all of them put the same label on top of their votes, and each gave that label a
 ``min_vote_share`` of its T sampled answers. Anything else (a disagreement, an unsure
 annotator, a failed call, a flagged pool row) goes on to the next stage. Annotators a sample
 never reaches are absent from the annotation table: the aggregators treat them as missing.
+
+Two more pure pieces. :func:`order_by_accuracy` fills the configured stage sizes with the
+annotators most accurate on labelled rows first (``cascade.order: gold``). :func:`cascade_view`
+hides, row by row, the answers the cascade would not have asked for: the rows annotated to rank
+the annotators carry every annotator, and an aggregator fitted on such rows but applied to
+cascaded ones learns from a pattern it never sees again (on TREC with one annotator in the first
+stage that cost 8 points of label accuracy, ``benchmarks/cascade.py --gold-rows full``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from molal_ray.aggregation.features import AnnotationMatrix
 
 
 def settled(votes: np.ndarray, answered: np.ndarray, min_vote_share: float) -> np.ndarray:
@@ -37,3 +48,62 @@ def settled_ids(table: pa.Table, annotators: Sequence[str], num_classes: int, mi
         return np.zeros(0, bool)
     m = build_matrix(table, num_classes, annotators=list(annotators), sample_ids=ids)
     return settled(m.votes, m.present, min_vote_share)
+
+
+def stage_reached(m: "AnnotationMatrix", stages: Sequence[Sequence[str]], min_vote_share: float) -> np.ndarray:
+    """(S,) the index of the last stage the cascade sends each row of ``m`` to, judged from the
+    row's own answers; a stage's annotator missing from ``m`` counts as not answering."""
+    flat = [a for stage in stages for a in stage]
+    v = m.aligned(flat)
+    last = np.full(len(m), len(stages) - 1, dtype=np.int64)
+    open_ = np.ones(len(m), dtype=bool)
+    n = 0
+    for k, stage in enumerate(stages[:-1]):
+        n += len(stage)
+        ok = open_ & settled(v.votes[:, :n], v.present[:, :n], min_vote_share)
+        last[ok] = k
+        open_ &= ~ok
+    return last
+
+
+def cascade_view(m: "AnnotationMatrix", stages: Sequence[Sequence[str]], min_vote_share: float) -> "AnnotationMatrix":
+    """``m`` with the answers of stages a row would not have reached made absent. A table the
+    cascade wrote is unchanged; rows annotated by everyone (to rank the annotators, or before the
+    cascade was configured) look as the cascade would have left them. Annotators in no stage are
+    kept as they are."""
+    from molal_ray.aggregation.features import AnnotationMatrix
+
+    last = stage_reached(m, stages, min_vote_share)
+    hide = np.zeros(m.present.shape, dtype=bool)
+    for k, stage in enumerate(stages):
+        for a in stage:
+            if a in m.annotators:
+                hide[:, m.annotators.index(a)] = last < k
+    if not (hide & m.present).any():
+        return m
+    probs, votes = m.probs.copy(), m.votes.copy()
+    probs[hide] = np.nan
+    votes[hide] = np.nan
+    return AnnotationMatrix(m.sample_ids, m.annotators, probs, votes, m.present & ~hide)
+
+
+def order_by_accuracy(m: "AnnotationMatrix", rows: np.ndarray, y: np.ndarray,
+                      stages: Sequence[Sequence[str]]) -> tuple[list[list[str]], dict[str, float]]:
+    """The stages refilled, keeping their sizes, with the annotators ordered by the accuracy of
+    their top vote on ``rows`` of ``m`` (true classes ``y``; a row an annotator did not answer
+    counts as wrong), ties in the configured order. Returns the stages and each accuracy."""
+    flat = [a for stage in stages for a in stage]
+    v = m.aligned(flat)
+    rows = np.asarray(rows, dtype=np.int64)
+    y = np.asarray(y, dtype=np.int64)
+    acc: dict[str, float] = {}
+    for j, a in enumerate(flat):
+        top = np.nan_to_num(v.votes[rows, j]).argmax(1) if len(rows) else np.zeros(0, np.int64)
+        right = v.present[rows, j] & (top == y)
+        acc[a] = float(right.mean()) if len(rows) else 0.0
+    ranked = sorted(flat, key=lambda a: (-acc[a], flat.index(a)))
+    out, i = [], 0
+    for stage in stages:
+        out.append(ranked[i:i + len(stage)])
+        i += len(stage)
+    return out, acc

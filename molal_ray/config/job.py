@@ -107,6 +107,24 @@ class CascadeConfig(StrictModel):
     min_vote_share: float = Field(0.8, ge=0.0, le=1.0, description="A sample is settled when every annotator asked "
                                                                    "so far put the same label on top and gave it at "
                                                                    "least this share of its sampled answers.")
+    order: Literal["config", "gold"] = Field("config", description="'config': the stages as listed; 'gold': the "
+                                                                  "same stage sizes filled with the annotators most "
+                                                                  "accurate on labelled rows first (every annotator "
+                                                                  "labels those rows once, before the pool).")
+    gold: str | None = Field(None, description="Label job with order 'gold': a CSV of known labels (sample_id, "
+                                               "label) whose rows rank the annotators. The loop ranks them on its "
+                                               "initial gold rows instead.")
+
+    @field_validator("gold")
+    @classmethod
+    def _resolve(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(v, info) if v else v
+
+    @model_validator(mode="after")
+    def _gold_for_order(self) -> "CascadeConfig":
+        if self.gold and self.order != "gold":
+            raise ValueError("cascade.gold ranks the annotators and is read only with cascade.order: gold")
+        return self
 
     def check_names(self, names: list[str]) -> None:
         flat = [a for stage in self.stages for a in stage]
@@ -142,6 +160,9 @@ class LabelJobConfig(StrictModel):
     @model_validator(mode="after")
     def _cascade(self) -> "LabelJobConfig":
         check_cascade(self.cascade, self.annotators)
+        if self.cascade and self.cascade.order == "gold" and not self.cascade.gold:
+            raise ValueError("cascade.order 'gold' needs cascade.gold: a CSV (sample_id, label) of pool rows whose "
+                             "labels are known")
         return self
 
     def stages(self) -> list[list[str]]:

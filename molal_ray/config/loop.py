@@ -105,6 +105,9 @@ class LoopJobConfig(StrictModel):
         if mode != "gold" and not names:
             raise ValueError(f"annotators for loop.annotation {mode!r} (none configured)")
         check_cascade(self.cascade, self.annotators)
+        if self.cascade and self.cascade.gold:
+            raise ValueError("cascade.gold is for the label job: the loop ranks the annotators on its initial gold "
+                             "rows (cascade.order: gold)")
         if self.loop.strategy not in strategies():
             raise ValueError(f"loop.strategy one of {strategies()} (got {self.loop.strategy!r})")
         return self

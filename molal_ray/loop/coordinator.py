@@ -23,6 +23,8 @@ import pyarrow as pa
 from molal_ray import schema
 from molal_ray.aggregation import Gold, build_matrix, get_aggregator
 from molal_ray.aggregation.features import AnnotationMatrix
+from molal_ray.annotation.cascade import cascade_view, order_by_accuracy
+from molal_ray.config.job import CascadeConfig
 from molal_ray.config.loop import LoopSettings
 from molal_ray.exceptions import AggregationError, PoolExhaustedError, ReviewPending, SchemaError
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult
@@ -43,9 +45,10 @@ class RoundServices(Protocol):
     def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
         """Run the classifier over the rows the request names."""
 
-    def annotate(self, rows: pa.Table) -> int:
-        """Have every annotator label these pool rows (``_row, sample_id``) into the loop's table
-        (pairs already there are skipped); returns the (sample, annotator) pairs it asked for."""
+    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None) -> int:
+        """Have the annotators label these pool rows (``_row, sample_id``) into the loop's table,
+        in ``stages`` (a cascade; None: the configured ones) (pairs already there are skipped);
+        returns the (sample, annotator) pairs it asked for."""
 
     def annotations(self) -> pa.Table:
         """The loop's annotation table."""
@@ -140,9 +143,10 @@ class PhaseClock:
 
 class Coordinator:
     def __init__(self, state: LoopState, settings: LoopSettings, pool: PoolGeometry, split: Split,
-                 services: RoundServices, state_dir: Any) -> None:
+                 services: RoundServices, state_dir: Any, cascade: CascadeConfig | None = None) -> None:
         self.state = state
         self.s = settings
+        self.cascade = cascade
         self.pool = pool
         self.split = split
         self.services = services
@@ -173,6 +177,37 @@ class Coordinator:
     def phase(self) -> str | None:
         return self.clock.current
 
+    def stages(self) -> list[list[str]] | None:
+        """The cascade's stages: chosen on the gold rows (``order: gold``, once round 0 ranked the
+        annotators) or as configured; None without a cascade."""
+        if self.cascade is None:
+            return None
+        return self.state.cascade["stages"] if self.state.cascade else self.cascade.stages
+
+    def rank_annotators(self, rows: list[LabeledRow]) -> int:
+        """``cascade.order: gold``: every annotator labels the gold ``rows``; the stages are
+        refilled by their accuracy there (kept in the state). Returns the LLM calls made."""
+        assert self.cascade is not None
+        everyone = [[a for stage in self.cascade.stages for a in stage]]
+        calls = self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]), everyone)
+        m = build_matrix(self.services.annotations(), self.num_classes)
+        idx = {s: i for i, s in enumerate(m.sample_ids)}
+        known = [x for x in rows if x.sample_id in idx]
+        stages, acc = order_by_accuracy(m, np.array([idx[x.sample_id] for x in known], dtype=np.int64),
+                                        np.array([x.label for x in known], dtype=np.int64), self.cascade.stages)
+        self.state.cascade = {"stages": stages, "accuracy_on_gold": acc, "gold_rows": len(known)}
+        return calls
+
+    def matrix(self, table: pa.Table) -> AnnotationMatrix:
+        """The annotation matrix the labels are drawn from; with a cascade, as the cascade leaves
+        each row (``cascade_view``: the gold rows that ranked the annotators lose the answers
+        their stage-one annotators would have made unnecessary)."""
+        m = build_matrix(table, self.num_classes)
+        stages = self.stages()
+        if stages is not None and self.cascade is not None:
+            m = cascade_view(m, stages, self.cascade.min_vote_share)
+        return m
+
     # -- the round --------------------------------------------------------------------------------
     def run_round(self) -> dict[str, Any]:
         """Run the next round; returns its metrics (also appended to the history and saved)."""
@@ -186,13 +221,17 @@ class Coordinator:
             info["n_human"] = len(rows)
             if self.annotates:
                 with clock("annotate"):
-                    llm_calls = self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]))
+                    if self.cascade is not None and self.cascade.order == "gold":
+                        llm_calls = self.rank_annotators(rows)
+                    else:
+                        llm_calls = self.services.annotate(_rows_table([x.row for x in rows],
+                                                                       [x.sample_id for x in rows]), self.stages())
         else:
             with clock("query"):
                 queried, prev = self.query(r)
             if self.annotates:
                 with clock("annotate"):
-                    llm_calls = self.services.annotate(queried)
+                    llm_calls = self.services.annotate(queried, self.stages())
             with clock("aggregate"):
                 info = self.assign(queried, self.services.annotations() if self.annotates else None, prev)
         with clock("train"):
@@ -284,7 +323,7 @@ class Coordinator:
         else:
             if table is None:
                 raise AggregationError("loop: no annotation table for the queried rows")
-            m = build_matrix(table, C)
+            m = self.matrix(table)
             probs = self.aggregate(m, ids)
         labels = probs.argmax(1)
         human = np.zeros(len(ids), bool)

@@ -29,10 +29,10 @@ from molal_ray import schema
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.loop.embeddings import EMBEDDING, EmbeddingStore, actor_options_accepted
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_batch, score_in_process
-from molal_ray.pipeline.annotate_stage import AnnotateStage
+from molal_ray.pipeline.annotate_stage import AnnotateStage, stage_batch
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
-from molal_ray.pipeline.pool_store import BUCKET, PreparedPool
-from molal_ray.pipeline.prepare import ID_HASH, ROW, ROW_BITS, hash_ids
+from molal_ray.pipeline.pool_store import PreparedPool
+from molal_ray.pipeline.prepare import ROW
 from molal_ray.review import ReviewItem
 from molal_ray.storage import Location
 from molal_ray.training.classifier import TrainResult
@@ -94,7 +94,7 @@ class RayRoundServices:
                         for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
 
     # -- annotation ------------------------------------------------------------------------------
-    def annotate(self, rows: pa.Table) -> int:
+    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None) -> int:
         if rows.num_rows == 0:
             return 0
         if self._stage is None:
@@ -109,15 +109,10 @@ class RayRoundServices:
                                         num_classes=len(self.cfg.task.labels),
                                         min_vote_share=cascade.min_vote_share if cascade else 1.0)
         self._stage.forget()  # the table grew since the last round
+        self._stage.stages = stages or self.cfg.stages()
         keys = rows.column(ROW).to_numpy()
         ids = rows.column(schema.SAMPLE_ID).to_pylist()
-        n = len(ids)
-        batch = pa.table({schema.SAMPLE_ID: pa.array(ids, pa.string()),
-                          schema.TEXT: pa.array(self.texts(keys), pa.string()),
-                          schema.POOL_ERROR: pa.nulls(n, pa.string()), schema.POOL_WARNING: pa.nulls(n, pa.string()),
-                          ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
-                          BUCKET: pa.array((keys >> np.int64(ROW_BITS)).astype(np.int32))})
-        stats = self._stage(batch)
+        stats = self._stage(stage_batch(keys, ids, self.texts(keys)))
         return int(pc.sum(stats.column("rows")).as_py() or 0) if stats.num_rows else 0
 
     def annotations(self) -> pa.Table:

@@ -42,6 +42,8 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     seed: int = 0
     pool: str = ""  # the prepared pool's fingerprint digest: a resume must run on the same pool
+    # cascade.order 'gold': the stages chosen on round 0's gold rows and each annotator's accuracy there
+    cascade: dict[str, Any] | None = None
 
     def label_ids(self) -> set[str]:
         return {r.sample_id for r in self.labeled}
@@ -71,7 +73,7 @@ class LoopState:
         if bad:
             raise SchemaError(f"loop state: label source {bad[0]!r}; expected one of {SOURCES}")
         return cls(labels=list(d["labels"]), round=int(d["round"]), labeled=rows, history=list(d.get("history", [])),
-                   seed=int(d.get("seed", 0)), pool=str(d.get("pool", "")))
+                   seed=int(d.get("seed", 0)), pool=str(d.get("pool", "")), cascade=d.get("cascade"))
 
     def save(self, folder: str | Location) -> Location:
         loc = resolve(folder)

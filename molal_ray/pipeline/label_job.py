@@ -13,17 +13,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
+
+from molal_ray import schema
 from molal_ray.config import LabelJobConfig
 from molal_ray.engines.base import Engine
-from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage
+from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage, stage_batch
 from molal_ray.pipeline.output import (
+    CASCADE,
     SUMMARY,
     DoneIndex,
     OutputDir,
     compact_bucket,
     open_output,
     pin_buckets,
+    read_annotation_rows,
     table_files,
 )
 from molal_ray.pipeline.pool_store import PreparedPool
@@ -36,9 +42,75 @@ ProgressFn = Callable[[dict[str, int], int], None]
 """Called with the rows written so far per annotator (this run) and the rows expected per annotator."""
 
 
-def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig):
+def stage_kwargs(cfg: LabelJobConfig, out: OutputDir, done: DoneIndex, stages: list[list[str]]) -> dict[str, Any]:
+    pl = cfg.pipeline
+    return {"app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
+            "parts_dir": out.parts, "done": done, "max_retries": pl.max_retries,
+            "retry_backoff_s": pl.retry_backoff_s, "request_timeout_s": pl.request_timeout_s,
+            "batch_size": pl.batch_size, "in_flight": pl.in_flight, "stages": stages,
+            "num_classes": len(cfg.task.labels),
+            "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0}
+
+
+def plan_cascade(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir) -> dict[str, Any] | None:
+    """The stages of this run, kept in ``OUT/cascade.json`` (which ``molal-ray aggregate`` reads):
+    as configured, or (``order: gold``) refilled by each annotator's accuracy on the rows of
+    ``cascade.gold``, which every annotator labels first, into the table. A resumed run keeps the
+    ranking it made. Without a cascade the file is removed: the table is no longer cascaded."""
+    target = out.root.join(CASCADE)
+    c = cfg.cascade
+    if c is None:
+        target.delete_file()
+        return None
+    plan: dict[str, Any] = {"order": c.order, "stages": c.stages, "min_vote_share": c.min_vote_share}
+    if c.order == "gold":
+        prev = target.read_json() if target.exists() else None
+        if prev and prev.get("order") == "gold" and same_shape(prev["stages"], c.stages):
+            plan = {**prev, "min_vote_share": c.min_vote_share}
+        else:
+            plan.update(rank_on_gold(cfg, pool, out))
+    target.write_json(plan)
+    return plan
+
+
+def same_shape(a: list[list[str]], b: list[list[str]]) -> bool:
+    """The same annotators in stages of the same sizes (whatever their order)."""
+    return sorted(x for st in a for x in st) == sorted(x for st in b for x in st) and [len(st) for st in a] == [
+        len(st) for st in b]
+
+
+def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir) -> dict[str, Any]:
+    """Every annotator labels the pool rows of ``cascade.gold`` (into the table, exactly once like
+    any row); the stages are refilled by accuracy there (``annotation/cascade.py``)."""
+    from molal_ray.aggregation import build_matrix
+    from molal_ray.aggregation.api import load_gold
+    from molal_ray.annotation.cascade import order_by_accuracy
+    from molal_ray.exceptions import ConfigError
+    from molal_ray.pipeline.prepare import ROW
+
+    assert cfg.cascade is not None and cfg.cascade.gold
+    labels = cfg.task.labels
+    gold_df = load_gold(cfg.cascade.gold, labels)
+    found = pool.find(gold_df["sample_id"].tolist())
+    if not found.num_rows:
+        raise ConfigError(f"cascade.gold: none of its {len(gold_df)} ids is a usable row of the pool; the annotators "
+                          "cannot be ranked")
+    keys = found.column(ROW).to_numpy()
+    ids = found.column(schema.SAMPLE_ID).to_pylist()
+    texts = pool.fetch(keys, columns=(schema.TEXT,)).column(schema.TEXT).to_pylist()
+    everyone = [a for stage in cfg.cascade.stages for a in stage]
+    AnnotateStage(**stage_kwargs(cfg, out, DoneIndex(out.parts), [everyone]))(stage_batch(keys, ids, texts))
+    m = build_matrix(read_annotation_rows(out.root, ids), len(labels), sample_ids=np.asarray(ids, dtype=object))
+    y = gold_df.set_index("sample_id").loc[ids, "y"].to_numpy(dtype=np.int64)
+    stages, acc = order_by_accuracy(m, np.arange(len(ids)), y, cfg.cascade.stages)
+    logger.info("cascade stages by accuracy on %d gold rows: %s", len(ids), stages)
+    return {"stages": stages, "accuracy_on_gold": acc, "gold_rows": len(ids)}
+
+
+def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig,
+                     stages: list[list[str]] | None = None):
     """The lazy Ray Dataset of per-batch counts: every prepared row (usable and flagged) through
-    the annotate actors."""
+    the annotate actors (in ``stages``; None: the configured ones)."""
     import ray.data
 
     pl = cfg.pipeline
@@ -48,13 +120,7 @@ def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig):
     stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS, num_cpus=pl.stage_num_cpus)
     return stream.map_batches(
         AnnotateStage,
-        fn_constructor_kwargs={
-            "app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
-            "parts_dir": out.parts, "done": DoneIndex(out.parts, empty=first_run),
-            "max_retries": pl.max_retries, "retry_backoff_s": pl.retry_backoff_s,
-            "request_timeout_s": pl.request_timeout_s, "batch_size": pl.batch_size, "in_flight": pl.in_flight,
-            "stages": cfg.stages(), "num_classes": len(cfg.task.labels),
-            "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0},
+        fn_constructor_kwargs=stage_kwargs(cfg, out, DoneIndex(out.parts, empty=first_run), stages or cfg.stages()),
         batch_size=None, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
         compute=ray.data.ActorPoolStrategy(size=pl.concurrency))
 
@@ -89,7 +155,8 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
     written = dict.fromkeys(names, 0)
     t_annotate = time.monotonic()
     try:
-        results = annotate_dataset(pool, out, cfg)
+        plan = plan_cascade(cfg, pool, out)
+        results = annotate_dataset(pool, out, cfg, plan["stages"] if plan else None)
         for stats in (results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []):
             for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):
                 written[a] = written.get(a, 0) + int(r)
@@ -110,7 +177,7 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
                            rows_written_this_run=this_run, wall_time_s=round(wall, 3),
                            rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,
                            annotate_s=round(annotate_s, 3),
-                           errors_by_kind=err_kinds, warnings_by_kind=warn_kinds, annotators=per)
+                           errors_by_kind=err_kinds, warnings_by_kind=warn_kinds, annotators=per, cascade=plan)
     out.root.join(SUMMARY).write_json(summary.to_dict())
     return summary
 
@@ -121,6 +188,9 @@ def summary_lines(s: LabelSummary) -> list[str]:
              f"pool rows: {s.pool_rows}; table rows: {s.table_rows}; written this run: "
              f"{s.rows_written_this_run} in {s.wall_time_s:.1f}s ({s.rows_per_s:.1f} rows/s)",
              f"LLM calls per text: {s.llm_calls_per_text:.2f}"]
+    if s.cascade:
+        lines.append("cascade stages: " + " -> ".join("[" + ", ".join(st) + "]" for st in s.cascade["stages"])
+                     + (f" (by accuracy on {s.cascade['gold_rows']} gold rows)" if s.cascade["order"] == "gold" else ""))
     lines.append("errors by kind: " + (", ".join(f"{k}={v}" for k, v in sorted(s.errors_by_kind.items()))
                                          or "none"))
     if s.warnings_by_kind:

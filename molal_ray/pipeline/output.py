@@ -27,9 +27,11 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -42,6 +44,7 @@ MANIFEST = "manifest.json"
 PARTS = "parts"
 POOL = "pool"
 SUMMARY = "summary.json"
+CASCADE = "cascade.json"  # the stages a cascaded label job used (``molal-ray aggregate`` reads it)
 FORMAT_VERSION = 2
 MEMBERS_KEY = b"molal.members"
 COMPACT_TARGET_BYTES = 128 << 20
@@ -161,6 +164,19 @@ def _dataset(path: str | Location) -> pads.Dataset:
 def read_annotation_table(path: str | Location, columns: list[str] | None = None) -> pa.Table:
     """The whole annotation table (a label output folder or one Parquet file)."""
     return _dataset(path).to_table(columns=columns)
+
+
+def read_annotation_rows(path: str | Location, sample_ids: list[str]) -> pa.Table:
+    """The rows of the table about these samples (read with a filter, not whole)."""
+    want = pa.array(list(sample_ids), pa.string())
+    return _dataset(path).to_table(filter=pc.is_in(pc.field(schema.SAMPLE_ID), value_set=want))
+
+
+def read_cascade(path: str | Location) -> dict[str, Any] | None:
+    """The cascade a label output folder was written with (``CASCADE``), or None."""
+    loc = resolve(path)
+    f = loc.join(CASCADE)
+    return f.read_json() if loc.is_dir() and f.exists() else None
 
 
 def iter_annotation_table(path: str | Location, columns: list[str] | None = None,

@@ -35,6 +35,7 @@ class LabelSummary:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     warnings_by_kind: dict[str, int] = field(default_factory=dict)
     annotators: dict[str, AnnotatorSummary] = field(default_factory=dict)
+    cascade: dict[str, Any] | None = None  # the stages used (``OUT/cascade.json``); None: every annotator
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

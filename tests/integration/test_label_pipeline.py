@@ -179,3 +179,50 @@ def test_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(tmp_path
     assert set(resumed) == set(reference)
     for k, r in reference.items():
         assert resumed[k] == r
+
+
+def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
+    """``cascade.order: gold``: every annotator labels the gold rows, the stages are refilled by
+    accuracy there, the rest of the pool goes through them; aggregation sees the gold rows as
+    the cascade would have left them."""
+    import pandas as pd
+
+    from molal_ray.aggregation import build_matrix
+    from molal_ray.aggregation.api import aggregate, load_gold, read_table_any
+    from molal_ray.pipeline.output import read_cascade
+
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 300)
+    pq.write_table(pool, tmp_path / "pool.parquet")
+    ids = pool.column("id").to_pylist()
+    gold_all = pd.read_csv(TREC / "gold.csv").set_index("sample_id")
+    gold = gold_all.loc[ids[:40]].reset_index()
+    pd.concat([gold, pd.DataFrame({"sample_id": ["not-in-the-pool"], "label": ["human"]})]).to_csv(
+        tmp_path / "gold.csv", index=False)
+    data = _config(tmp_path, tmp_path / "pool.parquet", tmp_path / "out")
+    data["cascade"] = {"stages": [["gemma", "llama"], ["mistral", "qwen", "yi"]], "order": "gold",
+                       "gold": str(tmp_path / "gold.csv")}
+    summary = run_label_job(LabelJobConfig.from_dict(data))
+    plan = read_cascade(tmp_path / "out")
+    assert plan is not None and plan == summary.cascade and plan["gold_rows"] == 40
+    m = build_matrix(read_annotation_table(tmp_path / "out"), 6, sample_ids=np.asarray(ids, dtype=object))
+    y = np.array([TREC_LABELS.index(label) for label in gold["label"]])
+    acc = {a: float((m.votes[:40, j].argmax(1) == y).mean()) for j, a in enumerate(m.annotators)}
+    assert plan["accuracy_on_gold"] == pytest.approx(acc)
+    first = plan["stages"][0]
+    assert sorted(acc.values())[-2:] == sorted(acc[a] for a in first)  # the two most accurate first
+    assert m.present[:40].all()  # every annotator on the gold rows
+    cols = [m.annotators.index(a) for a in first]
+    v = m.votes[40:][:, cols]
+    share = v.max(2) / np.maximum(v.sum(2), 1e-12)
+    sure = (v.argmax(2) == v.argmax(2)[:, :1]).all(1) & (share >= 0.8).all(1)
+    assert 0 < sure.sum() < 260 and (m.present[40:].sum(1) == np.where(sure, 2, 5)).all()
+    assert summary.llm_calls_per_text == pytest.approx((40 * 5 + 260 * 2 + 3 * int((~sure).sum())) / 300, abs=1e-4)
+    # A resumed run keeps the ranking and asks nothing again.
+    again = run_label_job(LabelJobConfig.from_dict(data))
+    assert again.rows_written_this_run == 0 and read_cascade(tmp_path / "out") == plan
+    # molal-ray aggregate reads the plan: the gold rows' later-stage answers are hidden where stage one settled.
+    res = aggregate(read_table_any(str(tmp_path / "out")), load_gold(tmp_path / "gold.csv", TREC_LABELS), TREC_LABELS,
+                    validate=False, cascade=plan)
+    g = m.votes[:40][:, cols]
+    g_sure = (g.argmax(2) == g.argmax(2)[:, :1]).all(1) & (g.max(2) / np.maximum(g.sum(2), 1e-12) >= 0.8).all(1)
+    assert res.report["cascade"]["answers_hidden"] == 3 * int(g_sure.sum()) > 0

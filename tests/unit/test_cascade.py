@@ -123,3 +123,68 @@ def test_the_stages_name_every_annotator_once():
                          ([["yi", "mistral"], ["gemma", "llama", "qwen", "gpt"]], "not an annotator")):
         with pytest.raises(Exception, match=word):
             LabelJobConfig.from_dict({**base, "cascade": {"stages": stages}})
+
+
+def _matrix(votes):  # type: ignore[no-untyped-def]
+    from molal_ray.aggregation.features import AnnotationMatrix
+
+    v = np.asarray(votes, np.float32)
+    present = ~np.isnan(v).any(2)
+    return AnnotationMatrix(np.array([f"s{i}" for i in range(len(v))], dtype=object), ["a", "b", "c", "d"],
+                            v.copy(), v.copy(), present)
+
+
+N = [np.nan, np.nan]
+SURE0, SURE1, HALF = [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]
+
+
+def test_the_view_hides_what_the_cascade_would_not_have_asked():
+    from molal_ray.annotation.cascade import cascade_view, stage_reached
+
+    stages = [["a"], ["b"], ["c"]]  # "d" is in no stage
+    m = _matrix([[SURE0, SURE0, SURE1, SURE1],  # settled by a: b and c hidden, d kept
+                 [HALF, SURE0, SURE0, SURE0],   # a unsure, a+b unsure: c reached
+                 [SURE0, SURE1, SURE0, SURE0],  # a sure, but b... b is never asked: settled at a
+                 [N, SURE0, SURE0, N],          # a failed: goes on, a+b not settled (a absent): c reached
+                 [SURE1, N, N, N]])             # a cascaded row: already as the cascade left it
+    assert stage_reached(m, stages, 0.8).tolist() == [0, 2, 0, 2, 0]
+    v = cascade_view(m, stages, 0.8)
+    assert v.present.tolist() == [[True, False, False, True], [True, True, True, True],
+                                  [True, False, False, True], [False, True, True, False], [True, False, False, False]]
+    assert np.isnan(v.votes[0, 1]).all() and np.isnan(v.probs[2, 2]).all() and v.votes[0, 3].tolist() == SURE1
+    assert cascade_view(v, stages, 0.8) is v  # a table the cascade wrote is left as it is
+    assert m.present.sum() == 15  # the input is not changed
+
+
+def test_the_order_by_accuracy_keeps_the_stage_sizes():
+    from molal_ray.annotation.cascade import order_by_accuracy
+
+    m = _matrix([[SURE0, SURE1, SURE0, SURE0],
+                 [SURE1, SURE1, N, SURE0],
+                 [SURE0, SURE0, SURE0, SURE1]])
+    y = np.array([0, 1, 0])
+    stages, acc = order_by_accuracy(m, np.arange(3), y, [["a", "b"], ["c", "d"]])
+    # a: 3/3, b: 2/3, c: 2/3 (its missing answer counts as wrong), d: 1/3; b before c (config order)
+    assert acc == pytest.approx({"a": 1.0, "b": 2 / 3, "c": 2 / 3, "d": 1 / 3})
+    assert stages == [["a", "b"], ["c", "d"]]
+    stages, _ = order_by_accuracy(m, np.arange(3), y, [["d"], ["c", "b", "a"]])
+    assert stages == [["a"], ["c", "b", "d"]]
+
+
+def test_order_gold_needs_gold_rows():
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.config.loop import LoopJobConfig
+
+    base = {"task": {"labels": TREC_LABELS}, "pool": {"path": "p.parquet"}, "output": {"path": "out"},
+            "annotators": [{"name": n, "engine": {"type": "replay", "path": "r.parquet"}} for n in TREC_ANNOTATORS]}
+    with pytest.raises(Exception, match="needs cascade.gold"):
+        LabelJobConfig.from_dict({**base, "cascade": {"stages": STAGES, "order": "gold"}})
+    with pytest.raises(Exception, match="only with cascade.order: gold"):
+        LabelJobConfig.from_dict({**base, "cascade": {"stages": STAGES, "gold": "g.csv"}})
+    ok = LabelJobConfig.from_dict({**base, "cascade": {"stages": STAGES, "order": "gold", "gold": "g.csv"}},
+                                  base_dir="/cfg")
+    assert ok.cascade is not None and ok.cascade.gold == "/cfg/g.csv"
+    loop = {**base, "gold": "g.csv", "classifier": {"backbone": "b"}}
+    assert LoopJobConfig.from_dict({**loop, "cascade": {"stages": STAGES, "order": "gold"}}).cascade is not None
+    with pytest.raises(Exception, match="ranks the annotators on its initial gold"):
+        LoopJobConfig.from_dict({**loop, "cascade": {"stages": STAGES, "order": "gold", "gold": "g.csv"}})

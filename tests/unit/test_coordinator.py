@@ -73,6 +73,7 @@ class FakeServices:
             asyncio.run(e.start())
         self.tables: list[pa.Table] = []
         self.annotated: list[str] = []
+        self.pairs: set[tuple[str, str]] = set()
         self.review_dir = None
         self.requests = []
 
@@ -81,15 +82,27 @@ class FakeServices:
         stage = ScoreStage(model_dir, request, 32, predictor=FakePredictor(model_dir))
         return collect([stage(self.pool.slice(i, 37)) for i in range(0, self.pool.num_rows, 37)], request)
 
-    def annotate(self, rows):  # type: ignore[no-untyped-def]
-        ids = [i for i in rows.column(schema.SAMPLE_ID).to_pylist() if i not in self.annotated]  # exactly once
-        keys = [k for k, i in zip(rows.column(ROW).to_pylist(), rows.column(schema.SAMPLE_ID).to_pylist())
-                if i in set(ids)]
-        self.annotated += ids
-        for a, e in self.engines.items():
-            payload = pack_annotations(asyncio.run(e.annotate(ids, self.texts(keys))), 6)
-            self.tables.append(annotation_rows(a, ids, payload, [None] * len(ids)))
-        return len(ids) * len(self.engines)
+    def annotate(self, rows, stages=None):  # type: ignore[no-untyped-def]
+        """Each (sample, annotator) pair once; in stages like the annotate stage (a cascade)."""
+        from molal_ray.annotation.cascade import settled_ids
+
+        all_ids, all_keys = rows.column(schema.SAMPLE_ID).to_pylist(), rows.column(ROW).to_pylist()
+        self.annotated += [i for i in all_ids if i not in self.annotated]
+        go, calls = np.ones(len(all_ids), bool), 0
+        for k, stage in enumerate(stages or [list(self.engines)]):
+            if k:
+                earlier = [a for st in stages[:k] for a in st]
+                go &= ~settled_ids(self.annotations(), earlier, 6, 0.8, all_ids)
+            for a in stage:
+                todo = [(i, key) for i, key, g in zip(all_ids, all_keys, go) if g and (i, a) not in self.pairs]
+                if not todo:
+                    continue
+                ids, keys = [i for i, _ in todo], [key for _, key in todo]
+                self.pairs |= {(i, a) for i in ids}
+                payload = pack_annotations(asyncio.run(self.engines[a].annotate(ids, self.texts(keys))), 6)
+                self.tables.append(annotation_rows(a, ids, payload, [None] * len(ids)))
+                calls += len(ids)
+        return calls
 
     def write_review(self, name, items):  # type: ignore[no-untyped-def]
         from molal_ray.review import csv_text
@@ -131,7 +144,7 @@ def trec():
     return table, gold
 
 
-def _coordinator(trec, tmp_path, **settings):
+def _coordinator(trec, tmp_path, cascade=None, **settings):
     table, gold = trec
     s = LoopSettings(**{"initial_gold": 20, "rounds": 2, "query_size": 15, "strategy": "max-entropy",
                         "subsample": 100, "test_fraction": 0.2, "test_max": 40, "seed": 1, **settings})
@@ -140,7 +153,7 @@ def _coordinator(trec, tmp_path, **settings):
     services = FakeServices(table)
     services.review_dir = tmp_path / "review"
     state = LoopState(labels=TREC_LABELS, seed=s.seed)
-    return Coordinator(state, s, Geometry(N), split, services, tmp_path / "state"), services
+    return Coordinator(state, s, Geometry(N), split, services, tmp_path / "state", cascade), services
 
 
 def _run(coord):
@@ -321,3 +334,40 @@ def test_without_gold_labels_the_loop_waits_for_the_review_file(trec, tmp_path):
     m = again.run_round()
     human = [x for x in again.state.labeled if x.source == "human"]
     assert m["round"] == 1 and m["n_human"] == 5 and [x.label for x in human] == [1] * 5
+
+
+def test_a_cascade_ordered_on_gold_ranks_on_round_0_then_asks_the_best_first(trec, tmp_path):
+    from molal_ray.aggregation import build_matrix
+    from molal_ray.config.job import CascadeConfig
+
+    cascade = CascadeConfig(stages=[["gemma"], ["llama", "mistral", "qwen", "yi"]], order="gold")
+    coord, services = _coordinator(trec, tmp_path, cascade=cascade)
+    metrics = _run(coord)
+    state = coord.state
+    table = services.annotations()
+    m = build_matrix(table, 6)
+    at = {s: i for i, s in enumerate(m.sample_ids)}
+    gold = [x for x in state.labeled if x.source == "gold"]
+    rows = np.array([at[x.sample_id] for x in gold])
+    assert m.present[rows].all() and metrics[0]["llm_calls"] == 20 * 5  # everyone labelled the gold rows
+    acc = {a: float((m.votes[rows, j].argmax(1) == [x.label for x in gold]).mean()) for j, a in enumerate(m.annotators)}
+    assert state.cascade["accuracy_on_gold"] == pytest.approx(acc) and state.cascade["gold_rows"] == 20
+    first = state.cascade["stages"][0]
+    assert len(first) == 1 and acc[first[0]] == max(acc.values())
+    assert sorted(state.cascade["stages"][1]) == sorted(set(TREC_ANNOTATORS) - set(first))
+    # Later rounds: the best annotator on every queried row, the others only where it was unsure.
+    j = m.annotators.index(first[0])
+    queried = np.array([at[x.sample_id] for x in state.labeled if x.source == "molal"])
+    def sure_of(rows):  # type: ignore[no-untyped-def]  # the rule: its top label has 0.8 of its valid votes
+        v = m.votes[rows, j]
+        return v.max(1) / np.maximum(v.sum(1), 1e-12) >= 0.8
+
+    sure = sure_of(queried)
+    assert m.present[queried, j].all() and 0 < sure.sum() < len(queried)
+    assert (m.present[queried].sum(1) == np.where(sure, 1, 5)).all()
+    assert sum(x["llm_calls"] for x in metrics[1:]) == 30 + 4 * int((~sure).sum())
+    # The aggregator sees the gold rows as the cascade would have left them.
+    seen = coord.matrix(table)
+    g_sure = sure_of(rows)
+    assert (seen.present[rows].sum(1) == np.where(g_sure, 1, 5)).all() and g_sure.any()
+    assert LoopState.load(tmp_path / "state").cascade == state.cascade  # a resume keeps the ranking
