@@ -1,14 +1,18 @@
 """The annotator cascade on TREC (5 recorded LLMs, 5,452 questions): LLM calls per text and label
 accuracy, against all five annotators on every text.
 
-For each seed, 50 gold labels are drawn and the two annotators most accurate on them form the
-first stage; the other three are asked only about the texts the first two leave unsettled
-(they disagree, or either gave its top label less than ``--min-share`` of its votes: the rule of
-``molal_ray/annotation/cascade.py``, the one the label job applies). Annotators not asked are
-absent from the matrix, as in the table the label job writes. Accuracy is on the 5,402 other
-rows, for majority vote and the default aggregator (fitted on the 50 gold).
+For each seed, 50 gold labels are drawn; as the label job does with ``cascade.order: gold``,
+every annotator labels those 50 rows, the stages (``--first`` annotators, then the others) are
+filled by accuracy on them, and every other row goes through the stages with the job's rule
+(``molal_ray/annotation/cascade.py``: the stage-one annotators agree and each gives its label at
+least ``--min-share`` of its votes, or the row goes on). Annotators not asked are absent from the
+matrix, as in the table the job writes; the gold rows are then seen as the cascade would have
+left them (``cascade_view``, what ``molal-ray aggregate`` and the loop do) or, with
+``--gold-rows full``, with all five answers (what an aggregator fitted without the view sees).
+Accuracy is on the 5,402 other rows, for majority vote and the default aggregator (fitted on the
+50 gold). The LLM calls count the gold rows' five.
 
-    .venv/bin/python benchmarks/cascade.py [--seeds 3] [--min-share 0.6 0.8 0.9]
+    .venv/bin/python benchmarks/cascade.py [--seeds 3] [--first 1 2] [--min-share 0.6 0.8 0.9]
 """
 
 from __future__ import annotations
@@ -26,28 +30,35 @@ from aggregation_quality import LABELS, trec_matrix  # noqa: E402
 
 from molal_ray.aggregation import Gold, get_aggregator  # noqa: E402
 from molal_ray.aggregation.features import AnnotationMatrix  # noqa: E402
-from molal_ray.annotation.cascade import settled  # noqa: E402
+from molal_ray.annotation.cascade import cascade_view, order_by_accuracy, stage_reached  # noqa: E402
 
 
-def cascaded(m: AnnotationMatrix, first: list[int], min_share: float) -> tuple[AnnotationMatrix, float]:
-    """The matrix the label job would write with ``first`` as stage one and the rest as stage
-    two; and its LLM calls per text."""
-    ok = settled(m.votes[:, first], m.present[:, first], min_share)
-    later = [a for a in range(len(m.annotators)) if a not in first]
+def cascaded(m: AnnotationMatrix, stages: list[list[str]], min_share: float, gold_idx: np.ndarray,
+             view: bool) -> tuple[AnnotationMatrix, float]:
+    """The matrix a cascaded label job leaves (every annotator on the gold rows), as the
+    aggregator sees it, and its LLM calls per text."""
+    last = stage_reached(m, stages, min_share)
+    last[gold_idx] = len(stages) - 1  # asked by everyone, to rank the annotators
     P, V, present = m.probs.copy(), m.votes.copy(), m.present.copy()
-    for a in later:
-        P[ok, a] = np.nan
-        V[ok, a] = np.nan
-        present[ok, a] = False
-    calls = (len(first) * len(ok) + len(later) * int((~ok).sum())) / len(ok)
-    return AnnotationMatrix(m.sample_ids, m.annotators, P, V, present), calls
+    for k, stage in enumerate(stages):
+        for a in stage:
+            j = m.annotators.index(a)
+            hide = last < k
+            P[hide, j], V[hide, j], present[hide, j] = np.nan, np.nan, False
+    calls = float(sum(len(st) * (last >= k).sum() for k, st in enumerate(stages)) / len(m))
+    table = AnnotationMatrix(m.sample_ids, m.annotators, P, V, present)
+    return (cascade_view(table, stages, min_share) if view else table), calls
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--gold", type=int, default=50)
+    ap.add_argument("--first", type=int, nargs="*", default=[1, 2], help="annotators in stage one")
     ap.add_argument("--min-share", type=float, nargs="*", default=[0.6, 0.8, 0.9])
+    ap.add_argument("--gold-rows", choices=["view", "full"], default="view",
+                    help="view: the gold rows as the cascade leaves them (the job's aggregation); "
+                         "full: with all five answers")
     args = ap.parse_args()
     t0 = time.monotonic()
     m, y = trec_matrix()
@@ -57,18 +68,22 @@ def main() -> None:
         rng = np.random.default_rng(seed)
         gold_idx = np.sort(rng.choice(len(y), args.gold, replace=False))
         rest = np.setdiff1d(np.arange(len(y)), gold_idx)
-        acc_on_gold = [(m.votes[gold_idx, a].argmax(1) == y[gold_idx]).mean() for a in range(len(m.annotators))]
-        first = [int(a) for a in np.argsort(acc_on_gold)[::-1][:2]]
-        print(f"seed {seed}: first stage {[m.annotators[a] for a in first]}", flush=True)
-        for name, mm, calls in [("all five", m, 5.0)] + [(f"cascade {s}", *cascaded(m, first, s))
-                                                        for s in args.min_share]:
-            gold = Gold(gold_idx, y[gold_idx], C)
+        gold = Gold(gold_idx, y[gold_idx], C)
+        _, acc = order_by_accuracy(m, gold_idx, y[gold_idx], [list(m.annotators)])
+        print(f"seed {seed}: accuracy on the gold rows " + ", ".join(f"{a} {v:.2f}" for a, v in acc.items()),
+              flush=True)
+        runs: list[tuple[str, AnnotationMatrix, float]] = [("all five", m, 5.0)]
+        for k in args.first:
+            stages, _ = order_by_accuracy(m, gold_idx, y[gold_idx], [m.annotators[:k], m.annotators[k:]])
+            for s in args.min_share:
+                runs.append((f"{k} first, {s}", *cascaded(m, stages, s, gold_idx, args.gold_rows == "view")))
+        for name, mm, calls in runs:
             maj = get_aggregator("majority").fit(mm, gold).predict_proba(mm.take(rest)).argmax(1)
             dflt = get_aggregator("default").fit(mm, gold).predict_proba(mm.take(rest)).argmax(1)
             res = (calls, float((maj == y[rest]).mean()), float((dflt == y[rest]).mean()))
             rows.setdefault(name, []).append(res)
             print(f"  {name:<14} calls/text {res[0]:.2f}  majority {res[1]:.4f}  default {res[2]:.4f}", flush=True)
-    print(f"\nmean over {args.seeds} seeds ({len(y) - args.gold} rows each):")
+    print(f"\nmean over {args.seeds} seeds ({len(y) - args.gold} rows each; gold rows: {args.gold_rows}):")
     print(f"{'':<14} | calls/text | share of calls | majority | default | default - all five")
     base = np.mean([r[2] for r in rows["all five"]])
     for name, rs in rows.items():

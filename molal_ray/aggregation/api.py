@@ -153,7 +153,7 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
         "negatives": pa.array(negatives, pa.list_(pa.string())),
         "is_gold": pa.array(is_gold), "n_annotators": pa.array(m.present.sum(1).astype(np.int16)),
     }, schema=OUTPUT_SCHEMA)
-    report["annotator_quality"] = annotator_quality(m, gold)
+    report["annotator_quality"] = annotator_quality(raw, gold)  # every answer on the gold rows, cascade or not
     if validate:
         def factory(n: str):
             return lambda: get_aggregator(n, seed=seed)

@@ -52,11 +52,13 @@ def stage_kwargs(cfg: LabelJobConfig, out: OutputDir, done: DoneIndex, stages: l
             "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0}
 
 
-def plan_cascade(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir) -> dict[str, Any] | None:
+def plan_cascade(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir,
+                 written: dict[str, int]) -> dict[str, Any] | None:
     """The stages of this run, kept in ``OUT/cascade.json`` (which ``molal-ray aggregate`` reads):
     as configured, or (``order: gold``) refilled by each annotator's accuracy on the rows of
     ``cascade.gold``, which every annotator labels first, into the table. A resumed run keeps the
-    ranking it made. Without a cascade the file is removed: the table is no longer cascaded."""
+    ranking it made. Without a cascade the file is removed: the table is no longer cascaded.
+    The rows the ranking writes are added to ``written``."""
     target = out.root.join(CASCADE)
     c = cfg.cascade
     if c is None:
@@ -68,7 +70,7 @@ def plan_cascade(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir) -> dic
         if prev and prev.get("order") == "gold" and same_shape(prev["stages"], c.stages):
             plan = {**prev, "min_vote_share": c.min_vote_share}
         else:
-            plan.update(rank_on_gold(cfg, pool, out))
+            plan.update(rank_on_gold(cfg, pool, out, written))
     target.write_json(plan)
     return plan
 
@@ -79,7 +81,7 @@ def same_shape(a: list[list[str]], b: list[list[str]]) -> bool:
         len(st) for st in b]
 
 
-def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir) -> dict[str, Any]:
+def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, written: dict[str, int]) -> dict[str, Any]:
     """Every annotator labels the pool rows of ``cascade.gold`` (into the table, exactly once like
     any row); the stages are refilled by accuracy there (``annotation/cascade.py``)."""
     from molal_ray.aggregation import build_matrix
@@ -99,7 +101,9 @@ def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir) -> dic
     ids = found.column(schema.SAMPLE_ID).to_pylist()
     texts = pool.fetch(keys, columns=(schema.TEXT,)).column(schema.TEXT).to_pylist()
     everyone = [a for stage in cfg.cascade.stages for a in stage]
-    AnnotateStage(**stage_kwargs(cfg, out, DoneIndex(out.parts), [everyone]))(stage_batch(keys, ids, texts))
+    stats = AnnotateStage(**stage_kwargs(cfg, out, DoneIndex(out.parts), [everyone]))(stage_batch(keys, ids, texts))
+    for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):
+        written[a] = written.get(a, 0) + int(r)
     m = build_matrix(read_annotation_rows(out.root, ids), len(labels), sample_ids=np.asarray(ids, dtype=object))
     y = gold_df.set_index("sample_id").loc[ids, "y"].to_numpy(dtype=np.int64)
     stages, acc = order_by_accuracy(m, np.arange(len(ids)), y, cfg.cascade.stages)
@@ -155,7 +159,7 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
     written = dict.fromkeys(names, 0)
     t_annotate = time.monotonic()
     try:
-        plan = plan_cascade(cfg, pool, out)
+        plan = plan_cascade(cfg, pool, out, written)
         results = annotate_dataset(pool, out, cfg, plan["stages"] if plan else None)
         for stats in (results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []):
             for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):

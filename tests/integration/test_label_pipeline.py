@@ -204,6 +204,7 @@ def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
     summary = run_label_job(LabelJobConfig.from_dict(data))
     plan = read_cascade(tmp_path / "out")
     assert plan is not None and plan == summary.cascade and plan["gold_rows"] == 40
+    assert summary.rows_written_this_run == summary.table_rows  # the ranking's rows counted too
     m = build_matrix(read_annotation_table(tmp_path / "out"), 6, sample_ids=np.asarray(ids, dtype=object))
     y = np.array([TREC_LABELS.index(label) for label in gold["label"]])
     acc = {a: float((m.votes[:40, j].argmax(1) == y).mean()) for j, a in enumerate(m.annotators)}
