@@ -12,7 +12,9 @@ gold set of that seed (not with hindsight on the whole data).
 
 Modes: ``molal``, ``gold``, ``majority``, ``single`` (the best single annotator), and ``routed``
 / ``routed-random``: the ``molal`` loop with ``--human`` of each round's queries labelled by people
-(simulated by the gold file), the least certain ones (margin) or random ones.
+(simulated by the gold file), the least certain ones (margin) or random ones; ``routed-relabel``:
+``routed`` with ``loop.relabel`` (the earlier rounds' labels redone each round by the aggregator
+fitted with every human label so far).
 
 Every loop is the example's (examples/trec/loop.yaml: replay annotators on Serve, MiniLM) with
 its seed, strategy and annotation mode changed. The classifier is trained with ``trainer: local``
@@ -63,7 +65,8 @@ def best_single(seed: int, initial_gold: int) -> str:
 
 
 # Modes that route some of each round's queries to people (simulated by the gold file).
-ROUTED = {"routed": {"routing": "margin"}, "routed-random": {"routing": "random"}}
+ROUTED = {"routed": {"routing": "margin"}, "routed-random": {"routing": "random"},
+          "routed-relabel": {"routing": "margin", "relabel": True}}
 
 # The classifier of the recorded figures: MiniLM fine-tuned each round (the example's settings
 # before it moved to a frozen encoder and a linear head).

@@ -53,6 +53,12 @@ class LoopSettings(StrictModel):
                               "label's two most likely classes, the highest entropy, the lowest top probability, "
                               "the most annotators voting against the aggregated label, or random (a baseline).")
 
+    relabel: bool = Field(False, description="Each round, give the earlier rounds' aggregator-labelled rows the "
+                                             "labels (and negatives, and discrepancy weights) of this round's "
+                                             "aggregator, fitted with every human label so far: with people in "
+                                             "the loop (human_per_round) the old labels improve as theirs "
+                                             "accumulate. annotation 'molal' only.")
+
     def n_human(self) -> int:
         """Samples per round that go to people."""
         h = self.human_per_round

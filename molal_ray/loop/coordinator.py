@@ -243,7 +243,7 @@ class Coordinator:
         metrics = {"round": r, "n_labeled": len(self.state.labeled), **evaluate(scored, self.split),
                    "annotation_accuracy": info.get("annotation_accuracy"),
                    "llm_label_accuracy": info.get("llm_label_accuracy"), "n_human": info.get("n_human", 0),
-                   "llm_calls": llm_calls, "val_accuracy": res.val_accuracy,
+                   "llm_calls": llm_calls, "n_relabelled": info.get("n_relabelled", 0), "val_accuracy": res.val_accuracy,
                    "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
                    "elapsed_s": round(time.monotonic() - self.t0, 1), "phase_s": clock.seconds}
         self.finish_round(metrics)
@@ -314,6 +314,7 @@ class Coordinator:
         keys = queried.column(ROW).to_pylist()
         mode = self.s.annotation
         m = None
+        relabelled = 0
         if mode == "gold":
             missing = [i for i in ids if i not in self.split.gold]
             if missing:
@@ -324,7 +325,11 @@ class Coordinator:
             if table is None:
                 raise AggregationError("loop: no annotation table for the queried rows")
             m = self.matrix(table)
-            probs = self.aggregate(m, ids)
+            earlier = ([r for r in self.state.labeled if r.source == "molal"]
+                       if self.s.relabel and mode == "molal" else [])
+            both = self.aggregate(m, ids + [r.sample_id for r in earlier])
+            probs = both[:len(ids)]
+            relabelled = self.relabel(earlier, both[len(ids):])
         labels = probs.argmax(1)
         human = np.zeros(len(ids), bool)
         n_h = min(self.s.n_human(), len(ids)) if mode != "gold" else 0
@@ -340,8 +345,8 @@ class Coordinator:
         weights[human] = 1.0
         new = [LabeledRow(sid, int(k), int(lab), "human" if h else source, float(w),
                           [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)]
-                          if source == "molal" and not h else [])
-               for sid, k, lab, w, p, h in zip(ids, keys, labels, weights, probs, human)]
+                          if source == "molal" and not h else [], int(pp) if source == "molal" and not h else -1)
+               for sid, k, lab, w, p, h, pp in zip(ids, keys, labels, weights, probs, human, prev)]
         self.state.add(new)
 
         def accuracy(mask: np.ndarray) -> float | None:
@@ -349,7 +354,22 @@ class Coordinator:
             return float(np.mean([a == t for a, t in known])) if known else None
 
         return {"annotation_accuracy": accuracy(np.ones(len(ids), bool)), "llm_label_accuracy": accuracy(~human),
-                "n_human": int(human.sum()), "n_down_weighted": int((weights < 1).sum())}
+                "n_human": int(human.sum()), "n_down_weighted": int((weights < 1).sum()),
+                "n_relabelled": relabelled}
+
+    def relabel(self, rows: list[LabeledRow], probs: np.ndarray) -> int:
+        """``loop.relabel``: earlier aggregator-labelled ``rows`` take this round's distributions
+        ``probs`` (label, negatives, discrepancy weight against the classifier of their round).
+        Returns how many labels changed."""
+        changed = 0
+        for r, p in zip(rows, probs):
+            label = int(p.argmax())
+            changed += label != r.label
+            r.label = label
+            r.negatives = [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)]
+            r.weight = 1.0 if r.previous_pred < 0 else float(
+                discrepancy_weights(np.array([label]), np.array([r.previous_pred]), self.s.discrepancy_alpha)[0])
+        return changed
 
     def route(self, probs: np.ndarray, ids: list[str], m: Any, n: int) -> np.ndarray:
         """Positions of the queried rows that go to people: the ``n`` least certain by the rule."""

@@ -32,6 +32,7 @@ class LabeledRow:
     source: str  # one of SOURCES
     weight: float = 1.0
     negatives: list[int] = field(default_factory=list)
+    previous_pred: int = -1  # the classifier's class for the row when it was queried (-1: none); loop.relabel
 
 
 @dataclass

@@ -371,3 +371,36 @@ def test_a_cascade_ordered_on_gold_ranks_on_round_0_then_asks_the_best_first(tre
     g_sure = sure_of(rows)
     assert (seen.present[rows].sum(1) == np.where(g_sure, 1, 5)).all() and g_sure.any()
     assert LoopState.load(tmp_path / "state").cascade == state.cascade  # a resume keeps the ranking
+
+
+def test_relabel_gives_earlier_rows_the_labels_of_the_latest_aggregator(trec, tmp_path):
+    import copy
+
+    coord, _ = _coordinator(trec, tmp_path, rounds=2, human_per_round=5, relabel=True)
+    seen = {}
+    real_aggregate = coord.aggregate
+
+    def recording_aggregate(m, ids):  # type: ignore[no-untyped-def]
+        p = real_aggregate(m, ids)
+        if coord.state.round == 2:  # a later aggregator that disagrees with every earlier label
+            p[15:] = np.roll(p[15:], 1, axis=1)
+        seen[coord.state.round] = (list(ids), p)
+        return p
+
+    coord.aggregate = recording_aggregate  # type: ignore[method-assign]
+    metrics = [coord.run_round(), coord.run_round()]
+    after_1 = copy.deepcopy(coord.state.labeled)
+    metrics.append(coord.run_round())
+    ids, probs = seen[2]
+    earlier = [x for x in after_1 if x.source == "molal"]
+    assert len(earlier) == 10 and ids[15:] == [x.sample_id for x in earlier]  # one fit for both
+    now = {x.sample_id: x for x in coord.state.labeled}
+    for x, p in zip(earlier, probs[15:]):
+        y = now[x.sample_id]
+        assert y.label == int(p.argmax()) and y.negatives == [int(c) for c in np.flatnonzero(p < 0.05)]
+        assert y.previous_pred == x.previous_pred >= 0 and y.weight == (1.0 if y.label == y.previous_pred else 0.5)
+    assert metrics[2]["n_relabelled"] == sum(now[x.sample_id].label != x.label for x in earlier) == 10
+    assert metrics[1]["n_relabelled"] == 0  # round 1 had no earlier aggregator labels
+    for x in after_1:  # people's and round 0's labels stay as they were
+        if x.source != "molal":
+            assert now[x.sample_id] == x
