@@ -20,6 +20,25 @@ TREC_LABELS = ["abbreviation", "entity", "description", "human", "location", "nu
 TREC_ANNOTATORS = ["gemma", "llama", "mistral", "qwen", "yi"]
 
 
+def recorded_answers(ids: list[str]) -> dict:
+    """What the replay annotators must write for these TREC ids: (sample_id, annotator) ->
+    (normalised probs, vote shares, invalid votes), from the recording and the answer parser."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from molal_ray.annotation import AnswerParser, votes_from_answers
+
+    parser = AnswerParser(TREC_LABELS)
+    keep = set(ids)
+    out = {}
+    for r in pq.read_table(TREC / "recording.parquet").to_pylist():
+        if r["sample_id"] in keep:
+            p = np.asarray(r["label_probs"], dtype=np.float64)
+            votes, n_inv = votes_from_answers(parser.parse_many(r["samples"]), len(TREC_LABELS))
+            out[(r["sample_id"], r["annotator"])] = (p / p.sum(), votes, n_inv)
+    return out
+
+
 @pytest.fixture(scope="session")
 def trec_dir() -> Path:
     return TREC

@@ -16,11 +16,10 @@ import pytest
 import yaml
 
 from molal_ray import schema
-from molal_ray.annotation import AnswerParser, votes_from_answers
 from molal_ray.config import LabelJobConfig
 from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table
-from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS
+from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, recorded_answers
 
 pytestmark = pytest.mark.ray
 
@@ -37,19 +36,6 @@ def _config(tmp_path: Path, pool: Path, out: Path, latency: float = 0.0, **pipel
     }
 
 
-def _expected(ids: list[str]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]]:
-    rec = pq.read_table(TREC / "recording.parquet").to_pylist()
-    parser = AnswerParser(TREC_LABELS)
-    keep = set(ids)
-    out = {}
-    for r in rec:
-        if r["sample_id"] in keep:
-            p = np.asarray(r["label_probs"], dtype=np.float64)
-            votes, n_inv = votes_from_answers(parser.parse_many(r["samples"]), 6)
-            out[(r["sample_id"], r["annotator"])] = (p / p.sum(), votes, n_inv)
-    return out
-
-
 def _table_dict(out: Path) -> dict[tuple[str, str], dict]:
     rows = read_annotation_table(out).to_pylist()
     keys = [(r["sample_id"], r["annotator"]) for r in rows]
@@ -64,7 +50,7 @@ def test_trec_subset_matches_the_recording_row_by_row(ray_local, tmp_path):
     seen = []
     summary = run_label_job(cfg, progress=lambda w, n: seen.append((dict(w), n)))
     table = _table_dict(tmp_path / "out")
-    expected = _expected(pool.column("id").to_pylist())
+    expected = recorded_answers(pool.column("id").to_pylist())
     assert set(table) == set(expected) and len(table) == 400 * 5
     for key, (probs, votes, n_inv) in expected.items():
         row = table[key]

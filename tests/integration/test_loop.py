@@ -94,15 +94,18 @@ def test_resumed_loop_repeats_an_uninterrupted_one(ray_local, setup, tmp_path):
 @pytest.mark.parametrize("strategy", ["coreset", "noise-stability", "bemps"])
 def test_model_based_strategies_run_in_the_loop(ray_local, setup, tmp_path, strategy):
     """Strategies that need embeddings (CoreSet: also the labelled rows') or weight-noise copies
-    get them from the one prediction pass per model, in the straight run and after a resume."""
+    get them from the one prediction pass per model, in the straight run and (CoreSet, whose
+    labelled rows' embeddings must be scored again) after a resume."""
     root, backbone = setup
     out = tmp_path / strategy
-    run_loop(_cfg(root, backbone, out, rounds=1, trainer="local", strategy=strategy, noise_copies=2))
-    report = run_loop(_cfg(root, backbone, out, rounds=2, trainer="local", strategy=strategy, noise_copies=2),
-                      resume=True)
-    assert [r["n_labeled"] for r in report["rounds"]] == [20, 40, 60]
+    report = run_loop(_cfg(root, backbone, out, rounds=1, trainer="local", strategy=strategy, noise_copies=2))
+    if strategy == "coreset":
+        report = run_loop(_cfg(root, backbone, out, rounds=2, trainer="local", strategy=strategy, noise_copies=2),
+                          resume=True)
+    n = 20 * len(report["rounds"])
+    assert [r["n_labeled"] for r in report["rounds"]] == list(range(20, n + 1, 20))
     state = LoopState.load(out / "state")
-    assert len({x.sample_id for x in state.labeled}) == 60
+    assert len({x.sample_id for x in state.labeled}) == n
 
 
 def test_gold_mode_needs_no_annotator_and_flagged_rows_stay_out(ray_local, setup, tmp_path):

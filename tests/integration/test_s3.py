@@ -96,7 +96,7 @@ def test_a_killed_label_job_on_s3_resumes_to_the_rows_of_an_uninterrupted_one(ra
     assert _pairs(out) == _pairs(local)
 
 
-def test_a_two_round_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_path):
+def test_a_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_path):
     from molal_ray.testing.tiny_models import build_tiny_bert
 
     backbone = build_tiny_bert(tmp_path / "bert", pq.read_table(data["root"] / "pool.parquet").column("text").to_pylist())
@@ -107,7 +107,7 @@ def test_a_two_round_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_p
             "annotators": [{"name": n, "engine": {"type": "replay", "path": recording},
                             "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
             "pool": {"path": pool}, "gold": gold,
-            "loop": {"initial_gold": 20, "rounds": 2, "query_size": 20, "strategy": "max-entropy", "subsample": 120,
+            "loop": {"initial_gold": 20, "rounds": 1, "query_size": 20, "strategy": "max-entropy", "subsample": 120,
                      "test_fraction": 0.25, "test_max": 60},
             "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
                            "cpus_per_worker": 0.5},
@@ -117,11 +117,11 @@ def test_a_two_round_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_p
     remote = run_loop(cfg(data["pool"], data["recording"], data["gold"], out))
     local = run_loop(cfg(str(data["root"] / "pool.parquet"), str(TREC / "recording.parquet"), str(TREC / "gold.csv"),
                          str(tmp_path / "loop")))
-    assert [r["n_labeled"] for r in remote["rounds"]] == [20, 40, 60]
+    assert [r["n_labeled"] for r in remote["rounds"]] == [20, 40]  # round 1 scored with round 0's model from S3
     a, b = LoopState.load(resolve(out).join("state")), LoopState.load(tmp_path / "loop" / "state")
     assert [(x.sample_id, x.label, x.weight) for x in a.labeled] == [(x.sample_id, x.label, x.weight) for x in b.labeled]
     assert [r["test_accuracy"] for r in remote["rounds"]] == pytest.approx([r["test_accuracy"] for r in local["rounds"]])
     assert all(h["model_dir"].startswith("s3://") for h in a.history)  # checkpoints on the object store
     assert json.loads(resolve(out).join("report.json").read_text())["rounds"] == remote["rounds"]
     t = read_annotation_table(resolve(out).join("annotations")).to_pandas()
-    assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 60 * 5
+    assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 40 * 5

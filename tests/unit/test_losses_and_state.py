@@ -53,15 +53,21 @@ def test_negative_term_pushes_the_negative_class_down():
 def test_state_save_load_resume(tmp_path):
     """The state holds the labelled rows (with their pool row keys), the round and the history:
     it grows with the labelled set, never with the pool."""
-    s = LoopState(labels=["a", "b"], seed=3, pool="abc")
-    s.add([LabeledRow("x", 7, 0, "gold"), LabeledRow("y", 3, 1, "molal", 0.5, [0])])
+    s = LoopState(labels=["a", "b"], seed=3, pool="abc", cascade={"stages": [["m"], ["n"]], "gold_rows": 1})
+    s.add([LabeledRow("x", 7, 0, "gold"), LabeledRow("y", 3, 1, "molal", 0.5, [0], previous_pred=0)])
     s.round = 1
     s.history.append({"round": 0, "n_labeled": 2, "test_accuracy": 0.5})
     s.save(tmp_path)
     t = LoopState.load(tmp_path)
     assert t == s and t.labeled[1].negatives == [0] and t.label_rows().tolist() == [3, 7]
-    assert set(json.loads((tmp_path / "state.json").read_text())) == {"version", "labels", "round", "labeled",
-                                                                      "history", "seed", "pool"}
+    assert t.labeled[1].previous_pred == 0 and t.cascade == {"stages": [["m"], ["n"]], "gold_rows": 1}
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert set(saved) == {"version", "labels", "round", "labeled", "history", "seed", "pool", "cascade"}
+    saved.pop("cascade")  # a state saved before the cascade and relabel fields still loads
+    for row in saved["labeled"]:
+        row.pop("previous_pred")
+    older = LoopState.from_dict(saved)
+    assert older.cascade is None and [r.previous_pred for r in older.labeled] == [-1, -1]
     with pytest.raises(SchemaError, match="labelled twice"):
         t.add([LabeledRow("x", 9, 1, "molal")])
     with pytest.raises(SchemaError, match="nothing to resume"):
