@@ -314,7 +314,8 @@ class Coordinator:
         keys = queried.column(ROW).to_pylist()
         mode = self.s.annotation
         m = None
-        relabelled = 0
+        earlier: list[LabeledRow] = []
+        earlier_probs = np.zeros((0, C))
         if mode == "gold":
             missing = [i for i in ids if i not in self.split.gold]
             if missing:
@@ -328,8 +329,7 @@ class Coordinator:
             earlier = ([r for r in self.state.labeled if r.source == "molal"]
                        if self.s.relabel and mode == "molal" else [])
             both = self.aggregate(m, ids + [r.sample_id for r in earlier])
-            probs = both[:len(ids)]
-            relabelled = self.relabel(earlier, both[len(ids):])
+            probs, earlier_probs = both[:len(ids)], both[len(ids):]
         labels = probs.argmax(1)
         human = np.zeros(len(ids), bool)
         n_h = min(self.s.n_human(), len(ids)) if mode != "gold" else 0
@@ -347,6 +347,7 @@ class Coordinator:
                           [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)]
                           if source == "molal" and not h else [], int(pp) if source == "molal" and not h else -1)
                for sid, k, lab, w, p, h, pp in zip(ids, keys, labels, weights, probs, human, prev)]
+        relabelled = self.relabel(earlier, earlier_probs)  # once people's labels are in (no pause past here)
         self.state.add(new)
 
         def accuracy(mask: np.ndarray) -> float | None:
