@@ -43,6 +43,7 @@ ProgressFn = Callable[[dict[str, int], int], None]
 
 
 def stage_kwargs(cfg: LabelJobConfig, out: OutputDir, done: DoneIndex, stages: list[list[str]]) -> dict[str, Any]:
+    """The :class:`AnnotateStage` arguments of this job, for the stream's actors and the driver's ranking call."""
     pl = cfg.pipeline
     return {"app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
             "parts_dir": out.parts, "done": done, "max_retries": pl.max_retries,
