@@ -108,3 +108,10 @@ def order_by_accuracy(m: "AnnotationMatrix", rows: np.ndarray, y: np.ndarray,
         out.append(ranked[i:i + len(stage)])
         i += len(stage)
     return out, acc
+
+
+def same_shape(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
+    """The same annotators in stages of the same sizes, whatever their order: a ranking made for
+    stages ``a`` still serves a config that lists ``b``."""
+    return sorted(x for st in a for x in st) == sorted(x for st in b for x in st) and [len(st) for st in a] == [
+        len(st) for st in b]

@@ -23,7 +23,7 @@ import pyarrow as pa
 from molal_ray import schema
 from molal_ray.aggregation import Gold, build_matrix, get_aggregator
 from molal_ray.aggregation.features import AnnotationMatrix
-from molal_ray.annotation.cascade import cascade_view, order_by_accuracy
+from molal_ray.annotation.cascade import cascade_view, order_by_accuracy, same_shape
 from molal_ray.config.job import CascadeConfig
 from molal_ray.config.loop import LoopSettings
 from molal_ray.exceptions import AggregationError, PoolExhaustedError, ReviewPending, SchemaError
@@ -182,7 +182,10 @@ class Coordinator:
         annotators) or as configured; None without a cascade."""
         if self.cascade is None:
             return None
-        return self.state.cascade["stages"] if self.state.cascade else self.cascade.stages
+        ranked = self.state.cascade
+        if ranked and self.cascade.order == "gold" and same_shape(ranked["stages"], self.cascade.stages):
+            return ranked["stages"]
+        return self.cascade.stages
 
     def rank_annotators(self, rows: list[LabeledRow]) -> int:
         """``cascade.order: gold``: every annotator labels the gold ``rows``; the stages are
@@ -197,6 +200,14 @@ class Coordinator:
                                         np.array([x.label for x in known], dtype=np.int64), self.cascade.stages)
         self.state.cascade = {"stages": stages, "accuracy_on_gold": acc, "gold_rows": len(known)}
         return calls
+
+    def rerank_if_reshaped(self) -> int:
+        """A loop resumed with ``order: gold`` and stages of another shape than it ranked for
+        ranks again on its gold rows (their answers are in the table: few or no calls)."""
+        c, ranked = self.cascade, self.state.cascade
+        if c is None or c.order != "gold" or (ranked and same_shape(ranked["stages"], c.stages)):
+            return 0
+        return self.rank_annotators([x for x in self.state.labeled if x.source == "gold"])
 
     def matrix(self, table: pa.Table) -> AnnotationMatrix:
         """The annotation matrix the labels are drawn from; with a cascade, as the cascade leaves
@@ -231,7 +242,7 @@ class Coordinator:
                 queried, prev = self.query(r)
             if self.annotates:
                 with clock("annotate"):
-                    llm_calls = self.services.annotate(queried, self.stages())
+                    llm_calls = self.rerank_if_reshaped() + self.services.annotate(queried, self.stages())
             with clock("aggregate"):
                 info = self.assign(queried, self.services.annotations() if self.annotates else None, prev)
         with clock("train"):

@@ -68,18 +68,14 @@ def plan_cascade(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir,
     plan: dict[str, Any] = {"order": c.order, "stages": c.stages, "min_vote_share": c.min_vote_share}
     if c.order == "gold":
         prev = target.read_json() if target.exists() else None
+        from molal_ray.annotation.cascade import same_shape
+
         if prev and prev.get("order") == "gold" and same_shape(prev["stages"], c.stages):
             plan = {**prev, "min_vote_share": c.min_vote_share}
         else:
             plan.update(rank_on_gold(cfg, pool, out, written))
     target.write_json(plan)
     return plan
-
-
-def same_shape(a: list[list[str]], b: list[list[str]]) -> bool:
-    """The same annotators in stages of the same sizes (whatever their order)."""
-    return sorted(x for st in a for x in st) == sorted(x for st in b for x in st) and [len(st) for st in a] == [
-        len(st) for st in b]
 
 
 def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, written: dict[str, int]) -> dict[str, Any]:

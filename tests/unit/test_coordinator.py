@@ -371,6 +371,12 @@ def test_a_cascade_ordered_on_gold_ranks_on_round_0_then_asks_the_best_first(tre
     g_sure = sure_of(rows)
     assert (seen.present[rows].sum(1) == np.where(g_sure, 1, 5)).all() and g_sure.any()
     assert LoopState.load(tmp_path / "state").cascade == state.cascade  # a resume keeps the ranking
+    # Resumed with stages of another shape: ranked again on the gold rows, whose answers are all there.
+    coord.cascade = CascadeConfig(stages=[["gemma", "llama"], ["mistral", "qwen", "yi"]], order="gold")
+    coord.s = coord.s.model_copy(update={"rounds": 3})
+    coord.run_round()
+    assert [len(st) for st in state.cascade["stages"]] == [2, 3] and state.cascade["accuracy_on_gold"] == pytest.approx(acc)
+    assert sorted(acc[a] for a in state.cascade["stages"][0]) == sorted(acc.values())[-2:]
 
 
 def test_relabel_gives_earlier_rows_the_labels_of_the_latest_aggregator(trec, tmp_path):
