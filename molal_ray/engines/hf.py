@@ -19,9 +19,11 @@ import numpy as np
 from molal_ray.annotation import Annotation
 from molal_ray.config import HFEngineConfig
 from molal_ray.engines.base import Engine
-from molal_ray.engines.label_trie import LabelTrie, text_rng
+from molal_ray.engines.label_tokens import build_label_trie
+from molal_ray.engines.label_trie import text_rng
 from molal_ray.engines.prompting import PromptBuilder
 from molal_ray.exceptions import AnnotatorError
+from molal_ray.models import local_model
 
 
 def end_token_id(model: Any, tokenizer: Any) -> int:
@@ -60,19 +62,21 @@ class HFEngine(Engine):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                  "float16": torch.float16}[self.config.dtype]
+        model = local_model(self.config.model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
             # SDPA takes the boolean block mask of the packed label pass as is.
-            self.model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype,
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype,
                                                               attn_implementation="sdpa").to(device).eval()  # type: ignore[arg-type]  # transformers' stubs
         except OSError as exc:
             raise AnnotatorError(f"hf engine {self.name}: cannot load {self.config.model!r}: {exc}") from None
         self.device = torch.device(device)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        label_tokens = [self.tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in self.task.labels]
-        self.trie = LabelTrie(label_tokens, end_token_id(self.model, self.tokenizer))
-        self.prompts = PromptBuilder(self.tokenizer, self.task, self.config.max_model_len - self.trie.max_len - 1)
+        self.prompts = PromptBuilder(self.tokenizer, self.task, self.config.max_model_len)
+        self.trie, self.spellings = build_label_trie(self.tokenizer, self.task, self.prompts.text_of("x"),
+                                                     end_token_id(self.model, self.tokenizer))
+        self.prompts.max_prompt_tokens = self.config.max_model_len - self.trie.max_len - 1
 
     async def annotate(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[Annotation]:
         if self.model is None:
@@ -87,7 +91,7 @@ class HFEngine(Engine):
         return out
 
     def step_logprobs(self, prompt_ids: list[list[int]]) -> np.ndarray:
-        """(B, C, L+1, |trie vocab|): log-probs of the trie's tokens at each step of each label's path.
+        """(B, C, L+1, |trie vocab|): log-probs of the trie's tokens at each step of each spelling's path.
 
         Two forward passes per batch: the left-padded prompts (filling the KV cache), then every
         label's tokens packed into one short sequence per text, with a block mask so that each
@@ -135,13 +139,11 @@ class HFEngine(Engine):
     def _batch(self, sample_ids: list[str], texts: list[str]) -> list[Annotation]:
         built = [self.prompts.build(t) for t in texts]
         steps = self.step_logprobs([ids for ids, _ in built])
-        C = len(self.trie.seqs)
+        C = self.trie.num_labels
         T = self.sampling.n_samples
         out = []
         for b, (sid, (_, warning)) in enumerate(zip(sample_ids, built)):
-            seq_lp = self.trie.sequence_logprobs(steps[b])
-            probs = np.exp(seq_lp - seq_lp.max())
-            probs /= probs.sum()
+            probs = self.trie.label_probs(self.trie.sequence_logprobs(steps[b]))
             answers = self.trie.sample(self.trie.node_logprobs(steps[b]), T, self.sampling.temperature,
                                        self.sampling.top_p, text_rng(self.sampling.seed, sid))
             votes = np.bincount(answers, minlength=C) / T

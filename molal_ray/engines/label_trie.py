@@ -3,10 +3,11 @@
 Definitions used by every live engine:
 
 - The probability of a label is the model's probability of the label's whole token sequence right
-  after the prompt, ``P(t_1 .. t_n | prompt) = prod_j P(t_j | prompt, t_<j)``, normalised over the
-  label set. Labels that share a first token are told apart by their later tokens; a label that
-  is a token prefix of another gets the mass of its own sequence (which includes the longer
-  label's continuations: the definition has no end-of-answer token).
+  after the prompt, ``P(t_1 .. t_n | prompt) = prod_j P(t_j | prompt, t_<j)``, summed over the
+  label's spellings (``entity``, ``Entity``, `` Entity``: :mod:`molal_ray.engines.label_tokens`)
+  and normalised over the label set. Labels that share a first token are told apart by their
+  later tokens; a spelling that is a token prefix of another gets the mass of its own sequence
+  (which includes the longer one's continuations: the definition has no end-of-answer token).
 - A sampled answer walks the trie from the root: at each node, the next token is drawn among the
   tokens that continue some label (plus end-of-answer where a label ends and a longer one goes
   on), from the model's distribution there restricted to them, with temperature and top-p applied
@@ -31,12 +32,22 @@ class Node:
 
 
 class LabelTrie:
-    def __init__(self, label_tokens: Sequence[Sequence[int]], end_token: int) -> None:
+    """The token sequences of every spelling of every label; ``seq_labels[i]`` is the label of
+    ``seqs[i]`` (default: one sequence per label, in label order)."""
+
+    def __init__(self, label_tokens: Sequence[Sequence[int]], end_token: int,
+                 seq_labels: Sequence[int] | None = None) -> None:
         seqs = [tuple(int(t) for t in s) for s in label_tokens]
         if any(len(s) == 0 for s in seqs):
             raise AnnotatorError("a label tokenises to no token")
         if len(set(seqs)) != len(seqs):
             raise AnnotatorError(f"two labels tokenise to the same tokens: {seqs}")
+        self.seq_labels = np.asarray(range(len(seqs)) if seq_labels is None else seq_labels, dtype=np.int64)
+        if len(self.seq_labels) != len(seqs):
+            raise AnnotatorError(f"{len(seqs)} token sequences but {len(self.seq_labels)} labels for them")
+        self.num_labels = int(self.seq_labels.max()) + 1
+        if set(self.seq_labels.tolist()) != set(range(self.num_labels)):
+            raise AnnotatorError("every label needs at least one token sequence")
         self.seqs = seqs
         self.end_token = int(end_token)
         self.max_len = max(len(s) for s in seqs)
@@ -45,7 +56,7 @@ class LabelTrie:
             node = self.root
             for t in s:
                 node = node.children.setdefault(t, Node(node.prefix + (t,), {}, None))
-            node.label = i
+            node.label = int(self.seq_labels[i])
         # Token ids whose log-probability is needed at some node (the label tokens and the end).
         self.vocab = sorted({t for s in seqs for t in s} | {self.end_token})
         self.vocab_index = {t: i for i, t in enumerate(self.vocab)}
@@ -65,6 +76,18 @@ class LabelTrie:
         for c, s in enumerate(self.seqs):
             out[c] = sum(step_logprobs[c, j, self.vocab_index[t]] for j, t in enumerate(s))
         return out
+
+    def label_logprobs(self, seq_logprobs: np.ndarray) -> np.ndarray:
+        """(num_labels,) log of each label's mass: its spellings' sequence probabilities summed."""
+        out = np.full(self.num_labels, -np.inf)
+        np.logaddexp.at(out, self.seq_labels, np.asarray(seq_logprobs, dtype=np.float64))
+        return out
+
+    def label_probs(self, seq_logprobs: np.ndarray) -> np.ndarray:
+        """The label distribution: :meth:`label_logprobs` normalised over the labels."""
+        lp = self.label_logprobs(seq_logprobs)
+        p = np.exp(lp - lp.max())
+        return p / p.sum()
 
     def node_logprobs(self, step_logprobs: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
         """The next-token log-probs (over ``self.vocab``) at each internal node, read off the

@@ -37,9 +37,10 @@ from molal_ray import schema
 from molal_ray.annotation import Annotation, votes_from_answers
 from molal_ray.config import VLLMEngineConfig
 from molal_ray.engines.base import Engine
-from molal_ray.engines.label_trie import LabelTrie
+from molal_ray.engines.label_tokens import build_label_trie, first_token_logprobs
 from molal_ray.engines.prompting import PromptBuilder
 from molal_ray.exceptions import AnnotatorError, ConfigError
+from molal_ray.models import local_model
 
 MISSING = -1e30
 
@@ -60,20 +61,21 @@ class VLLMEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        tokenizer = AutoTokenizer.from_pretrained(self.config.model)
-        label_tokens = [tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in self.task.labels]
+        model = await asyncio.to_thread(local_model, self.config.model)
+        tokenizer = AutoTokenizer.from_pretrained(model)
         eos = tokenizer.eos_token_id
         try:
             from transformers import GenerationConfig
 
-            gen = GenerationConfig.from_pretrained(self.config.model)
+            gen = GenerationConfig.from_pretrained(model)
             eos = gen.eos_token_id[0] if isinstance(gen.eos_token_id, list) else (gen.eos_token_id or eos)
         except OSError:
             pass
-        self.trie = LabelTrie(label_tokens, eos)
-        self.trie_prefixes = {seq[:j] for seq in self.trie.seqs for j in range(len(seq))}
         self.tokenizer = tokenizer
-        self.prompts = PromptBuilder(tokenizer, self.task, self.config.max_model_len - self.trie.max_len - 2)
+        self.prompts = PromptBuilder(tokenizer, self.task, self.config.max_model_len)
+        self.trie, self.spellings = build_label_trie(tokenizer, self.task, self.prompts.text_of("x"), eos)
+        self.trie_prefixes = {seq[:j] for seq in self.trie.seqs for j in range(len(seq))}
+        self.prompts.max_prompt_tokens = self.config.max_model_len - self.trie.max_len - 2
         from vllm.platforms import current_platform
 
         self.per_request_seed = self.config.per_request_seed and self.sampling.seed is not None
@@ -88,7 +90,7 @@ class VLLMEngine(Engine):
                     "CPU build; drop it from engine_kwargs or set per_request_seed: false")
             engine_kwargs["enable_chunked_prefill"] = False
         args = AsyncEngineArgs(
-            model=self.config.model, dtype=self.config.dtype, max_model_len=self.config.max_model_len,
+            model=model, dtype=self.config.dtype, max_model_len=self.config.max_model_len,
             gpu_memory_utilization=self.config.gpu_memory_utilization,
             enable_prefix_caching=self.config.enable_prefix_caching, enforce_eager=self.config.enforce_eager,
             tensor_parallel_size=self.config.tensor_parallel_size,
@@ -103,7 +105,7 @@ class VLLMEngine(Engine):
 
         return SamplingParams(
             n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-            structured_outputs=StructuredOutputsParams(choice=list(self.task.labels)) if constrained else None,
+            structured_outputs=StructuredOutputsParams(choice=list(self.spellings.texts)) if constrained else None,
             logprob_token_ids=list(self.trie.vocab), output_kind=RequestOutputKind.FINAL_ONLY, seed=seed)
 
     async def _generate(self, prompt_ids: list[int], params: Any) -> Any:
@@ -129,7 +131,7 @@ class VLLMEngine(Engine):
         ids, warning = self.prompts.build(text)
         s = self.sampling
         # Room for the longest label spelled one character per token, plus the end token.
-        max_tokens = s.max_tokens or (max(len(lab) for lab in self.task.labels) + 2)
+        max_tokens = s.max_tokens or (max(len(t) for t in self.spellings.texts) + 2)
         result = await self._generate(ids, self._params(s.n_samples, s.constrained, max_tokens, s.temperature, s.top_p,
                                                              self._seed(sample_id)))
         answers = [o.text for o in result.outputs]
@@ -155,11 +157,9 @@ class VLLMEngine(Engine):
         if self.config.label_probs == "exact":
             seq_lp = np.array([sum(nodes[seq[:j]][self.trie.vocab_index[t]] for j, t in enumerate(seq))
                                for seq in self.trie.seqs])
-        else:  # first token only; labels sharing a first token split its mass equally
-            first = [seq[0] for seq in self.trie.seqs]
-            seq_lp = np.array([nodes[()][self.trie.vocab_index[t]] - np.log(first.count(t)) for t in first])
-        probs = np.exp(seq_lp - seq_lp.max())
-        probs /= probs.sum()
+        else:
+            seq_lp = first_token_logprobs(self.trie, nodes[()])
+        probs = self.trie.label_probs(seq_lp)
         return Annotation(probs=probs, votes=votes, n_invalid=n_invalid, n_samples=len(answers), warning=warning)
 
     async def annotate(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[Annotation]:
