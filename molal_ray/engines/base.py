@@ -31,6 +31,20 @@ class Engine(abc.ABC):
         self.task = task
         self.sampling = annotator.sampling
         self.parser = AnswerParser(task.labels)
+        self.selector: Any = None  # few-shot demonstrations, loaded by engines that build prompts
+
+    def load_few_shot(self, device: str = "cpu") -> None:
+        """Load the few-shot selector (its encoder, its examples' embeddings) where the task has one."""
+        if self.task.few_shot is not None:
+            from molal_ray.engines.few_shot import ExampleSelector
+
+            self.selector = ExampleSelector(self.task.few_shot, self.task.labels, device=device)
+
+    def demonstrations(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[list[Any]]:
+        """Per text, its few-shot demonstrations (empty lists without few-shot)."""
+        if self.selector is None:
+            return [[] for _ in texts]
+        return self.selector.select(sample_ids, texts)
 
     @property
     def name(self) -> str:

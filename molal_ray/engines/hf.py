@@ -77,6 +77,7 @@ class HFEngine(Engine):
         self.trie, self.spellings = build_label_trie(self.tokenizer, self.task, self.prompts.text_of("x"),
                                                      end_token_id(self.model, self.tokenizer))
         self.prompts.max_prompt_tokens = self.config.max_model_len - self.trie.max_len - 1
+        self.load_few_shot(device)
 
     async def annotate(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[Annotation]:
         if self.model is None:
@@ -137,7 +138,8 @@ class HFEngine(Engine):
         return steps
 
     def _batch(self, sample_ids: list[str], texts: list[str]) -> list[Annotation]:
-        built = [self.prompts.build(t) for t in texts]
+        demos = self.demonstrations(sample_ids, texts)
+        built = [self.prompts.build(t, d) for t, d in zip(texts, demos)]
         steps = self.step_logprobs([ids for ids, _ in built])
         C = self.trie.num_labels
         T = self.sampling.n_samples

@@ -76,6 +76,7 @@ class VLLMEngine(Engine):
         self.trie, self.spellings = build_label_trie(tokenizer, self.task, self.prompts.text_of("x"), eos)
         self.trie_prefixes = {seq[:j] for seq in self.trie.seqs for j in range(len(seq))}
         self.prompts.max_prompt_tokens = self.config.max_model_len - self.trie.max_len - 2
+        await asyncio.to_thread(self.load_few_shot)
         from vllm.platforms import current_platform
 
         self.per_request_seed = self.config.per_request_seed and self.sampling.seed is not None
@@ -127,8 +128,8 @@ class VLLMEngine(Engine):
         assert self.sampling.seed is not None  # checked above
         return (self.sampling.seed * 1_000_003 + zlib.crc32(sample_id.encode("utf-8", "surrogatepass"))) % (2**31)
 
-    async def _one(self, sample_id: str, text: str) -> Annotation:
-        ids, warning = self.prompts.build(text)
+    async def _one(self, sample_id: str, text: str, demos: list[Any]) -> Annotation:
+        ids, warning = self.prompts.build(text, demos)
         s = self.sampling
         # Room for the longest label spelled one character per token, plus the end token.
         max_tokens = s.max_tokens or (max(len(t) for t in self.spellings.texts) + 2)
@@ -165,7 +166,8 @@ class VLLMEngine(Engine):
     async def annotate(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[Annotation]:
         if self.engine is None:
             raise AnnotatorError(f"vllm engine {self.name}: annotate() before start()")
-        results = await asyncio.gather(*[self._one(i, t) for i, t in zip(sample_ids, texts)],
+        demos = await asyncio.to_thread(self.demonstrations, sample_ids, texts)
+        results = await asyncio.gather(*[self._one(i, t, d) for i, t, d in zip(sample_ids, texts, demos)],
                                        return_exceptions=True)
         out = []
         for r in results:
