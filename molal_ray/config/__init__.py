@@ -4,6 +4,7 @@ from molal_ray.config.annotator import (
     AnnotatorConfig,
     AutoscalingConfig,
     HFEngineConfig,
+    OpenAIEngineConfig,
     ReplayEngineConfig,
     ResourcesConfig,
     SamplingConfig,
@@ -22,6 +23,6 @@ from molal_ray.config.task import TaskConfig
 
 __all__ = [
     "AnnotatorAppConfig", "AnnotatorConfig", "AutoscalingConfig", "HFEngineConfig", "LabelJobConfig",
-    "OutputConfig", "PipelineConfig", "PoolConfig", "RayConfig", "ReplayEngineConfig",
+    "OpenAIEngineConfig", "OutputConfig", "PipelineConfig", "PoolConfig", "RayConfig", "ReplayEngineConfig",
     "ResourcesConfig", "SamplingConfig", "StrictModel", "TaskConfig", "VLLMEngineConfig",
 ]

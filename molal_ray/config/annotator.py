@@ -120,7 +120,60 @@ class VLLMEngineConfig(StrictModel):
         return resolve_model(v, info)
 
 
-EngineConfig = Annotated[Union[ReplayEngineConfig, HFEngineConfig, VLLMEngineConfig],
+class OpenAIEngineConfig(StrictModel):
+    """Any OpenAI-compatible server a user already runs (vLLM's ``vllm serve``, Ray Serve LLM's
+    OpenAI app, others): one request with n=T answers per text, label probabilities from logprobs."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str = Field(..., description="The server's API root, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(..., description="The model name the server serves (its /v1/models id).")
+    api: Literal["chat", "completions"] = Field(
+        "chat", description="'chat': messages, the server applies the model's chat template; 'completions': "
+                            "a text prompt (chat-templated here when `tokenizer` is set, plain otherwise).")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (the key itself is never "
+                          "in a config, table, log or report). None: no key.")
+    label_probs: Literal["exact", "first_token"] = Field(
+        "first_token",
+        description="'first_token': from the first answer token's top_logprobs (tokens that start a label's "
+                    "spelling; exact when every spelling is one token). 'exact': every spelling scored after "
+                    "the prompt (completions with echo; vLLM's server supports it), one request per spelling.")
+    top_logprobs: int = Field(20, ge=1, le=100, description="Top tokens asked for with label_probs: first_token "
+                                                              "(OpenAI's own API allows 20).")
+    tokenizer: str | None = Field(
+        None, description="api 'completions': a local tokenizer (folder, hub name, GGUF or package: path) whose "
+                          "chat template renders the prompt, as the model was trained on.")
+    structured_choice: bool = Field(
+        True, description="With sampling.constrained: send the label spellings as vLLM's structured-output "
+                          "choice (extra_body structured_outputs), so every vote is a label. Servers without "
+                          "it: set sampling.constrained: false (answers are parsed, invalid ones counted).")
+    max_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight per replica.")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries of a failed request (exponential back-off, "
+                                                         "by the openai client), before the batch fails.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds per request.")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields, passed as is.")
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _resolve_tok(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else resolve_model(v, info)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("the name of an environment variable (letters, digits, '_'), not the key itself")
+        return v
+
+    @model_validator(mode="after")
+    def _exact_needs_completions(self) -> "OpenAIEngineConfig":
+        if self.label_probs == "exact" and self.api != "completions":
+            raise ValueError("api 'completions' with label_probs 'exact' (a chat API cannot score given tokens); "
+                             "or label_probs 'first_token'")
+        return self
+
+
+EngineConfig = Annotated[Union[ReplayEngineConfig, HFEngineConfig, VLLMEngineConfig, OpenAIEngineConfig],
                          Field(discriminator="type")]
 
 

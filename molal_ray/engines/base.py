@@ -73,6 +73,7 @@ def _engine_classes() -> dict[str, str]:
         "replay": "molal_ray.engines.replay:ReplayEngine",
         "hf": "molal_ray.engines.hf:HFEngine",
         "vllm": "molal_ray.engines.vllm_engine:VLLMEngine",
+        "openai": "molal_ray.engines.openai_engine:OpenAIEngine",
     }
 
 

@@ -63,3 +63,26 @@ def test_labels_without_a_sequence_are_refused():
 
     with pytest.raises(AnnotatorError, match="at least one"):
         LabelTrie([[5], [6]], end_token=0, seq_labels=[0, 2])
+
+
+def test_openai_first_token_masses_come_from_top_tokens_that_start_a_spelling():
+    from molal_ray.engines.openai_engine import first_token_probs
+
+    forms = spellings(TaskConfig(labels=["abbreviation", "entity", "human"]), "\n")
+    top = {"Ab": np.log(0.3), "Entity": np.log(0.2), "entity": np.log(0.1), "The": np.log(0.3), "\n": np.log(0.1)}
+    np.testing.assert_allclose(first_token_probs(top, forms, 3), [0.5, 0.5, 0.0])
+    # A token starting two labels' spellings ("e" of "entity" and of a label "email") is split.
+    forms2 = spellings(TaskConfig(labels=["entity", "email"]), "\n")
+    np.testing.assert_allclose(first_token_probs({"e": 0.0, "Em": np.log(0.5)}, forms2, 2), [1 / 3, 2 / 3])
+    assert first_token_probs({"The": 0.0}, forms, 3) is None
+
+
+def test_openai_config_refuses_exact_on_chat_and_a_key_in_place_of_its_variable():
+    from molal_ray.config import AnnotatorConfig
+    from molal_ray.exceptions import ConfigError
+
+    base = {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m"}
+    with pytest.raises(ConfigError, match="api 'completions' with label_probs 'exact'"):
+        AnnotatorConfig.from_dict({"name": "a", "engine": {**base, "label_probs": "exact"}})
+    with pytest.raises(ConfigError, match="the name of an environment variable"):
+        AnnotatorConfig.from_dict({"name": "a", "engine": {**base, "api_key_env": "sk-abc123-def"}})
