@@ -20,6 +20,7 @@ from molal_ray.annotation import Annotation
 from molal_ray.config import HFEngineConfig
 from molal_ray.engines.base import Engine
 from molal_ray.engines.label_tokens import build_label_trie
+from molal_ray.engines.hf_scoring import annotate_steps, step_logprobs
 from molal_ray.engines.label_trie import text_rng
 from molal_ray.engines.prompting import PromptBuilder
 from molal_ray.exceptions import AnnotatorError
@@ -92,65 +93,18 @@ class HFEngine(Engine):
         return out
 
     def step_logprobs(self, prompt_ids: list[list[int]]) -> np.ndarray:
-        """(B, C, L+1, |trie vocab|): log-probs of the trie's tokens at each step of each spelling's path.
-
-        Two forward passes per batch: the left-padded prompts (filling the KV cache), then every
-        label's tokens packed into one short sequence per text, with a block mask so that each
-        label sees the prompt and its own earlier tokens only (no copy of the cache per label).
-        """
-        import torch
-
-        tok, trie = self.tokenizer, self.trie
-        B, C, L = len(prompt_ids), len(trie.seqs), trie.max_len
-        P = max(len(p) for p in prompt_ids)
-        ids = torch.full((B, P), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for b, p in enumerate(prompt_ids):  # left padding: every prompt ends at column P-1
-            ids[b, P - len(p):] = torch.tensor(p)
-            mask[b, P - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        vocab = torch.tensor(trie.vocab, device=self.device)
-        packed = [t for seq in trie.seqs for t in seq]
-        starts = np.cumsum([0] + [len(seq) for seq in trie.seqs])
-        n = len(packed)
-        own = torch.zeros((n, n), dtype=torch.bool)  # token i sees token j of the same label, j <= i
-        offset = []
-        for c, seq in enumerate(trie.seqs):
-            a, z = starts[c], starts[c + 1]
-            own[a:z, a:z] = torch.tril(torch.ones((z - a, z - a), dtype=torch.bool))
-            offset += list(range(len(seq)))
-        with torch.inference_mode():
-            first = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            lp0 = torch.log_softmax(first.logits[:, -1, :].float(), -1)[:, vocab]  # (B, V')
-            full = torch.cat([mask.bool()[:, None, None, :].expand(B, 1, n, P),
-                              own.to(self.device)[None, None].expand(B, 1, n, n)], dim=3)
-            cont_pos = mask.sum(1, keepdim=True) + torch.tensor(offset, device=self.device)[None, :]
-            cont = self.model(input_ids=torch.tensor(packed, device=self.device)[None].expand(B, n),
-                              attention_mask=full, position_ids=cont_pos, past_key_values=first.past_key_values,
-                              use_cache=False)
-            lpc = torch.log_softmax(cont.logits.float(), -1)[:, :, vocab].cpu().numpy()  # (B, n, V')
-        lp0n = lp0.cpu().numpy()
-        steps = np.zeros((B, C, L + 1, len(trie.vocab)))
-        for c, seq in enumerate(trie.seqs):
-            steps[:, c, 0] = lp0n
-            steps[:, c, 1:len(seq) + 1] = lpc[:, starts[c]:starts[c + 1]]
-        return steps
+        """(B, C, L+1, |trie vocab|): see :func:`molal_ray.engines.hf_scoring.step_logprobs`."""
+        return step_logprobs(self.model, self.trie, prompt_ids, self.tokenizer.pad_token_id, self.device)
 
     def _batch(self, sample_ids: list[str], texts: list[str]) -> list[Annotation]:
         demos = self.demonstrations(sample_ids, texts)
         built = [self.prompts.build(t, d) for t, d in zip(texts, demos)]
         steps = self.step_logprobs([ids for ids, _ in built])
-        C = self.trie.num_labels
-        T = self.sampling.n_samples
-        out = []
-        for b, (sid, (_, warning)) in enumerate(zip(sample_ids, built)):
-            probs = self.trie.label_probs(self.trie.sequence_logprobs(steps[b]))
-            answers = self.trie.sample(self.trie.node_logprobs(steps[b]), T, self.sampling.temperature,
-                                       self.sampling.top_p, text_rng(self.sampling.seed, sid))
-            votes = np.bincount(answers, minlength=C) / T
-            out.append(Annotation(probs=probs, votes=votes, n_invalid=0, n_samples=T, warning=warning))
-        return out
+        s = self.sampling
+        probs, votes = annotate_steps(self.trie, steps, s.n_samples, s.temperature, s.top_p,
+                                      [text_rng(s.seed, sid) for sid in sample_ids])
+        return [Annotation(probs=p, votes=v, n_invalid=0, n_samples=s.n_samples, warning=w)
+                for p, v, (_, w) in zip(probs, votes, built)]
 
     async def check_health(self) -> None:
         if self.model is None:
