@@ -14,7 +14,7 @@ the label spellings the engines use (``task.label_case``/``label_space`` default
 label set as written only (``label_case: [as_given]``, ``label_space: none``), beside the share of
 the model's probability mass the scored spellings cover.
 
-    .venv/bin/python benchmarks/real_llm.py [--n 200] [--engines hf,vllm] [--out FILE.json]
+    .venv/bin/python benchmarks/real_llm.py [--n 200] [--engines hf,vllm] [--variants all|0,2,...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--engines", default="hf,vllm")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", default="all", help="comma-separated indices of the prompt variants (0-5), or all")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import pandas as pd
@@ -136,6 +137,8 @@ def main() -> None:
     variants = [("trec prompt, zero-shot", "trec", 0, "nearest"), ("compact, zero-shot", "compact", 0, "nearest"),
                 ("compact, k=4 nearest", "compact", 4, "nearest"), ("compact, k=4 random", "compact", 4, "random"),
                 ("compact, k=8 nearest", "compact", 8, "nearest"), ("compact, k=8 random", "compact", 8, "random")]
+    if args.variants != "all":
+        variants = [variants[int(i)] for i in args.variants.split(",")]
     rows = []
     for kind in args.engines.split(","):
         for name, prompt, k, select in variants:

@@ -437,6 +437,11 @@ def check_config(config: str, kind: str) -> None:
             from molal_ray.serve_config import load_serve_app_args
 
             model = load_serve_app_args(config)
+        task, pool = getattr(model, "task", None), getattr(model, "pool", None)
+        if task is not None and task.few_shot is not None:  # the examples file: labels, ids in the pool
+            from molal_ray.engines.few_shot import with_examples
+
+            with_examples(task, pool)
     except (MolalError, OSError, yaml.YAMLError) as exc:
         _fail(exc)
         return

@@ -6,11 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -19,6 +14,7 @@ from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines import build_engine
 from molal_ray.engines.openai_engine import ServerUnavailable
 from molal_ray.exceptions import ConfigError
+from molal_ray.testing.vllm_server import free_port
 from tests.conftest import TREC_LABELS
 
 pytest.importorskip("vllm")
@@ -31,44 +27,13 @@ TEXTS = ["Who wrote Hamlet ?", "How many feet are in a mile ?", "What does NASA 
 PROMPT = "Classify the question into one of these categories: {labels}.\n\nQuestion: {text}\nCategory:"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(smollm2, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("vllm-serve") / "serve.log", "w")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2, "--served-model-name",
-         "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "2048",
-         "--enforce-eager", "--api-key", KEY, "--max-logprobs", "50"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 420
-    while True:
-        try:
-            req = urllib.request.Request(url + "/models", headers={"Authorization": f"Bearer {KEY}"})
-            urllib.request.urlopen(req, timeout=5).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                log.close()
-                pytest.fail(f"vllm serve did not start (exit {proc.poll()}); log: {log.name}")
-            time.sleep(2)
-    os.environ[KEY_ENV] = KEY
-    yield {"url": url, "proc": proc, "model_dir": smollm2}
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+def server(smollm2):
+    from molal_ray.testing.vllm_server import vllm_server
+
+    with vllm_server(smollm2, "smollm2", api_key=KEY) as served:
+        os.environ[KEY_ENV] = KEY
+        yield {"url": served.url, "proc": served.proc, "model_dir": smollm2}
 
 
 def _engine(url: str, **engine):
@@ -130,7 +95,7 @@ def test_bad_key_unknown_model_and_no_server_are_clear_errors_at_start(server, m
     with pytest.raises(ConfigError, match=r"got 'gpt-9'; .* serves \['smollm2'\]"):
         asyncio.run(build_engine(ann, TaskConfig(labels=TREC_LABELS)).start())
     with pytest.raises(ServerUnavailable, match="cannot reach"):
-        asyncio.run(_engine(f"http://127.0.0.1:{_free_port()}/v1").start())
+        asyncio.run(_engine(f"http://127.0.0.1:{free_port()}/v1").start())
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(ConfigError, match=f"{KEY_ENV}' is not set"):
         asyncio.run(_engine(server["url"]).start())
