@@ -424,8 +424,9 @@ def check_config(config: str, kind: str) -> None:
 
     try:
         if kind == "auto":
-            with open(config, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
+            from molal_ray.config.base import StrictModel
+
+            data = StrictModel.read_yaml(config)
             keys = set(data) if isinstance(data, dict) else set()
             kind = "serve-app" if "applications" in keys else "run" if keys & {"loop", "classifier", "gold"} else "label"
         model: BaseModel

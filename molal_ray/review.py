@@ -76,12 +76,21 @@ def least_certain(probs: np.ndarray, n: int, rule: str = "margin", votes: np.nda
 
 
 # -- writing ------------------------------------------------------------------------------------
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A text cell a spreadsheet shows as text, not as a formula (a leading quote where it starts
+    with =, +, -, @, tab or carriage return). The text column is never read back on import."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
 def csv_text(items: Sequence[ReviewItem]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
     for it in items:
-        w.writerow([it.sample_id, it.text, it.suggested, f"{it.confidence:.4f}", ""])
+        w.writerow([it.sample_id, spreadsheet_safe(it.text), it.suggested, f"{it.confidence:.4f}", ""])
     return buf.getvalue()
 
 

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from molal_ray.config import AnnotatorAppConfig
+from molal_ray.config.base import StrictModel
 from molal_ray.exceptions import ConfigError
 
 BUILDER = "molal_ray.serve.app:build_app"
@@ -17,11 +17,10 @@ BUILDER = "molal_ray.serve.app:build_app"
 def load_serve_app_args(path: str | os.PathLike[str]) -> AnnotatorAppConfig:
     """Validate the ``args`` of every application built by :data:`BUILDER` in a Serve config."""
     p = Path(path)
-    try:
-        doc: dict[str, Any] = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read a Serve config ({exc})") from None
-    apps = [a for a in (doc or {}).get("applications", []) if a.get("import_path") == BUILDER]
+    doc: Any = StrictModel.read_yaml(p)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: got {type(doc).__name__}; expected a Serve config (a mapping with applications)")
+    apps = [a for a in doc.get("applications", []) or [] if isinstance(a, dict) and a.get("import_path") == BUILDER]
     if not apps:
         raise ConfigError(f"{p}: no application with import_path {BUILDER!r}")
     # The args are validated exactly as Serve's builder will validate them.
@@ -33,12 +32,9 @@ def load_serve_app_args(path: str | os.PathLike[str]) -> AnnotatorAppConfig:
 def load_app_config(path: str | os.PathLike[str]) -> tuple[str, AnnotatorAppConfig]:
     """(application name, annotator app) of a Serve config, or of a label or run config."""
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read a config ({exc})") from None
+    doc = StrictModel.read_yaml(p) or {}
     if isinstance(doc, dict) and "applications" in doc:
-        apps = [a for a in doc.get("applications", []) if a.get("import_path") == BUILDER]
+        apps = [a for a in doc.get("applications") or [] if isinstance(a, dict) and a.get("import_path") == BUILDER]
         if not apps:
             raise ConfigError(f"{p}: no application with import_path {BUILDER!r}")
         return str(apps[0].get("name", "annotators")), load_serve_app_args(p)

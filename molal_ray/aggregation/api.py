@@ -68,6 +68,8 @@ def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
     if missing:
         raise SchemaError(f"gold {loc}: missing columns {missing}; got {list(df.columns)}; "
                           "expected columns sample_id,label")
+    if not len(df):
+        raise AggregationError(f"gold {loc}: holds no rows (only a header); expected sample_id,label rows")
     df = df[["sample_id", "label"]].astype(str)
     lookup = {x.lower(): i for i, x in enumerate(labels)}
     y = df["label"].str.strip().str.lower().map(lookup)

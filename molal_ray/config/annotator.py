@@ -80,6 +80,9 @@ class HFEngineConfig(StrictModel):
     batch_size: int = Field(16, ge=1, le=4096, description="Texts per forward pass.")
     max_model_len: int = Field(2048, ge=16, description="Prompt + answer tokens; longer prompts are "
                                                         "truncated from the text and flagged.")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code that ships with the model (its own modelling files). Only for models "
+                           "you trust.")
 
     @field_validator("model")
     @classmethod
@@ -111,8 +114,20 @@ class VLLMEngineConfig(StrictModel):
                     "the engine-level seed, and votes then depend on how the engine batched them. On "
                     "vLLM's CPU build this turns chunked prefill off (a per-request seed stops the "
                     "engine there when a prompt is split across steps).")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code that ships with the model (its own modelling files). Only for models "
+                           "you trust; off by default, and only settable here (not through engine_kwargs).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                          description="Extra AsyncEngineArgs fields, passed as is.")
+                                          description="Extra AsyncEngineArgs fields, passed as is (not "
+                                                      "trust_remote_code: use the field of that name).")
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _no_remote_code(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "trust_remote_code" in v:
+            raise ValueError("engine_kwargs without trust_remote_code; set the engine's own trust_remote_code "
+                             "field instead (it runs code shipped with the model)")
+        return v
 
     @field_validator("model")
     @classmethod

@@ -35,13 +35,21 @@ class StrictModel(BaseModel):
     def from_file(cls: type[M], path: str | os.PathLike[str]) -> M:
         """Load a YAML file with the safe loader and validate it."""
         p = Path(path)
+        return cls.from_dict(cls.read_yaml(p), base_dir=p.resolve().parent, source=str(p))
+
+    @staticmethod
+    def read_yaml(path: str | os.PathLike[str]) -> Any:
+        """A YAML file's data (safe loader); a missing, binary or malformed file is a ConfigError."""
+        p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file: got {str(p)!r}; expected an existing YAML file")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not a text file (byte {exc.start} is not UTF-8); expected a YAML config") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        return cls.from_dict(data, base_dir=p.resolve().parent, source=str(p))
+        return data
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -65,9 +65,10 @@ class HFEngine(Engine):
                  "float16": torch.float16}[self.config.dtype]
         model = local_model(self.config.model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            remote = self.config.trust_remote_code
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=remote)
             # SDPA takes the boolean block mask of the packed label pass as is.
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype,
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=remote,
                                                               attn_implementation="sdpa").to(device).eval()  # type: ignore[arg-type]  # transformers' stubs
         except OSError as exc:
             raise AnnotatorError(f"hf engine {self.name}: cannot load {self.config.model!r}: {exc}") from None

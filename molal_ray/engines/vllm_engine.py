@@ -62,7 +62,7 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         model = await asyncio.to_thread(local_model, self.config.model)
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=self.config.trust_remote_code)
         eos = tokenizer.eos_token_id
         try:
             from transformers import GenerationConfig
@@ -96,7 +96,8 @@ class VLLMEngine(Engine):
             enable_prefix_caching=self.config.enable_prefix_caching, enforce_eager=self.config.enforce_eager,
             tensor_parallel_size=self.config.tensor_parallel_size,
             seed=self.sampling.seed if self.sampling.seed is not None else 0,
-            max_logprobs=max(20, len(self.trie.vocab)), **engine_kwargs)
+            max_logprobs=max(20, len(self.trie.vocab)), trust_remote_code=self.config.trust_remote_code,
+            **engine_kwargs)
         self.engine = AsyncLLM.from_engine_args(args)
 
     def _params(self, n: int, constrained: bool, max_tokens: int, temperature: float, top_p: float,

@@ -62,6 +62,9 @@ def test_gold_problems(tmp_path, data):
     (tmp_path / "cols.csv").write_text("id,label\ns1,l0\n")
     with pytest.raises(SchemaError, match="missing columns"):
         load_gold(tmp_path / "cols.csv", LABELS)
+    (tmp_path / "header.csv").write_text("sample_id,label\n")
+    with pytest.raises(AggregationError, match="holds no rows"):
+        load_gold(tmp_path / "header.csv", LABELS)
     (tmp_path / "conf.csv").write_text("sample_id,label\ns1,l0\ns1,l1\n")
     with pytest.raises(AggregationError, match="conflicting"):
         load_gold(tmp_path / "conf.csv", LABELS)

@@ -80,3 +80,31 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_task_render():
     t = TaskConfig(labels=["x", "y"], prompt_template="Pick {labels}: {text} {{literal}}")
     assert t.render("hello") == "Pick x, y: hello {literal}"
+
+
+@pytest.mark.parametrize("kind", ["auto", "label", "run", "serve-app"])
+def test_a_binary_or_empty_config_is_one_clear_line_from_check_config(tmp_path, kind):
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary")
+    result = CliRunner().invoke(main, ["check-config", "--kind", kind, str(binary)])
+    assert result.exit_code == 2 and "not a text file" in result.output, result.output
+    assert "Traceback" not in result.output
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = CliRunner().invoke(main, ["check-config", "--kind", kind, str(empty)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_trust_remote_code_only_through_its_own_field():
+    from molal_ray.config import AnnotatorConfig
+
+    with pytest.raises(ConfigError, match="engine_kwargs without trust_remote_code"):
+        AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "vllm", "model": "m",
+                                                           "engine_kwargs": {"trust_remote_code": True}}})
+    ann = AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "vllm", "model": "m", "trust_remote_code": True}})
+    assert ann.engine.trust_remote_code
+    assert not AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "hf", "model": "m"}}).engine.trust_remote_code

@@ -185,3 +185,13 @@ def test_the_loops_stop_and_pool_errors_survive_pickling():
     assert (e.round, e.n, e.path) == (3, 10, "s3://b/run/review/round-3.csv") and "round 3: 10 samples" in str(e)
     p = pickle.loads(pickle.dumps(PoolExhaustedError(4, 50)))
     assert (p.available, p.requested) == (4, 50)
+
+
+def test_review_csv_text_cells_never_start_a_formula():
+    from molal_ray.review import ReviewItem, csv_text
+
+    text = csv_text([ReviewItem("s1", "=HYPERLINK(\"http://x\")", "human", 0.5),
+                     ReviewItem("s2", "+1 is a number", "numeric", 0.5), ReviewItem("s3", "plain", "human", 0.5)])
+    rows = text.splitlines()[1:]
+    assert rows[0].split(",", 2)[1].startswith("\"'=HYPERLINK") and ",'+1 is a number," in rows[1]
+    assert ",plain," in rows[2]
