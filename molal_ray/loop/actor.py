@@ -7,7 +7,7 @@ from typing import Any
 
 from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
-from molal_ray.exceptions import ConfigError, SchemaError
+from molal_ray.exceptions import ConfigError, MolalError, SchemaError
 from molal_ray.loop.coordinator import Coordinator, Split
 from molal_ray.loop.embeddings import EmbeddingStore
 from molal_ray.loop.services import RayRoundServices
@@ -23,6 +23,20 @@ class CoordinatorActor:
     """Builds a :class:`Coordinator` with Ray services; ``run_round`` returns metrics."""
 
     def __init__(self, cfg: dict[str, Any], resume: bool) -> None:
+        # An error of ours raised here would reach the driver as an ActorDiedError without its
+        # type; it is kept and raised by the first call instead, so the driver gets it as is.
+        self.init_error: MolalError | None = None
+        self.services: RayRoundServices | None = None
+        try:
+            self._open(cfg, resume)
+        except MolalError as exc:
+            self.init_error = exc
+
+    def _check(self) -> None:
+        if self.init_error is not None:
+            raise self.init_error
+
+    def _open(self, cfg: dict[str, Any], resume: bool) -> None:
         self.cfg = LoopJobConfig.model_validate(cfg)
         out = resolve(self.cfg.output.path, field="output.path")
         pool = PreparedPool.open(out.join(POOL_DIR))
@@ -55,6 +69,7 @@ class CoordinatorActor:
 
     def run_round(self) -> dict[str, Any] | None:
         """The next round's metrics, or None when the loop has run every round."""
+        self._check()
         return None if self.coord.finished else self.coord.run_round()
 
     def history(self) -> list[dict[str, Any]]:
@@ -62,6 +77,7 @@ class CoordinatorActor:
 
     def phase(self) -> tuple[int, str | None]:
         """The round running and its phase (for progress displays)."""
+        self._check()
         return self.coord.state.round, self.coord.phase()
 
     def info(self) -> dict[str, Any]:
@@ -72,4 +88,5 @@ class CoordinatorActor:
 
     def close(self) -> None:
         """End what the loop keeps running between rounds (the head's training worker group)."""
-        self.services.close()
+        if self.services is not None:
+            self.services.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError
 from molal_ray.loop.actor import (
@@ -58,6 +59,15 @@ def _get(ref: Any) -> Any:
 
 PhaseSink = Callable[[int | None, str], None]
 """``(round or None before the rounds, phase)``: what the loop is doing now (progress displays)."""
+
+
+def check_inputs(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
+    """What a user can get wrong, checked before Ray starts: the gold file (read, labels in the
+    label set) and, for --resume, a saved loop to resume."""
+    load_gold(cfg.gold, cfg.task.labels)
+    if resume and not out.join(STATE_DIR, STATE_FILE).exists():
+        raise ConfigError(f"--resume: {out} holds no saved loop ({STATE_DIR}/{STATE_FILE}); run without --resume "
+                          "to start one")
 
 
 def prepare_output(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
@@ -131,6 +141,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
     L = cfg.loop
     phase = on_phase or (lambda r, p: None)
     out = resolve(cfg.output.path, field="output.path")
+    check_inputs(cfg, out, resume)
     phase(None, "starting Ray")
     ensure_ray(cfg.ray)
     check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),

@@ -49,3 +49,36 @@ def test_a_healthy_run_is_quiet(tmp_path):
     assert (tmp_path / "run" / "report.html").is_file()
     log = (tmp_path / "run" / "molal-ray.log").read_text()
     assert "round 2:" in log  # the details went to the log file
+
+
+def _loop_yaml(tmp_path, **over) -> str:
+    cfg = yaml.safe_load((TREC / "loop.yaml").read_text())
+    cfg["pool"]["path"] = str(TREC / "pool.parquet")
+    cfg["gold"] = str(TREC / "gold.csv")
+    cfg["annotators"] = [{**a, "engine": {**a["engine"], "path": str(TREC / "recording.parquet")}}
+                         for a in cfg["annotators"]]
+    cfg["output"] = {"path": str(tmp_path / "run"), "mode": "overwrite"}
+    cfg.update(over)
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(cfg))
+    return str(tmp_path / "loop.yaml")
+
+
+@pytest.mark.parametrize("gold, expected", [
+    ("sample_id,label\ntrec-00000,entity\ntrec-00001,colour\n", "labels not in the label set (first at line 3"),
+    ("trec-00000,entity\n", "missing columns"),
+    (None, "expected a CSV or Parquet file"),
+])
+def test_a_bad_gold_file_is_one_line_before_ray_starts(tmp_path, gold, expected):
+    path = tmp_path / "gold.csv"
+    if gold is not None:
+        path.write_text(gold)
+    proc = subprocess.run([sys.executable, "-m", "molal_ray.cli", "run", _loop_yaml(tmp_path, gold=str(path))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
+
+
+def test_resume_without_a_saved_loop_says_so(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "molal_ray.cli", "run", "--resume", _loop_yaml(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "holds no saved loop" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError
@@ -264,3 +265,18 @@ def test_a_loop_without_gold_for_its_queries_pauses_for_people_and_resumes(ray_l
     state = LoopState.load(str(out / "state"))
     human = {x.sample_id: state.labels[x.label] for x in state.labeled if x.source == "human"}
     assert human == {r["sample_id"]: truth[r["sample_id"]] for r in rows}
+
+
+def test_an_error_in_the_coordinators_constructor_reaches_the_driver_as_itself(ray_local, tmp_path):
+    # The actor's constructor finds no prepared pool: the driver gets that SchemaError, not an
+    # ActorDiedError with the cause in its text.
+    from molal_ray.config.loop import LoopJobConfig
+    from molal_ray.exceptions import SchemaError
+    from molal_ray.loop.runner import run_rounds
+    from tests.conftest import TREC
+
+    data = yaml.safe_load((TREC / "loop.yaml").read_text())
+    data["output"] = {"path": str(tmp_path / "empty")}
+    cfg = LoopJobConfig.from_dict(data, base_dir=TREC)
+    with pytest.raises(SchemaError, match="no prepared pool"):
+        run_rounds(cfg, False, None, lambda r, p: None)
