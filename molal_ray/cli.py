@@ -438,11 +438,10 @@ def check_config(config: str, kind: str) -> None:
             from molal_ray.serve_config import load_serve_app_args
 
             model = load_serve_app_args(config)
-        task, pool = getattr(model, "task", None), getattr(model, "pool", None)
-        if task is not None and task.few_shot is not None:  # the examples file: labels, ids in the pool
-            from molal_ray.engines.few_shot import with_examples
+        if kind != "serve-app":  # every file it names: exists, of its format, with its columns
+            from molal_ray.preflight import check_files
 
-            with_examples(task, pool)
+            check_files(model)
     except (MolalError, OSError, yaml.YAMLError) as exc:
         _fail(exc)
         return

@@ -15,7 +15,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError
 from molal_ray.loop.actor import (
@@ -30,6 +29,7 @@ from molal_ray.loop.actor import (
 from molal_ray.loop.report import write_report
 from molal_ray.loop.state import STATE_FILE
 from molal_ray.pipeline.pool_store import FLAGGED_SCHEMA, PreparedPool
+from molal_ray.preflight import check_files
 from molal_ray.storage import Location, resolve
 
 logger = logging.getLogger("molal_ray.loop")
@@ -62,9 +62,10 @@ PhaseSink = Callable[[int | None, str], None]
 
 
 def check_inputs(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
-    """What a user can get wrong, checked before Ray starts: the gold file (read, labels in the
-    label set) and, for --resume, a saved loop to resume."""
-    load_gold(cfg.gold, cfg.task.labels)
+    """What a user can get wrong, checked before Ray starts: every file the config names
+    (:func:`molal_ray.preflight.check_files`: pool, gold, recordings, models, few-shot examples)
+    and, for --resume, a saved loop to resume."""
+    check_files(cfg)
     if resume and not out.join(STATE_DIR, STATE_FILE).exists():
         raise ConfigError(f"--resume: {out} holds no saved loop ({STATE_DIR}/{STATE_FILE}); run without --resume "
                           "to start one")

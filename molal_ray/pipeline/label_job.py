@@ -34,6 +34,7 @@ from molal_ray.pipeline.output import (
 )
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.summary import LabelSummary, summarise_table
+from molal_ray.preflight import check_files
 from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
 logger = logging.getLogger("molal_ray.label")
@@ -142,6 +143,7 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
     t0 = time.monotonic()
     labels = cfg.task.labels
     names = [a.name for a in cfg.annotators]
+    check_files(cfg)  # before Ray starts and any annotator is asked
     ensure_ray(cfg.ray)
     check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
                                   ("pool.path", cfg.pool.path, cfg.pool.shared)])

@@ -1,0 +1,164 @@
+"""Checks of the files a config names, before Ray starts or any annotator is asked.
+
+``check_files(cfg)`` looks at every file a label or loop config names: the pool's files exist, are
+of the format they claim (Parquet's magic bytes, text for CSV and JSONL, gzip where named so) and
+hold the id and text columns (the header of a CSV, the schema of a Parquet file, the first
+records of JSONL); the gold file reads and its labels are in the label set; each replay
+recording exists and is Parquet or JSON lines; a local model folder or GGUF file exists; the
+few-shot examples read and match the label set and the pool. All problems are reported together,
+one line each, as one :class:`ConfigError`. Files behind a URI are checked the same way through
+``pyarrow.fs``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from typing import Any
+
+from molal_ray.exceptions import ConfigError, MolalError
+
+_SNIFF = 64 << 10
+MAX_FILES_CHECKED = 100  # pool files sniffed (a pool of many files: the first ones)
+
+
+def _head(fs: Any, path: str, n: int = _SNIFF) -> bytes:
+    with fs.open_input_file(path) as f:
+        return f.read(n)
+
+
+def _text_head(raw: bytes, name: str) -> bytes:
+    if name.lower().endswith(".gz"):
+        if raw[:2] != b"\x1f\x8b":
+            raise ValueError("named .gz but not gzip-compressed")
+        try:
+            return gzip.GzipFile(fileobj=io.BytesIO(raw)).read(_SNIFF)
+        except EOFError:  # the sniffed head ends inside the stream: what was read is enough
+            d = gzip.GzipFile(fileobj=io.BytesIO(raw))
+            out = b""
+            try:
+                while chunk := d.read(4096):
+                    out += chunk
+            except EOFError:
+                pass
+            return out
+    if raw[:4] == b"PAR1":
+        raise ValueError("a Parquet file (it starts with PAR1)")
+    if raw[:2] == b"\x1f\x8b":
+        raise ValueError("gzip-compressed, but not named .gz")
+    if b"\x00" in raw:
+        raise ValueError("binary (it holds NUL bytes), not text")
+    return raw
+
+
+def check_pool_file(fs: Any, path: str, fmt: str, id_col: str, text_col: str) -> None:
+    """Raise ValueError naming what is wrong with one pool file."""
+    name = os.path.basename(path)
+    raw = _head(fs, path)
+    if not raw:
+        return  # an empty file holds no rows; nothing to flag
+    if fmt == "parquet":
+        if raw[:4] != b"PAR1":
+            raise ValueError("not a Parquet file (no PAR1 magic bytes)")
+        import pyarrow.parquet as pq
+
+        with fs.open_input_file(path) as f:
+            try:
+                names = pq.ParquetFile(f).schema_arrow.names
+            except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file
+                raise ValueError(f"an unreadable Parquet file ({exc})") from None
+        missing = [c for c in (id_col, text_col) if c not in names]
+        if missing:
+            raise ValueError(f"no column {missing} (it has {names})")
+        return
+    text = _text_head(raw, name)
+    if fmt == "csv":
+        import csv
+
+        header = next(csv.reader(io.StringIO(text.decode("utf-8", "replace").split("\n", 1)[0])), [])
+        missing = [c for c in (id_col, text_col) if c not in header]
+        if missing:
+            raise ValueError(f"no column {missing} in its header line {header[:10]}")
+        return
+    # JSON lines: the first records must be objects; the text column must be in one of them.
+    lines = [ln for ln in text.split(b"\n")[:-1] if ln.strip()][:100] or [text]
+    seen_text = False
+    for ln in lines:
+        try:
+            obj = json.loads(ln)
+        except ValueError:
+            continue  # a bad line becomes a flagged row
+        if isinstance(obj, dict) and text_col in obj:
+            seen_text = True
+            break
+    if not seen_text:
+        raise ValueError(f"none of its first {len(lines)} records is a JSON object with the column {text_col!r}")
+
+
+def _exists(fs: Any, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _local_model(value: str) -> bool:
+    return os.path.isabs(value) or value.startswith(".")
+
+
+def check_files(cfg: Any) -> None:
+    """All problems with the files of a label or loop config (``LabelJobConfig`` or
+    ``LoopJobConfig``), as one ConfigError; nothing when every file is as claimed."""
+    from molal_ray.storage import resolve
+
+    problems: list[str] = []
+
+    def guard(field: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except (MolalError, ValueError, OSError) as exc:
+            problems.append(f"{field}: {exc}")
+            return None
+
+    pool = getattr(cfg, "pool", None)
+    if pool is not None:
+        from molal_ray.pipeline.pool_store import list_pool_files
+
+        listed = guard("pool.path", lambda: list_pool_files(pool))
+        if listed is not None:
+            fs, files, fmt = listed
+            for info in files[:MAX_FILES_CHECKED]:
+                guard(f"pool.path {info.path} (format {fmt})",
+                      lambda info=info: check_pool_file(fs, info.path, fmt, pool.id_column, pool.text_column))
+    task = cfg.task
+    gold = getattr(cfg, "gold", None) or (cfg.cascade.gold if getattr(cfg, "cascade", None) else None)
+    if gold:
+        from molal_ray.aggregation.api import load_gold
+
+        guard("gold", lambda: load_gold(gold, task.labels))
+    for i, ann in enumerate(cfg.annotators):
+        eng = ann.engine
+        where = f"annotators[{i}] ({ann.name}).engine"
+        if eng.type == "replay":
+            def recording(path: str = eng.path) -> None:
+                loc = resolve(path, field="path")
+                if not loc.is_file():
+                    raise ValueError(f"got {path!r}; expected an existing recording file")
+                with loc.fs.open_input_file(loc.path) as f:
+                    head = f.read(4)
+                if head != b"PAR1" and head[:2] != b"\x1f\x8b" and not head.lstrip()[:1] == b"{":
+                    raise ValueError(f"{path!r} is neither Parquet nor JSON lines (gzipped or not)")
+            guard(f"{where}.path", recording)
+        elif eng.type in ("hf", "vllm") and _local_model(eng.model):
+            path = eng.model
+            if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))) and \
+                    not (os.path.isfile(path) and path.lower().endswith(".gguf")):
+                problems.append(f"{where}.model: got {path!r}; expected a model folder (with config.json) or a "
+                                "GGUF file")
+    if task.few_shot is not None and task.few_shot.items is None:
+        from molal_ray.engines.few_shot import with_examples
+
+        guard("few-shot", lambda: with_examples(task, pool))
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) with the files the config names:\n  " + "\n  ".join(problems))

@@ -1,0 +1,94 @@
+"""Files a config names are checked before Ray starts: exist, are of the format they claim, hold
+the id and text columns; every problem is reported, one line each."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from molal_ray.config import LabelJobConfig
+from molal_ray.exceptions import ConfigError
+from molal_ray.preflight import check_files
+from tests.conftest import TREC, TREC_LABELS
+
+
+def _cfg(tmp_path, pool_name: str, **over) -> LabelJobConfig:
+    data = {"task": {"labels": TREC_LABELS},
+            "annotators": [{"name": "gemma", "engine": {"type": "replay", "path": str(TREC / "recording.parquet")}}],
+            "pool": {"path": str(tmp_path / pool_name)}, "output": {"path": str(tmp_path / "out")}}
+    for key, value in over.items():
+        data[key] = value
+    return LabelJobConfig.from_dict(data)
+
+
+def _parquet(path, cols=("id", "text")):
+    pq.write_table(pa.table({c: ["a", "b"] for c in cols}), path)
+
+
+def _csv(path, header="id,text"):
+    path.write_text(f"{header}\na,hello\n")
+
+
+@pytest.mark.parametrize("name, write, expected", [
+    ("pool.parquet", _csv, "not a Parquet file"),
+    ("pool.csv", _parquet, "a Parquet file (it starts with PAR1)"),
+    ("pool.jsonl", _parquet, "a Parquet file (it starts with PAR1)"),
+    ("pool.csv", lambda p: _csv(p, "id,body"), "no column ['text'] in its header line ['id', 'body']"),
+    ("pool.parquet", lambda p: _parquet(p, ("id", "body")), "no column ['text'] (it has ['id', 'body'])"),
+    ("pool.jsonl", lambda p: p.write_text('{"id": "a", "body": "x"}\n'), "with the column 'text'"),
+    ("pool.jsonl.gz", lambda p: p.write_text('{"id": "a", "text": "x"}\n'), "not gzip-compressed"),
+    ("pool.csv", lambda p: p.write_bytes(b"id,text\n\x00\x01\x02"), "binary"),
+])
+def test_a_pool_file_of_another_format_or_without_its_columns_is_refused(tmp_path, name, write, expected):
+    write(tmp_path / name)
+    with pytest.raises(ConfigError) as err:
+        check_files(_cfg(tmp_path, name))
+    assert expected in str(err.value) and str(tmp_path / name) in str(err.value)
+
+
+def test_good_pool_files_of_every_format_pass(tmp_path):
+    _parquet(tmp_path / "a.parquet")
+    _csv(tmp_path / "b.csv")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write("not json\n" + json.dumps({"id": "a", "text": "x"}) + "\n")  # a bad line is a flagged row later
+    for name in ("a.parquet", "b.csv", "c.jsonl.gz"):
+        check_files(_cfg(tmp_path, name))
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    _parquet(tmp_path / "pool.parquet")
+    (tmp_path / "rec.csv").write_text("sample_id,annotator\n")
+    gold = tmp_path / "gold.csv"
+    gold.write_text("sample_id,label\ns1,colour\n")
+    cfg = _cfg(tmp_path, "pool.parquet", annotators=[
+        {"name": "a", "engine": {"type": "replay", "path": str(tmp_path / "missing.parquet")}},
+        {"name": "b", "engine": {"type": "replay", "path": str(tmp_path / "rec.csv")}},
+        {"name": "c", "engine": {"type": "hf", "model": str(tmp_path / "no-model")}}],
+        cascade={"stages": [["a"], ["b", "c"]], "order": "gold", "gold": str(gold)})
+    with pytest.raises(ConfigError) as err:
+        check_files(cfg)
+    msg = str(err.value)
+    assert msg.startswith("4 problem(s) with the files the config names")
+    assert "annotators[0] (a).engine.path: got" in msg and "expected an existing recording file" in msg
+    assert "annotators[1] (b).engine.path" in msg and "neither Parquet nor JSON lines" in msg
+    assert "annotators[2] (c).engine.model" in msg and "expected a model folder" in msg
+    assert "gold: gold" in msg and "'colour'" in msg
+
+
+def test_label_refuses_a_bad_pool_before_ray_starts(tmp_path):
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+
+    _csv(tmp_path / "pool.parquet")
+    cfg = _cfg(tmp_path, "pool.parquet")
+    (tmp_path / "label.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(main, ["label", str(tmp_path / "label.yaml")])
+    assert result.exit_code == 2 and "not a Parquet file" in result.output and "Traceback" not in result.output
+    import ray
+
+    assert not ray.is_initialized()
