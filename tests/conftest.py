@@ -39,6 +39,22 @@ def recorded_answers(ids: list[str]) -> dict:
     return out
 
 
+@pytest.fixture
+def ray_must_not_start(monkeypatch):
+    """Fail the test if a job starts or joins Ray (Ray may already be up from an earlier test)."""
+    import ray
+
+    import molal_ray.pipeline.label_job
+    import molal_ray.runtime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(molal_ray.runtime, "ensure_ray", refuse)
+    monkeypatch.setattr(molal_ray.pipeline.label_job, "ensure_ray", refuse)
+
+
 @pytest.fixture(scope="session")
 def trec_dir() -> Path:
     return TREC

@@ -72,7 +72,7 @@ def load_examples(fs: FewShotConfig, labels: Sequence[str], pool: PoolConfig | N
         if lost:
             raise ConfigError(f"{where}: {len(lost)} of {len(need)} ids are not in the pool {pool.path} "
                               f"(first: {lost[0]!r})")
-    out = [FewShotExample(sample_id=sid, text=text if text is not None else texts[sid], label=label)
+    out = [FewShotExample(sample_id=sid, text=text if text is not None else texts[str(sid)], label=label)
            for sid, text, label in rows]
     if fs.k > len(out):
         raise ConfigError(f"task.few_shot.k: got {fs.k}; {where} holds {len(out)} examples")

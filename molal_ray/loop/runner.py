@@ -29,6 +29,7 @@ from molal_ray.loop.actor import (
 from molal_ray.loop.report import write_report
 from molal_ray.loop.state import STATE_FILE
 from molal_ray.pipeline.pool_store import FLAGGED_SCHEMA, PreparedPool
+from molal_ray.lock import OutputLock
 from molal_ray.preflight import check_files
 from molal_ray.storage import Location, resolve
 
@@ -136,13 +137,18 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
              on_round: Callable[[dict[str, Any]], None] | None = None,
              on_phase: PhaseSink | None = None) -> dict[str, Any]:
     """The whole loop: output, pool (and embeddings), annotators, rounds, report."""
+    out = resolve(cfg.output.path, field="output.path")
+    check_inputs(cfg, out, resume)
+    with OutputLock(out, "run"):  # one job at a time writes the folder
+        return _loop(cfg, out, resume, on_round, on_phase or (lambda r, p: None))
+
+
+def _loop(cfg: LoopJobConfig, out: Location, resume: bool, on_round: Callable[[dict[str, Any]], None] | None,
+          phase: PhaseSink) -> dict[str, Any]:
     from molal_ray.loop.embeddings import EmbeddingStore
     from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
     L = cfg.loop
-    phase = on_phase or (lambda r, p: None)
-    out = resolve(cfg.output.path, field="output.path")
-    check_inputs(cfg, out, resume)
     phase(None, "starting Ray")
     ensure_ray(cfg.ray)
     check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),

@@ -34,6 +34,7 @@ from molal_ray.pipeline.output import (
 )
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.summary import LabelSummary, summarise_table
+from molal_ray.lock import OutputLock
 from molal_ray.preflight import check_files
 from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
@@ -140,10 +141,16 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
     """Label the pool; resumes from what the output folder already holds. The annotators are the
     application running under ``cfg.ray.serve_app_name`` when it matches the job, else deployed
     (and deleted at the end); ``deploy=False`` uses the running one without checking it."""
+    check_files(cfg)  # before Ray starts and any annotator is asked
+    with OutputLock(cfg.output.path, "label"):  # one job at a time writes the folder
+        return _label(cfg, engine_cls, progress, deploy)
+
+
+def _label(cfg: LabelJobConfig, engine_cls: type[Engine] | None, progress: ProgressFn | None,
+           deploy: bool) -> LabelSummary:
     t0 = time.monotonic()
     labels = cfg.task.labels
     names = [a.name for a in cfg.annotators]
-    check_files(cfg)  # before Ray starts and any annotator is asked
     ensure_ray(cfg.ray)
     check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
                                   ("pool.path", cfg.pool.path, cfg.pool.shared)])

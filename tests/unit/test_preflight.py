@@ -79,7 +79,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
     assert "gold: gold" in msg and "'colour'" in msg
 
 
-def test_label_refuses_a_bad_pool_before_ray_starts(tmp_path):
+def test_label_refuses_a_bad_pool_before_ray_starts(tmp_path, ray_must_not_start):
     from click.testing import CliRunner
 
     from molal_ray.cli import main
@@ -89,6 +89,4 @@ def test_label_refuses_a_bad_pool_before_ray_starts(tmp_path):
     (tmp_path / "label.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
     result = CliRunner().invoke(main, ["label", str(tmp_path / "label.yaml")])
     assert result.exit_code == 2 and "not a Parquet file" in result.output and "Traceback" not in result.output
-    import ray
 
-    assert not ray.is_initialized()
