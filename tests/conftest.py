@@ -39,6 +39,20 @@ def recorded_answers(ids: list[str]) -> dict:
     return out
 
 
+def assert_rows_are_the_recordings(table: dict, ids: list[str]) -> None:
+    """Every (sample_id, annotator) pair of these ids is in ``table`` (pair -> row) once, each
+    row what the recording says: what an uninterrupted run writes."""
+    import numpy as np
+
+    expected = recorded_answers(ids)
+    assert set(table) == set(expected) and len(expected) == len(set(ids)) * len(TREC_ANNOTATORS)
+    for key, (probs, votes, n_inv) in expected.items():
+        row = table[key]
+        assert row["error"] is None and row["n_invalid"] == n_inv
+        np.testing.assert_allclose(row["probs"], probs, atol=1e-6)
+        np.testing.assert_allclose(row["votes"], votes, atol=1e-6)
+
+
 @pytest.fixture
 def ray_must_not_start(monkeypatch):
     """Fail the test if a job starts or joins Ray (Ray may already be up from an earlier test)."""

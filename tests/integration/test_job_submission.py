@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from molal_ray.pipeline.output import read_annotation_table
-from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, recorded_answers
+from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings
 from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -202,11 +202,5 @@ def test_a_job_stopped_part_way_and_submitted_again_writes_each_pair_once(head, 
     head.submit("stopped-2", "python", "jobs/label.py", str(cfg))
     assert head.wait("stopped-2") == "SUCCEEDED", head.logs("stopped-2")
     # Every pair once, each what the recording says (what an uninterrupted run writes).
-    table = _pairs(tmp_path / "stopped")
-    expected = recorded_answers(pq.read_table(tmp_path / "pool.parquet").column("id").to_pylist())
-    assert set(table) == set(expected) and len(expected) == 400 * 5
-    for key, (probs, votes, n_inv) in expected.items():
-        row = table[key]
-        assert row["error"] is None and row["n_invalid"] == n_inv
-        np.testing.assert_allclose(row["probs"], probs, atol=1e-6)
-        np.testing.assert_allclose(row["votes"], votes, atol=1e-6)
+    assert_rows_are_the_recordings(_pairs(tmp_path / "stopped"),
+                                   pq.read_table(tmp_path / "pool.parquet").column("id").to_pylist())

@@ -32,12 +32,14 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("held, why", [
-    ({"host": socket.gethostname(), "pid": None, "heartbeat": time.time()}, "no longer exists"),
-    ({"host": "other-node", "pid": 1, "heartbeat": time.time() - 600}, "last heartbeat is 600 s old"),
+@pytest.mark.parametrize("held, heartbeat_age_s, why", [  # ages, not times: collection may be long before the call
+    ({"host": socket.gethostname(), "pid": None}, 0, "no longer exists"),
+    ({"host": "other-node", "pid": 1}, 600, "last heartbeat is 600 s old"),
 ])
-def test_a_lock_left_by_a_dead_job_is_taken_over_with_a_warning(tmp_path, caplog, held, why):
-    held = {**held, "pid": held["pid"] or _dead_pid(), "command": "label", "started": time.time() - 700, "token": "x"}
+def test_a_lock_left_by_a_dead_job_is_taken_over_with_a_warning(tmp_path, caplog, held, heartbeat_age_s, why):
+    now = time.time()
+    held = {**held, "pid": held["pid"] or _dead_pid(), "command": "label", "started": now - 700, "token": "x",
+            "heartbeat": now - heartbeat_age_s}
     (tmp_path / "out.lock").write_text(json.dumps(held))
     with caplog.at_level(logging.WARNING, logger="molal_ray"):
         with OutputLock(tmp_path / "out", "run"):
