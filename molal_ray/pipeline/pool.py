@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
+from molal_ray import schema
 from molal_ray.config import PoolConfig
 from molal_ray.exceptions import ConfigError
 
@@ -114,15 +115,52 @@ def _read_jsonl(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Ta
 def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Table]:
     from pyarrow import csv
 
+    # A record with too many or too few fields is skipped by the parser and becomes a flagged row
+    # here, under its own number (the parser counts records from 1, the header included, as the
+    # rows below are numbered).
+    skipped: list[tuple[int | None, str, str]] = []
+
+    def skip(row: Any) -> str:
+        skipped.append((row.number, row.text, f"{schema.ERR_BAD_ROW}: {row.actual_columns} field(s) where the header "
+                                              f"has {row.expected_columns}"))
+        return "skip"
+
     # Read every column as bytes, so a bad UTF-8 cell flags one row instead of failing the file.
     reader = csv.open_csv(
         f, read_options=csv.ReadOptions(use_threads=False, block_size=1 << 22),
+        parse_options=csv.ParseOptions(invalid_row_handler=skip),
         convert_options=csv.ConvertOptions(column_types={id_col: pa.binary(), text_col: pa.binary()},
                                            strings_can_be_null=False))
-    row0 = 0
-    for batch in reader:
-        yield _from_columns(batch, name, id_col, text_col, row0, header_rows=1)
-        row0 += batch.num_rows
+    taken: set[int] = set()  # numbers of skipped records: the good rows are numbered around them
+    unnumbered = 0
+
+    def skipped_rows() -> Iterator[pa.Table]:
+        nonlocal unnumbered
+        if not skipped:
+            return
+        bad = _Rows()
+        for n, text, why in skipped:
+            if n is None:  # a number the parser did not know: still a row of its own
+                unnumbered += 1
+                bad.add(None, text, f"{name}:?{unnumbered}", why)
+            else:
+                taken.add(n)
+                bad.add(None, text, f"{name}:{n}", why)
+        skipped.clear()
+        yield bad.flush()
+
+    number = 2
+    for batch in reader:  # a block's records are parsed, and bad ones reported, before it is yielded
+        bad = list(skipped_rows())
+        numbers = []
+        for _ in range(batch.num_rows):
+            while number in taken:
+                number += 1
+            numbers.append(number)
+            number += 1
+        yield _from_columns(batch, name, id_col, text_col, numbers)
+        yield from bad
+    yield from skipped_rows()  # bad records after the last good one
 
 
 def _read_parquet(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Table]:
@@ -132,12 +170,13 @@ def _read_parquet(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.
     present = [c for c in (id_col, text_col) if c in pf.schema_arrow.names]
     row0 = 0
     for batch in pf.iter_batches(batch_size=ROWS_PER_BLOCK, columns=present):
-        yield _from_columns(batch, name, id_col, text_col, row0, header_rows=0)
+        yield _from_columns(batch, name, id_col, text_col, range(row0 + 1, row0 + 1 + batch.num_rows))
         row0 += batch.num_rows
 
 
-def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, row0: int,
-                  header_rows: int) -> pa.Table:
+def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, numbers: Iterable[int]) -> pa.Table:
+    """A block of rows, each numbered as a person counts them in the file (from 1; a CSV's header
+    is row 1)."""
     n = batch.num_rows
     names = batch.schema.names
 
@@ -151,8 +190,7 @@ def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, 
             return arr.cast(pa.string()).cast(pa.binary())
         return pa.array([_as_bytes(v) for v in arr.to_pylist()], pa.binary())
 
-    # Rows are numbered from 1 as a person counts them in the file (CSV: below the header).
-    sources = [f"{name}:{row0 + i + 1 + header_rows}" for i in range(n)]
+    sources = [f"{name}:{i}" for i in numbers]
     err = None if text_col in names else f"missing_column: {text_col!r}"
     return pa.table({RAW_ID: col(id_col), RAW_TEXT: col(text_col), SOURCE: pa.array(sources, pa.string()),
                      READ_ERROR: pa.array([err] * n, pa.string())}, schema=RAW_SCHEMA)

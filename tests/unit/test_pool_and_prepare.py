@@ -69,6 +69,36 @@ def test_csv_bad_utf8_cell_flags_one_row():
     assert rows[3]["pool_error"].startswith("missing_id")
 
 
+def test_csv_records_with_the_wrong_number_of_fields_are_flagged_rows_in_their_place():
+    data = b'id,text\na,hello\nb,"two\nlines"\nc,x,extra\nd,ok\ne\n'
+    rows = _prepared(_read_csv(pa.BufferReader(data), "p.csv", "id", "text"))
+    by = {r["_source"]: r for r in rows}
+    assert sorted(by) == ["p.csv:2", "p.csv:3", "p.csv:4", "p.csv:5", "p.csv:6"]  # every record, once
+    assert [by[f"p.csv:{n}"]["sample_id"] for n in (2, 3, 5)] == ["a", "b", "d"]
+    assert by["p.csv:3"]["text"] == "two\nlines" and by["p.csv:5"]["pool_error"] is None
+    assert by["p.csv:4"]["pool_error"] == "bad_row: 3 field(s) where the header has 2"
+    assert by["p.csv:6"]["pool_error"] == "bad_row: 1 field(s) where the header has 2"
+    assert by["p.csv:4"]["sample_id"] == "missing_id:p.csv:4" and by["p.csv:4"]["text"] is None
+
+
+def test_csv_bad_records_across_read_blocks_keep_every_row_number():
+    lines, expected = [b"id,text"], {}
+    for i in range(300_000):  # about 9 MB: three of the reader's 4 MiB blocks
+        if i % 97 == 5:
+            lines.append(b"x%d,a,b" % i)
+            expected[i + 2] = None
+        else:
+            lines.append(b"g%d,the text of a good row" % i)
+            expected[i + 2] = f"g{i}"
+    got = {}
+    for t in _read_csv(pa.BufferReader(b"\n".join(lines) + b"\n"), "p.csv", "id", "text"):
+        for r in t.to_pylist():
+            n = int(r["_source"].split(":")[1])
+            assert n not in got
+            got[n] = None if r["_read_error"] else r["_raw_id"].decode()
+    assert got == expected
+
+
 def test_parquet_missing_text_column_flags_rows():
     buf = io.BytesIO()
     pq.write_table(pa.table({"id": ["a", "b"], "body": ["x", "y"]}), buf)
