@@ -196,14 +196,14 @@ def report_lines(report: dict[str, Any], labels: list[str]) -> list[str]:
 
 
 def read_table_any(path: str) -> pa.Table:
-    """An annotation table from a Parquet file or a label output folder."""
+    """An annotation table from a Parquet file or a label output folder (a path or a URI)."""
     from molal_ray.pipeline.output import read_annotation_table
+    from molal_ray.storage import resolve
 
-    if os.path.isdir(path):
-        return read_annotation_table(path)
-    if not os.path.isfile(path):
+    loc = resolve(path)
+    if not (loc.is_dir() or loc.is_file()):
         raise AggregationError(f"annotations: got {path!r}; expected a Parquet file or a label output folder")
-    t = pq.read_table(path)
+    t = read_annotation_table(loc)
     missing = [c for c in (schema.SAMPLE_ID, schema.ANNOTATOR, schema.PROBS, schema.VOTES) if c not in t.column_names]
     if missing:
         raise SchemaError(f"annotations {path}: missing columns {missing}; got {t.column_names}")

@@ -7,6 +7,7 @@ Layout (``OUT`` a local folder or a URI)::
     OUT/parts/data-b00003-<members>.parquet  parts of bucket 3 compacted into one file
     OUT/pool/                                the prepared pool (see ``pool_store``)
     OUT/summary.json                         the last run's summary, written last
+    OUT/unreadable/                          table files found unreadable on reopening (their pairs asked again)
 
 Why each (sample, annotator) pair is written exactly once, on a local disk or an object store:
 
@@ -44,6 +45,7 @@ MANIFEST = "manifest.json"
 PARTS = "parts"
 POOL = "pool"
 SUMMARY = "summary.json"
+UNREADABLE = "unreadable"
 CASCADE = "cascade.json"  # the stages a cascaded label job used (``molal-ray aggregate`` reads it)
 FORMAT_VERSION = 2
 MEMBERS_KEY = b"molal.members"
@@ -92,6 +94,7 @@ def open_output(path: str | Location, mode: str, labels: list[str], annotators: 
                          "buckets": buckets})
     out = OutputDir(root, buckets)
     out.parts.delete_stale_temporaries()  # parts of an interrupted run that never landed
+    set_aside_unreadable(out)
     _files, members = table_files(out.parts)
     for name in members:  # parts a compaction had already copied when it was interrupted
         out.parts.join(name).delete_file()
@@ -129,6 +132,53 @@ def write_part(parts_dir: Location | str, table: pa.Table, bucket: int = 0) -> L
     return final
 
 
+def unreadable_files(loc: Location, files: list[str]) -> list[tuple[str, str]]:
+    """(path, why) of the Parquet files whose footer cannot be read (a truncated or foreign
+    file); footers are read in parallel, since on an object store each is a request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def why(path: str) -> str | None:
+        try:
+            pq.read_metadata(path, filesystem=loc.fs)
+            return None
+        except (pa.ArrowException, OSError) as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return [(f, w) for f, w in zip(files, pool.map(why, files)) if w is not None]
+
+
+def set_aside_unreadable(out: OutputDir) -> list[str]:
+    """Move the table's unreadable files to ``OUT/unreadable/`` with a warning, so that a
+    resumed job asks their pairs again instead of failing on them; returns their names."""
+    import logging
+
+    bad = unreadable_files(out.parts, [i.path for i in out.parts.list(suffix=".parquet")])
+    if not bad:
+        return []
+    aside = out.root.join(UNREADABLE)
+    aside.mkdirs()
+    names = []
+    for path, why in bad:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        out.parts.fs.move(path, aside.join(name).path)
+        names.append(name)
+        logging.getLogger("molal_ray").warning("annotation table %s: %s cannot be read (%s); moved to %s, its pairs "
+                                               "will be asked again", out.root, name, why, aside)
+    return names
+
+
+def _unreadable_error(loc: Location, files: list[str], exc: BaseException) -> SchemaError:
+    bad = unreadable_files(loc, files)
+    if not bad:  # every footer reads: the damage is inside a file
+        return SchemaError(f"annotation table {loc}: cannot be read: {str(exc).strip().splitlines()[0]}")
+    shown = "; ".join(f"{p.rsplit('/', 1)[-1]} ({w})" for p, w in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    hint = (". Resuming the label job (output.mode: resume) sets them aside and asks their pairs again"
+            if loc.is_dir() else "")
+    return SchemaError(f"annotation table {loc}: {len(bad)} file(s) cannot be read: {shown}{more}{hint}")
+
+
 # -- reading ------------------------------------------------------------------------------------
 def _bucket_prefix(bucket: int | None) -> str:
     return "" if bucket is None else f"-b{bucket:05d}-"
@@ -142,7 +192,10 @@ def table_files(parts_dir: Location, bucket: int | None = None) -> tuple[list[Lo
     data = [i for i in infos if i.base_name.startswith("data" + pre if pre else "data-")]
     members: set[str] = set()
     for i in data:
-        meta = pq.read_metadata(i.path, filesystem=parts_dir.fs).metadata or {}
+        try:
+            meta = pq.read_metadata(i.path, filesystem=parts_dir.fs).metadata or {}
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable_error(parts_dir, [i.path], exc) from None
         members.update(json.loads(meta.get(MEMBERS_KEY, b"[]")))
     parts = [i for i in infos if i.base_name.startswith("part" + pre if pre else "part-")
              and i.base_name not in members]
@@ -157,19 +210,32 @@ def _dataset(path: str | Location) -> pads.Dataset:
         return pads.dataset([f.path for f in files], format="parquet", filesystem=loc.fs,
                             schema=schema.ANNOTATION_SCHEMA)
     if loc.is_file():
-        return pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
+        try:
+            return pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable_error(loc, [loc.path], exc) from None
     raise SchemaError(f"annotation table: got {str(loc)!r}; expected a Parquet file or a label output folder")
 
 
+def _read(path: str | Location, **kwargs: Any) -> pa.Table:
+    loc = resolve(path)
+    dataset = _dataset(loc)
+    try:
+        return dataset.to_table(**kwargs)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable_error(loc, dataset.files, exc) from None
+
+
 def read_annotation_table(path: str | Location, columns: list[str] | None = None) -> pa.Table:
-    """The whole annotation table (a label output folder or one Parquet file)."""
-    return _dataset(path).to_table(columns=columns)
+    """The whole annotation table (a label output folder or one Parquet file); an unreadable
+    file is a :class:`SchemaError` naming it."""
+    return _read(path, columns=columns)
 
 
 def read_annotation_rows(path: str | Location, sample_ids: list[str]) -> pa.Table:
     """The rows of the table about these samples (read with a filter, not whole)."""
     want = pa.array(list(sample_ids), pa.string())
-    return _dataset(path).to_table(filter=pc.is_in(pc.field(schema.SAMPLE_ID), value_set=want))
+    return _read(path, filter=pc.is_in(pc.field(schema.SAMPLE_ID), value_set=want))
 
 
 def read_cascade(path: str | Location) -> dict[str, Any] | None:
@@ -190,8 +256,11 @@ def iter_annotation_table(path: str | Location, columns: list[str] | None = None
     else:
         raise SchemaError(f"annotation table: got {str(loc)!r}; expected a Parquet file or a label output folder")
     for f in files:
-        with loc.fs.open_input_file(f) as fh:
-            yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
+        try:
+            with loc.fs.open_input_file(f) as fh:
+                yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable_error(loc, [f], exc) from None
 
 
 class DoneIndex:
@@ -212,8 +281,12 @@ class DoneIndex:
         done: dict[str, np.ndarray] = {}
         files, _ = table_files(self.parts_dir, bucket)
         if files:
-            t = pads.dataset([f.path for f in files], format="parquet", filesystem=self.parts_dir.fs,
-                             schema=schema.ANNOTATION_SCHEMA).to_table(columns=[schema.SAMPLE_ID, schema.ANNOTATOR])
+            paths = [f.path for f in files]
+            try:
+                t = pads.dataset(paths, format="parquet", filesystem=self.parts_dir.fs,
+                                 schema=schema.ANNOTATION_SCHEMA).to_table(columns=[schema.SAMPLE_ID, schema.ANNOTATOR])
+            except (pa.ArrowException, OSError) as exc:
+                raise _unreadable_error(self.parts_dir, paths, exc) from None
             ann = t.column(schema.ANNOTATOR).to_numpy(zero_copy_only=False)
             ids = t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False)
             for name in np.unique(ann):

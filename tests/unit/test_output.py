@@ -140,3 +140,55 @@ def test_locations_keep_uri_options_and_write_whole_files(tmp_path):
     assert not f.exists() and not local.list(prefix=".tmp-")  # nothing half-written is left
     f.write_json({"a": 1})
     assert f.read_json() == {"a": 1}
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_an_unreadable_part_is_a_clear_error_and_a_reopened_folder_sets_it_aside(tmp_path, caplog):
+    import logging
+
+    from molal_ray.exceptions import SchemaError
+    from molal_ray.pipeline.output import iter_annotation_table
+
+    out = open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m"])
+    write_part(out.parts, _rows(["a", "b"]), bucket=0)
+    bad = write_part(out.parts, _rows(["c", "d"]), bucket=1)
+    _truncate(tmp_path / "o" / "parts" / bad.name)
+    name = bad.name
+    for read in (lambda: read_annotation_table(tmp_path / "o"), lambda: list(iter_annotation_table(tmp_path / "o")),
+                 lambda: DoneIndex(out.parts).mask("m", hash_ids(["c"]), bucket=1)):
+        with pytest.raises(SchemaError, match=rf"1 file\(s\) cannot be read: {name} \(.*\)\. Resuming the label job"):
+            read()
+    with caplog.at_level(logging.WARNING, logger="molal_ray"):
+        out = open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m"])  # what a resumed job does first
+    assert any(name in r.message and "asked again" in r.message for r in caplog.records)
+    assert (tmp_path / "o" / "unreadable" / name).is_file() and not (tmp_path / "o" / "parts" / name).exists()
+    assert sorted(read_annotation_table(tmp_path / "o").column(schema.SAMPLE_ID).to_pylist()) == ["a", "b"]
+    assert not DoneIndex(out.parts).mask("m", hash_ids(["c"]), bucket=1).any()  # its pairs are asked again
+
+
+def test_an_unreadable_table_file_is_a_clear_error_from_aggregate(tmp_path):
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+
+    out = open_output(str(tmp_path / "o"), "resume", ["x", "y"], ["m"])
+    compact_target = write_part(out.parts, _rows(["a", "b"]), bucket=0)
+    write_part(out.parts, _rows(["c"]), bucket=0)
+    assert compact_bucket(out.parts, 0) == 2
+    (data,) = [p for p in (tmp_path / "o" / "parts").iterdir() if p.name.startswith("data-")]
+    assert compact_target.name not in [p.name for p in (tmp_path / "o" / "parts").iterdir()]
+    _truncate(data)  # a compacted file: its footer lists the parts it holds
+    (tmp_path / "gold.csv").write_text("sample_id,label\na,x\n")
+    r = CliRunner().invoke(main, ["aggregate", "--annotations", str(tmp_path / "o"), "--gold", str(tmp_path / "gold.csv"),
+                                  "--labels", "x,y", "--out", str(tmp_path / "agg.parquet")])
+    assert r.exit_code == 2 and f"{data.name} (" in r.output and "cannot be read" in r.output, r.output
+    assert "Traceback" not in r.output
+    single = tmp_path / "one.parquet"
+    single.write_bytes(b"PAR1 not really")
+    r = CliRunner().invoke(main, ["aggregate", "--annotations", str(single), "--gold", str(tmp_path / "gold.csv"),
+                                  "--labels", "x,y", "--out", str(tmp_path / "agg.parquet")])
+    assert r.exit_code == 2 and "one.parquet" in r.output and "Traceback" not in r.output, r.output
