@@ -70,6 +70,9 @@ class LoopSettings(StrictModel):
         if h >= 1 and (h != int(h) or h > self.query_size):
             raise ValueError(f"loop.human_per_round: got {h}; expected a share below 1 or a whole count of at most "
                              f"query_size ({self.query_size})")
+        if self.subsample is not None and self.subsample < self.query_size:
+            raise ValueError(f"loop.subsample: got {self.subsample}; expected at least query_size ({self.query_size}): "
+                             "a round queries among the rows it scores")
         return self
 
     @field_validator("aggregator", mode="before")

@@ -225,6 +225,8 @@ class Coordinator:
         r = self.state.round
         self.clock = clock = PhaseClock()
         info: dict[str, Any] = {"annotation_accuracy": None, "n_human": 0}
+        # The round's LLM calls: the pairs the table holds for its rows, counted from the table, so
+        # that a round resumed after a kill also counts the calls made before it.
         llm_calls = 0
         if r == 0:
             rows = self.initial_gold()
@@ -233,18 +235,23 @@ class Coordinator:
             if self.annotates:
                 with clock("annotate"):
                     if self.cascade is not None and self.cascade.order == "gold":
-                        llm_calls = self.rank_annotators(rows)
+                        self.rank_annotators(rows)
                     else:
-                        llm_calls = self.services.annotate(_rows_table([x.row for x in rows],
-                                                                       [x.sample_id for x in rows]), self.stages())
+                        self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]),
+                                               self.stages())
+                llm_calls = _pairs_of(self.services.annotations(), [x.sample_id for x in rows])
         else:
             with clock("query"):
                 queried, prev = self.query(r)
+            table = None
             if self.annotates:
                 with clock("annotate"):
-                    llm_calls = self.rerank_if_reshaped() + self.services.annotate(queried, self.stages())
+                    llm_calls = self.rerank_if_reshaped()  # gold rows asked again: this run's calls
+                    self.services.annotate(queried, self.stages())
+                table = self.services.annotations()
+                llm_calls += _pairs_of(table, queried.column(schema.SAMPLE_ID).to_pylist())
             with clock("aggregate"):
-                info = self.assign(queried, self.services.annotations() if self.annotates else None, prev)
+                info = self.assign(queried, table, prev)
         with clock("train"):
             res, lam = self.train(r)
         with clock("score"):
@@ -478,6 +485,13 @@ class Coordinator:
         self.state.history.append(metrics)
         self.state.round += 1
         self.state.save(self.state_dir)
+
+
+def _pairs_of(table: pa.Table, ids: list[str]) -> int:
+    """The (sample, annotator) rows of the annotation table about these samples."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.is_in(table.column(schema.SAMPLE_ID), value_set=pa.array(ids, pa.string()))).as_py() or 0)
 
 
 def _rows_table(keys: Any, ids: list[str]) -> pa.Table:

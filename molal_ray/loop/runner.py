@@ -109,6 +109,8 @@ def run_rounds(cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, A
     actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=2)(CoordinatorActor)  # type: ignore[call-overload]
     coord = actor.options(scheduling_strategy=here).remote(cfg.model_dump(mode="json"), resume)
     try:
+        done = _get(coord.history.remote())  # a resumed loop's finished rounds
+        prev_labeled = done[-1]["n_labeled"] if done else None
         while True:
             ref = coord.run_round.remote()
             last = None
@@ -120,6 +122,11 @@ def run_rounds(cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, A
             metrics = _get(ref)
             if metrics is None:
                 break
+            if prev_labeled is not None and metrics["n_labeled"] - prev_labeled < cfg.loop.query_size:
+                logger.warning("round %d queried %d rows, fewer than loop.query_size (%d): the pool has no more "
+                               "unlabelled rows outside the test split", metrics["round"],
+                               metrics["n_labeled"] - prev_labeled, cfg.loop.query_size)
+            prev_labeled = metrics["n_labeled"]
             logger.info("round %d: %s, seconds %s", metrics["round"],
                         {k: metrics[k] for k in ("n_labeled", "test_accuracy", "test_macro_f1")}, metrics["phase_s"])
             if on_round is not None:

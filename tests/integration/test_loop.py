@@ -116,7 +116,11 @@ def test_model_based_strategies_run_in_the_loop(ray_local, setup, tmp_path, stra
     assert len({x.sample_id for x in state.labeled}) == n
 
 
-def test_gold_mode_needs_no_annotator_and_flagged_rows_stay_out(ray_local, setup, tmp_path):
+def test_gold_mode_needs_no_annotator_and_flagged_rows_stay_out(ray_local, setup, tmp_path, caplog):
+    """Also: a round that finds fewer unlabelled rows than query_size says so (400 rows: 80 test,
+    20 initial, so round 1 gets 300 of the 400 asked)."""
+    import logging
+
     import pyarrow as pa
 
     root, backbone = setup
@@ -124,10 +128,14 @@ def test_gold_mode_needs_no_annotator_and_flagged_rows_stay_out(ray_local, setup
     ids = pool.column("id").to_pylist()
     bad = pa.table({"id": [ids[0], "empty-one", None], "text": ["a second row with the first id", "", "no id"]})
     pq.write_table(pa.concat_tables([pool, bad.cast(pool.schema)]), tmp_path / "pool.parquet")
-    cfg = _cfg(root, backbone, tmp_path / "gold", rounds=1, annotation="gold", strategy="random")
+    cfg = _cfg(root, backbone, tmp_path / "gold", rounds=1, annotation="gold", strategy="random", query_size=400,
+               subsample=None)
     cfg = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"path": str(tmp_path / "pool.parquet")})})
-    report = run_loop(cfg)
+    with caplog.at_level(logging.WARNING, logger="molal_ray"):
+        report = run_loop(cfg)
     assert report["rounds"][1]["annotation_accuracy"] == 1.0
+    assert [r["n_labeled"] for r in report["rounds"]] == [20, 320]
+    assert any("round 1 queried 300 rows, fewer than loop.query_size (400)" in r.message for r in caplog.records)
     assert not (tmp_path / "gold" / "annotations").exists()
     assert report["pool_rows"] == pool.num_rows and report["pool_rows_flagged"] == 3
     flagged = pq.read_table(tmp_path / "gold" / "pool_flagged.parquet").to_pandas()

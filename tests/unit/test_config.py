@@ -108,3 +108,11 @@ def test_trust_remote_code_only_through_its_own_field():
     ann = AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "vllm", "model": "m", "trust_remote_code": True}})
     assert ann.engine.trust_remote_code
     assert not AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "hf", "model": "m"}}).engine.trust_remote_code
+
+
+def test_a_loop_cannot_query_more_rows_than_it_scores():
+    from molal_ray.config.loop import LoopSettings
+
+    with pytest.raises(ValueError, match=r"loop.subsample: got 40; expected at least query_size \(50\)"):
+        LoopSettings(query_size=50, subsample=40)
+    assert LoopSettings(query_size=50, subsample=None).subsample is None

@@ -205,6 +205,24 @@ def test_a_resumed_coordinator_repeats_an_uninterrupted_one(trec, tmp_path):
     assert [m["test_accuracy"] for m in straight.state.history] == [m["test_accuracy"] for m in resumed.state.history]
 
 
+def test_a_round_resumed_after_its_annotation_counts_the_calls_made_before(trec, tmp_path):
+    """Killed after the round's pairs were asked but before it was saved: the resumed round asks
+    nothing again and still reports the calls its rows cost."""
+    coord, services = _coordinator(trec, tmp_path, rounds=1)
+    assert coord.run_round()["llm_calls"] == 20 * 5
+    queried, _ = coord.query(1)
+    assert services.annotate(queried) == 15 * 5  # ... then the process dies
+    resumed, _ = _coordinator(trec, tmp_path, rounds=1)
+    resumed.services = services  # the same annotation table
+    resumed.state = LoopState.load(tmp_path / "state")
+    asked = []
+    real = services.annotate
+    services.annotate = lambda rows, stages=None: asked.append(real(rows, stages)) or asked[-1]
+    m = resumed.run_round()
+    assert asked == [0] and m["llm_calls"] == 15 * 5
+    assert sorted(x.sample_id for x in resumed.state.labeled[20:]) == sorted(queried.column("sample_id").to_pylist())
+
+
 @pytest.mark.parametrize("strategy", ["random", "coreset", "bemps", "noise-stability"])
 def test_every_strategy_runs_a_round(trec, tmp_path, strategy):
     coord, services = _coordinator(trec, tmp_path, rounds=1, strategy=strategy, noise_copies=2)
