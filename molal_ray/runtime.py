@@ -12,6 +12,29 @@ from molal_ray.engines.base import Engine
 logger = logging.getLogger("molal_ray")
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def init_local(**kwargs: Any) -> None:
+    """``ray.init`` of a new embedded runtime that only this machine can reach: every Ray server
+    (GCS, raylet, workers, agents) listens on 127.0.0.1. Token authentication is on, as Ray
+    (2.59 and later) turns it on for a new local runtime unless ``RAY_AUTH_MODE`` says otherwise;
+    it makes the token itself (``~/.ray/auth_token``)."""
+    import ray
+    from ray._private import services
+
+    # ray.init turns a loopback node address into the machine's routable one, so that other nodes
+    # could join; an embedded runtime has no other nodes, so the loopback address is kept.
+    resolve = getattr(services, "resolve_ip_for_localhost", None)
+    if resolve is not None:
+        services.resolve_ip_for_localhost = lambda host: host if host == LOOPBACK else resolve(host)
+    try:
+        ray.init(address="local", _node_ip_address=LOOPBACK, **kwargs)
+    finally:
+        if resolve is not None:
+            services.resolve_ip_for_localhost = resolve
+
+
 def ensure_ray(cfg: RayConfig) -> None:
     """Join the configured cluster, or start a local embedded runtime; no-op if Ray is up."""
     import ray
@@ -22,16 +45,15 @@ def ensure_ray(cfg: RayConfig) -> None:
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": cfg.log_to_driver}
     if not cfg.log_to_driver:
         kwargs["logging_level"] = logging.WARNING
-    if cfg.address is None and not os.environ.get("RAY_ADDRESS"):
-        # "local": a new embedded runtime, even when a `ray start` head runs on this machine.
-        kwargs.update(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
-    else:
-        kwargs["address"] = cfg.address
+    local = cfg.address is None and not os.environ.get("RAY_ADDRESS")
     if not cfg.log_to_driver:
         from molal_ray.console import quiet_ray_loggers
 
         quiet_ray_loggers()  # Ray's INFO lines go to its log files only
-    ray.init(**kwargs)
+    if local:  # a new embedded runtime, even when a `ray start` head runs on this machine
+        init_local(num_cpus=cfg.num_cpus, include_dashboard=False, **kwargs)
+    else:
+        ray.init(address=cfg.address, **kwargs)
     # Our own progress display replaces Ray Data's bars.
     from ray.data import DataContext
 

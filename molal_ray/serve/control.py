@@ -14,6 +14,7 @@ others keep answering, and a request in flight on a replica being removed finish
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,22 @@ def app_details(app_name: str) -> dict[str, Any] | None:
     return _client().get_serve_details().get("applications", {}).get(app_name)
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
+
+
+def replica_error(message: str | None) -> str | None:
+    """The replica's own exception (``Type: message``, the last one of the traceback Serve puts
+    in a deployment's status message), or None when the message holds none."""
+    if not message or "Error:" not in message:
+        return None
+    found = None
+    for line in message.splitlines():
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m:  # a chained traceback ends with the exception that was raised last
+            found = f"{m.group(1)}: {m.group(2)}"
+    return found
+
+
 def _wait_running(app_name: str, timeout_s: float) -> None:
     from ray import serve
 
@@ -54,7 +71,10 @@ def _wait_running(app_name: str, timeout_s: float) -> None:
         if app is not None and app.status == "RUNNING":
             return
         if app is not None and app.status == "DEPLOY_FAILED":
-            raise AnnotatorError(f"annotator application {app_name!r} failed to deploy: {app.message}")
+            causes = [f"annotator {name!r} could not start: {cause}" for name, d in app.deployments.items()
+                      if (cause := replica_error(d.message))]
+            raise AnnotatorError(f"annotator application {app_name!r} failed to deploy: "
+                                 + ("; ".join(causes) if causes else app.message))
         if time.monotonic() > deadline:
             raise AnnotatorError(f"annotator application {app_name!r} is not running after {timeout_s:.0f}s "
                                  f"(status {state})")

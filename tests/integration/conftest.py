@@ -16,8 +16,10 @@ def ray_local():
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Workers import test helpers (fake engines) from the repository.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    from molal_ray.runtime import init_local
+
+    init_local(num_cpus=2, include_dashboard=False, log_to_driver=False,  # listening on 127.0.0.1 only
+               runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

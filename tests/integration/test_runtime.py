@@ -1,0 +1,55 @@
+"""The embedded local runtime is reachable from this machine only."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def test_the_local_runtime_listens_on_loopback_only_with_token_authentication(ray_local):
+    import psutil
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    ray = ray_local
+
+    @ray.remote
+    def ping() -> int:
+        return 1
+
+    assert ray.get(ping.remote()) == 1  # workers up, so that their servers listen too
+    procs = psutil.Process().children(recursive=True)
+    listening = [(p.name(), c.laddr) for p in procs for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    names = {n for n, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, names
+    assert [(n, a) for n, a in listening if a.ip not in LOOPBACK] == []
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+
+
+def test_an_annotator_that_cannot_start_names_its_own_error(ray_local, tmp_path):
+    """Past the checks before Ray starts (here: called directly), a replica's constructor error
+    reaches the user as its own one line, not as 'failed to deploy, see the controller log'."""
+    import time
+
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.exceptions import AnnotatorError
+    from molal_ray.runtime import start_annotators, stop_annotators
+    from tests.conftest import TREC_LABELS
+
+    (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
+    cfg = LabelJobConfig.from_dict({
+        "task": {"labels": TREC_LABELS},
+        "annotators": [{"name": "ghost", "engine": {"type": "replay", "path": str(tmp_path / "gone.parquet")},
+                        "resources": {"num_cpus": 0.1}}],
+        "pool": {"path": str(tmp_path / "pool.jsonl")}, "output": {"path": str(tmp_path / "out")}})
+    t0 = time.monotonic()
+    with pytest.raises(AnnotatorError) as err:
+        start_annotators(cfg.app_config(), "ghost-app")
+    msg = str(err.value)
+    assert "annotator 'ghost' could not start: " in msg and "gone.parquet" in msg, msg
+    assert "Traceback" not in msg and len(msg.splitlines()) == 1, msg
+    assert time.monotonic() - t0 < 120
+    stop_annotators("ghost-app", True, False)
