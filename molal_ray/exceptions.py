@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException | str) -> str:
+    """A message on one line: another library's multi-line error, or one holding control
+    characters from a corrupt file, quoted inside ours."""
+    text = " ".join(str(exc).split())
+    return "".join(ch if ch.isprintable() else "?" for ch in text) or type(exc).__name__
+
+
 class MolalError(Exception):
     """Base class of every error molal_ray raises on purpose."""
 

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any
 
-from molal_ray.exceptions import ConfigError, MolalError
+from molal_ray.exceptions import ConfigError, MolalError, one_line
 
 _SNIFF = 64 << 10
 MAX_FILES_CHECKED = 100  # pool files sniffed (a pool of many files: the first ones)
@@ -68,7 +68,7 @@ def check_pool_file(fs: Any, path: str, fmt: str, id_col: str, text_col: str) ->
             try:
                 names = pq.ParquetFile(f).schema_arrow.names
             except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file
-                raise ValueError(f"an unreadable Parquet file ({exc})") from None
+                raise ValueError(f"an unreadable Parquet file ({one_line(exc)})") from None
         missing = [c for c in (id_col, text_col) if c not in names]
         if missing:
             raise ValueError(f"no column {missing} (it has {names})")
@@ -118,7 +118,7 @@ def check_files(cfg: Any) -> None:
         try:
             return fn()
         except (MolalError, ValueError, OSError) as exc:
-            problems.append(f"{field}: {exc}")
+            problems.append(f"{field}: {one_line(exc)}")
             return None
 
     pool = getattr(cfg, "pool", None)

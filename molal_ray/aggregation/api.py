@@ -207,4 +207,9 @@ def read_table_any(path: str) -> pa.Table:
     missing = [c for c in (schema.SAMPLE_ID, schema.ANNOTATOR, schema.PROBS, schema.VOTES) if c not in t.column_names]
     if missing:
         raise SchemaError(f"annotations {path}: missing columns {missing}; got {t.column_names}")
+    for c in (schema.PROBS, schema.VOTES):
+        typ = t.schema.field(c).type
+        if not (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) or \
+                not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
+            raise SchemaError(f"annotations {path}: column {c!r} is {typ}; expected a list of numbers per row")
     return t

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from molal_ray import schema
 from molal_ray.config import PoolConfig
-from molal_ray.exceptions import ConfigError
+from molal_ray.exceptions import ConfigError, one_line
 
 RAW_ID = "_raw_id"
 RAW_TEXT = "_raw_text"
@@ -169,9 +169,24 @@ def _read_parquet(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.
     pf = pq.ParquetFile(f)
     present = [c for c in (id_col, text_col) if c in pf.schema_arrow.names]
     row0 = 0
-    for batch in pf.iter_batches(batch_size=ROWS_PER_BLOCK, columns=present):
-        yield _from_columns(batch, name, id_col, text_col, range(row0 + 1, row0 + 1 + batch.num_rows))
-        row0 += batch.num_rows
+    for group in range(pf.metadata.num_row_groups):
+        n_group = pf.metadata.row_group(group).num_rows
+        done = 0
+        try:
+            for batch in pf.iter_batches(batch_size=ROWS_PER_BLOCK, row_groups=[group], columns=present):
+                yield _from_columns(batch, name, id_col, text_col, range(row0 + done + 1, row0 + done + 1 + batch.num_rows))
+                done += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            # A damaged row group: its rows that were not read are flagged, one each, in their place.
+            why = f"{schema.ERR_BAD_ROW}: row group {group} cannot be read ({one_line(exc)})"
+            rows = _Rows()
+            for i in range(done, n_group):
+                rows.add(None, None, f"{name}:{row0 + i + 1}", why)
+                if len(rows) >= ROWS_PER_BLOCK:
+                    yield rows.flush()
+            if len(rows):
+                yield rows.flush()
+        row0 += n_group
 
 
 def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, numbers: Iterable[int]) -> pa.Table:

@@ -99,6 +99,22 @@ def test_csv_bad_records_across_read_blocks_keep_every_row_number():
     assert got == expected
 
 
+def test_a_damaged_parquet_row_group_flags_its_rows_and_keeps_the_others():
+    buf = io.BytesIO()
+    texts = [f"question number {i} " * 4 for i in range(60)]
+    pq.write_table(pa.table({"id": [f"q{i}" for i in range(60)], "text": texts}), buf, row_group_size=30,
+                   compression="none", use_dictionary=False)
+    raw = bytearray(buf.getvalue())
+    chunk = pq.ParquetFile(io.BytesIO(bytes(raw))).metadata.row_group(1).column(1)  # row group 1's texts
+    start = chunk.data_page_offset
+    raw[start:start + 40] = b"\xff" * 40  # its page header: unreadable
+    rows = _prepared(_read_parquet(pa.BufferReader(bytes(raw)), "p.parquet", "id", "text"))
+    assert [r["_source"] for r in rows] == [f"p.parquet:{i}" for i in range(1, 61)]  # every row, in its place
+    assert all(r["pool_error"] is None for r in rows[:30]) and [r["sample_id"] for r in rows[:30]] == \
+        [f"q{i}" for i in range(30)]
+    assert all(r["pool_error"].startswith("bad_row: row group 1 cannot be read (") for r in rows[30:])
+
+
 def test_parquet_missing_text_column_flags_rows():
     buf = io.BytesIO()
     pq.write_table(pa.table({"id": ["a", "b"], "body": ["x", "y"]}), buf)
