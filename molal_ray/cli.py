@@ -10,8 +10,21 @@ import click
 from molal_ray.exceptions import MolalError, ReviewError, ReviewPending
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
+def _ours(exc: BaseException) -> BaseException:
+    """The error of ours inside another: raised in a Ray task or actor (a Ray Data stage, the
+    coordinator), it reaches the driver wrapped, with the remote traceback in its text."""
+    found, cur, seen = exc, exc, set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError
+        cur = cause if isinstance(cause, BaseException) else cur.__cause__
+        if isinstance(cur, MolalError):
+            found = cur
+    return found
+
+
+def _fail(exc: BaseException) -> None:
+    click.echo(f"error: {_ours(exc)}", err=True)
     sys.exit(2)
 
 

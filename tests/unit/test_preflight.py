@@ -90,3 +90,25 @@ def test_label_refuses_a_bad_pool_before_ray_starts(tmp_path, ray_must_not_start
     result = CliRunner().invoke(main, ["label", str(tmp_path / "label.yaml")])
     assert result.exit_code == 2 and "not a Parquet file" in result.output and "Traceback" not in result.output
 
+
+
+def test_an_error_of_ours_raised_in_a_ray_task_is_printed_as_itself(monkeypatch):
+    """A Ray Data stage or an actor that raises one of our errors: the driver gets it wrapped in
+    a RayTaskError whose text holds the remote traceback; the CLI prints our message only."""
+    from click.testing import CliRunner
+    from ray.exceptions import RayTaskError
+
+    import molal_ray.pipeline.label_job
+    from molal_ray.cli import main
+    from molal_ray.exceptions import SchemaError
+    from tests.conftest import TREC
+
+    wrapped = RayTaskError("AnnotateStage.__call__", "Traceback (most recent call last):\n  File ...\nSchemaError: x",
+                           SchemaError("pool.parquet: row 7 is not what it should be")).as_instanceof_cause()
+
+    def raise_it(*args, **kwargs):
+        raise wrapped
+
+    monkeypatch.setattr(molal_ray.pipeline.label_job, "run_label_job", raise_it)
+    r = CliRunner().invoke(main, ["label", str(TREC / "label.yaml")])
+    assert r.exit_code == 2 and r.output == "error: pool.parquet: row 7 is not what it should be\n", r.output
