@@ -122,3 +122,26 @@ def test_a_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_path):
     assert json.loads(resolve(out).join("report.json").read_text())["rounds"] == remote["rounds"]
     t = read_annotation_table(resolve(out).join("annotations")).to_pandas()
     assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 40 * 5
+
+
+def test_an_output_on_s3_is_locked_while_a_job_writes_it(s3, data, caplog):
+    """The lock beside an s3:// output: a second job refuses with who holds it; a lock whose
+    heartbeat stopped is taken over with a warning (on object storage there is no process to
+    ask, only the heartbeat)."""
+    import logging
+
+    from molal_ray.lock import OutputLock, OutputLocked, lock_location
+
+    out = s3.uri(data["bucket"], "locked")
+    with OutputLock(out, "label"):
+        assert lock_location(resolve(out)).exists()
+        with pytest.raises(OutputLocked, match=r"in use by `molal-ray label` \(process \d+ on .*\) since"):
+            OutputLock(out, "run").acquire()
+    assert not lock_location(resolve(out)).exists()  # released
+    stuck = OutputLock(out, "label", heartbeat_s=3600).acquire()  # a holder whose heartbeat stops
+    time.sleep(1.5)
+    with caplog.at_level(logging.WARNING, logger="molal_ray"):
+        with OutputLock(out, "run", stale_s=1.0):
+            assert json.loads(lock_location(resolve(out)).read_bytes())["command"] == "run"
+    assert any("taking over" in r.message and "heartbeat" in r.message for r in caplog.records)
+    stuck.release()  # it no longer holds the lock: nothing of the new holder's is removed
