@@ -13,7 +13,9 @@ from molal_ray.exceptions import MolalError, ReviewError, ReviewPending
 def _ours(exc: BaseException) -> BaseException:
     """The error of ours inside another: raised in a Ray task or actor (a Ray Data stage, the
     coordinator), it reaches the driver wrapped, with the remote traceback in its text."""
-    found, cur, seen = exc, exc, set()
+    found = exc
+    cur: BaseException | None = exc
+    seen: set[int] = set()
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError

@@ -73,6 +73,7 @@ class CoordinatorActor:
         return None if self.coord.finished else self.coord.run_round()
 
     def history(self) -> list[dict[str, Any]]:
+        self._check()
         return self.coord.state.history
 
     def phase(self) -> tuple[int, str | None]:
@@ -81,9 +82,11 @@ class CoordinatorActor:
         return self.coord.state.round, self.coord.phase()
 
     def info(self) -> dict[str, Any]:
+        self._check()
         return {"test_rows": self.test_rows}
 
     def gold_report(self) -> dict[str, Any]:
+        self._check()
         return self.coord.gold_report()
 
     def close(self) -> None:
