@@ -47,17 +47,22 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 2)
     local_model(resolve_package_path(MODEL))  # converted before either side is timed
     trec = ROOT / "examples" / "trec"
-    demo_ids = set(pd.read_csv(trec / "gold-50.csv", dtype=str)["sample_id"])
-    pool = pq.read_table(trec / "pool.parquet").to_pandas()
-    pool = pool[~pool["id"].isin(demo_ids)].head(args.n)
+    demos = pd.read_csv(trec / "gold-50.csv", dtype=str)
+    full = pq.read_table(trec / "pool.parquet").to_pandas()
+    pool = full[~full["id"].isin(set(demos["sample_id"]))].head(args.n)
     with tempfile.TemporaryDirectory() as tmp:
         pool_path = Path(tmp) / "pool.parquet"
         pool.to_parquet(pool_path, index=False)
+        # The demonstrations as text,label (their rows are not in this smaller pool).
+        examples = Path(tmp) / "examples.csv"
+        text_of = dict(zip(full["id"], full["text"]))
+        pd.DataFrame({"text": [text_of[i] for i in demos["sample_id"]], "label": demos["label"]}).to_csv(
+            examples, index=False)
         data = {
             "task": {"name": "trec-coarse", "labels": ["abbreviation", "entity", "description", "human", "location",
                                                        "numeric"],
                      "prompt_template": COMPACT,
-                     "few_shot": {"examples": str(trec / "gold-50.csv"), "k": 4, "select": "nearest",
+                     "few_shot": {"examples": str(examples), "k": 4, "select": "nearest",
                                   "example_template": EXAMPLE}},
             "annotators": [{"name": "smollm2", "engine": engine_config(args.engine), "resources": {"num_cpus": 1}}],
             "pool": {"path": str(pool_path)},

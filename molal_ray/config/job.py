@@ -160,6 +160,9 @@ class LabelJobConfig(StrictModel):
     @model_validator(mode="after")
     def _cascade(self) -> "LabelJobConfig":
         check_cascade(self.cascade, self.annotators)
+        if self.task.few_shot is not None and self.task.few_shot.from_loop:
+            raise ValueError("task.few_shot.examples: 'loop' takes the loop's own labels (molal-ray run); a label "
+                             "job names a file of examples")
         if self.cascade and self.cascade.order == "gold" and not self.cascade.gold:
             raise ValueError("cascade.order 'gold' needs cascade.gold: a CSV (sample_id, label) of pool rows whose "
                              "labels are known")

@@ -17,6 +17,7 @@ DEFAULT_PROMPT = (
 
 
 DEFAULT_EXAMPLE = "Text: {text}\nLabel: {label}\n\n"
+LOOP_EXAMPLES = "loop"  # few_shot.examples: the loop's own gold and people's labels so far
 
 
 class FewShotExample(StrictModel):
@@ -32,7 +33,8 @@ class FewShotConfig(StrictModel):
 
     examples: str = Field(
         ..., description="A CSV (or Parquet) file of labelled examples: 'sample_id,label' (joined to the pool's "
-                         "texts) or 'text,label'. Labels must be in the label set.")
+                         "texts) or 'text,label'. Labels must be in the label set. In a loop config, 'loop': the "
+                         "loop's gold and people's labels so far (test rows never), growing every round.")
     k: int = Field(4, ge=1, le=64, description="Demonstrations per prompt.")
     select: Literal["nearest", "random", "fixed"] = Field(
         "nearest", description="'nearest': the k examples most similar to the text (cosine similarity of the "
@@ -53,7 +55,12 @@ class FewShotConfig(StrictModel):
     @field_validator("examples")
     @classmethod
     def _resolve(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_path(v, info)
+        return v if v == LOOP_EXAMPLES else resolve_path(v, info)
+
+    @property
+    def from_loop(self) -> bool:
+        """The examples are the loop's own labels, sent with every request (no file)."""
+        return self.examples == LOOP_EXAMPLES
 
     @field_validator("example_template")
     @classmethod

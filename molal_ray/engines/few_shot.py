@@ -80,18 +80,12 @@ def load_examples(fs: FewShotConfig, labels: Sequence[str], pool: PoolConfig | N
 
 
 def with_examples(task: TaskConfig, pool: PoolConfig | None) -> TaskConfig:
-    """The task with its few-shot examples read into ``few_shot.items`` (unchanged without few_shot)."""
+    """The task with its few-shot examples read into ``few_shot.items`` (unchanged without few_shot;
+    none yet for ``examples: loop``, whose examples come with each request)."""
     if task.few_shot is None or task.few_shot.items is not None:
         return task
-    items = load_examples(task.few_shot, task.labels, pool)
+    items = [] if task.few_shot.from_loop else load_examples(task.few_shot, task.labels, pool)
     return task.model_copy(update={"few_shot": task.few_shot.model_copy(update={"items": items})})
-
-
-def replace_examples(task: TaskConfig, examples: Sequence[FewShotExample]) -> TaskConfig:
-    """The task with other examples (a loop's gold and people's labels so far)."""
-    if task.few_shot is None:
-        return task
-    return task.model_copy(update={"few_shot": task.few_shot.model_copy(update={"items": list(examples)})})
 
 
 def _key(text: str) -> str:
@@ -104,17 +98,17 @@ class ExampleSelector:
     def __init__(self, fs: FewShotConfig, labels: Sequence[str], device: str = "cpu") -> None:
         self.config = fs
         if fs.items is not None:
-            self.examples = list(fs.items)
+            examples = list(fs.items)
+        elif fs.from_loop:
+            examples = []  # until the loop sends its labels
         else:  # an engine used on its own, without a job: a text,label file is read here
             rows, where = read_examples_file(fs, labels)
             if any(text is None for _, text, _ in rows):
                 raise ConfigError(f"{where}: a sample_id,label file is joined to the pool's texts by the job; "
                                   "used on its own an engine needs a text,label file")
-            self.examples = [FewShotExample(sample_id=s, text=t, label=lab) for s, t, lab in rows]
-        if fs.k > len(self.examples):
-            raise ConfigError(f"task.few_shot.k: got {fs.k}; the examples hold {len(self.examples)}")
-        self.ids = [e.sample_id for e in self.examples]
-        self.keys = [_key(e.text) for e in self.examples]
+            examples = [FewShotExample(sample_id=s, text=t, label=lab) for s, t, lab in rows]
+        if fs.k > len(examples) and not fs.from_loop:
+            raise ConfigError(f"task.few_shot.k: got {fs.k}; the examples hold {len(examples)}")
         self.encoder = None
         if fs.select == "nearest":
             from molal_ray.models import resolve_package_path
@@ -125,6 +119,14 @@ class ExampleSelector:
             except ValueError as exc:
                 raise ConfigError(f"task.few_shot.encoder: expected {exc}") from None
             self.encoder = FrozenEncoder(backbone, max_length=128, device=device, batch_size=64)
+        self.replace(examples)
+
+    def replace(self, examples: Sequence[FewShotExample]) -> None:
+        """Choose among these examples from now on (a loop's labels: fewer than k at first)."""
+        self.examples = list(examples)
+        self.ids = [e.sample_id for e in self.examples]
+        self.keys = [_key(e.text) for e in self.examples]
+        if self.encoder is not None and self.examples:
             self.emb = self.encoder([e.text for e in self.examples])
 
     def _own(self, sample_id: str, text: str) -> np.ndarray:
@@ -134,6 +136,8 @@ class ExampleSelector:
     def select(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[list[FewShotExample]]:
         k = self.config.k
         out: list[list[FewShotExample]] = []
+        if not self.examples:
+            return [[] for _ in texts]
         sims = self.encoder(list(texts)) @ self.emb.T if self.encoder is not None else None
         for b, (sid, text) in enumerate(zip(sample_ids, texts)):
             own = self._own(sid, text)

@@ -64,7 +64,9 @@ class CoordinatorActor:
                 raise SchemaError(f"loop: no embeddings of this pool in {out.join(EMBEDDINGS_DIR)}")
         self.services = services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR),
                                                     embeddings, out.join(REVIEW_DIR))
-        self.coord = Coordinator(state, L, pool, split, services, state_dir, self.cfg.cascade)
+        few = self.cfg.task.few_shot
+        self.coord = Coordinator(state, L, pool, split, services, state_dir, self.cfg.cascade,
+                                 examples_from_labels=few is not None and few.from_loop)
         self.test_rows = len(split.test_rows)
 
     def run_round(self) -> dict[str, Any] | None:

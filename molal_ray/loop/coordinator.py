@@ -45,9 +45,11 @@ class RoundServices(Protocol):
     def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
         """Run the classifier over the rows the request names."""
 
-    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None) -> int:
+    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None,
+                 examples: list[dict[str, str]] | None = None) -> int:
         """Have the annotators label these pool rows (``_row, sample_id``) into the loop's table,
-        in ``stages`` (a cascade; None: the configured ones) (pairs already there are skipped);
+        in ``stages`` (a cascade; None: the configured ones) (pairs already there are skipped),
+        with these few-shot ``examples`` (``sample_id, text, label``; None: the task's own);
         returns the (sample, annotator) pairs it asked for."""
 
     def annotations(self) -> pa.Table:
@@ -143,8 +145,11 @@ class PhaseClock:
 
 class Coordinator:
     def __init__(self, state: LoopState, settings: LoopSettings, pool: PoolGeometry, split: Split,
-                 services: RoundServices, state_dir: Any, cascade: CascadeConfig | None = None) -> None:
+                 services: RoundServices, state_dir: Any, cascade: CascadeConfig | None = None,
+                 examples_from_labels: bool = False) -> None:
         self.state = state
+        # task.few_shot.examples 'loop': the annotators are shown the people's labels so far.
+        self.examples_from_labels = examples_from_labels
         self.s = settings
         self.cascade = cascade
         self.pool = pool
@@ -159,6 +164,19 @@ class Coordinator:
         self.t0 = time.monotonic()
 
     # -- small helpers ----------------------------------------------------------------------------
+    def examples(self) -> list[dict[str, str]] | None:
+        """The few-shot examples the annotators get now: every row people labelled (round 0's
+        gold and the rows routed to them; never a test row, which is not in the state)."""
+        if not self.examples_from_labels:
+            return None
+        people = [x for x in self.state.labeled if x.source in HUMAN_SOURCES]
+        texts = self.services.texts(np.array([x.row for x in people], dtype=np.int64)) if people else []
+        return [{"sample_id": x.sample_id, "text": t, "label": self.state.labels[x.label]}
+                for x, t in zip(people, texts)]
+
+    def annotate(self, rows: pa.Table, stages: list[list[str]] | None) -> int:
+        return self.services.annotate(rows, stages, examples=self.examples())
+
     @property
     def finished(self) -> bool:
         return self.state.round > self.s.rounds
@@ -192,7 +210,7 @@ class Coordinator:
         refilled by their accuracy there (kept in the state). Returns the LLM calls made."""
         assert self.cascade is not None
         everyone = [[a for stage in self.cascade.stages for a in stage]]
-        calls = self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]), everyone)
+        calls = self.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]), everyone)
         m = build_matrix(self.services.annotations(), self.num_classes)
         idx = {s: i for i, s in enumerate(m.sample_ids)}
         known = [x for x in rows if x.sample_id in idx]
@@ -237,8 +255,7 @@ class Coordinator:
                     if self.cascade is not None and self.cascade.order == "gold":
                         self.rank_annotators(rows)
                     else:
-                        self.services.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]),
-                                               self.stages())
+                        self.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]), self.stages())
                 llm_calls = _pairs_of(self.services.annotations(), [x.sample_id for x in rows])
         else:
             with clock("query"):
@@ -247,7 +264,7 @@ class Coordinator:
             if self.annotates:
                 with clock("annotate"):
                     llm_calls = self.rerank_if_reshaped()  # gold rows asked again: this run's calls
-                    self.services.annotate(queried, self.stages())
+                    self.annotate(queried, self.stages())
                 table = self.services.annotations()
                 llm_calls += _pairs_of(table, queried.column(schema.SAMPLE_ID).to_pylist())
             with clock("aggregate"):

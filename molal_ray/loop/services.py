@@ -94,7 +94,8 @@ class RayRoundServices:
                         for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
 
     # -- annotation ------------------------------------------------------------------------------
-    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None) -> int:
+    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None,
+                 examples: list[dict[str, str]] | None = None) -> int:
         if rows.num_rows == 0:
             return 0
         if self._stage is None:
@@ -110,6 +111,7 @@ class RayRoundServices:
                                         min_vote_share=cascade.min_vote_share if cascade else 1.0)
         self._stage.forget()  # the table grew since the last round
         self._stage.stages = stages or self.cfg.stages()
+        self._stage.examples = examples
         keys = rows.column(ROW).to_numpy()
         ids = rows.column(schema.SAMPLE_ID).to_pylist()
         stats = self._stage(stage_batch(keys, ids, self.texts(keys)))

@@ -113,6 +113,12 @@ class AnnotateStage:
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self.request_timeout_s = request_timeout_s
+        # Few-shot demonstrations sent with every call (a loop whose task.few_shot.examples is 'loop').
+        self.examples: list[dict[str, Any]] | None = None
+
+    def _request(self, annotator: str, ids: list[str], texts: list[str]) -> Any:
+        handle = self.handles[annotator].annotate
+        return handle.remote(ids, texts) if self.examples is None else handle.remote(ids, texts, self.examples)
 
     def _call(self, annotator: str, ids: list[str], texts: list[str], first: Any) -> dict[str, Any]:
         """The answer of one annotator to one batch, retrying a failed call."""
@@ -127,7 +133,7 @@ class AnnotateStage:
                                annotator, len(ids), attempt + 1, self.max_retries + 1, exc)
                 time.sleep(wait)
                 wait *= 2
-                response = self.handles[annotator].annotate.remote(ids, texts)
+                response = self._request(annotator, ids, texts)
         raise AssertionError("unreachable")
 
     def _need(self, annotator: str, hashes: np.ndarray, buckets: np.ndarray) -> np.ndarray:
@@ -166,7 +172,7 @@ class AnnotateStage:
                                          [pool_warn[i] for i in flagged]), buckets[flagged]))
             todo = np.flatnonzero(need & ~bad)
             if todo.size:
-                pending[a] = (todo, self.handles[a].annotate.remote([ids[i] for i in todo], [texts[i] for i in todo]))
+                pending[a] = (todo, self._request(a, [ids[i] for i in todo], [texts[i] for i in todo]))
         return ready, pending, {"ids": ids, "texts": texts, "warn": pool_warn, "buckets": buckets, "batch": batch}
 
     def _finish(self, ready: list[tuple[pa.Table, np.ndarray]], pending: dict[str, Any],

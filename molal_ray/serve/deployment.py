@@ -8,6 +8,8 @@ no HTTP route is exposed unless the application is run with one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from molal_ray.config import AnnotatorConfig, TaskConfig
+from molal_ray.config.task import FewShotExample
 from molal_ray.engines.base import Engine, build_engine
 from molal_ray.serve.fingerprint import fingerprint, fingerprint_key
 from molal_ray.serve.stats import REPORT_EVERY_S, stats_actor
@@ -55,13 +58,20 @@ class AnnotatorDeployment:
         await self.engine.start()
         self.in_flight = 0
         self.rows = 0
+        self._examples_lock = asyncio.Lock()
+        self._examples_digest: str | None = None
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         logger.info("annotator %s ready (%s engine)", self.annotator.name, self.engine.engine_type)
 
-    async def annotate(self, sample_ids: list[str], texts: list[str]) -> dict[str, Any]:
-        """Annotate one batch; returns columns (see :func:`pack_annotations`)."""
+    async def annotate(self, sample_ids: list[str], texts: list[str],
+                       examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Annotate one batch; returns columns (see :func:`pack_annotations`). ``examples``
+        (``sample_id, text, label`` dicts): the few-shot demonstrations to choose from, for a task
+        whose ``few_shot.examples`` is ``loop`` (the loop sends its labels so far with each call)."""
         if len(sample_ids) != len(texts):
             raise SchemaError(f"annotate: got {len(sample_ids)} ids and {len(texts)} texts; expected equal counts")
+        if examples is not None:
+            await self._use_examples(examples)
         self.in_flight += 1
         try:
             annotations = await self.engine.annotate(sample_ids, texts)
@@ -72,6 +82,18 @@ class AnnotatorDeployment:
                                f"annotations for {len(texts)} texts")
         self.rows += len(texts)
         return pack_annotations(annotations, self.task.num_classes)
+
+    async def _use_examples(self, examples: list[dict[str, Any]]) -> None:
+        """Switch the engine's demonstrations to these (embedded once per new set, not per call)."""
+        selector = getattr(self.engine, "selector", None)
+        if selector is None:  # an engine without prompts (replay): nothing to show
+            return
+        digest = hashlib.blake2b(json.dumps(examples, sort_keys=True).encode(), digest_size=16).hexdigest()
+        async with self._examples_lock:
+            if digest != self._examples_digest:
+                items = [FewShotExample.model_validate(e) for e in examples]
+                await asyncio.to_thread(selector.replace, items)
+                self._examples_digest = digest
 
     async def _report_loop(self) -> None:
         """Report the replica's counters to the application's stats actor (for `annotators status`)."""
@@ -121,7 +143,8 @@ class AnnotatorsIngress:
     async def annotators(self) -> list[str]:
         return list(self.handles)
 
-    async def annotate(self, annotator: str, sample_ids: list[str], texts: list[str]) -> dict[str, Any]:
+    async def annotate(self, annotator: str, sample_ids: list[str], texts: list[str],
+                       examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         if annotator not in self.handles:
             raise ConfigError(f"annotator: got {annotator!r}; expected one of {sorted(self.handles)}")
-        return await self.handles[annotator].annotate.remote(sample_ids, texts)
+        return await self.handles[annotator].annotate.remote(sample_ids, texts, examples)

@@ -32,9 +32,9 @@ def setup(tmp_path_factory):
 HEAD = {"mode": "head", "epochs": 30, "patience": 5, "learning_rate": 1e-2}
 
 
-def _cfg(root, backbone, out, rounds=2, trainer="ray", classifier=None, **loop):
+def _cfg(root, backbone, out, rounds=2, trainer="ray", classifier=None, task=None, **loop):
     return LoopJobConfig.from_dict({
-        "task": {"labels": TREC_LABELS},
+        "task": {"labels": TREC_LABELS, **(task or {})},
         "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
                         "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
         "pool": {"path": str(root / "pool.parquet")},
@@ -50,14 +50,17 @@ def _cfg(root, backbone, out, rounds=2, trainer="ray", classifier=None, **loop):
 def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
     """Head mode on Ray Train: the pool is embedded once; every round's head is a checkpoint of
     the same Ray Train run; a resumed loop keeps the finished rounds, reuses the embeddings and
-    starts a new run. (Full fine-tuning runs in the loop in test_s3 and test_job_submission.)"""
+    starts a new run. (Full fine-tuning runs in the loop in test_s3 and test_job_submission.)
+    Few-shot examples from the loop's labels travel with every call (replay engines ignore them;
+    tests/unit/test_few_shot.py checks that a prompt engine uses them)."""
     from molal_ray.loop.embeddings import EMBEDDING
     from molal_ray.pipeline.output import read_annotation_table
     from molal_ray.pipeline.pool_store import MANIFEST
 
     root, backbone = setup
     out = tmp_path / "run"
-    first = run_loop(_cfg(root, backbone, out, rounds=1, classifier=HEAD))
+    few = {"few_shot": {"examples": "loop", "k": 2, "select": "fixed"}}
+    first = run_loop(_cfg(root, backbone, out, rounds=1, classifier=HEAD, task=few))
     assert [r["n_labeled"] for r in first["rounds"]] == [20, 40]
     emb_manifest = out / "embeddings" / MANIFEST
     stamp = emb_manifest.stat().st_mtime_ns
@@ -70,8 +73,8 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
     for d in dirs:
         assert (Path(d) / "head.pt").is_file() and json.loads((Path(d) / "head.json").read_text())["dim"] == 32
     with pytest.raises(ConfigError, match="holds a loop already"):
-        run_loop(_cfg(root, backbone, out, rounds=2, classifier=HEAD))
-    report = run_loop(_cfg(root, backbone, out, rounds=2, classifier=HEAD), resume=True)
+        run_loop(_cfg(root, backbone, out, rounds=2, classifier=HEAD, task=few))
+    report = run_loop(_cfg(root, backbone, out, rounds=2, classifier=HEAD, task=few), resume=True)
     rounds = report["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2] and [r["n_labeled"] for r in rounds] == [20, 40, 60]
     assert rounds[:2] == first["rounds"]  # finished rounds are kept as they were

@@ -76,16 +76,18 @@ class FakeServices:
         self.pairs: set[tuple[str, str]] = set()
         self.review_dir = None
         self.requests = []
+        self.examples_sent: list = []
 
     def score(self, model_dir, request):  # type: ignore[no-untyped-def]
         self.requests.append(request)
         stage = ScoreStage(model_dir, request, 32, predictor=FakePredictor(model_dir))
         return collect([stage(self.pool.slice(i, 37)) for i in range(0, self.pool.num_rows, 37)], request)
 
-    def annotate(self, rows, stages=None):  # type: ignore[no-untyped-def]
+    def annotate(self, rows, stages=None, examples=None):  # type: ignore[no-untyped-def]
         """Each (sample, annotator) pair once; in stages like the annotate stage (a cascade)."""
         from molal_ray.annotation.cascade import settled_ids
 
+        self.examples_sent.append(examples)
         all_ids, all_keys = rows.column(schema.SAMPLE_ID).to_pylist(), rows.column(ROW).to_pylist()
         self.annotated += [i for i in all_ids if i not in self.annotated]
         go, calls = np.ones(len(all_ids), bool), 0
@@ -144,7 +146,7 @@ def trec():
     return table, gold
 
 
-def _coordinator(trec, tmp_path, cascade=None, **settings):
+def _coordinator(trec, tmp_path, cascade=None, examples_from_labels=False, **settings):
     table, gold = trec
     s = LoopSettings(**{"initial_gold": 20, "rounds": 2, "query_size": 15, "strategy": "max-entropy",
                         "subsample": 100, "test_fraction": 0.2, "test_max": 40, "seed": 1, **settings})
@@ -153,7 +155,8 @@ def _coordinator(trec, tmp_path, cascade=None, **settings):
     services = FakeServices(table)
     services.review_dir = tmp_path / "review"
     state = LoopState(labels=TREC_LABELS, seed=s.seed)
-    return Coordinator(state, s, Geometry(N), split, services, tmp_path / "state", cascade), services
+    return Coordinator(state, s, Geometry(N), split, services, tmp_path / "state", cascade,
+                       examples_from_labels=examples_from_labels), services
 
 
 def _run(coord):
@@ -217,10 +220,35 @@ def test_a_round_resumed_after_its_annotation_counts_the_calls_made_before(trec,
     resumed.state = LoopState.load(tmp_path / "state")
     asked = []
     real = services.annotate
-    services.annotate = lambda rows, stages=None: asked.append(real(rows, stages)) or asked[-1]
+    services.annotate = lambda rows, stages=None, examples=None: asked.append(real(rows, stages)) or asked[-1]
     m = resumed.run_round()
     assert asked == [0] and m["llm_calls"] == 15 * 5
     assert sorted(x.sample_id for x in resumed.state.labeled[20:]) == sorted(queried.column("sample_id").to_pylist())
+
+
+def test_few_shot_examples_from_the_loop_are_the_peoples_labels_so_far(trec, tmp_path, monkeypatch):
+    """task.few_shot.examples 'loop': each round's annotators get every row people labelled so
+    far (round 0's gold, then also the rows routed to people), with its text and label name;
+    never a test row."""
+    coord, services = _coordinator(trec, tmp_path, rounds=2, human_per_round=5, examples_from_labels=True)
+    metrics = _run(coord)
+    assert len(metrics) == 3
+    sent = services.examples_sent
+    # Round 0: the gold rows; round r: also the rows people labelled in rounds before it (a round's
+    # routed rows reach people after the LLMs answered them).
+    assert [len(e) for e in sent] == [20, 20, 25]
+    texts = {sid: services.pool.column("text")[i].as_py()
+             for i, sid in enumerate(services.pool.column("sample_id").to_pylist())}
+    people = {x.sample_id: TREC_LABELS[x.label] for x in coord.state.labeled if x.source in ("gold", "human")}
+    for batch in sent:
+        assert all(e["label"] == people[e["sample_id"]] and e["text"] == texts[e["sample_id"]] for e in batch)
+    test_keys = set(coord.split.test_rows.tolist())
+    test_ids = {sid for key, sid in zip(services.pool.column(ROW).to_pylist(),
+                                        services.pool.column("sample_id").to_pylist()) if key in test_keys}
+    assert test_ids and not {e["sample_id"] for e in sent[-1]} & test_ids
+    plain, services = _coordinator(trec, tmp_path / "plain", rounds=1)
+    _run(plain)
+    assert services.examples_sent == [None, None]  # without it, the task's own examples
 
 
 @pytest.mark.parametrize("strategy", ["random", "coreset", "bemps", "noise-stability"])

@@ -121,3 +121,35 @@ def test_the_hf_engine_scores_few_shot_prompts_and_drops_demonstrations_to_fit(t
     ids, note = small.build("Who wrote Hamlet ?", EXAMPLES[:3])
     assert note == "truncated: 2 demonstrations dropped to fit the context"
     assert ids == small.ids("Who wrote Hamlet ?", EXAMPLES[2:3])  # the least similar (first) went first
+
+
+def test_examples_from_the_loop_reach_the_engine_through_the_deployment(tiny_llama):
+    """few_shot.examples 'loop': the engine starts with none (zero-shot prompts); the examples that
+    come with a call replace them (embedded once per new set); the scores are those of the
+    prompt with those demonstrations."""
+    from molal_ray.config.job import LabelJobConfig
+    from molal_ray.serve.deployment import AnnotatorDeployment
+
+    task = TaskConfig(labels=ENGINE_LABELS, few_shot={"examples": "loop", "k": 2, "select": "fixed"})
+    ann = AnnotatorConfig(name="tiny", engine={"type": "hf", "model": str(tiny_llama), "dtype": "float32",
+                                               "device": "cpu", "max_model_len": 1024})
+    eng = build_engine(ann, task)
+    asyncio.run(eng.start())
+    assert eng.demonstrations(["q"], ["Who wrote Hamlet ?"]) == [[]]
+    dep = object.__new__(AnnotatorDeployment)  # its Serve-side constructor starts Ray actors: not needed here
+    dep.engine, dep.task, dep.in_flight, dep.rows = eng, task, 0, 0
+    dep._examples_lock, dep._examples_digest = asyncio.Lock(), None
+    sent = [e.model_dump() for e in EXAMPLES[:3]]
+    out = asyncio.run(dep.annotate(["q", EXAMPLES[0].sample_id or "x"], ["Who wrote Hamlet ?", EXAMPLES[0].text], sent))
+    assert [len(d) for d in eng.demonstrations(["q"], ["Who wrote Hamlet ?"])] == [2]
+    ids, _ = eng.prompts.build("Who wrote Hamlet ?", EXAMPLES[:2])
+    np.testing.assert_allclose(out["probs"][0], reference_label_probs(eng.model, eng.tokenizer, ids, ENGINE_LABELS),
+                               atol=1e-4)
+    own = eng.demonstrations([EXAMPLES[0].sample_id or "x"], [EXAMPLES[0].text])[0]
+    assert EXAMPLES[0].text not in [e.text for e in own]  # never its own demonstration
+    before = eng.selector.examples
+    asyncio.run(dep.annotate(["q"], ["Who wrote Hamlet ?"], sent))
+    assert eng.selector.examples is before  # the same set: not replaced again
+    with pytest.raises(ConfigError, match="'loop' takes the loop's own labels"):
+        LabelJobConfig.from_dict({"task": task.model_dump(), "annotators": [ann.model_dump()],
+                                  "pool": {"path": "p.jsonl"}, "output": {"path": "o"}})
