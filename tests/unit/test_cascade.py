@@ -17,6 +17,7 @@ from molal_ray import schema
 from molal_ray.annotation.cascade import settled, settled_ids
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines import build_engine
+from molal_ray.exceptions import ConfigError
 from molal_ray.pipeline.annotate_stage import AnnotateStage
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
 from molal_ray.pipeline.pool_store import BUCKET
@@ -70,6 +71,7 @@ def _stage(parts, stages, calls, empty):  # type: ignore[no-untyped-def]
     st.handles = {a: _Handle(a, calls) for a in st.annotators}
     st.parts_dir, st.done = resolve(parts), DoneIndex(parts, empty=empty)
     st.max_retries, st.retry_backoff_s, st.request_timeout_s = 0, 0.0, 10.0
+    st.examples = None
     return st
 
 
@@ -121,7 +123,7 @@ def test_the_stages_name_every_annotator_once():
     assert ok.stages() == STAGES and LabelJobConfig.from_dict(base).stages() == [TREC_ANNOTATORS]
     for stages, word in (([["yi", "mistral"], ["gemma", "llama"]], "in no stage"), ([["yi", "mistral"], ["yi", "gemma", "llama", "qwen"]], "twice"),
                          ([["yi", "mistral"], ["gemma", "llama", "qwen", "gpt"]], "not an annotator")):
-        with pytest.raises(Exception, match=word):
+        with pytest.raises(ConfigError, match=word):
             LabelJobConfig.from_dict({**base, "cascade": {"stages": stages}})
 
 
@@ -177,14 +179,14 @@ def test_order_gold_needs_gold_rows():
 
     base = {"task": {"labels": TREC_LABELS}, "pool": {"path": "p.parquet"}, "output": {"path": "out"},
             "annotators": [{"name": n, "engine": {"type": "replay", "path": "r.parquet"}} for n in TREC_ANNOTATORS]}
-    with pytest.raises(Exception, match="needs cascade.gold"):
+    with pytest.raises(ConfigError, match="needs cascade.gold"):
         LabelJobConfig.from_dict({**base, "cascade": {"stages": STAGES, "order": "gold"}})
-    with pytest.raises(Exception, match="only with cascade.order: gold"):
+    with pytest.raises(ConfigError, match="only with cascade.order: gold"):
         LabelJobConfig.from_dict({**base, "cascade": {"stages": STAGES, "gold": "g.csv"}})
     ok = LabelJobConfig.from_dict({**base, "cascade": {"stages": STAGES, "order": "gold", "gold": "g.csv"}},
                                   base_dir="/cfg")
     assert ok.cascade is not None and ok.cascade.gold == "/cfg/g.csv"
     loop = {**base, "gold": "g.csv", "classifier": {"backbone": "b"}}
     assert LoopJobConfig.from_dict({**loop, "cascade": {"stages": STAGES, "order": "gold"}}).cascade is not None
-    with pytest.raises(Exception, match="ranks the annotators on its initial gold"):
+    with pytest.raises(ConfigError, match="ranks the annotators on its initial gold"):
         LoopJobConfig.from_dict({**loop, "cascade": {"stages": STAGES, "order": "gold", "gold": "g.csv"}})
