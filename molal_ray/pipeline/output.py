@@ -37,7 +37,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from molal_ray import schema
-from molal_ray.exceptions import ConfigError, SchemaError
+from molal_ray.exceptions import ConfigError, SchemaError, one_line
 from molal_ray.pipeline.prepare import hash_ids
 from molal_ray.storage import Location, resolve
 
@@ -142,7 +142,7 @@ def unreadable_files(loc: Location, files: list[str]) -> list[tuple[str, str]]:
             pq.read_metadata(path, filesystem=loc.fs)
             return None
         except (pa.ArrowException, OSError) as exc:
-            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return one_line(exc)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return [(f, w) for f, w in zip(files, pool.map(why, files)) if w is not None]
@@ -171,7 +171,7 @@ def set_aside_unreadable(out: OutputDir) -> list[str]:
 def _unreadable_error(loc: Location, files: list[str], exc: BaseException) -> SchemaError:
     bad = unreadable_files(loc, files)
     if not bad:  # every footer reads: the damage is inside a file
-        return SchemaError(f"annotation table {loc}: cannot be read: {str(exc).strip().splitlines()[0]}")
+        return SchemaError(f"annotation table {loc}: cannot be read: {one_line(exc)}")
     shown = "; ".join(f"{p.rsplit('/', 1)[-1]} ({w})" for p, w in bad[:3])
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     hint = (". Resuming the label job (output.mode: resume) sets them aside and asks their pairs again"

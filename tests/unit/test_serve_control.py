@@ -59,3 +59,19 @@ def test_local_paths_are_refused_on_a_cluster_of_several_nodes(monkeypatch):
     check_paths_reach_every_node([("output.path", "/nfs/out", True), ("pool.path", "s3://b/pool", False)])
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
     check_paths_reach_every_node([("output.path", "/data/out", False)])  # one node: a local path is fine
+
+
+def test_a_replicas_own_error_is_read_from_serves_status_message():
+    from molal_ray.serve.control import replica_error
+
+    message = ("The deployment failed to start 3 times in a row. This may be due to a problem with its "
+               "constructor or initial health check failing. See controller logs for details. Error:\n"
+               "Traceback (most recent call last):\n"
+               '  File "replica.py", line 10, in initialize\n'
+               "ray.exceptions.RayTaskError(AnnotatorError): ray::ServeReplica:annotators:ghost.initialize()\n"
+               "  File \"replay.py\", line 3, in start\n"
+               "FileNotFoundError: [Errno 2] No such file: 'gone.parquet'\n\n"
+               "During handling of the above exception, another exception occurred:\n\n"
+               "molal_ray.exceptions.AnnotatorError: replay engine ghost: recording not found: gone.parquet\n")
+    assert replica_error(message) == "AnnotatorError: replay engine ghost: recording not found: gone.parquet"
+    assert replica_error("Deploying: waiting for replicas") is None and replica_error(None) is None
