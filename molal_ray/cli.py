@@ -135,7 +135,7 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
         annotation: str | None, rounds: int | None, seed: int | None, overwrite: bool) -> None:
     """Run the active-learning loop: query, annotate with the LLMs, aggregate, train, evaluate."""
     from molal_ray.config.loop import LoopJobConfig
-    from molal_ray.console import forwarded_lines_to, log_file
+    from molal_ray.console import drop_forwarded_lines, forwarded_lines_to, log_file
     from molal_ray.loop.runner import LOG_FILE, run_loop
     from molal_ray.progress import LoopProgress
 
@@ -157,6 +157,8 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
 
         out = resolve(cfg.output.path, field="output.path")
         log_path = out.join(LOG_FILE).path if out.is_local else None
+        if not verbose:
+            drop_forwarded_lines()  # also after the run: Ray flushes its repeated warnings at exit
         with log_file(log_path, verbose) as sink, LoopProgress(cfg.loop.rounds) as progress, \
                 forwarded_lines_to(sink, enabled=not verbose):
             run_loop(cfg, resume=resume, on_round=progress.round_done, on_phase=progress.phase)

@@ -89,6 +89,16 @@ def forwarded_lines_to(sink: IO[str] | None, enabled: bool = True) -> Iterator[N
         sys.stdout, sys.stderr = saved
 
 
+def drop_forwarded_lines() -> None:
+    """From now on until the process ends, Ray's forwarded lines are dropped from stdout and
+    stderr: what Ray prints while it shuts down at exit (its deduplicated warnings) stays off the
+    console of a quiet command (Ray's own log files keep them)."""
+    if not isinstance(sys.stdout, _Router):
+        sys.stdout = _Router(sys.stdout, None)
+    if not isinstance(sys.stderr, _Router):
+        sys.stderr = _Router(sys.stderr, None)
+
+
 @contextmanager
 def log_file(path: str | None, verbose: bool) -> Iterator[IO[str] | None]:
     """Our loggers and Ray's at INFO into ``path`` (when given) for the command's duration; the

@@ -45,3 +45,26 @@ def test_ray_loggers_quieted_after_ray_data_and_serve_set_theirs():
     assert logging.getLogger("ray.data._internal.progress").getEffectiveLevel() >= logging.ERROR
     quiet_ray_loggers(logging.INFO)
     assert logging.getLogger("ray.data").level == logging.INFO
+
+
+def test_after_a_quiet_command_rays_late_lines_are_dropped(monkeypatch):
+    """Ray prints its deduplicated warnings when it shuts down at exit, after the command's
+    routing has ended: those lines stay off the console too."""
+    import io
+    import sys
+
+    from molal_ray.console import drop_forwarded_lines, forwarded_lines_to
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    drop_forwarded_lines()
+    sink = io.StringIO()
+    with forwarded_lines_to(sink):
+        print("\x1b[33m(raylet)\x1b[0m WARNING: during the run", file=sys.stderr)
+    print("\x1b[33m(raylet)\x1b[0m WARNING: 13 PYTHON worker processes [repeated 2x across cluster]", file=sys.stderr)
+    print("report: run/report.html")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    assert "during the run" in sink.getvalue()
+    assert err.getvalue() == "" and out.getvalue() == "report: run/report.html\n"
