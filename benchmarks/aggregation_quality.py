@@ -34,10 +34,8 @@ LABELS = ["abbreviation", "entity", "description", "human", "location", "numeric
 ANNOTATORS = ["gemma", "llama", "mistral", "qwen", "yi"]
 
 
-def trec_table() -> tuple[pa.Table, pd.Series]:
-    """The annotation table the label pipeline writes, built in-process through the replay engine."""
-    pool = pd.read_parquet(TREC / "pool.parquet")
-    ids = pool["id"].tolist()
+def replay_rows(ids: list[str], texts: list[str]) -> pa.Table:
+    """The five recorded annotators' rows for these TREC ids, as the label job writes them."""
     task = TaskConfig(labels=LABELS)
     parts = []
     for name in ANNOTATORS:
@@ -46,11 +44,18 @@ def trec_table() -> tuple[pa.Table, pd.Series]:
 
         async def run(e=eng):  # type: ignore[no-untyped-def]
             await e.start()
-            return await e.annotate(ids, pool["text"].tolist())
+            return await e.annotate(ids, texts)
 
-        parts.append(annotation_rows(name, ids, pack_annotations(asyncio.run(run()), 6), [None] * len(ids)))
+        parts.append(annotation_rows(name, ids, pack_annotations(asyncio.run(run()), len(LABELS)), [None] * len(ids)))
+    return pa.concat_tables(parts)
+
+
+def trec_table() -> tuple[pa.Table, pd.Series]:
+    """The annotation table the label pipeline writes, built in-process through the replay engine."""
+    pool = pd.read_parquet(TREC / "pool.parquet")
+    table = replay_rows(pool["id"].tolist(), pool["text"].tolist())
     gold = pd.read_csv(TREC / "gold.csv").set_index("sample_id")["label"]
-    return pa.concat_tables(parts), gold
+    return table, gold
 
 
 def trec_matrix() -> tuple[AnnotationMatrix, np.ndarray]:

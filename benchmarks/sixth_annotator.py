@@ -29,31 +29,10 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.aggregation_quality import ANNOTATORS, LABELS, TREC  # noqa: E402
+from benchmarks.aggregation_quality import LABELS, TREC, replay_rows  # noqa: E402
 from benchmarks.real_llm import engine_config, trec_task  # noqa: E402
 
 NAME = "smollm2"
-
-
-def replay_rows(ids: list[str], texts: list[str]) -> pa.Table:
-    """The five recorded annotators' rows for these ids, as the label job writes them."""
-    from molal_ray.config import AnnotatorConfig, TaskConfig
-    from molal_ray.engines import build_engine
-    from molal_ray.pipeline.annotate_stage import annotation_rows
-    from molal_ray.serve.deployment import pack_annotations
-
-    task = TaskConfig(labels=LABELS)
-    parts = []
-    for name in ANNOTATORS:
-        eng = build_engine(AnnotatorConfig(name=name, engine={"type": "replay", "path": str(TREC / "recording.parquet")}),
-                           task)
-
-        async def run(e=eng):  # type: ignore[no-untyped-def]
-            await e.start()
-            return await e.annotate(ids, texts)
-
-        parts.append(annotation_rows(name, ids, pack_annotations(asyncio.run(run()), len(LABELS)), [None] * len(ids)))
-    return pa.concat_tables(parts)
 
 
 def smollm2_rows(ids: list[str], texts: list[str], k: int) -> tuple[pa.Table, float]:
@@ -130,8 +109,8 @@ def main() -> None:
                 acc.setdefault((n, width), []).append(float((p.argmax(1)[rows[ev]] == y[rows[ev]]).mean()))
     print(f"\nTREC, {len(ids)} questions (not the {len(demo_ids)} demonstration rows), {args.gold} random gold "
           f"labels per seed, accuracy on the other rows, {args.seeds} seeds")
-    print(f"{NAME} alone (majority of its votes, {args.k} nearest demonstrations): {small_acc:.3f}; "
-          f"{rate:.2f} texts/s on this CPU")
+    speed = f"{rate:.2f} texts/s on this CPU" if rate == rate else f"its answers read from {cache}"
+    print(f"{NAME} alone (majority of its votes, {args.k} nearest demonstrations): {small_acc:.3f}; {speed}")
     print(f"{'aggregator':<14}{'5 recorded':>12}{'+ ' + NAME:>12}{'change':>9}   per seed (6 - 5)")
     for n in methods:
         a5, a6 = np.array(acc[(n, 5)]), np.array(acc[(n, 6)])
