@@ -59,12 +59,15 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "<root>"
         got = err.get("input")
         got_s = repr(got)
+        whole_section = isinstance(got, dict) and len(got_s) > 120
         if len(got_s) > 120:
             got_s = got_s[:117] + "..."
         if err["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown field (got {got_s}); remove it or check its spelling")
         elif err["type"] == "missing":
             lines.append(f"  {loc}: required field is missing")
+        elif whole_section:  # a rule over a large section: its message names the fields, the cut value says nothing
+            lines.append(f"  {loc}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {loc}: got {got_s}; expected {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
