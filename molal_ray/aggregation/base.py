@@ -8,6 +8,7 @@ state ends in ``_`` (scikit-learn style). Pure numpy/scikit-learn/xgboost: no Ra
 from __future__ import annotations
 
 import abc
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,6 +44,11 @@ class Aggregator(abc.ABC):
 
     name: ClassVar[str]
     uses_gold: ClassVar[bool] = True
+    # Settings that change the distributions' confidence but never their argmax (a temperature):
+    # a copy fitted only to measure label accuracy (cross-validation, calibration) sets them so.
+    label_only: ClassVar[dict[str, Any]] = {}
+    # A text-aware aggregator names the registered one it equals on samples without embeddings.
+    without_text: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -53,6 +59,10 @@ class Aggregator(abc.ABC):
         """The constructor's arguments as set, by name (fitted state ends in ``_`` and is left
         out): enough to build an unfitted copy, ``type(self)(**self.settings())``."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def unfitted_copy(self, **changes: Any) -> "Aggregator":
+        """A new, unfitted aggregator with these settings, ``changes`` applied."""
+        return type(self)(**{**self.settings(), **changes})
 
     def fit(self, m: AnnotationMatrix, gold: Gold) -> "Aggregator":
         self.num_classes_ = m.num_classes
@@ -75,27 +85,45 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def registered(name: str) -> type["Aggregator"]:
+    """The aggregator class registered under ``name`` (not ``default``)."""
+    _load_all()
+    return _REGISTRY[name]
+
+
 def get_aggregator(name: str, seed: int | None = None, **params: Any) -> Aggregator:
     """An aggregator by registered name (``default`` is the project's recommended one); ``seed``
     goes to those that draw random numbers and is ignored by the others."""
-    import inspect
-
     _load_all()
     key = DEFAULT if name == "default" else name
     if key not in _REGISTRY:
         raise ConfigError(f"aggregator: got {name!r}; expected one of {['default', *sorted(_REGISTRY)]}")
     cls = _REGISTRY[key]
-    if seed is not None and "seed" in inspect.signature(cls.__init__).parameters:
+    if seed is not None and any(p.name == "seed" for p in constructor_parameters(cls)):
         params["seed"] = seed
     return cls(**params)
 
 
-DEFAULT = "pooled"
+def constructor_parameters(cls: type) -> list[inspect.Parameter]:
+    """The settings an aggregator class takes: its constructor's named parameters, and, when it
+    passes ``**kwargs`` on to its base class, the base's (a subclass adds settings without
+    writing its base's again)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        base = next((b for b in cls.__mro__[1:] if "__init__" in b.__dict__ and b is not object), None)
+        if base is not None and base is not Aggregator:
+            seen = {p.name for p in named}
+            named += [p for p in constructor_parameters(base) if p.name not in seen]
+    return named
+
+
+DEFAULT = "pooled-text"  # where the samples have no embeddings it is "pooled" exactly
 
 
 def _load_all() -> None:
     # Importing the modules registers their classes.
-    from molal_ray.aggregation import dawid_skene, majority, mean_probs, molam, pooled  # noqa: F401
+    from molal_ray.aggregation import dawid_skene, majority, mean_probs, molam, pooled, text_view  # noqa: F401
 
 
 def normalise_rows(p: np.ndarray) -> np.ndarray:

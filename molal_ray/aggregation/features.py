@@ -3,12 +3,14 @@
 ``AnnotationMatrix`` holds, for S samples, A annotators and C classes: ``probs`` and ``votes``
 of shape (S, A, C) and a ``present`` mask (S, A). An annotator missing for a sample (an error
 row, no row, an annotator added later) is ``present == False`` and its features are NaN, which
-the meta-learner treats as missing (never as zero).
+the meta-learner treats as missing (never as zero). Optionally it also holds each sample's text
+embedding (S, D) (``with_embeddings``): what a text-aware aggregator reads besides the answers;
+a row without one is NaN.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,7 @@ class AnnotationMatrix:
     probs: np.ndarray  # (S, A, C) float32, NaN where absent
     votes: np.ndarray  # (S, A, C) float32, NaN where absent
     present: np.ndarray  # (S, A) bool
+    embeddings: np.ndarray | None = None  # (S, D) float32, NaN rows where a sample has none
 
     @property
     def num_classes(self) -> int:
@@ -38,7 +41,34 @@ class AnnotationMatrix:
 
     def take(self, idx: np.ndarray) -> "AnnotationMatrix":
         return AnnotationMatrix(self.sample_ids[idx], self.annotators, self.probs[idx], self.votes[idx],
-                                self.present[idx])
+                                self.present[idx], None if self.embeddings is None else self.embeddings[idx])
+
+    @property
+    def has_embedding(self) -> np.ndarray:
+        """(S,) whether each sample has a text embedding (all False without embeddings)."""
+        if self.embeddings is None:
+            return np.zeros(len(self), bool)
+        return np.isfinite(self.embeddings).all(1)
+
+    def with_embeddings(self, ids: np.ndarray, embeddings: np.ndarray) -> "AnnotationMatrix":
+        """The matrix with the embeddings of its samples taken from ``embeddings`` (N, D), whose
+        rows are the samples ``ids``: a sample of the matrix that ``ids`` lacks has none (NaN),
+        ids the matrix lacks are ignored. Raises :class:`SchemaError` when the array is not 2-D
+        or its rows and ids differ in number, or an id repeats."""
+        E = np.asarray(embeddings)
+        ids = np.asarray(ids, dtype=object)
+        if E.ndim != 2 or len(E) != len(ids) or E.shape[1] == 0:
+            raise SchemaError(f"embeddings: expected one vector per id, (N, D) with N = {len(ids)} ids; "
+                              f"got an array of shape {E.shape}")
+        index = pd.Index(ids)
+        if not index.is_unique:
+            raise SchemaError(f"embeddings: {int(index.duplicated().sum())} ids appear more than once "
+                              f"(first: {index[index.duplicated()][0]!r})")
+        pos = index.get_indexer(self.sample_ids)
+        out = np.full((len(self), E.shape[1]), np.nan, np.float32)
+        found = pos >= 0
+        out[found] = E[pos[found]]
+        return replace(self, embeddings=out)
 
     def aligned(self, annotators: list[str]) -> "AnnotationMatrix":
         """The matrix with annotator columns in this order (a fitted aggregator's): annotators it
@@ -53,7 +83,7 @@ class AnnotationMatrix:
             if a in self.annotators:
                 i = self.annotators.index(a)
                 P[:, j], V[:, j], present[:, j] = self.probs[:, i], self.votes[:, i], self.present[:, i]
-        return AnnotationMatrix(self.sample_ids, list(annotators), P, V, present)
+        return AnnotationMatrix(self.sample_ids, list(annotators), P, V, present, self.embeddings)
 
     def features(self) -> np.ndarray:
         """The paper's [z_1, c_1, ..., z_N, c_N] per sample: (S, A * 2C), NaN where absent."""

@@ -130,6 +130,7 @@ def self_training_rows(Q: np.ndarray, threshold: float, class_floor: float) -> n
 
 class PooledAggregator(Aggregator):
     name = "pooled"
+    label_only = {"calibrate": False}
 
     def __init__(self, threshold: float = 0.98, gold_weight: float = 20.0, final_c: float = 1.0,
                  max_fit_rows: int = 200_000, seed: int = 0, calibrate: bool = True,
@@ -166,6 +167,20 @@ class PooledAggregator(Aggregator):
         self.calibration_folds = calibration_folds
 
     def _fit(self, m: AnnotationMatrix, gold: Gold) -> None:
+        self._fit_uncalibrated(m, gold)
+        self.temperature_ = 1.0
+        if self.calibrate and len(gold) >= 2 * self.calibration_folds and len(np.unique(gold.y)) >= 2:
+            def uncalibrated() -> PooledAggregator:
+                # The out-of-fold copies only predict the 50-odd gold rows: a smaller pool sample
+                # keeps their cost well under the main fit's on pools of millions.
+                return self.unfitted_copy(**self.label_only,  # type: ignore[return-value]
+                                          max_fit_rows=min(self.max_fit_rows, CALIBRATION_FIT_ROWS))
+
+            oof, _ = out_of_fold_proba(uncalibrated, m, gold, self.calibration_folds, self.seed)
+            self.temperature_ = fit_temperature(oof, gold.y)
+
+    def _fit_uncalibrated(self, m: AnnotationMatrix, gold: Gold) -> None:
+        """Steps 1-4: the pooled posterior and the self-trained model (no temperature)."""
         rng = np.random.default_rng(self.seed)
         self.annotators_ = list(m.annotators)
         others = np.setdiff1d(np.arange(len(m)), gold.index)
@@ -209,20 +224,13 @@ class PooledAggregator(Aggregator):
             if changed < self.tol:
                 break
         self.passes_ = len(self.label_changes_)
-        self.temperature_ = 1.0
-        if self.calibrate and len(gold) >= 2 * self.calibration_folds and len(np.unique(gold.y)) >= 2:
-            def uncalibrated() -> PooledAggregator:
-                # The out-of-fold copies only predict the 50-odd gold rows: a smaller pool sample
-                # keeps their cost well under the main fit's on pools of millions.
-                return PooledAggregator(**{**self.settings(), "calibrate": False,
-                                           "max_fit_rows": min(self.max_fit_rows, CALIBRATION_FIT_ROWS)})
 
-            oof, _ = out_of_fold_proba(uncalibrated, m, gold, self.calibration_folds, self.seed)
-            self.temperature_ = fit_temperature(oof, gold.y)
-
-    def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
+    def _uncalibrated_proba(self, m: AnnotationMatrix) -> np.ndarray:
         m = m.aligned(self.annotators_)
         if self.model_ is None:
             return self.ds_.predict_proba(m)
-        p = normalise_rows(padded_proba(self.model_, linear_features(m), self.classes_, self.num_classes_))
+        return normalise_rows(padded_proba(self.model_, linear_features(m), self.classes_, self.num_classes_))
+
+    def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
+        p = self._uncalibrated_proba(m)
         return apply_temperature(p, self.temperature_) if self.temperature_ != 1.0 else p

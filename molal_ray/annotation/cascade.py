@@ -85,7 +85,7 @@ def cascade_view(m: "AnnotationMatrix", stages: Sequence[Sequence[str]], min_vot
     probs, votes = m.probs.copy(), m.votes.copy()
     probs[hide] = np.nan
     votes[hide] = np.nan
-    return AnnotationMatrix(m.sample_ids, m.annotators, probs, votes, m.present & ~hide)
+    return AnnotationMatrix(m.sample_ids, m.annotators, probs, votes, m.present & ~hide, m.embeddings)
 
 
 def order_by_accuracy(m: "AnnotationMatrix", rows: np.ndarray, y: np.ndarray,

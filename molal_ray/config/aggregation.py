@@ -12,7 +12,6 @@ setting fails when the config loads, not after round 0 has trained::
 from __future__ import annotations
 
 import functools
-import inspect
 import typing
 from typing import Any, Literal
 
@@ -33,17 +32,17 @@ class AggregatorSettings(StrictModel):
 
 @functools.cache
 def settings_models() -> dict[str, type[AggregatorSettings]]:
-    from molal_ray.aggregation.base import DEFAULT, _REGISTRY, _load_all
+    from molal_ray.aggregation.base import DEFAULT, available, constructor_parameters, registered
 
-    _load_all()
     models: dict[str, type[AggregatorSettings]] = {}
-    for name in ["default", *sorted(_REGISTRY)]:
-        cls = _REGISTRY[DEFAULT if name == "default" else name]
-        hints = typing.get_type_hints(cls.__init__)
+    for name in ["default", *available()]:
+        cls = registered(DEFAULT if name == "default" else name)
+        hints: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):  # a subclass's hints over its base's
+            if "__init__" in klass.__dict__:
+                hints.update(typing.get_type_hints(klass.__init__))
         fields: dict[str, Any] = {"name": (Literal[name], name)}
-        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
+        for p in constructor_parameters(cls):
             fields[p.name] = (hints.get(p.name, Any), p.default)
         models[name] = create_model(f"{cls.__name__}Settings", __base__=AggregatorSettings, **fields)
     return models

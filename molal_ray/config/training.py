@@ -45,6 +45,10 @@ class ClassifierConfig(StrictModel):
     first_tokens: int = Field(0, ge=0, le=16, description="mode 'head': the embeddings of the first this many tokens "
                                                           "join the mean-pooled one (for labels that live in a "
                                                           "text's opening words, such as a question's type).")
+    embeddings_cache: str | None = Field(
+        None, description="mode 'head': the folder (a path or URI every node reaches) where the pool's embeddings "
+                          "are kept, one subfolder per pool and encoder, so that loops on the same pool embed it "
+                          "once. None: '_embeddings' beside the output folder.")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
 
     @model_validator(mode="after")
@@ -62,3 +66,8 @@ class ClassifierConfig(StrictModel):
     def _resolve(cls, v: str, info: ValidationInfo) -> str:
         v = resolve_package_path(v)
         return resolve_path(v, info) if v.startswith(".") else v
+
+    @field_validator("embeddings_cache")
+    @classmethod
+    def _resolve_cache(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else resolve_path(v, info)

@@ -9,13 +9,13 @@ from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError, SchemaError
 from molal_ray.loop.coordinator import Coordinator, Split
-from molal_ray.loop.embeddings import EmbeddingStore
+from molal_ray.pipeline.embeddings import EmbeddingStore, cache_root, store_folder
 from molal_ray.loop.services import RayRoundServices
 from molal_ray.loop.state import LoopState
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.storage import resolve
 
-STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, POOL_DIR, EMBEDDINGS_DIR = "state", "annotations", "train", "pool", "embeddings"
+STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, POOL_DIR = "state", "annotations", "train", "pool"
 REVIEW_DIR = "review"  # the review files of the samples routed to people
 
 
@@ -59,9 +59,10 @@ class CoordinatorActor:
             state = LoopState(labels=labels, seed=L.seed, pool=pool.manifest.key())
         embeddings = None
         if self.cfg.classifier.mode == "head":
-            embeddings = EmbeddingStore.open(out.join(EMBEDDINGS_DIR), pool, self.cfg.classifier)
+            folder = store_folder(cache_root(out, self.cfg.classifier), pool, self.cfg.classifier)
+            embeddings = EmbeddingStore.open(folder, pool, self.cfg.classifier)
             if embeddings is None:
-                raise SchemaError(f"loop: no embeddings of this pool in {out.join(EMBEDDINGS_DIR)}")
+                raise SchemaError(f"loop: no embeddings of this pool in {folder}")
         self.services = services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR),
                                                     embeddings, out.join(REVIEW_DIR))
         few = self.cfg.task.few_shot

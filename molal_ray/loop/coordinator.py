@@ -58,6 +58,10 @@ class RoundServices(Protocol):
     def texts(self, keys: np.ndarray) -> list[str]:
         """Texts of usable pool rows, in the order of ``keys``."""
 
+    def text_embeddings(self, keys: np.ndarray) -> np.ndarray | None:
+        """The pool's frozen embeddings of these rows, (len(keys), D) in their order; None when
+        the loop has none (``classifier.mode: finetune``)."""
+
     def write_review(self, name: str, items: list[ReviewItem]) -> str:
         """Write the review files of ``name`` (a round); returns the CSV's path."""
 
@@ -361,6 +365,8 @@ class Coordinator:
             if table is None:
                 raise AggregationError("loop: no annotation table for the queried rows")
             m = self.matrix(table)
+            if mode == "molal":
+                m = self.with_embeddings(m, dict(zip(ids, keys)))
             earlier = ([r for r in self.state.labeled if r.source == "molal"]
                        if self.s.relabel and mode == "molal" else [])
             both = self.aggregate(m, ids + [r.sample_id for r in earlier])
@@ -433,6 +439,15 @@ class Coordinator:
             raise ReviewPending(self.state.round, len(ids), path)
         index = {lab: k for k, lab in enumerate(self.state.labels)}
         return {i: index[labels[i]] for i in ids}
+
+    def with_embeddings(self, m: AnnotationMatrix, queried: dict[str, int]) -> AnnotationMatrix:
+        """``m`` with the pool's embeddings of its rows (the labelled rows and the ``queried``
+        ones, by sample id -> row key) when the loop has them, for a text-aware aggregator."""
+        keys = {r.sample_id: r.row for r in self.state.labeled}
+        keys.update(queried)
+        ids = [s for s in m.sample_ids.tolist() if s in keys]
+        emb = self.services.text_embeddings(np.array([keys[s] for s in ids], dtype=np.int64)) if ids else None
+        return m if emb is None else m.with_embeddings(np.asarray(ids, dtype=object), emb)
 
     def aggregate(self, m: AnnotationMatrix, ids: list[str]) -> np.ndarray:
         """Label distributions of ``ids`` from the loop's annotation matrix: the aggregator fitted

@@ -19,7 +19,6 @@ from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError
 from molal_ray.loop.actor import (
     ANNOTATIONS_DIR,
-    EMBEDDINGS_DIR,
     POOL_DIR,
     REVIEW_DIR,
     STATE_DIR,
@@ -81,7 +80,7 @@ def prepare_output(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
     for sub in out.list():
         if sub.base_name != LOG_FILE:
             out.join(sub.base_name).delete_file()
-    for name in (STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, EMBEDDINGS_DIR, REVIEW_DIR):
+    for name in (STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, REVIEW_DIR):
         out.join(name).delete_dir()
 
 
@@ -152,7 +151,7 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
 
 def _loop(cfg: LoopJobConfig, out: Location, resume: bool, on_round: Callable[[dict[str, Any]], None] | None,
           phase: PhaseSink) -> dict[str, Any]:
-    from molal_ray.loop.embeddings import EmbeddingStore
+    from molal_ray.pipeline.embeddings import cache_root, shared_store
     from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
     L = cfg.loop
@@ -165,7 +164,7 @@ def _loop(cfg: LoopJobConfig, out: Location, resume: bool, on_round: Callable[[d
     pool = prepare_pool(cfg, out)
     if cfg.classifier.mode == "head":
         phase(None, f"embedding {pool.n_usable:,} texts with the frozen encoder")
-        EmbeddingStore.build(pool, out.join(EMBEDDINGS_DIR), cfg.classifier)
+        shared_store(pool, cache_root(out, cfg.classifier), cfg.classifier)
     # Once per loop: every round's queries go through the same deployments.
     ours = False
     if L.annotation != "gold":

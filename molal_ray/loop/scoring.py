@@ -171,7 +171,7 @@ class ScoreStage:
     def _inputs(self, batch: pa.Table) -> Any:
         if self.input_column == schema.TEXT:
             return batch.column(schema.TEXT).to_pylist()
-        from molal_ray.loop.embeddings import as_matrix
+        from molal_ray.pipeline.embeddings import as_matrix
 
         return as_matrix(batch.column(self.input_column))
 

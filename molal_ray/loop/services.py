@@ -12,7 +12,7 @@
   whole loop for a head (``training/head_trainer.py``); or the same code in this process
   (``trainer: local``).
 
-With ``classifier.mode: head`` scoring reads the pool's embeddings (``loop/embeddings.py``)
+With ``classifier.mode: head`` scoring reads the pool's embeddings (``pipeline/embeddings.py``)
 instead of its texts, and the head is applied in Ray tasks fused with the read.
 """
 
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from molal_ray import schema
 from molal_ray.config.loop import LoopJobConfig
-from molal_ray.loop.embeddings import EMBEDDING, EmbeddingStore, actor_options_accepted
+from molal_ray.pipeline.embeddings import EMBEDDING, EmbeddingStore, actor_options_accepted
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_batch, score_in_process
 from molal_ray.pipeline.annotate_stage import AnnotateStage, stage_batch
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
@@ -153,6 +153,9 @@ class RayRoundServices:
     # -- training --------------------------------------------------------------------------------
     def texts(self, keys: np.ndarray) -> list[str]:
         return self.pool.fetch(keys, columns=(schema.TEXT,)).column(schema.TEXT).to_pylist()
+
+    def text_embeddings(self, keys: np.ndarray) -> np.ndarray | None:
+        return None if self.embeddings is None else self.embeddings.fetch(keys)
 
     def train(self, train: pd.DataFrame, val: pd.DataFrame, lam: float, name: str) -> TrainResult:
         """``train``/``val``: ``_row, label, weight, negatives``; the model's inputs are added here."""

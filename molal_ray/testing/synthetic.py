@@ -68,6 +68,16 @@ def synthetic_table(n: int, num_classes: int = 6, seed: int = 0, **kw) -> tuple[
     return table, truth
 
 
+def synthetic_embeddings(truth: np.ndarray, dim: int = 32, noise: float = 0.6, seed: int = 0) -> np.ndarray:
+    """(S, dim) unit vectors that carry each sample's true class: its class's random direction
+    plus Gaussian noise (the noise sets how well a linear model separates the classes)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((int(truth.max()) + 1, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[truth] + noise * rng.standard_normal((len(truth), dim)) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 SYNTHETIC_LABELS = ["a", "b", "c", "d", "e", "f"]
 SYNTHETIC_ANNOTATORS = ["m1", "m2", "m3", "m4", "m5"]
 

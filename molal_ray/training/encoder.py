@@ -1,7 +1,7 @@
 """A frozen text encoder: sentence embeddings of a Hugging Face backbone (mean pooling, L2 norm).
 
 Pure torch and transformers. The ``head`` classifier mode embeds the pool once with it
-(``loop/embeddings.py``) and trains only a small head each round (``training/head.py``).
+(``pipeline/embeddings.py``) and trains only a small head each round (``training/head.py``).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
     starts a new run. (Full fine-tuning runs in the loop in test_s3 and test_job_submission.)
     Few-shot examples from the loop's labels travel with every call (replay engines ignore them;
     tests/unit/test_few_shot.py checks that a prompt engine uses them)."""
-    from molal_ray.loop.embeddings import EMBEDDING
+    from molal_ray.pipeline.embeddings import EMBEDDING
     from molal_ray.pipeline.output import read_annotation_table
     from molal_ray.pipeline.pool_store import MANIFEST
 

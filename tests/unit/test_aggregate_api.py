@@ -42,10 +42,12 @@ def test_report_has_cv_intervals_baselines_and_annotator_quality(data):
     root, table, truth, gold = data
     res = aggregate(table, load_gold(root / "gold.csv", LABELS), LABELS, folds=5)
     v = res.report["validation"]
-    assert set(v) == {"pooled", "dawid-skene", "majority", "mean-probs", "molam-xgb"}
-    assert v["pooled"]["folds"] == 5 and v["pooled"]["n_gold"] == 40
-    lo, hi = v["pooled"]["ci95"]
-    assert 0 <= lo <= v["pooled"]["accuracy"] <= hi <= 1
+    # No embeddings: the default (pooled-text) is pooled exactly, so pooled is not listed twice.
+    assert set(v) == {"pooled-text", "dawid-skene", "majority", "mean-probs", "molam-xgb"}
+    assert "no embeddings" in res.report["text_view"]["note"]
+    assert v["pooled-text"]["folds"] == 5 and v["pooled-text"]["n_gold"] == 40
+    lo, hi = v["pooled-text"]["ci95"]
+    assert 0 <= lo <= v["pooled-text"]["accuracy"] <= hi <= 1
     q = res.report["annotator_quality"]
     assert set(q) == {f"llm{a}" for a in range(5)} and q["llm0"]["n"] == 40
     assert np.asarray(q["llm0"]["confusion"]).sum() == 40
@@ -81,8 +83,8 @@ def test_single_class_gold_and_fewer_gold_than_folds(data):
     one = pd.DataFrame({"sample_id": ["s00000000", "s00000001", "s00000002"], "label": ["l0"] * 3, "y": [0] * 3})
     res = aggregate(table, one, LABELS, folds=5)
     assert any("single class" in w for w in res.report["warnings"])
-    assert res.report["validation"]["pooled"]["folds"] == 3
-    assert "leave-one-out" in res.report["validation"]["pooled"]["note"]
+    assert res.report["validation"]["pooled-text"]["folds"] == 3
+    assert "leave-one-out" in res.report["validation"]["pooled-text"]["note"]
     assert set(res.table.column("label").to_pylist()) <= set(LABELS)
 
 

@@ -130,6 +130,9 @@ class FakeServices:
     def texts(self, keys):  # type: ignore[no-untyped-def]
         return [self.pool.column("text")[self.by_key[int(k)]].as_py() for k in keys]
 
+    def text_embeddings(self, keys):  # type: ignore[no-untyped-def]
+        return None
+
     def train(self, train, val, lam, name):  # type: ignore[no-untyped-def]
         assert set(train.columns) == {ROW, "label", "weight", "negatives"} and len(val) >= 1
         assert set(train[ROW]).isdisjoint(val[ROW]) and set(train[ROW]) <= set(self.by_key)

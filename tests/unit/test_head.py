@@ -103,7 +103,7 @@ def test_frozen_encoder_is_unit_length_and_batch_independent(tiny_bert, first_to
 
 
 def test_embedding_files_align_with_the_pool_and_fetch_by_key(tmp_path, tiny_bert):
-    from molal_ray.loop.embeddings import EMBEDDING, EmbedBuckets, EmbeddingStore, as_matrix
+    from molal_ray.pipeline.embeddings import EMBEDDING, EmbedBuckets, EmbeddingStore, as_matrix
     from molal_ray.pipeline import pool_store
     from molal_ray.storage import resolve
     from molal_ray.training.encoder import FrozenEncoder

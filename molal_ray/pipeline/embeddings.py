@@ -1,20 +1,30 @@
-"""The pool's frozen embeddings (``classifier.mode: head``), computed once per loop.
+"""The pool's frozen embeddings: the loop's head classifier (``classifier.mode: head``) and the
+text-aware aggregator read them. Computed once per pool and encoder, and shared.
 
 Ray Data runs the frozen encoder over the prepared pool (an actor pool of encoders; CPUs, GPUs
 and concurrency from the classifier config), one bucket file per call, and writes, for each
 bucket, a file aligned row for row and row group for row group with it::
 
-    OUT/embeddings/embed-00003.parquet   _row, sample_id, embedding (fixed-size list of float32)
-    OUT/embeddings/_manifest.json        written last: pool key, encoder fingerprint, dimension
+    CACHE/<pool key>-<encoder key>/embed-00003.parquet   _row, sample_id, embedding (fixed-size list)
+    CACHE/<pool key>-<encoder key>/_manifest.json        written last: pool key, encoder fingerprint, dimension
 
-So a read of some row keys reads the same row groups as in the pool (``read_items``), and a
-resumed loop reuses the files: each appears whole or not at all (``Location.open_write``), and a
-bucket whose file exists is skipped.
+``CACHE`` is ``classifier.embeddings_cache``, by default ``_embeddings`` beside the output
+folder, so that loops and aggregations of the same pool by the same encoder (a comparison, a new
+seed, ``molal-ray aggregate --pool``) embed it once (:func:`shared_store`; a build holds a lock,
+and a second job waits for it instead of embedding the pool again). A prepared pool's row keys
+depend only on the pool's files, so any job that prepares the same files reads the same rows.
+
+A read of some row keys reads the same row groups as in the pool (``read_items``), and an
+interrupted build is resumed: each file appears whole or not at all (``Location.open_write``),
+and a bucket whose file exists is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from molal_ray import schema
+from molal_ray.config.job import PoolConfig
 from molal_ray.config.training import ClassifierConfig
 from molal_ray.exceptions import SchemaError
 from molal_ray.pipeline.pool_store import MANIFEST, ROW_GROUP_ROWS, PreparedPool, bucket_file, read_row_groups
@@ -35,6 +46,8 @@ logger = logging.getLogger("molal_ray.loop")
 
 EMBEDDING = "embedding"
 EMBED_KIND = "embed"
+CACHE_DIR = "_embeddings"  # beside the output folder, unless classifier.embeddings_cache names one
+WAIT_POLL_S = 5.0  # how often a job waiting for another's build of the same embeddings looks again
 
 
 def embed_schema(dim: int) -> pa.Schema:
@@ -180,6 +193,16 @@ class EmbeddingStore:
             read_row_groups, fn_kwargs={"folder": self.folder, "columns": cols}, batch_size=1,  # type: ignore[arg-type]  # Ray's stubs: no fn_kwargs
             batch_format="pyarrow", num_cpus=num_cpus)
 
+    def read_all(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sample ids (N,), embeddings (N, dim)) of every usable row, in row-key order (read in
+        this process: N x dim x 4 bytes of memory)."""
+        files = [self.folder.join(bucket_file(EMBED_KIND, b)) for b, n in enumerate(self.pool.manifest.usable) if n]
+        if not files:
+            return np.zeros(0, dtype=object), np.zeros((0, self.dim), np.float32)
+        parts = [f.read_parquet(columns=[schema.SAMPLE_ID, EMBEDDING]) for f in files]
+        t = pa.concat_tables(parts)
+        return (np.asarray(t.column(schema.SAMPLE_ID).to_pylist(), dtype=object), as_matrix(t.column(EMBEDDING)))
+
     def fetch(self, keys: np.ndarray) -> np.ndarray:
         """(len(keys), dim) embeddings in the order of ``keys`` (read in this process)."""
         keys = np.asarray(keys, dtype=np.int64)
@@ -194,3 +217,63 @@ class EmbeddingStore:
             raise SchemaError("embeddings: some row keys have no embedding")
         return as_matrix(t.column(EMBEDDING))[at]
 
+
+
+def cache_root(out: Location, cfg: ClassifierConfig) -> Location:
+    """Where shared embeddings live: ``classifier.embeddings_cache``, else ``_embeddings``
+    beside the output folder ``out`` (on the same storage, so every node that reaches the output
+    reaches them)."""
+    if cfg.embeddings_cache:
+        return resolve(cfg.embeddings_cache, field="classifier.embeddings_cache")
+    return out.parent.join(CACHE_DIR)
+
+
+def store_folder(root: Location, pool: PreparedPool, cfg: ClassifierConfig) -> Location:
+    """The folder of this pool's embeddings by this encoder under ``root``."""
+    fp = EmbeddingStore.fingerprint(pool, cfg)
+    enc = hashlib.blake2b(json.dumps(fp["encoder"], sort_keys=True).encode(), digest_size=6).hexdigest()
+    return root.join(f"{fp['pool']}-{enc}")
+
+
+def shared_store(pool: PreparedPool, root: Location, cfg: ClassifierConfig, *,
+                 wait_s: float = 3600.0) -> EmbeddingStore:
+    """This pool's embeddings by this encoder under ``root``: reused when there, else built
+    under a lock; a job that finds another building them waits for it (up to ``wait_s``), then
+    reuses them (or finishes the build, when the other died)."""
+    from molal_ray.lock import OutputLock, OutputLocked
+
+    folder = store_folder(root, pool, cfg)
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        found = EmbeddingStore.open(folder, pool, cfg)
+        if found is not None:
+            logger.info("embeddings of this pool by this encoder found in %s; reused", folder)
+            return found
+        try:
+            with OutputLock(folder, "embed"):
+                return EmbeddingStore.build(pool, folder, cfg)
+        except OutputLocked:
+            if time.monotonic() > deadline:
+                raise
+            if not told:
+                logger.info("another job is embedding this pool into %s; waiting for it", folder)
+                told = True
+            time.sleep(WAIT_POLL_S)
+
+
+POOLS_DIR = "_pools"  # prepared pools of `molal-ray aggregate --pool`, under the cache, by fingerprint
+
+
+def pool_embeddings(pool_cfg: PoolConfig, cfg: ClassifierConfig, root: Location,
+                    num_cpus: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Every usable row's (sample id, embedding) of the pool ``pool_cfg``, prepared and embedded
+    (Ray Data) once under ``root`` and reused by later calls on the same files and encoder;
+    returns (ids (N,), embeddings (N, D) float32). Needs a running Ray."""
+    from molal_ray.pipeline.pool_store import PreparedPool
+
+    prepared = root.join(POOLS_DIR, hashlib.blake2b(json.dumps(pool_cfg.model_dump(mode="json"), sort_keys=True)
+                                                   .encode(), digest_size=8).hexdigest())
+    pool = PreparedPool.build(pool_cfg, prepared, num_cpus=num_cpus)
+    store = shared_store(pool, root, cfg)
+    return store.read_all()
