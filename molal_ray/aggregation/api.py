@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable
@@ -201,8 +202,8 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
             say(f"cross-validating on the gold rows: {n} ({i + 1}/{len(methods)})")
             agg = get_aggregator(n, seed=seed)
             # Accuracy only: the copies skip what changes confidence but never the label (a temperature).
-            r = (cross_validate(lambda a=agg: a.unfitted_copy(**a.label_only), m, gold, folds, seed) if agg.uses_gold
-                 else direct_accuracy(agg.fit(m, gold).predict_proba(m), gold))
+            r = (cross_validate(functools.partial(agg.unfitted_copy, **agg.label_only), m, gold, folds, seed)
+                 if agg.uses_gold else direct_accuracy(agg.fit(m, gold).predict_proba(m), gold))
             report["validation"][n] = _cv_dict(r)
     return AggregationResult(out, report)
 

@@ -108,7 +108,8 @@ def constructor_parameters(cls: type) -> list[inspect.Parameter]:
     """The settings an aggregator class takes: its constructor's named parameters, and, when it
     passes ``**kwargs`` on to its base class, the base's (a subclass adds settings without
     writing its base's again)."""
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    params = list(inspect.signature(cls.__dict__.get("__init__", cls)).parameters.values())
+    params = params[1:] if "__init__" in cls.__dict__ else params
     named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if any(p.kind == p.VAR_KEYWORD for p in params):
         base = next((b for b in cls.__mro__[1:] if "__init__" in b.__dict__ and b is not object), None)

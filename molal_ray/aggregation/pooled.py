@@ -1,5 +1,6 @@
-"""The default aggregator: Dawid-Skene and a gold-trained linear model, pooled, then
-self-trained on the pool.
+"""The answers' aggregator: Dawid-Skene and a gold-trained linear model, pooled, then
+self-trained on the pool. The default (``text_view.py``) is this one checked against the texts
+where they have embeddings, and this one exactly where they have none.
 
 Why this design. What it chooses at run time (the gold-only model's regularisation, the
 temperature) it chooses by cross-validation on the gold set only; its fixed settings were chosen

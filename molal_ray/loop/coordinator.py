@@ -163,6 +163,7 @@ class Coordinator:
         self.strategy = get_strategy(settings.strategy, subsample=settings.subsample)
         self.base = self.strategy.base if isinstance(self.strategy, SubsamplingQueryStrategy) else self.strategy
         self.clock = PhaseClock()
+        self.text_view_rows = 0  # rows the aggregator's text view trained on in the last aggregation
         # The next round's candidates, scored in the same pass as the test split after training.
         self._scored: tuple[int, ScoreRequest, ScoreResult] | None = None
         self.t0 = time.monotonic()
@@ -282,7 +283,8 @@ class Coordinator:
         metrics = {"round": r, "n_labeled": len(self.state.labeled), **evaluate(scored, self.split),
                    "annotation_accuracy": info.get("annotation_accuracy"),
                    "llm_label_accuracy": info.get("llm_label_accuracy"), "n_human": info.get("n_human", 0),
-                   "llm_calls": llm_calls, "n_relabelled": info.get("n_relabelled", 0), "val_accuracy": res.val_accuracy,
+                   "llm_calls": llm_calls, "n_relabelled": info.get("n_relabelled", 0),
+                   "text_view_rows": info.get("text_view_rows", 0), "val_accuracy": res.val_accuracy,
                    "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
                    "elapsed_s": round(time.monotonic() - self.t0, 1), "phase_s": clock.seconds}
         self.finish_round(metrics)
@@ -397,7 +399,7 @@ class Coordinator:
 
         return {"annotation_accuracy": accuracy(np.ones(len(ids), bool)), "llm_label_accuracy": accuracy(~human),
                 "n_human": int(human.sum()), "n_down_weighted": int((weights < 1).sum()),
-                "n_relabelled": relabelled}
+                "n_relabelled": relabelled, "text_view_rows": self.text_view_rows if mode == "molal" else 0}
 
     def relabel(self, rows: list[LabeledRow], probs: np.ndarray) -> int:
         """``loop.relabel``: earlier aggregator-labelled ``rows`` take this round's distributions
@@ -465,6 +467,7 @@ class Coordinator:
             gold = Gold(np.array([idx[r.sample_id] for r in gold_rows], dtype=np.int64),
                         np.array([r.label for r in gold_rows], dtype=np.int64), C)
             agg = get_aggregator(self.s.aggregator.name, **self.s.aggregator.params()).fit(m, gold)
+            self.text_view_rows = int(getattr(agg, "text_rows_", 0))  # 0: labelled from the answers alone
             return agg.predict_proba(m.take(rows))
         if mode == "majority":
             return get_aggregator("majority").predict_proba(m.take(rows))

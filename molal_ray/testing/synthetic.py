@@ -68,12 +68,14 @@ def synthetic_table(n: int, num_classes: int = 6, seed: int = 0, **kw) -> tuple[
     return table, truth
 
 
-def synthetic_embeddings(truth: np.ndarray, dim: int = 32, noise: float = 0.6, seed: int = 0) -> np.ndarray:
+def synthetic_embeddings(truth: np.ndarray, dim: int = 32, noise: float = 0.6, seed: int = 0,
+                         noise_seed: int | None = None, num_classes: int = 6) -> np.ndarray:
     """(S, dim) unit vectors that carry each sample's true class: its class's random direction
-    plus Gaussian noise (the noise sets how well a linear model separates the classes)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((int(truth.max()) + 1, dim))
+    (drawn from ``seed``) plus Gaussian noise (from ``noise_seed``, by default ``seed``; its size
+    sets how well a linear model separates the classes). Chunks of one pool share ``seed``."""
+    centres = np.random.default_rng(seed).standard_normal((max(num_classes, int(truth.max()) + 1), dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    rng = np.random.default_rng([seed, 1] if noise_seed is None else [seed, 2, noise_seed])
     x = centres[truth] + noise * rng.standard_normal((len(truth), dim)) / np.sqrt(dim)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 

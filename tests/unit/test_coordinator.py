@@ -77,6 +77,7 @@ class FakeServices:
         self.review_dir = None
         self.requests = []
         self.examples_sent: list = []
+        self.embeddings = None  # (pool rows, D): what a head-mode loop's services fetch by row key
 
     def score(self, model_dir, request):  # type: ignore[no-untyped-def]
         self.requests.append(request)
@@ -131,7 +132,9 @@ class FakeServices:
         return [self.pool.column("text")[self.by_key[int(k)]].as_py() for k in keys]
 
     def text_embeddings(self, keys):  # type: ignore[no-untyped-def]
-        return None
+        if self.embeddings is None:
+            return None
+        return self.embeddings[[self.by_key[int(k)] for k in keys]]
 
     def train(self, train, val, lam, name):  # type: ignore[no-untyped-def]
         assert set(train.columns) == {ROW, "label", "weight", "negatives"} and len(val) >= 1
@@ -252,6 +255,19 @@ def test_few_shot_examples_from_the_loop_are_the_peoples_labels_so_far(trec, tmp
     plain, services = _coordinator(trec, tmp_path / "plain", rounds=1)
     _run(plain)
     assert services.examples_sent == [None, None]  # without it, the task's own examples
+
+
+def test_a_head_loop_aggregates_with_the_texts_a_finetune_loop_without(trec, tmp_path):
+    from molal_ray.testing.synthetic import synthetic_embeddings
+
+    table, gold = trec
+    coord, services = _coordinator(trec, tmp_path / "text", rounds=1, query_size=30)
+    classes = np.array([gold.get(i, 0) for i in table.column(schema.SAMPLE_ID).to_pylist()])
+    services.embeddings = synthetic_embeddings(classes, dim=16, noise=0.3)
+    with_text = _run(coord)[1]
+    assert with_text["text_view_rows"] >= 20  # the default read the pool's embeddings of its rows
+    coord, services = _coordinator(trec, tmp_path / "plain", rounds=1, query_size=30)
+    assert _run(coord)[1]["text_view_rows"] == 0
 
 
 @pytest.mark.parametrize("strategy", ["random", "coreset", "bemps", "noise-stability"])
