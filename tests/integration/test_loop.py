@@ -62,9 +62,10 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
     few = {"few_shot": {"examples": "loop", "k": 2, "select": "fixed"}}
     first = run_loop(_cfg(root, backbone, out, rounds=1, classifier=HEAD, task=few))
     assert [r["n_labeled"] for r in first["rounds"]] == [20, 40]
-    emb_manifest = out / "embeddings" / MANIFEST
+    (store,) = [p for p in (tmp_path / "_embeddings").iterdir() if p.is_dir()]  # beside the output, shared
+    emb_manifest = store / MANIFEST
     stamp = emb_manifest.stat().st_mtime_ns
-    files = sorted((out / "embeddings").glob("embed-*.parquet"))
+    files = sorted(store.glob("embed-*.parquet"))
     assert files and sum(pq.read_metadata(f).num_rows for f in files) == 400
     assert pq.read_schema(files[0]).field(EMBEDDING).type.list_size == 32  # the tiny BERT's width
     dirs = [h["model_dir"] for h in LoopState.load(str(out / "state")).history]
@@ -83,6 +84,7 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
         for k in ("test_accuracy", "test_micro_f1", "test_macro_f1"):
             assert 0.0 <= r[k] <= 1.0
     assert rounds[0]["annotation_accuracy"] is None and 0.3 < rounds[2]["annotation_accuracy"] <= 1.0
+    assert all(r["text_view_rows"] > 0 for r in rounds[1:])  # the default aggregator read the pool's embeddings
     assert json.loads((out / "report.json").read_text())["rounds"] == rounds
     assert (out / "curves.png").stat().st_size > 0 and "| round |" in (out / "summary.md").read_text()
     html = (out / "report.html").read_text()
