@@ -64,10 +64,14 @@ class AnnotationMatrix:
         if not index.is_unique:
             raise SchemaError(f"embeddings: {int(index.duplicated().sum())} ids appear more than once "
                               f"(first: {index[index.duplicated()][0]!r})")
+        if len(ids) == len(self) and np.array_equal(ids, self.sample_ids):  # already aligned: no copy
+            return replace(self, embeddings=E if E.dtype == np.float32 else E.astype(np.float32))
         pos = index.get_indexer(self.sample_ids)
         out = np.full((len(self), E.shape[1]), np.nan, np.float32)
-        found = pos >= 0
-        out[found] = E[pos[found]]
+        for start in range(0, len(self), 65_536):  # in chunks: no second full-size temporary
+            part = pos[start:start + 65_536]
+            hit = np.flatnonzero(part >= 0)
+            out[start + hit] = E[part[hit]]
         return replace(self, embeddings=out)
 
     def aligned(self, annotators: list[str]) -> "AnnotationMatrix":
