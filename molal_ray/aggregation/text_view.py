@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.dummy import DummyClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
@@ -81,7 +82,7 @@ class TextAwareAggregator(PooledAggregator):
         self.text_used_ = False
         self.text_rows_ = 0
         self.text_note_ = ""
-        self.text_models_: list[LogisticRegression] = []
+        self.text_models_: list[Any] = []
         self.text_dim_ = None if m.embeddings is None else int(m.embeddings.shape[1])
         if m.embeddings is None:
             self.text_note_ = "no embeddings: the answers alone"
@@ -115,12 +116,14 @@ class TextAwareAggregator(PooledAggregator):
         self.text_used_ = True
         self.text_rows_ = int(len(rows))
 
-    def _fit_text_model(self, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> LogisticRegression:
+    def _fit_text_model(self, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> Any:
+        if len(np.unique(y)) < 2:  # a fold of a small, lopsided set may hold one class: predict it
+            return DummyClassifier(strategy="prior").fit(X, y, sample_weight=w)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             return LogisticRegression(C=self.text_c / float(w.sum()), max_iter=1000).fit(X, y, sample_weight=w)
 
-    def _text_proba(self, models: list[LogisticRegression], X: np.ndarray) -> np.ndarray:
+    def _text_proba(self, models: list[Any], X: np.ndarray) -> np.ndarray:
         out = np.zeros((len(X), self.num_classes_))
         for model in models:  # a fold may lack a class: its columns stay 0 for that model
             out[:, model.classes_] += model.predict_proba(X)

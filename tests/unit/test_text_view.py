@@ -132,3 +132,12 @@ def test_settings_are_validated_and_the_base_settings_stay_configurable():
         parse_aggregator({"name": "pooled-text", "text_cc": 1.0})
     with pytest.raises(ConfigError, match="text_exponent"):
         TextAwareAggregator(text_exponent=-1)
+
+
+def test_a_fold_with_a_single_class_still_gives_valid_labels():
+    # 21 training rows, one of another class: some of the three folds hold a single class.
+    m, t, gold = shared_mistake(S=300)
+    few = Gold(gold.index[:21], np.r_[np.zeros(20, np.int64), [1]], 3)
+    agg = TextAwareAggregator(text_threshold=1.0, calibrate=False).fit(m, few)
+    p = agg.predict_proba(m)
+    assert agg.text_used_ and np.all(np.isfinite(p)) and np.allclose(p.sum(1), 1.0)
