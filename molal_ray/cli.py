@@ -156,11 +156,13 @@ def _pool_embeddings(pool_path: str, id_column: str, text_column: str, encoder: 
     from molal_ray.config.training import ClassifierConfig
     from molal_ray.exceptions import ConfigError
     from molal_ray.pipeline.embeddings import CACHE_DIR, pool_embeddings
-    from molal_ray.runtime import ensure_ray
     from molal_ray.storage import resolve
 
     try:
-        pool_cfg = PoolConfig(path=pool_path, id_column=id_column, text_column=text_column)
+        # An absolute path: the prepared pool's fingerprint names its files, so that a loop on the
+        # same files (whose config paths are absolute) and this command share the embeddings.
+        path = pool_path if "://" in pool_path else os.path.abspath(pool_path)
+        pool_cfg = PoolConfig(path=path, id_column=id_column, text_column=text_column)
         enc = ClassifierConfig(mode="head", backbone=encoder, first_tokens=first_tokens, max_length=max_length,
                                threads=os.cpu_count(), inference_batch_size=128)
     except ValidationError as exc:
@@ -168,8 +170,7 @@ def _pool_embeddings(pool_path: str, id_column: str, text_column: str, encoder: 
     root = resolve(cache, field="--embeddings-cache") if cache else \
         resolve(os.path.dirname(os.path.abspath(out_path))).join(CACHE_DIR)
     say(f"embedding the pool's texts with {encoder} (once; cached in {root})")
-    ensure_ray(RayConfig())
-    ids, vectors = pool_embeddings(pool_cfg, enc, root)
+    ids, vectors = pool_embeddings(pool_cfg, enc, root, RayConfig())
     say(f"{len(ids):,} pool texts embedded (width {vectors.shape[1] if len(ids) else 0})")
     return ids, vectors
 

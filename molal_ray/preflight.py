@@ -123,14 +123,7 @@ def check_files(cfg: Any) -> None:
 
     pool = getattr(cfg, "pool", None)
     if pool is not None:
-        from molal_ray.pipeline.pool_store import list_pool_files
-
-        listed = guard("pool.path", lambda: list_pool_files(pool))
-        if listed is not None:
-            fs, files, fmt = listed
-            for info in files[:MAX_FILES_CHECKED]:
-                guard(f"pool.path {info.path} (format {fmt})",
-                      lambda info=info: check_pool_file(fs, info.path, fmt, pool.id_column, pool.text_column))
+        problems += pool_problems(pool)
     task = cfg.task
     gold = getattr(cfg, "gold", None) or (cfg.cascade.gold if getattr(cfg, "cascade", None) else None)
     if gold:
@@ -162,3 +155,31 @@ def check_files(cfg: Any) -> None:
         guard("few-shot", lambda: with_examples(task, pool))
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) with the files the config names:\n  " + "\n  ".join(problems))
+
+
+def pool_problems(pool: Any, field: str = "pool.path") -> list[str]:
+    """What is wrong with a pool's files (a ``PoolConfig``), one line each; [] when nothing."""
+    from molal_ray.pipeline.pool_store import list_pool_files
+
+    try:
+        fs, files, fmt = list_pool_files(pool)
+    except (MolalError, ValueError, OSError) as exc:
+        return [f"{field}: {one_line(exc)}"]
+    problems = []
+    for info in files[:MAX_FILES_CHECKED]:
+        try:
+            check_pool_file(fs, info.path, fmt, pool.id_column, pool.text_column)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{field} {info.path} (format {fmt}): {one_line(exc)}")
+    return problems
+
+
+def check_encoder(backbone: str, field: str = "encoder") -> None:
+    """A ConfigError when the frozen encoder's config cannot be read (no such folder, a hub name
+    that is not in the local cache when offline), before any Ray work starts."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(backbone)
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, HFValidationError...
+        raise ConfigError(f"{field}: cannot load {backbone!r} ({one_line(exc)})") from None

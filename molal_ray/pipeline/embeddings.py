@@ -35,14 +35,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from molal_ray import schema
-from molal_ray.config.job import PoolConfig
+from molal_ray.config.job import PoolConfig, RayConfig
 from molal_ray.config.training import ClassifierConfig
-from molal_ray.exceptions import SchemaError
+from molal_ray.exceptions import ConfigError, SchemaError
 from molal_ray.pipeline.pool_store import MANIFEST, ROW_GROUP_ROWS, PreparedPool, bucket_file, read_row_groups
 from molal_ray.pipeline.prepare import ROW
 from molal_ray.storage import Location, resolve
 
-logger = logging.getLogger("molal_ray.loop")
+logger = logging.getLogger("molal_ray.pipeline")
 
 EMBEDDING = "embedding"
 EMBED_KIND = "embed"
@@ -265,15 +265,27 @@ def shared_store(pool: PreparedPool, root: Location, cfg: ClassifierConfig, *,
 POOLS_DIR = "_pools"  # prepared pools of `molal-ray aggregate --pool`, under the cache, by fingerprint
 
 
-def pool_embeddings(pool_cfg: PoolConfig, cfg: ClassifierConfig, root: Location,
+def pool_embeddings(pool_cfg: PoolConfig, cfg: ClassifierConfig, root: Location, ray: RayConfig,
                     num_cpus: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Every usable row's (sample id, embedding) of the pool ``pool_cfg``, prepared and embedded
-    (Ray Data) once under ``root`` and reused by later calls on the same files and encoder;
-    returns (ids (N,), embeddings (N, D) float32). Needs a running Ray."""
-    from molal_ray.pipeline.pool_store import PreparedPool
+    (Ray Data, on the runtime ``ray`` names) once under ``root`` and reused by later calls on the
+    same files and encoder; returns (ids (N,), embeddings (N, D) float32). Raises
+    :class:`ConfigError` for pool files that cannot be read or an encoder that cannot be loaded
+    (before Ray starts), or a pool without a usable row (before embedding anything)."""
+    from molal_ray.preflight import check_encoder, pool_problems
+    from molal_ray.runtime import ensure_ray
 
+    problems = pool_problems(pool_cfg, field="--pool")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    check_encoder(cfg.backbone, field="--encoder")
+    ensure_ray(ray)
     prepared = root.join(POOLS_DIR, hashlib.blake2b(json.dumps(pool_cfg.model_dump(mode="json"), sort_keys=True)
                                                    .encode(), digest_size=8).hexdigest())
     pool = PreparedPool.build(pool_cfg, prepared, num_cpus=num_cpus)
+    if pool.n_usable == 0:
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items()))
+        raise ConfigError(f"--pool: none of its {pool.n_flagged} rows is usable ({kinds}); is the id or text "
+                          "column another one (--id-column, --text-column)?")
     store = shared_store(pool, root, cfg)
     return store.read_all()

@@ -113,3 +113,20 @@ def test_cli_aggregate(data, tmp_path):
     bad = CliRunner().invoke(main, ["aggregate", "--annotations", str(root / "ann.parquet"), "--gold",
                                     str(root / "gold.csv"), "--labels", "a,b", "--out", str(tmp_path / "x.parquet")])
     assert bad.exit_code == 2 and "error: gold" in bad.output and "Traceback" not in bad.output
+
+
+def test_aggregate_pool_mistakes_are_one_line_before_ray_starts(data, tmp_path):
+    root, table, truth, gold = data
+    pq.write_table(table, tmp_path / "t.parquet")
+    pd.DataFrame({"id": ["s00000000"], "text": ["a question"]}).to_parquet(tmp_path / "pool.parquet")
+    base = ["aggregate", "--annotations", str(tmp_path / "t.parquet"), "--gold", str(root / "gold.csv"),
+            "--labels", ",".join(LABELS), "--out", str(tmp_path / "o.parquet")]
+    cases = [(["--pool", str(tmp_path / "missing.parquet")], "expected an existing file"),
+             (["--pool", str(tmp_path / "pool.parquet"), "--text-column", "question"], "no column ['question']"),
+             (["--pool", str(tmp_path / "pool.parquet"), "--encoder", str(tmp_path / "no-model")], "--encoder: cannot load")]
+    for extra, expected in cases:
+        r = CliRunner().invoke(main, base + extra)
+        assert r.exit_code == 2 and expected in r.output and "Traceback" not in r.output, r.output
+    import ray
+
+    assert not ray.is_initialized()  # every one was refused before Ray started
