@@ -8,7 +8,10 @@ draws ``--gold`` random gold labels (50 by default); accuracy is measured on all
 Calibration is off (it does not change labels) to keep the run short.
 
     .venv/bin/python benchmarks/aggregation_ablation.py [--seeds 6] [--first-seed 100] [--gold 50]
-        [--pool N] [--variants PREFIX ...] [--no-ceiling]
+        [--pool N] [--variants PREFIX ...] [--no-ceiling] [--text]
+
+``--text`` compares the settings of the text-aware default (``pooled-text``: its text view over
+the questions' embeddings) instead of those of the answers' aggregator it builds on.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from benchmarks.aggregation_quality import draw_gold, trec_matrix  # noqa: E402
 from molal_ray.aggregation import get_aggregator  # noqa: E402
 from molal_ray.aggregation.learners import linear_features  # noqa: E402
 from molal_ray.aggregation.pooled import PooledAggregator  # noqa: E402
+from molal_ray.aggregation.text_view import TextAwareAggregator  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -56,6 +60,19 @@ VARIANTS: dict[str, dict] = {
     "gold_weight=80": {"gold_weight": 80.0},
 }
 
+TEXT_VARIANTS: dict[str, dict] = {
+    "default": {},
+    "answers alone (text_exponent=0)": {"text_exponent": 0.0},
+    "text_exponent=2": {"text_exponent": 2.0},
+    "text_exponent=8": {"text_exponent": 8.0},
+    "text_gold_weight=20": {"text_gold_weight": 20.0},
+    "text_c=300": {"text_c": 300.0},
+    "text_c=1000": {"text_c": 1000.0},
+    "text_folds=2": {"text_folds": 2},
+    "text_folds=5": {"text_folds": 5},
+    "text_threshold=0.9": {"text_threshold": 0.9},
+}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,13 +86,16 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", metavar="PREFIX", default=None,
                     help="run only the variants whose names start with one of these (the default, Dawid-Skene "
                          "and majority always run); all by default")
+    ap.add_argument("--text", action="store_true", help="the text-aware default's settings (TEXT_VARIANTS)")
     args = ap.parse_args()
-    variants = VARIANTS
+    table = TEXT_VARIANTS if args.text else VARIANTS
+    make = TextAwareAggregator if args.text else PooledAggregator
+    variants = table
     if args.variants is not None:
-        variants = {n: kw for n, kw in VARIANTS.items() if n == "default" or n.startswith(tuple(args.variants))}
+        variants = {n: kw for n, kw in table.items() if n == "default" or n.startswith(tuple(args.variants))}
         if len(variants) == 1:
-            ap.error(f"--variants: no variant starts with {args.variants}; the variants are {list(VARIANTS)}")
-    m_all, y_all = trec_matrix()
+            ap.error(f"--variants: no variant starts with {args.variants}; the variants are {list(table)}")
+    m_all, y_all = trec_matrix(text=args.text)
     if args.pool is not None and not 0 <= args.pool <= len(m_all) - args.gold:
         ap.error(f"--pool must be between 0 and {len(m_all) - args.gold} (the rows that are not gold); got {args.pool}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -88,7 +108,7 @@ def main() -> None:
                                                                         replace=False))
             m, y = m_all.take(rows), y_all[rows]
         gold, ev = draw_gold(m, y, seed, args.gold)
-        runs = {name: PooledAggregator(seed=seed, calibrate=False, **kw) for name, kw in variants.items()}
+        runs = {name: make(seed=seed, calibrate=False, **kw) for name, kw in variants.items()}
         runs["dawid-skene alone"] = get_aggregator("dawid-skene", seed=seed)
         runs["majority"] = get_aggregator("majority", seed=seed)
         for name, agg in runs.items():

@@ -77,6 +77,11 @@ def main() -> None:
             stages, _ = order_by_accuracy(m, gold_idx, y[gold_idx], [m.annotators[:k], m.annotators[k:]])
             for s in args.min_share:
                 runs.append((f"{k} first, {s}", *cascaded(m, stages, s, gold_idx, args.gold_rows == "view")))
+                # What stage one settles, and how right its own vote is there (what no aggregator can redo).
+                settled = stage_reached(m, stages, s)[rest] == 0
+                own = m.votes[rest][:, [m.annotators.index(a) for a in stages[0]]].argmax(2)[:, 0] == y[rest]
+                print(f"  {k} first, {s}: stage one settles {settled.mean():.1%} of the rows; its first annotator "
+                      f"is right on {own[settled].mean():.1%} of those", flush=True)
         for name, mm, calls in runs:
             maj = get_aggregator("majority").fit(mm, gold).predict_proba(mm.take(rest)).argmax(1)
             agg = get_aggregator("default", seed=seed)  # accuracy only: its temperature never changes a label
