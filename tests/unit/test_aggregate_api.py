@@ -115,8 +115,12 @@ def test_cli_aggregate(data, tmp_path):
     assert bad.exit_code == 2 and "error: gold" in bad.output and "Traceback" not in bad.output
 
 
-def test_aggregate_pool_mistakes_are_one_line_before_ray_starts(data, tmp_path):
+def test_aggregate_pool_mistakes_are_one_line_before_ray_starts(data, tmp_path, monkeypatch):
+    import molal_ray.runtime
+
     root, table, truth, gold = data
+    started = []
+    monkeypatch.setattr(molal_ray.runtime, "ensure_ray", lambda cfg: started.append(cfg))
     pq.write_table(table, tmp_path / "t.parquet")
     pd.DataFrame({"id": ["s00000000"], "text": ["a question"]}).to_parquet(tmp_path / "pool.parquet")
     base = ["aggregate", "--annotations", str(tmp_path / "t.parquet"), "--gold", str(root / "gold.csv"),
@@ -127,6 +131,4 @@ def test_aggregate_pool_mistakes_are_one_line_before_ray_starts(data, tmp_path):
     for extra, expected in cases:
         r = CliRunner().invoke(main, base + extra)
         assert r.exit_code == 2 and expected in r.output and "Traceback" not in r.output, r.output
-    import ray
-
-    assert not ray.is_initialized()  # every one was refused before Ray started
+    assert started == []  # every one was refused before Ray was asked for
