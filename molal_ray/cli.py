@@ -335,103 +335,162 @@ def annotators_delete(app_name: str, address: str | None) -> None:
 
 @main.group()
 def review() -> None:
-    """Files for people: the samples the mixture is least sure of, out (CSV, Label Studio) and back."""
+    """People review: the samples the mixture is least sure of, out and back, as files (CSV,
+    Label Studio import/export) or through a running Label Studio (push, pull)."""
 
 
-def _texts_of(source: str, ids: list[str], id_column: str, text_column: str) -> dict[str, str]:
-    """Texts of ``ids`` from a `molal-ray label` or `run` output (its prepared pool), or from a
-    Parquet, CSV or JSONL file with an id and a text column."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+_SELECT_OPTIONS = [
+    click.option("--aggregated", required=True, help="A `molal-ray aggregate --out` Parquet file."),
+    click.option("--labels", "labels_spec", required=True, help="The label set: 'a,b,c' or a file with one a line."),
+    click.option("--texts", "texts_from", required=True,
+                 help="Where the texts are: the `molal-ray label` output folder, or the pool file."),
+    click.option("--n", "n", type=click.IntRange(1), default=None, help="The N least certain samples."),
+    click.option("--below", type=click.FloatRange(0.0, 1.0), default=None,
+                 help="Every sample whose aggregated confidence is below this."),
+    click.option("--rule", type=click.Choice(["margin", "entropy", "confidence"]), default="margin",
+                 show_default=True, help="What least certain means (for --n)."),
+    click.option("--id-column", default="id", show_default=True, help="Id column of a pool file."),
+    click.option("--text-column", default="text", show_default=True, help="Text column of a pool file."),
+]
 
+
+def _select_options(f: Any) -> Any:
+    for option in reversed(_SELECT_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _items_to_review(aggregated: str, labels: list[str], texts_from: str, n: int | None, below: float | None,
+                     rule: str, id_column: str, text_column: str, annotations: str | None = None) -> list[Any]:
     from molal_ray.exceptions import SchemaError
-    from molal_ray.pipeline.pool_store import PreparedPool
+    from molal_ray.pipeline.output import read_annotation_table
+    from molal_ray.review import answers_by_sample, review_items, texts_for_review, to_review
     from molal_ray.storage import resolve
 
-    loc = resolve(source, field="--texts")
-    pool = PreparedPool.open(loc.join("pool")) if loc.is_dir() else None
-    if pool is not None:
-        found = pool.find(ids)
-        t = pool.fetch(found.column("_row").to_numpy())
-        return dict(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
-    if not loc.is_file():
-        raise SchemaError(f"--texts: got {source!r}; expected a label or run output folder, or a pool file")
-    name = loc.name.lower()
-    with loc.fs.open_input_file(loc.path) as f:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(f, columns=[id_column, text_column])
-        elif name.endswith(".csv"):
-            import pyarrow.csv as pacsv
-
-            table = pacsv.read_csv(f)
-        else:
-            import pyarrow.json as pajson
-
-            table = pajson.read_json(f)
-    missing = [c for c in (id_column, text_column) if c not in table.column_names]
-    if missing:
-        raise SchemaError(f"--texts {source}: missing columns {missing}; got {table.column_names}")
-    ids_col = pc.cast(table.column(id_column), pa.string())
-    table = table.filter(pc.is_in(ids_col, value_set=pa.array(ids, pa.string())))
-    return dict(zip(pc.cast(table.column(id_column), pa.string()).to_pylist(), table.column(text_column).to_pylist()))
+    try:
+        t = resolve(aggregated, field="--aggregated").read_parquet(
+            columns=["sample_id", "label", "probs", "confidence", "is_gold"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise SchemaError(f"--aggregated {aggregated}: expected a `molal-ray aggregate --out` Parquet file "
+                          f"({type(exc).__name__}: {exc})") from None
+    chosen = to_review(t, n, below, rule)
+    ids = chosen.column("sample_id").to_pylist()
+    answers = (answers_by_sample(read_annotation_table(annotations), labels, ids)
+               if annotations is not None else None)
+    return review_items(chosen, texts_for_review(texts_from, ids, id_column, text_column), answers)
 
 
 @review.command("export")
-@click.option("--aggregated", required=True, help="A `molal-ray aggregate --out` Parquet file.")
-@click.option("--labels", "labels_spec", required=True, help="The label set: 'a,b,c' or a file with one a line.")
-@click.option("--texts", "texts_from", required=True,
-              help="Where the texts are: the `molal-ray label` output folder, or the pool file.")
-@click.option("--n", "n", type=click.IntRange(1), default=None, help="The N least certain samples.")
-@click.option("--below", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Every sample whose aggregated confidence is below this.")
-@click.option("--rule", type=click.Choice(["margin", "entropy", "confidence"]), default="margin", show_default=True,
-              help="What least certain means (for --n).")
+@_select_options
 @click.option("--out", "out_path", required=True, help="The CSV to write (reviewers fill its label column).")
 @click.option("--labelstudio", "ls_path", default=None,
               help="Also a Label Studio import file (tasks with the aggregated label as a pre-annotation) and, "
                    "beside it, the labeling config (.xml).")
-@click.option("--id-column", default="id", show_default=True, help="Id column of a pool file.")
-@click.option("--text-column", default="text", show_default=True, help="Text column of a pool file.")
-def review_export(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str, out_path: str,
-                  ls_path: str | None, id_column: str, text_column: str) -> None:
+@click.option("--annotations", default=None, help="The annotation table: each LLM's answer goes beside the text.")
+def review_export(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str,
+                  id_column: str, text_column: str, out_path: str, ls_path: str | None,
+                  annotations: str | None) -> None:
     """Write the least certain samples of an aggregation for people to confirm or fix."""
     import json
 
-    import numpy as np
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     from molal_ray.aggregation.api import load_labels
-    from molal_ray.review import ReviewItem, csv_text, labelstudio_config, labelstudio_tasks, least_certain
+    from molal_ray.review import csv_text, labelstudio_config, labelstudio_tasks
     from molal_ray.storage import resolve
 
     try:
-        if (n is None) == (below is None):
-            raise ReviewError("review export: give one of --n or --below")
-        t = pq.read_table(aggregated, columns=["sample_id", "label", "probs", "confidence", "is_gold"])
-        t = t.filter(pc.invert(t.column("is_gold")))  # gold rows need no review
-        probs = np.stack(t.column("probs").to_numpy(zero_copy_only=False)) if t.num_rows else np.zeros((0, 1))
-        conf = t.column("confidence").to_numpy()
-        ids = t.column("sample_id").to_pylist()
-        pos = least_certain(probs, n, rule, ids=ids) if n is not None else np.flatnonzero(conf < below)
-        pos = pos[np.argsort(conf[pos], kind="stable")]  # least sure first
-        picked = [ids[i] for i in pos]
-        texts = _texts_of(texts_from, picked, id_column, text_column)
-        lost = [i for i in picked if i not in texts]
-        if lost:
-            raise ReviewError(f"review export: {len(lost)} samples have no text in {texts_from} (first: {lost[0]!r})")
-        labels_col = t.column("label").to_pylist()
-        items = [ReviewItem(ids[i], texts[ids[i]], labels_col[i], float(conf[i])) for i in pos]
+        labels = load_labels(labels_spec)
+        items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
         resolve(out_path).write_text(csv_text(items))
         if ls_path:
             resolve(ls_path).write_text(json.dumps(labelstudio_tasks(items), indent=1))
-            resolve(ls_path.rsplit(".", 1)[0] + ".xml").write_text(labelstudio_config(load_labels(labels_spec)))
+            resolve(ls_path.rsplit(".", 1)[0] + ".xml").write_text(labelstudio_config(labels))
     except (MolalError, OSError) as exc:
         _fail(exc)
-        return
     click.echo(f"wrote {len(items)} samples to review to {out_path}" + (f" and {ls_path}" if ls_path else ""))
+
+
+_SERVER_OPTIONS = [
+    click.option("--url", required=True, help="The Label Studio server, e.g. http://127.0.0.1:8080."),
+    click.option("--project", required=True,
+                 help="The project: its title (created when no project has it) or its id (a number)."),
+    click.option("--token-env", default="LABEL_STUDIO_API_KEY", show_default=True,
+                 help="The environment variable that holds the access token."),
+]
+
+
+def _server_options(f: Any) -> Any:
+    for option in reversed(_SERVER_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _label_studio(url: str, project: str, token_env: str, labels: list[str]) -> Any:
+    from molal_ray.config.review import ReviewConfig
+    from molal_ray.review.label_studio import LabelStudioReview
+
+    target: str | int = int(project) if project.isdigit() else project
+    cfg = ReviewConfig.from_dict({"backend": "label_studio", "url": url, "project": target, "token_env": token_env},
+                                 source="review")
+    return LabelStudioReview(cfg, labels)
+
+
+@review.command("push")
+@_select_options
+@_server_options
+@click.option("--annotations", default=None, help="The annotation table: each LLM's answer goes beside the text.")
+@click.option("--batch", default="review", show_default=True, help="A name kept in each task's data (data.batch).")
+def review_push(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str,
+                id_column: str, text_column: str, url: str, project: str, token_env: str, annotations: str | None,
+                batch: str) -> None:
+    """Send the least certain samples of an aggregation to a Label Studio project as tasks, the
+    mixture's label as a pre-annotation and each LLM's answer beside the text (samples already
+    in the project are not sent again; a new project gets the labeling config of the labels)."""
+    from molal_ray.aggregation.api import load_labels
+
+    try:
+        labels = load_labels(labels_spec)
+        items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
+        backend = _label_studio(url, project, token_env, labels)
+        before = len(backend.client.tasks(int(backend.project()["id"])))
+        where = backend.push(batch, items)
+        after = len(backend.client.tasks(int(backend.project()["id"])))
+        backend.close()
+    except (MolalError, OSError) as exc:
+        _fail(exc)
+    click.echo(f"{after - before} new tasks ({len(items) - (after - before)} already there) in {where}")
+
+
+@review.command("pull")
+@_server_options
+@click.option("--labels", "labels_spec", required=True, help="The label set ('a,b,c' or a file).")
+@click.option("--known", default=None, help="The ids allowed: a review CSV or any file with sample_id "
+                                            "(default: every task of the project).")
+@click.option("--out", "out_path", required=True, help="The gold CSV to write (for aggregate --gold).")
+def review_pull(url: str, project: str, token_env: str, labels_spec: str, known: str | None, out_path: str) -> None:
+    """Read the reviewers' labels back from a Label Studio project (the latest annotation of each
+    task; skipped tasks are not labels), check every label and id, and write them as gold labels,
+    whole or not at all."""
+    import csv as csv_mod
+
+    from molal_ray.aggregation.api import load_labels
+    from molal_ray.review import checked_labels, gold_csv, labelstudio_answers
+    from molal_ray.storage import resolve
+
+    try:
+        labels = load_labels(labels_spec)
+        backend = _label_studio(url, project, token_env, labels)
+        tasks = backend.client.tasks(int(backend.project()["id"]))
+        backend.close()
+        expected = None
+        if known is not None:
+            expected = [r["sample_id"] for r in csv_mod.DictReader(resolve(known).read_text().splitlines())]
+        answers = labelstudio_answers(tasks, backend.where)
+        got = checked_labels([(sid, lab) for sid, lab, _ in answers], labels, expected, False, backend.where)
+        skipped = sum(1 for sid, _, skip in answers if skip and sid not in got)
+        resolve(out_path).write_text(gold_csv(got))  # whole or not at all
+    except (MolalError, OSError) as exc:
+        _fail(exc)
+    click.echo(f"{len(got)} reviewed labels of {len(tasks)} tasks ({skipped} skipped) written to {out_path}")
 
 
 @review.command("import")

@@ -50,16 +50,28 @@ class ReviewError(MolalError, ValueError):
     """A review file is wrong (a label outside the label set, an unknown id, ...); nothing was used."""
 
 
-class ReviewPending(MolalError):
-    """The loop stopped for people: the round's review file waits for their labels."""
+class ReviewServerError(ReviewError):
+    """The labeling server (Label Studio) cannot be reached, refused the token, or failed."""
 
-    def __init__(self, round_: int, n: int, path: str) -> None:
-        super().__init__(f"round {round_}: {n} samples need a person's label: fill the label column of {path} (or "
-                         f"import a Label Studio export: molal-ray review import EXPORT.json --loop OUTPUT "
-                         f"--round {round_}), then run again with --resume")
+
+class ReviewPending(MolalError):
+    """The loop stopped for people: the round's samples wait for their labels (in the review file,
+    or in a Label Studio project when ``path`` is its address); ``reason`` says why it stopped
+    waiting (the wait ran out, the server could not be reached)."""
+
+    def __init__(self, round_: int, n: int, path: str, reason: str | None = None) -> None:
+        if path.startswith(("http://", "https://")):
+            msg = (f"round {round_}: {n} samples wait for people in the Label Studio project {path}"
+                   + (f" ({reason})" if reason else "") + "; run again with --resume once they are labelled")
+        else:
+            msg = (f"round {round_}: {n} samples need a person's label: fill the label column of {path} (or "
+                   f"import a Label Studio export: molal-ray review import EXPORT.json --loop OUTPUT "
+                   f"--round {round_}), then run again with --resume")
+        super().__init__(msg)
         self.round = round_
         self.n = n
         self.path = path
+        self.reason = reason
 
-    def __reduce__(self) -> tuple[type["ReviewPending"], tuple[int, int, str]]:  # it crosses from the actor
-        return ReviewPending, (self.round, self.n, self.path)
+    def __reduce__(self) -> tuple[type["ReviewPending"], tuple[int, int, str, str | None]]:  # it crosses from the actor
+        return ReviewPending, (self.round, self.n, self.path, self.reason)

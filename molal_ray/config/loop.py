@@ -10,6 +10,7 @@ from molal_ray.config.aggregation import AggregatorSettings, parse_aggregator
 from molal_ray.config.annotator import AnnotatorConfig, check_unique_names
 from molal_ray.config.base import StrictModel, resolve_path
 from molal_ray.config.job import CascadeConfig, OutputConfig, PipelineConfig, PoolConfig, RayConfig, check_cascade
+from molal_ray.config.review import ReviewConfig
 from molal_ray.config.task import TaskConfig
 from molal_ray.config.training import ClassifierConfig
 
@@ -94,6 +95,7 @@ class LoopJobConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     cascade: CascadeConfig | None = Field(None, description="Call the annotators in stages (None: all of them "
                                                             "on every queried text).")
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     _unique = field_validator("annotators")(check_unique_names)
 

@@ -22,13 +22,13 @@ REVIEW_DIR = "review"  # the review files of the samples routed to people
 class CoordinatorActor:
     """Builds a :class:`Coordinator` with Ray services; ``run_round`` returns metrics."""
 
-    def __init__(self, cfg: dict[str, Any], resume: bool) -> None:
+    def __init__(self, cfg: dict[str, Any], resume: bool, review_token: str | None = None) -> None:
         # An error of ours raised here would reach the driver as an ActorDiedError without its
         # type; it is kept and raised by the first call instead, so the driver gets it as is.
         self.init_error: MolalError | None = None
         self.services: RayRoundServices | None = None
         try:
-            self._open(cfg, resume)
+            self._open(cfg, resume, review_token)
         except MolalError as exc:
             self.init_error = exc
 
@@ -36,7 +36,7 @@ class CoordinatorActor:
         if self.init_error is not None:
             raise self.init_error
 
-    def _open(self, cfg: dict[str, Any], resume: bool) -> None:
+    def _open(self, cfg: dict[str, Any], resume: bool, review_token: str | None) -> None:
         self.cfg = LoopJobConfig.model_validate(cfg)
         out = resolve(self.cfg.output.path, field="output.path")
         pool = PreparedPool.open(out.join(POOL_DIR))
@@ -64,7 +64,7 @@ class CoordinatorActor:
             if embeddings is None:
                 raise SchemaError(f"loop: no embeddings of this pool in {folder}")
         self.services = services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR),
-                                                    embeddings, out.join(REVIEW_DIR))
+                                                    embeddings, out.join(REVIEW_DIR), review_token)
         few = self.cfg.task.few_shot
         self.coord = Coordinator(state, L, pool, split, services, state_dir, self.cfg.cascade,
                                  examples_from_labels=few is not None and few.from_loop)

@@ -13,6 +13,7 @@ the round's logic is tested without Ray against fakes. ``loop/actor.py`` runs it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,11 +27,12 @@ from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.annotation.cascade import cascade_view, order_by_accuracy, same_shape
 from molal_ray.config.job import CascadeConfig
 from molal_ray.config.loop import LoopSettings
-from molal_ray.exceptions import AggregationError, PoolExhaustedError, ReviewPending, SchemaError
+from molal_ray.exceptions import AggregationError, PoolExhaustedError, SchemaError
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult
 from molal_ray.loop.state import HUMAN_SOURCES, LabeledRow, LoopState
 from molal_ray.pipeline.prepare import ROW
-from molal_ray.review import ReviewItem, least_certain
+from molal_ray.review import ReviewItem, agreement, least_certain, matrix_answers
+from molal_ray.review.backend import ReviewProgress
 from molal_ray.strategies import SubsamplingQueryStrategy, get_strategy
 from molal_ray.strategies.base import draw_rows
 from molal_ray.training.classifier import TrainResult
@@ -62,11 +64,10 @@ class RoundServices(Protocol):
         """The pool's frozen embeddings of these rows, (len(keys), D) in their order; None when
         the loop has none (``classifier.mode: finetune``)."""
 
-    def write_review(self, name: str, items: list[ReviewItem]) -> str:
-        """Write the review files of ``name`` (a round); returns the CSV's path."""
-
-    def read_review(self, name: str, expected_ids: list[str]) -> dict[str, str] | None:
-        """People's labels of ``name``'s review (label names), or None while any is missing."""
+    def review(self, round_: int, items: list[ReviewItem], status: Callable[[str], None] | None = None) -> ReviewProgress:
+        """People's labels of the round's routed ``items`` (label names) and the ones they
+        skipped, once all are in; raises :class:`ReviewPending` while they are not (``status``
+        gets a progress line while it waits)."""
 
     def train(self, train: pd.DataFrame, val: pd.DataFrame, lam: float, name: str) -> TrainResult:
         """Fit the classifier on rows ``_row, label, weight, negatives`` (the service fetches the
@@ -163,6 +164,7 @@ class Coordinator:
         self.strategy = get_strategy(settings.strategy, subsample=settings.subsample)
         self.base = self.strategy.base if isinstance(self.strategy, SubsamplingQueryStrategy) else self.strategy
         self.clock = PhaseClock()
+        self.waiting: str | None = None  # a progress line while the round waits for people
         self.text_view_rows = 0  # rows the aggregator's text view trained on in the last aggregation
         # The next round's candidates, scored in the same pass as the test split after training.
         self._scored: tuple[int, ScoreRequest, ScoreResult] | None = None
@@ -198,7 +200,7 @@ class Coordinator:
         return np.random.default_rng([self.state.seed, round_, purpose])
 
     def phase(self) -> str | None:
-        return self.clock.current
+        return self.waiting or self.clock.current
 
     def stages(self) -> list[list[str]] | None:
         """The cascade's stages: chosen on the gold rows (``order: gold``, once round 0 ranked the
@@ -284,7 +286,8 @@ class Coordinator:
                    "annotation_accuracy": info.get("annotation_accuracy"),
                    "llm_label_accuracy": info.get("llm_label_accuracy"), "n_human": info.get("n_human", 0),
                    "llm_calls": llm_calls, "n_relabelled": info.get("n_relabelled", 0),
-                   "text_view_rows": info.get("text_view_rows", 0), "val_accuracy": res.val_accuracy,
+                   "text_view_rows": info.get("text_view_rows", 0), "people_agreement": info.get("people_agreement"),
+                   "val_accuracy": res.val_accuracy,
                    "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
                    "elapsed_s": round(time.monotonic() - self.t0, 1), "phase_s": clock.seconds}
         self.finish_round(metrics)
@@ -376,11 +379,19 @@ class Coordinator:
         labels = probs.argmax(1)
         human = np.zeros(len(ids), bool)
         n_h = min(self.s.n_human(), len(ids)) if mode != "gold" else 0
+        agreed: dict[str, Any] | None = None
         if n_h:
             pos = self.route(probs, ids, m, n_h)
-            people = self.human_labels([ids[i] for i in pos], np.asarray(keys)[pos], probs[pos])
-            labels[pos] = [people[ids[i]] for i in pos]
-            human[pos] = True
+            shown, top = (matrix_answers(m, [ids[i] for i in pos], self.state.labels) if m is not None
+                          else ([{} for _ in pos], None))
+            people = self.human_labels([ids[i] for i in pos], np.asarray(keys)[pos], probs[pos], shown)
+            got = np.array([ids[i] in people for i in pos], bool)  # a skipped sample keeps the mixture's label
+            answered = pos[got]
+            given = np.array([people[ids[i]] for i in answered], dtype=np.int64)
+            agreed = agreement(given, labels[answered], None if top is None else top[got],
+                               m.annotators if m is not None else [])
+            labels[answered] = given
+            human[answered] = True
         source = SOURCES_OF_MODE.get(mode, "annotator")
         prev = np.array([previous_pred.get(i, -1) for i in ids])
         weights = (discrepancy_weights(labels, prev, self.s.discrepancy_alpha)
@@ -399,7 +410,8 @@ class Coordinator:
 
         return {"annotation_accuracy": accuracy(np.ones(len(ids), bool)), "llm_label_accuracy": accuracy(~human),
                 "n_human": int(human.sum()), "n_down_weighted": int((weights < 1).sum()),
-                "n_relabelled": relabelled, "text_view_rows": self.text_view_rows if mode == "molal" else 0}
+                "n_relabelled": relabelled, "text_view_rows": self.text_view_rows if mode == "molal" else 0,
+                "people_agreement": agreed}
 
     def relabel(self, rows: list[LabeledRow], probs: np.ndarray) -> int:
         """``loop.relabel``: earlier aggregator-labelled ``rows`` take this round's distributions
@@ -425,22 +437,27 @@ class Coordinator:
             votes = m.votes[np.array([at[i] for i in ids], dtype=np.int64)]
         return least_certain(probs, n, self.s.routing, votes, ids)
 
-    def human_labels(self, ids: list[str], keys: np.ndarray, probs: np.ndarray) -> dict[str, int]:
+    def human_labels(self, ids: list[str], keys: np.ndarray, probs: np.ndarray,
+                     answers: list[dict[str, str]] | None = None) -> dict[str, int]:
         """People's labels of these rows: from the gold file when it has them all (simulated
-        people), else from the round's review file, written first; raises
-        :class:`ReviewPending` while it is not filled in."""
+        people), else from the review backend (each row shown with the mixture's label and
+        ``answers``, what each LLM said); raises :class:`ReviewPending` while they are not in.
+        A row a reviewer skipped has no label here (it keeps the mixture's)."""
         if all(i in self.split.gold for i in ids):
             return {i: self.split.gold[i] for i in ids}
-        name = f"round-{self.state.round}"
-        labels = self.services.read_review(name, ids)
-        if labels is None:
-            texts = self.services.texts(keys)
-            items = [ReviewItem(i, t, self.state.labels[int(p.argmax())], float(p.max()))
-                     for i, t, p in zip(ids, texts, probs)]
-            path = self.services.write_review(name, items)
-            raise ReviewPending(self.state.round, len(ids), path)
+        texts = self.services.texts(keys)
+        answers = answers or [{} for _ in ids]
+        items = [ReviewItem(i, t, self.state.labels[int(p.argmax())], float(p.max()), a)
+                 for i, t, p, a in zip(ids, texts, probs, answers)]
+        try:
+            got = self.services.review(self.state.round, items, self._wait_line)
+        finally:
+            self.waiting = None
         index = {lab: k for k, lab in enumerate(self.state.labels)}
-        return {i: index[labels[i]] for i in ids}
+        return {i: index[got.labels[i]] for i in ids if i in got.labels}
+
+    def _wait_line(self, line: str) -> None:
+        self.waiting = line
 
     def with_embeddings(self, m: AnnotationMatrix, queried: dict[str, int]) -> AnnotationMatrix:
         """``m`` with the pool's embeddings of its rows (the labelled rows and the ``queried``

@@ -1,7 +1,8 @@
 """The loop's report: ``report.json``, ``summary.md``, ``curves.png`` and a self-contained
 ``report.html`` (figures embedded as PNG) with the learning curve, the accuracy of the labels each
 round received, each annotator's accuracy on the gold rows, the confusion matrix of the assigned
-labels on gold rows, and the seconds each phase took per round."""
+labels on gold rows, how often people confirmed the mixture's label and each LLM's (rounds with
+samples routed to people), and the seconds each phase took per round."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import numpy as np
 from molal_ray.storage import Location, resolve
 
 KEYS = ("round", "n_labeled", "test_accuracy", "test_micro_f1", "test_macro_f1", "annotation_accuracy",
-        "llm_label_accuracy", "n_human", "llm_calls", "n_relabelled", "text_view_rows", "val_accuracy", "elapsed_s",
-        "phase_s")
+        "llm_label_accuracy", "n_human", "people_agreement", "llm_calls", "n_relabelled", "text_view_rows",
+        "val_accuracy", "elapsed_s", "phase_s")
 PHASES = ("query", "annotate", "aggregate", "train", "score")
 
 
@@ -98,6 +99,21 @@ def _figures(history: list[dict[str, Any]], meta: dict[str, Any], gold: dict[str
     return figs
 
 
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def agreement_rows(history: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The table of people against the mixture and each LLM, a row per round that routed
+    samples to people: header and rows of text."""
+    rounds = [h for h in history if h.get("people_agreement")]
+    names = sorted({a for h in rounds for a in h["people_agreement"].get("annotators", {})})
+    header = ["round", "people's labels", "confirmed the mixture", *names]
+    rows = [[str(h["round"]), str(h["people_agreement"]["n"]), _fmt(h["people_agreement"]["mixture"]),
+             *[_fmt(h["people_agreement"]["annotators"].get(a)) for a in names]] for h in rounds]
+    return header, rows
+
+
 def _html(history: list[dict[str, Any]], meta: dict[str, Any], figs: dict[str, bytes]) -> str:
     rows = "".join(
         f"<tr><td>{h['round']}</td><td>{h['n_labeled']}</td><td>{h['test_accuracy']:.3f}</td>"
@@ -107,13 +123,19 @@ def _html(history: list[dict[str, Any]], meta: dict[str, Any], figs: dict[str, b
     settings = ", ".join(f"{k}: {html.escape(str(v))}" for k, v in meta.items())
     images = "".join(f"<figure><img alt='{html.escape(k)}' src='data:image/png;base64,"
                      f"{base64.b64encode(v).decode()}'></figure>" for k, v in figs.items())
+    header, agree = agreement_rows(history)
+    people = "" if not agree else (
+        "<h2>People against the mixture and each LLM</h2><p>Share of people's labels that match the mixture's "
+        "label and each annotator's answer, on the samples routed to them.</p><table><tr>"
+        + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in agree) + "</table>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>molal_ray: {html.escape(str(meta.get('task')))}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}}
 figure{{display:inline-block;margin:.5em}}img{{max-width:600px}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head>
 <body><h1>Active learning: {html.escape(str(meta.get('task')))}</h1><p>{settings}</p>{images}
 <h2>Rounds</h2><table><tr><th>round</th><th>labelled</th><th>test acc</th><th>macro-F1</th>
-<th>labels acc</th><th>human labels</th><th>LLM calls</th><th>seconds</th></tr>{rows}</table></body></html>
+<th>labels acc</th><th>human labels</th><th>LLM calls</th><th>seconds</th></tr>{rows}</table>{people}</body></html>
 """
 
 
@@ -141,5 +163,10 @@ def write_report(out: str | Location, history: list[dict[str, Any]], meta: dict[
         lines += ["", "| annotator | accuracy on the queried rows (gold) | rows |", "|---|---|---|"]
         for a, v in gold["annotators"].items():
             lines.append(f"| {a} | {'-' if v['accuracy'] is None else format(v['accuracy'], '.3f')} | {v['rows']} |")
+    header, agree = agreement_rows(history)
+    if agree:
+        lines += ["", "People against the mixture and each LLM (share of their labels that match):", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in agree]
     out.join("summary.md").write_text("\n".join(lines) + "\n")
     return report

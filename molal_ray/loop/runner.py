@@ -63,12 +63,22 @@ PhaseSink = Callable[[int | None, str], None]
 
 def check_inputs(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
     """What a user can get wrong, checked before Ray starts: every file the config names
-    (:func:`molal_ray.preflight.check_files`: pool, gold, recordings, models, few-shot examples)
-    and, for --resume, a saved loop to resume."""
+    (:func:`molal_ray.preflight.check_files`: pool, gold, recordings, models, few-shot examples),
+    for --resume, a saved loop to resume, and with a Label Studio review backend its token, server
+    and project (created, or its labeling config checked)."""
     check_files(cfg)
     if resume and not out.join(STATE_DIR, STATE_FILE).exists():
         raise ConfigError(f"--resume: {out} holds no saved loop ({STATE_DIR}/{STATE_FILE}); run without --resume "
                           "to start one")
+    if cfg.review.backend == "label_studio" and cfg.loop.n_human() and cfg.loop.annotation != "gold":
+        # the token, the server and the project's labeling config, before any LLM is asked
+        from molal_ray.review.label_studio import LabelStudioReview
+
+        backend = LabelStudioReview(cfg.review, cfg.task.labels)
+        try:
+            backend.project()
+        finally:
+            backend.close()
 
 
 def prepare_output(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
@@ -106,7 +116,14 @@ def run_rounds(cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, A
     # two threads, so that the driver can ask which phase runs while a round runs.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=2)(CoordinatorActor)  # type: ignore[call-overload]
-    coord = actor.options(scheduling_strategy=here).remote(cfg.model_dump(mode="json"), resume)
+    # Label Studio's token goes to the coordinator as an argument: the driver's environment is not
+    # the actor's on a cluster, and the token stays out of the config, the runtime env and logs.
+    token = None
+    if cfg.review.backend == "label_studio" and cfg.loop.n_human():
+        from molal_ray.review.label_studio import token_from_env
+
+        token = token_from_env(cfg.review)
+    coord = actor.options(scheduling_strategy=here).remote(cfg.model_dump(mode="json"), resume, token)
     try:
         done = _get(coord.history.remote())  # a resumed loop's finished rounds
         prev_labeled = done[-1]["n_labeled"] if done else None

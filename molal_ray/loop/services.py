@@ -7,6 +7,8 @@
   annotator deployments through one ``AnnotateStage`` (same retries, flagged rows and
   exactly-once parts as the label job), into the loop's own table.
 - ``annotations``: the loop's table, read once per round.
+- ``review``: the samples routed to people go to the configured review backend (files, or a
+  running Label Studio the round waits on; ``review/backend.py``).
 - ``train``: the labelled rows' texts (``finetune``) or frozen embeddings (``head``), fetched by
   row key, and Ray Train: a ``TorchTrainer`` per round for fine-tuning, one worker group for the
   whole loop for a head (``training/head_trainer.py``); or the same code in this process
@@ -34,6 +36,7 @@ from molal_ray.pipeline.output import DoneIndex, read_annotation_table
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.prepare import ROW
 from molal_ray.review import ReviewItem
+from molal_ray.review.backend import ReviewBackend, ReviewProgress
 from molal_ray.storage import Location
 from molal_ray.training.classifier import TrainResult
 from molal_ray.exceptions import ConfigError
@@ -41,7 +44,8 @@ from molal_ray.exceptions import ConfigError
 
 class RayRoundServices:
     def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations_dir: Location, train_dir: Location,
-                 embeddings: EmbeddingStore | None = None, review_dir: Location | None = None) -> None:
+                 embeddings: EmbeddingStore | None = None, review_dir: Location | None = None,
+                 review_token: str | None = None) -> None:
         self.cfg = cfg
         self.pool = pool
         self.ann_dir = annotations_dir
@@ -53,6 +57,8 @@ class RayRoundServices:
             raise ConfigError("classifier.mode 'head' needs the pool's embeddings")
         self._stage: AnnotateStage | None = None
         self._session: Any = None
+        self._review: ReviewBackend | None = None
+        self._review_token = review_token  # Label Studio's, read on the driver; never logged or saved
 
     @property
     def head(self) -> bool:
@@ -121,34 +127,14 @@ class RayRoundServices:
         return read_annotation_table(self.ann_dir)
 
     # -- people ------------------------------------------------------------------------------------
-    def write_review(self, name: str, items: list[ReviewItem]) -> str:
-        """``OUT/review/NAME.csv`` (a reviewer fills ``label``), ``NAME.labelstudio.json`` (tasks
-        with the aggregated label as pre-annotation) and the Label Studio labeling config."""
-        import json
+    def review(self, round_: int, items: list[ReviewItem], status: Any = None) -> ReviewProgress:
+        """People's labels of the round's ``items``, by the configured review backend
+        (:func:`~molal_ray.review.backend.review_round`)."""
+        from molal_ray.review.backend import make_backend, review_round
 
-        from molal_ray.review import csv_text, labelstudio_config, labelstudio_tasks
-
-        folder = self.review_dir
-        folder.mkdirs()
-        folder.join(f"{name}.labelstudio.json").write_text(json.dumps(labelstudio_tasks(items), indent=1))
-        folder.join("labelstudio-config.xml").write_text(labelstudio_config(self.cfg.task.labels))
-        target = folder.join(f"{name}.csv")
-        if not target.exists():  # never overwrite labels a reviewer may be filling in
-            target.write_text(csv_text(items))
-        return target.uri
-
-    def read_review(self, name: str, expected_ids: list[str]) -> dict[str, str] | None:
-        """``NAME.labels.csv`` (written by ``molal-ray review import``) or the filled ``NAME.csv``;
-        None while either is missing or any label is left empty."""
-        from molal_ray.review import read_review
-
-        for f in (f"{name}.labels.csv", f"{name}.csv"):
-            loc = self.review_dir.join(f)
-            if loc.exists():
-                labels = read_review(loc.uri, self.cfg.task.labels, expected_ids)
-                if set(expected_ids) <= set(labels):
-                    return labels
-        return None
+        if self._review is None:
+            self._review = make_backend(self.cfg.review, self.review_dir, self.cfg.task.labels, self._review_token)
+        return review_round(self._review, self.cfg.review, round_, items, status)
 
     # -- training --------------------------------------------------------------------------------
     def texts(self, keys: np.ndarray) -> list[str]:
@@ -186,7 +172,10 @@ class RayRoundServices:
         return dict(self.embeddings.manifest["fingerprint"]["encoder"])
 
     def close(self) -> None:
-        """End the loop's training worker group (``head`` mode)."""
+        """End the loop's training worker group (``head`` mode) and the review connection."""
         if self._session is not None:
             self._session.close()
             self._session = None
+        if self._review is not None:
+            self._review.close()
+            self._review = None

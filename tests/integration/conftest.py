@@ -90,3 +90,101 @@ def s3():
     yield S3Endpoint(port)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+LABEL_STUDIO_VENV = ROOT / os.environ.get("MOLAL_LABEL_STUDIO_VENV", ".venv-label-studio")
+
+
+class LabelStudioServer:
+    """A real Label Studio on a free port of 127.0.0.1, with its own data folder and a user the
+    test makes (a legacy token for the "reviewer"; a personal access token for molal-ray, as a
+    user of a recent Label Studio would have). Started and stopped by its own process id."""
+
+    LEGACY_TOKEN = "molal-ray-test-reviewer-token-0123456789"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.log = data_dir / "server.log"
+        self.access_token: str | None = None
+
+    def start(self, timeout_s: float = 180) -> None:
+        import subprocess
+        import time
+
+        import httpx
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir), "DJANGO_DEBUG": "0"}
+        cmd = [str(LABEL_STUDIO_VENV / "bin" / "label-studio"), "start", "--no-browser",
+               "--data-dir", str(self.data_dir), "--internal-host", "127.0.0.1", "-p", str(self.port),
+               "--username", "reviewer@example.org", "--password", "reviewer-password",
+               "--user-token", self.LEGACY_TOKEN, "--enable-legacy-api-token"]
+        self.proc = subprocess.Popen(cmd, env=env, cwd=self.data_dir, start_new_session=True,
+                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Label Studio did not start; its log: {self.log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        if self.access_token is None:  # a personal access token, made through the API
+            self.access_token = self.api("POST", "/api/token/").json()["token"]
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def api(self, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+        """A request as the reviewer (the legacy token)."""
+        import httpx
+
+        r = httpx.request(method, self.url + path, headers={"Authorization": f"Token {self.LEGACY_TOKEN}"},
+                          timeout=30, **kwargs)
+        r.raise_for_status()
+        return r
+
+    def tasks(self, project_id: int) -> list[dict]:
+        got = self.api("GET", "/api/tasks", params={"project": project_id, "page_size": 1000, "fields": "all"}).json()
+        return got["tasks"]
+
+    def project_id(self, title: str) -> int | None:
+        found = [p for p in self.api("GET", "/api/projects", params={"title": title}).json()["results"]
+                 if p["title"] == title]
+        return found[0]["id"] if found else None
+
+    def annotate(self, task_id: int, label: str | None) -> None:
+        """A reviewer's annotation: choose ``label``, or skip the task (None)."""
+        result = [] if label is None else [{"from_name": "label", "to_name": "text", "type": "choices",
+                                            "value": {"choices": [label]}}]
+        self.api("POST", f"/api/tasks/{task_id}/annotations", json={"result": result, "was_cancelled": label is None})
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """One Label Studio server for the session (tests use projects of their own)."""
+    if not (LABEL_STUDIO_VENV / "bin" / "label-studio").exists():
+        pytest.skip(f"Label Studio is not installed in {LABEL_STUDIO_VENV} (bash scripts/setup.sh --test installs it)")
+    server = LabelStudioServer(tmp_path_factory.mktemp("label-studio"))
+    server.start()
+    yield server
+    server.stop()

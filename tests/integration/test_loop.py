@@ -214,43 +214,83 @@ def test_a_killed_loop_resumes_to_the_rounds_of_an_uninterrupted_one(setup, tmp_
     assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 60 * 5
 
 
-def test_a_loop_without_gold_for_its_queries_pauses_for_people_and_resumes(ray_local, setup, tmp_path):
-    """human_per_round with a real pool (no gold label for the queried rows): the loop writes the
-    round's review files and stops; once people's labels are in, --resume finishes the round."""
-    import csv
+def test_a_loop_waits_for_people_in_label_studio_and_pauses_when_it_stops(ray_local, setup, label_studio, tmp_path,
+                                                                            monkeypatch):
+    """Two rounds route 4 samples each to people in Label Studio. Round 1: a reviewer labels them
+    while the loop waits. Round 2: the server stops while the loop waits; the loop pauses with
+    nothing of the round saved, and --resume finishes once the server is back and labelled."""
+    import threading
+    import time
 
     import pandas as pd
 
     from molal_ray.exceptions import ReviewPending
 
+    server = label_studio
+    monkeypatch.setenv("MOLAL_TEST_LS_TOKEN", server.access_token)
     root, backbone = setup
     ids = pq.read_table(root / "pool.parquet").column("id").to_pylist()
     full = pd.read_csv(TREC / "gold.csv", dtype=str)
     full[full.sample_id.isin(ids[:120])].to_csv(tmp_path / "gold.csv", index=False)  # initial + test rows only
-    out = tmp_path / "run"
-
-    def cfg(rounds):  # type: ignore[no-untyped-def]
-        c = _cfg(root, backbone, out, rounds=rounds, classifier=HEAD, human_per_round=4).model_dump(mode="json")
-        c["gold"] = str(tmp_path / "gold.csv")
-        return LoopJobConfig.from_dict(c)
-
-    with pytest.raises(ReviewPending) as err:
-        run_loop(cfg(1))
-    review = out / "review" / "round-1.csv"
-    assert err.value.round == 1 and err.value.path.endswith("review/round-1.csv")
-    rows = list(csv.DictReader(review.open()))
-    assert len(rows) == 4 and all(r["text"] and r["suggested"] in TREC_LABELS and r["label"] == "" for r in rows)
-    assert (out / "review" / "round-1.labelstudio.json").is_file() and (out / "review" / "labelstudio-config.xml").is_file()
     truth = dict(zip(full.sample_id, full.label))
-    with review.open("w", newline="") as f:  # the reviewers fill the label column
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([{**r, "label": truth[r["sample_id"]]} for r in rows])
-    report = run_loop(cfg(1), resume=True)
-    assert [r["n_human"] for r in report["rounds"]] == [20, 4]
+    out = tmp_path / "run"
+    c = _cfg(root, backbone, out, rounds=2, classifier=HEAD, human_per_round=4).model_dump(mode="json")
+    c["gold"] = str(tmp_path / "gold.csv")
+    c["review"] = {"backend": "label_studio", "url": server.url, "project": "loop", "token_env": "MOLAL_TEST_LS_TOKEN",
+                   "poll_s": 0.5, "wait_s": 300}
+    cfg = LoopJobConfig.from_dict(c)
+
+    stop = threading.Event()
+    seen: dict[str, list[str]] = {}
+
+    def reviewer() -> None:  # labels round 1's tasks; stops the server when round 2's arrive
+        while not stop.is_set():
+            pid = server.project_id("loop") if server.proc is not None else None
+            for t in server.tasks(pid) if pid is not None else []:
+                batch = t["data"]["batch"]
+                seen.setdefault(batch, [])
+                if t["data"]["sample_id"] not in seen[batch]:
+                    seen[batch].append(t["data"]["sample_id"])
+                if batch == "round-1" and not t["annotations"]:
+                    server.annotate(t["id"], truth[t["data"]["sample_id"]])
+                elif batch == "round-2" and len(seen[batch]) == 4:
+                    server.stop()
+                    return
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=reviewer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ReviewPending) as err:
+            run_loop(cfg)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert err.value.round == 2 and "cannot reach it" in str(err.value), str(err.value)
+    state = LoopState.load(str(out / "state"))
+    assert state.round == 2  # round 1 finished and saved; nothing of round 2
+    human = {x.sample_id: state.labels[x.label] for x in state.labeled if x.source == "human"}
+    assert human == {i: truth[i] for i in seen["round-1"]} and len(human) == 4
+
+    server.start()  # back; a reviewer labels round 2 (one of them skipped)
+    pid = server.project_id("loop")
+    round2 = [t for t in server.tasks(pid) if t["data"]["batch"] == "round-2"]
+    assert sorted(t["data"]["sample_id"] for t in round2) == sorted(seen["round-2"])
+    for k, t in enumerate(round2):
+        server.annotate(t["id"], None if k == 0 else truth[t["data"]["sample_id"]])
+    report = run_loop(cfg, resume=True)
+    assert [r["n_human"] for r in report["rounds"]] == [20, 4, 3]  # the skipped one kept the mixture's label
+    assert len(server.tasks(pid)) == 8  # pushed again on resume: no duplicate
     state = LoopState.load(str(out / "state"))
     human = {x.sample_id: state.labels[x.label] for x in state.labeled if x.source == "human"}
-    assert human == {r["sample_id"]: truth[r["sample_id"]] for r in rows}
+    assert human == {i: truth[i] for i in seen["round-1"] + [t["data"]["sample_id"] for t in round2[1:]]}
+    agreed = [r["people_agreement"] for r in report["rounds"][1:]]
+    assert [a["n"] for a in agreed] == [4, 3] and all(0 <= a["mixture"] <= 1 for a in agreed)
+    assert set(agreed[0]["annotators"]) == {a["name"] for a in c["annotators"]}
+    html = (out / "report.html").read_text()
+    assert "People against the mixture and each LLM" in html
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".html", ".csv", ".log")]
+    assert written and not any(server.access_token in p.read_text(errors="replace") for p in written)
 
 
 def test_an_error_in_the_coordinators_constructor_reaches_the_driver_as_itself(ray_local, tmp_path):

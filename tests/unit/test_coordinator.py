@@ -107,23 +107,12 @@ class FakeServices:
                 calls += len(ids)
         return calls
 
-    def write_review(self, name, items):  # type: ignore[no-untyped-def]
-        from molal_ray.review import csv_text
+    def review(self, round_, items, status=None):  # type: ignore[no-untyped-def]
+        from molal_ray.config.review import ReviewConfig
+        from molal_ray.review.backend import FileReview, review_round
+        from molal_ray.storage import resolve
 
-        path = self.review_dir / f"{name}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            path.write_text(csv_text(items))
-        return str(path)
-
-    def read_review(self, name, expected_ids):  # type: ignore[no-untyped-def]
-        from molal_ray.review import read_review
-
-        path = self.review_dir / f"{name}.csv"
-        if not path.exists():
-            return None
-        labels = read_review(str(path), TREC_LABELS, expected_ids)
-        return labels if set(expected_ids) <= set(labels) else None
+        return review_round(FileReview(resolve(str(self.review_dir)), TREC_LABELS), ReviewConfig(), round_, items, status)
 
     def annotations(self):  # type: ignore[no-untyped-def]
         return pa.concat_tables(self.tables)
@@ -360,6 +349,11 @@ def test_routed_samples_get_peoples_labels_and_join_the_aggregators_gold(trec, t
         assert len(human) == 5
         u = dict(zip(ids, uncertainty(probs, "margin")))
         assert min(u[i] for i in human) >= max(u[i] for i in ids if i not in human)  # the least certain went
+        # people (the gold file here) against the mixture's label on the same five rows
+        mixture = {i: int(p.argmax()) for i, p in zip(ids, probs)}
+        agreed = metrics[r]["people_agreement"]
+        assert agreed["n"] == 5 and agreed["mixture"] == np.mean([mixture[i] == gold[i] for i in human])
+        assert set(agreed["annotators"]) == set(TREC_ANNOTATORS)
     for x in coord.state.labeled[20:]:
         if x.source == "human":
             assert x.label == gold[x.sample_id] and x.weight == 1.0 and x.negatives == []
@@ -381,6 +375,8 @@ def test_without_gold_labels_the_loop_waits_for_the_review_file(trec, tmp_path):
         coord.run_round()
     review = tmp_path / "review" / "round-1.csv"
     assert err.value.path == str(review)
+    assert (tmp_path / "review" / "round-1.labelstudio.json").is_file()  # the file hand-off for Label Studio
+    assert (tmp_path / "review" / "labelstudio-config.xml").is_file()
     rows = review.read_text().splitlines()
     assert rows[0] == "sample_id,text,suggested,confidence,label" and len(rows) == 6
 

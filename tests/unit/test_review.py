@@ -17,6 +17,10 @@ from molal_ray.cli import main
 from molal_ray.exceptions import ReviewError
 from molal_ray.review import (
     ReviewItem,
+    agreement,
+    check_labelstudio_config,
+    labelstudio_answers,
+    matrix_answers,
     csv_text,
     labelstudio_config,
     labelstudio_tasks,
@@ -74,12 +78,17 @@ def _ls_export(choices):
 
 
 def test_labelstudio_tasks_config_and_export(tmp_path):
-    tasks = labelstudio_tasks(ITEMS)
-    assert tasks[0]["data"] == {"text": "great, thanks", "sample_id": "s1"}
+    tasks = labelstudio_tasks(ITEMS, batch="round-2")
+    assert tasks[0]["data"] == {"text": "great, thanks", "sample_id": "s1", "llm_answers": "(none)", "batch": "round-2"}
+    shown = labelstudio_tasks([ReviewItem("s3", "ok", "pos", 0.6, {"llama": "pos (70% of its answers)",
+                                                                  "qwen": "neg (p=0.55)"})])
+    assert shown[0]["data"]["llm_answers"] == "llama: pos (70% of its answers); qwen: neg (p=0.55)"
     assert tasks[0]["predictions"][0]["result"][0]["value"] == {"choices": ["pos"]}
     assert tasks[0]["predictions"][0]["score"] == 0.55
     config = labelstudio_config(LABELS)
     assert '<Choices name="label" toName="text"' in config and '<Choice value="neutral"/>' in config
+    assert 'value="$llm_answers"' in config
+    check_labelstudio_config(config, LABELS, "p")  # its own config passes
     path = tmp_path / "export.json"
     path.write_text(json.dumps(_ls_export(["neg", None])))  # the second was skipped (cancelled)
     assert read_review(str(path), LABELS, ["s1", "s2"]) == {"s1": "neg"}
@@ -195,3 +204,82 @@ def test_review_csv_text_cells_never_start_a_formula():
     rows = text.splitlines()[1:]
     assert rows[0].split(",", 2)[1].startswith("\"'=HYPERLINK") and ",'+1 is a number," in rows[1]
     assert ",plain," in rows[2]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.replace('<Choice value="neutral"/>', ""), r"missing: \['neutral'\]"),
+    (lambda c: c.replace('<Choice value="neutral"/>', '<Choice value="neutral"/><Choice value="mixed"/>'),
+     r"not in the task: \['mixed'\]"),
+    (lambda c: c.replace('name="label"', 'name="sentiment"'), 'no <Choices name="label"'),
+    (lambda c: c.replace('choice="single"', 'choice="multiple"'), "allows several choices"),
+    (lambda c: c.replace('value="$text"', 'value="$body"'), 'no <Text name="text"'),
+    (lambda c: c[:-10], "not valid XML"),
+])
+def test_a_labeling_config_that_cannot_hold_the_labels_is_refused(edit, message):
+    config = labelstudio_config(LABELS)
+    with pytest.raises(ReviewError, match=message):
+        check_labelstudio_config(edit(config), LABELS, "project 'x'")
+    # a team's own layout around the same tags is fine
+    check_labelstudio_config(config.replace("<View>", '<View><Header value="Sentiment"/>'), LABELS, "p")
+
+
+def test_the_latest_annotation_that_was_not_cancelled_is_the_label():
+    def ann(label, at, cancelled=False, id_=1):  # type: ignore[no-untyped-def]
+        return {"id": id_, "was_cancelled": cancelled, "updated_at": at,
+                "result": [] if cancelled else [{"from_name": "label", "to_name": "text", "type": "choices",
+                                                 "value": {"choices": [label]}}]}
+
+    tasks = [{"data": {"sample_id": "a"}, "annotations": [ann("neg", "2026-12-03T10:00:02Z", id_=2),
+                                                          ann("pos", "2026-12-03T10:00:01Z", id_=1)]},
+             {"data": {"sample_id": "b"}, "annotations": [ann("pos", "2026-12-03T10:00:00Z"),
+                                                          ann("", "2026-12-03T10:00:05Z", cancelled=True)]},
+             {"data": {"sample_id": "c"}, "annotations": [ann("", "2026-12-03T10:00:05Z", cancelled=True)]},
+             {"data": {"sample_id": "d"}, "annotations": []}]
+    assert labelstudio_answers(tasks, "x") == [("a", "neg", False), ("b", "pos", False), ("c", "", True),
+                                               ("d", "", False)]
+
+
+def test_agreement_of_people_with_the_mixture_and_each_annotator():
+    from molal_ray.aggregation.features import AnnotationMatrix
+
+    nan = [np.nan] * 3
+    votes = np.array([[[1, 0, 0], [0, 1, 0]], [[0, 0.7, 0.3], nan], [[0.2, 0.8, 0], [0, 0, 1]]], np.float32)
+    probs = np.where(np.isnan(votes), np.nan, 0.5).astype(np.float32)
+    m = AnnotationMatrix(np.array(["x", "y", "z"], dtype=object), ["a1", "a2"], probs, votes,
+                         ~np.isnan(votes).any(2))
+    shown, top = matrix_answers(m, ["z", "y"], LABELS)
+    assert shown == [{"a1": "neg (80% of its answers)", "a2": "neutral (100% of its answers)"},
+                     {"a1": "neg (70% of its answers)"}]
+    assert top.tolist() == [[1, 2], [1, -1]]
+    got = agreement(np.array([1, 0]), np.array([1, 1]), top, ["a1", "a2"])
+    assert got == {"n": 2, "mixture": 0.5, "annotators": {"a1": 0.5, "a2": 0.0}}
+
+
+def test_waiting_for_people_polls_until_all_are_in_or_the_wait_runs_out():
+    from molal_ray.review.backend import ReviewProgress, wait_for_people
+
+    class Backend:
+        where = "http://ls/projects/1"
+
+        def __init__(self, arrivals):  # type: ignore[no-untyped-def]
+            self.arrivals, self.pulls = arrivals, 0
+
+        def pull(self, name, ids):  # type: ignore[no-untyped-def]
+            done = self.arrivals[min(self.pulls, len(self.arrivals) - 1)]
+            self.pulls += 1
+            return ReviewProgress({i: "pos" for i in done[0]}, set(done[1]))
+
+    t = [0.0]
+    lines: list[str] = []
+
+    def sleep(s):  # type: ignore[no-untyped-def]
+        t[0] += s
+
+    b = Backend([([], []), (["a"], []), (["a"], ["b"])])
+    got = wait_for_people(b, "round-1", ["a", "b"], poll_s=5, wait_s=60, status=lines.append, sleep=sleep,
+                          clock=lambda: t[0])
+    assert got.complete(["a", "b"]) and got.skipped == {"b"} and b.pulls == 3 and t[0] == 10
+    assert lines[-1] == "waiting for people: 2/2 labelled in http://ls/projects/1"
+    b, t[0] = Backend([(["a"], [])]), 0.0
+    got = wait_for_people(b, "round-1", ["a", "b"], poll_s=5, wait_s=12, sleep=sleep, clock=lambda: t[0])
+    assert not got.complete(["a", "b"]) and b.pulls == 3 and t[0] == 10  # looked at 0, 5 and 10 s

@@ -4,11 +4,12 @@ Pure Python and Arrow (no Ray). Two formats people already use:
 
 - **CSV**: ``sample_id, text, suggested, confidence, label``; a reviewer fills ``label`` (empty:
   not reviewed yet). Read back, the ``label`` column is what counts.
-- **Label Studio**: an import file of tasks (``data`` holds ``text`` and ``sample_id``), each with
-  the aggregated label as a pre-annotation (``predictions``), so that a reviewer confirms or fixes
-  it; plus the labeling config (``<Choices>`` over the label set) to paste into the project.
-  Read back: Label Studio's JSON export (tasks with ``annotations``; a cancelled annotation or a
-  task without one is not reviewed).
+- **Label Studio**: an import file of tasks (``data`` holds ``text``, ``sample_id`` and the LLMs'
+  answers), each with the aggregated label as a pre-annotation (``predictions``), so that a
+  reviewer confirms or fixes it; plus the labeling config (``<Choices>`` over the label set) to
+  paste into the project. Read back: Label Studio's JSON export (tasks with ``annotations``; the
+  latest annotation that was not cancelled counts; a task with none is not reviewed). The same
+  tasks and config go to a running server through :mod:`molal_ray.review.label_studio`.
 
 :func:`read_review` checks every label is in the label set and every id is one it expects, and
 raises :class:`~molal_ray.exceptions.ReviewError` naming the first bad rows before anything is
@@ -20,8 +21,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -31,6 +33,7 @@ from molal_ray.exceptions import ReviewError
 
 CSV_COLUMNS = ("sample_id", "text", "suggested", "confidence", "label")
 LS_FROM, LS_TO = "label", "text"  # the names of the Choices and Text tags of the labeling config
+LS_ANSWERS = "llm_answers"  # the task field (and Text tag) that shows each LLM's answer
 
 
 @dataclass
@@ -39,40 +42,10 @@ class ReviewItem:
     text: str
     suggested: str
     confidence: float
+    answers: dict[str, str] = field(default_factory=dict)  # annotator -> its answer, as a reviewer reads it
 
-
-# -- which samples ------------------------------------------------------------------------------
-def uncertainty(probs: np.ndarray, rule: str, votes: np.ndarray | None = None) -> np.ndarray:
-    """How unsure the aggregated label of each row is (higher: less sure). ``rule``: ``margin``
-    (1 - (p1 - p2)), ``entropy``, ``confidence`` (1 - p1), ``disagreement`` (the share of
-    annotators whose top vote is not the aggregated label; ``votes``: (N, A, C), NaN absent)."""
-    p = np.asarray(probs, np.float64)
-    if rule == "margin":
-        top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] > 1 else np.c_[np.zeros(len(p)), p]
-        return 1.0 - (top2[:, 1] - top2[:, 0])
-    if rule == "entropy":
-        q = np.clip(p, 1e-12, 1.0)
-        return -(q * np.log(q)).sum(1)
-    if rule == "confidence":
-        return 1.0 - p.max(1)
-    if rule == "disagreement":
-        if votes is None:
-            raise ReviewError("routing rule 'disagreement' needs the annotators' votes")
-        v = np.asarray(votes, np.float64)
-        present = ~np.isnan(v).any(2)
-        top = np.nan_to_num(v).argmax(2)
-        differ = (top != p.argmax(1)[:, None]) & present
-        return differ.sum(1) / np.maximum(present.sum(1), 1)
-    raise ReviewError(f"routing rule: got {rule!r}; expected margin, entropy, confidence or disagreement")
-
-
-def least_certain(probs: np.ndarray, n: int, rule: str = "margin", votes: np.ndarray | None = None,
-                  ids: Sequence[str] | None = None) -> np.ndarray:
-    """Positions of the ``n`` least certain rows (ties broken by id, then position)."""
-    u = uncertainty(probs, rule, votes)
-    key = np.arange(len(u)) if ids is None else np.argsort(np.argsort(np.asarray(ids, dtype=object)))
-    order = np.lexsort((key, -u))
-    return np.sort(order[:max(0, min(n, len(u)))])
+    def answers_text(self) -> str:
+        return "; ".join(f"{name}: {answer}" for name, answer in self.answers.items()) or "(none)"
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -94,9 +67,12 @@ def csv_text(items: Sequence[ReviewItem]) -> str:
     return buf.getvalue()
 
 
-def labelstudio_tasks(items: Sequence[ReviewItem], model_version: str = "molal_ray") -> list[dict[str, Any]]:
-    """Label Studio import tasks, the aggregated label as each task's pre-annotation."""
-    return [{"data": {"text": it.text, "sample_id": it.sample_id},
+def labelstudio_tasks(items: Sequence[ReviewItem], model_version: str = "molal_ray",
+                      batch: str = "") -> list[dict[str, Any]]:
+    """Label Studio import tasks, the aggregated label as each task's pre-annotation (its
+    confidence as the prediction's score) and each LLM's answer shown beside the text; ``batch``
+    (e.g. ``round-3``) is kept in the task's data."""
+    return [{"data": {LS_TO: it.text, "sample_id": it.sample_id, LS_ANSWERS: it.answers_text(), "batch": batch},
              "predictions": [{"model_version": model_version, "score": round(float(it.confidence), 4),
                               "result": [{"from_name": LS_FROM, "to_name": LS_TO, "type": "choices",
                                           "value": {"choices": [it.suggested]}}]}]} for it in items]
@@ -105,9 +81,36 @@ def labelstudio_tasks(items: Sequence[ReviewItem], model_version: str = "molal_r
 def labelstudio_config(labels: Sequence[str]) -> str:
     """The labeling config of a Label Studio project for these tasks."""
     choices = "\n".join(f"    <Choice value={quoteattr(lab)}/>" for lab in labels)
-    return (f'<View>\n  <Text name="{LS_TO}" value="$text"/>\n'
+    return (f'<View>\n  <Text name="{LS_TO}" value="${LS_TO}"/>\n'
             f'  <Choices name="{LS_FROM}" toName="{LS_TO}" choice="single" showInline="true">\n{choices}\n'
-            "  </Choices>\n</View>\n")
+            "  </Choices>\n"
+            f'  <Header value="What the LLMs answered" size="6"/>\n  <Text name="{LS_ANSWERS}" value="${LS_ANSWERS}"/>\n'
+            "</View>\n")
+
+
+def check_labelstudio_config(config: str, labels: Sequence[str], source: str) -> None:
+    """Refuse a project's labeling config that cannot hold these tasks' labels: it needs a
+    single-choice ``<Choices name="label" toName="text">`` over exactly ``labels`` and a
+    ``<Text name="text" value="$text">``; other tags (a layout a team made) are fine."""
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as exc:
+        raise ReviewError(f"{source}: its labeling config is not valid XML ({exc})") from None
+    texts = [t for t in root.iter("Text") if t.get("name") == LS_TO]
+    if not texts or texts[0].get("value") != f"${LS_TO}":
+        raise ReviewError(f'{source}: its labeling config has no <Text name="{LS_TO}" value="${LS_TO}"/>; '
+                          "expected the config molal-ray makes (review push creates it in a new project)")
+    boxes = [c for c in root.iter("Choices") if c.get("name") == LS_FROM]
+    if not boxes or boxes[0].get("toName") != LS_TO:
+        raise ReviewError(f'{source}: its labeling config has no <Choices name="{LS_FROM}" toName="{LS_TO}">; '
+                          "expected the config molal-ray makes (review push creates it in a new project)")
+    if boxes[0].get("choice", "single") != "single":
+        raise ReviewError(f"{source}: its <Choices name=\"{LS_FROM}\"> allows several choices; expected choice=\"single\"")
+    have = [c.get("value") for c in boxes[0].iter("Choice")]
+    if sorted(str(v) for v in have) != sorted(labels):
+        missing, extra = sorted(set(labels) - set(have)), sorted(str(v) for v in set(have) - set(labels))
+        raise ReviewError(f"{source}: its labeling config's choices differ from the task's labels (missing: "
+                          f"{missing}, not in the task: {extra}); fix the project's config or name another project")
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -121,28 +124,36 @@ def _read_csv(text: str, source: str) -> list[tuple[str, str]]:
     return [(str(r["sample_id"]), (r["label"] or "").strip()) for r in rows]
 
 
-def _read_labelstudio(data: Any, source: str) -> list[tuple[str, str]]:
+def labelstudio_answers(data: Any, source: str) -> list[tuple[str, str, bool]]:
+    """``(sample_id, label, skipped)`` of each task of a Label Studio export (or of the tasks a
+    server lists): the label of the task's latest annotation that was not cancelled ("" when it
+    has none); ``skipped`` when every annotation it has was cancelled (a reviewer skipped it)."""
     if not isinstance(data, list):
         raise ReviewError(f"{source}: expected a Label Studio JSON export (a list of tasks)")
     out = []
     for i, task in enumerate(data):
-        if not isinstance(task, dict) or "data" not in task:
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise ReviewError(f"{source}: task {i} has no 'data'; expected a Label Studio JSON export")
         sid = task["data"].get("sample_id")
         if sid is None:
             raise ReviewError(f"{source}: task {i} has no data.sample_id")
+        anns = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+        kept = [a for a in anns if not a.get("was_cancelled")]
+        # the latest first by time (ISO timestamps sort as text), then by the server's id
+        kept.sort(key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
         chosen = ""
-        for ann in task.get("annotations") or []:  # the last annotation that was not cancelled
-            if ann.get("was_cancelled"):
-                continue
-            for res in ann.get("result") or []:
-                choices = (res.get("value") or {}).get("choices")
-                if res.get("type") == "choices" and choices:
-                    if len(choices) != 1:
-                        raise ReviewError(f"{source}: task {i} ({sid!r}) has {len(choices)} choices; expected one")
-                    chosen = str(choices[0])
-        out.append((str(sid), chosen.strip()))
+        for res in (kept[-1].get("result") or []) if kept else []:
+            choices = (res.get("value") or {}).get("choices")
+            if res.get("type") == "choices" and res.get("from_name", LS_FROM) == LS_FROM and choices:
+                if len(choices) != 1:
+                    raise ReviewError(f"{source}: task {i} ({sid!r}) has {len(choices)} choices; expected one")
+                chosen = str(choices[0])
+        out.append((str(sid), chosen.strip(), bool(anns) and not kept))
     return out
+
+
+def _read_labelstudio(data: Any, source: str) -> list[tuple[str, str]]:
+    return [(sid, label) for sid, label, _ in labelstudio_answers(data, source)]
 
 
 def read_review(path: str, labels: Sequence[str], expected_ids: Sequence[str] | None = None,
@@ -164,6 +175,13 @@ def read_review(path: str, labels: Sequence[str], expected_ids: Sequence[str] | 
             raise ReviewError(f"{path}: not valid JSON ({exc})") from None
     else:
         pairs = _read_csv(text, path)
+    return checked_labels(pairs, labels, expected_ids, require_all, path)
+
+
+def checked_labels(pairs: Sequence[tuple[str, str]], labels: Sequence[str], expected_ids: Sequence[str] | None,
+                   require_all: bool, path: str) -> dict[str, str]:
+    """``{sample_id: label}`` of reviewed ``(sample_id, label)`` pairs ("" : not reviewed), every
+    one checked as :func:`read_review` says; ``path`` names their source in errors."""
     allowed = set(labels)
     known = set(expected_ids) if expected_ids is not None else None
     out: dict[str, str] = {}
