@@ -82,6 +82,8 @@ class LoopProgress(_Live):
         text = name if round_ is None else f"round {round_}/{self.rounds}: {PHASE_NAMES.get(name, name)}"
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=text)
+        elif name.startswith("waiting for people"):  # off a terminal too: people's progress is news
+            print(text, flush=True)
 
     def round_done(self, m: dict) -> None:
         ann = "" if m.get("annotation_accuracy") is None else f"  labels acc {m['annotation_accuracy']:.3f}"

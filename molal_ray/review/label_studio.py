@@ -138,8 +138,15 @@ class LabelStudio:
         out: list[dict[str, Any]] = []
         page = 1
         while True:
-            got = self.request("GET", "/api/tasks", params={"project": project_id, "page": page, "page_size": PAGE,
-                                                            "fields": "all"})
+            try:
+                got = self.request("GET", "/api/tasks", params={"project": project_id, "page": page,
+                                                                "page_size": PAGE, "fields": "all"})
+            except ReviewServerError:
+                raise
+            except ReviewError:
+                if page == 1:
+                    raise
+                return out  # the last page went away (tasks deleted while listing)
             batch = got.get("tasks", []) if isinstance(got, dict) else got
             out += batch
             total = got.get("total", len(out)) if isinstance(got, dict) else len(out)
