@@ -14,7 +14,9 @@ Modes: ``molal``, ``gold``, ``majority``, ``single`` (the best single annotator)
 / ``routed-random``: the ``molal`` loop with ``--human`` of each round's queries labelled by people
 (simulated by the gold file), the least certain ones (margin) or random ones; ``routed-relabel``:
 ``routed`` with ``loop.relabel`` (the earlier rounds' labels redone each round by the aggregator
-fitted with every human label so far).
+fitted with every human label so far). A mode ending in ``+labelable`` (``molal+labelable``,
+``routed+labelable``) weighs the strategy's scores by the LLMs' expected agreement on each
+candidate (``loop.labelable_weight``, ``--labelable-weight``; max-entropy and other score strategies).
 
 Every loop is the example's (examples/trec/loop.yaml: replay annotators on Serve, MiniLM) with
 its seed, strategy and annotation mode changed. The classifier is trained with ``trainer: local``
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override classifier.epochs")
     ap.add_argument("--trainer", choices=["local", "ray"], default="local")
     ap.add_argument("--human", type=int, default=10, help="queries per round routed to people (modes routed*)")
+    ap.add_argument("--labelable-weight", type=float, default=2.0, help="loop.labelable_weight of the +labelable modes")
     ap.add_argument("--classifier", choices=["finetune", "head"], default="finetune",
                     help="finetune: MiniLM fine-tuned each round (the recorded figures); head: the example's "
                          "frozen encoder and linear head")
@@ -136,11 +139,14 @@ def main() -> None:
                     print(f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
                           f"  (from {args.out})", flush=True)
                     continue
-                routed = ROUTED.get(mode, {})
+                kind, _, extra = mode.partition("+")
+                routed = ROUTED.get(kind, {})
                 data = {**base, "loop": {**base["loop"], "seed": seed, "strategy": strategy,
                                          "rounds": args.rounds, "query_size": args.query_size,
-                                         "annotation": single if mode == "single" else "molal" if routed else mode,
-                                         **({"human_per_round": args.human, **routed} if routed else {})},
+                                         "annotation": single if kind == "single" else "molal" if routed else kind,
+                                         **({"human_per_round": args.human, **routed} if routed else {}),
+                                         **({"labelable_weight": args.labelable_weight} if extra == "labelable"
+                                            else {})},
                         "output": {"path": f"{work}/{seed}-{strategy}-{mode}", "mode": "overwrite"}}
                 data["classifier"] = {**(data["classifier"] if args.classifier == "head" else FINETUNE),
                                       "trainer": args.trainer}
@@ -158,7 +164,8 @@ def main() -> None:
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps({"seed": seed, "strategy": strategy, "mode": mode, "annotator": single
                                          if mode == "single" else None,
-                                         "aggregator": aggregator_settings(base) if mode == "molal" or routed else None,
+                                         "aggregator": aggregator_settings(base) if kind == "molal" or routed else None,
+                                         "labelable_weight": args.labelable_weight if extra == "labelable" else 0.0,
                                          "final_micro_f1": f1,
                                          "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
                                          "mean_annotation_accuracy": float(np.mean(accs)),

@@ -23,6 +23,11 @@ class LoopSettings(StrictModel):
     query_size: int = Field(50, ge=1, description="Samples queried (and annotated) per round.")
     strategy: str = Field("random", description="Query strategy: random, max-entropy, coreset, bemps, noise-stability.")
     subsample: int | None = Field(2000, ge=1, description="Pool rows scored per round (None: the whole pool).")
+    labelable_weight: float = Field(0.0, ge=0, description="Weigh the strategy's scores by how well the LLMs are "
+                                                           "expected to label each candidate (their agreement on "
+                                                           "its nearest annotated texts), to this power: query "
+                                                           "what the classifier needs and the mixture can label. "
+                                                           "0: off. Score strategies, classifier.mode head.")
     annotation: str = Field(
         "molal",
         description="Who labels queried samples: 'molal' (the aggregator), 'gold' (human labels: the upper "
@@ -121,6 +126,13 @@ class LoopJobConfig(StrictModel):
                              "rows (cascade.order: gold)")
         if self.loop.strategy not in strategies():
             raise ValueError(f"loop.strategy one of {strategies()} (got {self.loop.strategy!r})")
+        if self.loop.labelable_weight:
+            from molal_ray.strategies import get_strategy
+
+            if self.classifier.mode != "head" or mode == "gold":
+                raise ValueError("loop.labelable_weight needs classifier.mode 'head' (the pool's embeddings) and "
+                                 "annotators (loop.annotation other than 'gold')")
+            get_strategy(self.loop.strategy, labelable=self.loop.labelable_weight)  # a score strategy
         return self
 
     def stages(self) -> list[list[str]]:

@@ -161,7 +161,8 @@ class Coordinator:
         self.split = split
         self.services = services
         self.state_dir = state_dir
-        self.strategy = get_strategy(settings.strategy, subsample=settings.subsample)
+        self.strategy = get_strategy(settings.strategy, subsample=settings.subsample,
+                                     labelable=settings.labelable_weight)
         self.base = self.strategy.base if isinstance(self.strategy, SubsamplingQueryStrategy) else self.strategy
         self.clock = PhaseClock()
         self.waiting: str | None = None  # a progress line while the round waits for people
@@ -323,7 +324,7 @@ class Coordinator:
             candidates=None if dense is None else np.sort(self.pool.keys_of(dense)),
             labeled=self.state.label_rows() if "embeddings" in needs else np.zeros(0, np.int64),
             exclude=np.sort(self.pool.keys_of(exclude)) if dense is None else np.zeros(0, np.int64),
-            strategy=self.base.name, needs=needs, top_n=n if per_row else None,
+            strategy=self.s.strategy, needs=needs, top_n=n if per_row else None,
             tiebreak_key=int(self.rng(2, round_).integers(2**63)) if per_row else 0,
             noise_copies=self.s.noise_copies, noise_scale=self.s.noise_scale, seed=self.state.seed)
 
@@ -332,6 +333,20 @@ class Coordinator:
             return ScoreRequest(test=self.split.test_rows, candidates=np.zeros(0, np.int64))
         req.test = self.split.test_rows
         return req
+
+    def label_confidence(self, keys: np.ndarray) -> np.ndarray:
+        """The LLMs' expected agreement on the pool rows ``keys`` (not annotated yet): their
+        agreement on the nearest annotated texts, by the pool's frozen embeddings."""
+        from molal_ray.strategies.labelable import agreement_shares, expected_agreement
+
+        m = self.matrix(self.services.annotations())
+        by_id = {r.sample_id: r.row for r in self.state.labeled}
+        rows = [i for i, s in enumerate(m.sample_ids.tolist()) if s in by_id]
+        annotated = self.services.text_embeddings(np.array([by_id[m.sample_ids[i]] for i in rows], np.int64))
+        candidates = self.services.text_embeddings(np.asarray(keys, np.int64))
+        if annotated is None or candidates is None:
+            raise AggregationError("loop.labelable_weight: the loop has no embeddings of the pool (classifier.mode head)")
+        return expected_agreement(candidates, annotated, agreement_shares(m.votes[np.array(rows, np.int64)]))
 
     def query(self, r: int) -> tuple[pa.Table, dict[str, int]]:
         """The round's queries (``_row, sample_id``) and the previous classifier's prediction for
@@ -344,6 +359,8 @@ class Coordinator:
         cand = result.candidates
         if req.top_n is None:
             view = result.view(self.s.noise_copies)
+            if self.s.labelable_weight:
+                view.label_confidence = self.label_confidence(result.candidates.sort_by(ROW).column(ROW).to_numpy())
             picks = self.strategy.select(view, min(self.s.query_size, len(view)), self.rng(2, r))
             pos = {sid: i for i, sid in enumerate(cand.column(schema.SAMPLE_ID).to_pylist())}
             cand = cand.take(pa.array([pos[sid] for sid in picks.tolist()], pa.int64()))

@@ -33,6 +33,7 @@ class PoolView:
     embeddings: np.ndarray | None = None
     labeled_embeddings: np.ndarray | None = None
     noisy_probs: np.ndarray | None = None
+    label_confidence: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,7 +50,7 @@ class PoolView:
             return None if x is None else np.take(x, idx, axis=axis)
 
         return PoolView(self.ids[idx], sub(self.probs), sub(self.embeddings), self.labeled_embeddings,
-                        sub(self.noisy_probs, axis=1))
+                        sub(self.noisy_probs, axis=1), sub(self.label_confidence))
 
 
 def tiebreak(ids: np.ndarray, key: int) -> np.ndarray:
@@ -162,11 +163,17 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_strategy(name: str, subsample: int | None = None, **params: Any) -> QueryStrategy:
+def get_strategy(name: str, subsample: int | None = None, labelable: float = 0.0, **params: Any) -> QueryStrategy:
+    """The strategy ``name``; ``labelable`` > 0 weighs its scores by the mixture's expected
+    reliability (:mod:`~molal_ray.strategies.labelable`); ``subsample`` scores that many rows."""
     _load_all()
     if name not in _REGISTRY:
         raise ConfigError(f"query strategy: got {name!r}; expected one of {sorted(_REGISTRY)}")
     s = _REGISTRY[name](**params)
+    if labelable:
+        from molal_ray.strategies.labelable import LabelableQueryStrategy
+
+        s = LabelableQueryStrategy(s, labelable)
     return SubsamplingQueryStrategy(s, subsample) if subsample else s
 
 

@@ -116,3 +116,35 @@ def test_a_loop_cannot_query_more_rows_than_it_scores():
     with pytest.raises(ValueError, match=r"loop.subsample: got 40; expected at least query_size \(50\)"):
         LoopSettings(query_size=50, subsample=40)
     assert LoopSettings(query_size=50, subsample=None).subsample is None
+
+
+def test_labelable_weighing_and_the_review_backend_are_checked_with_the_loop():
+    import yaml
+
+    from molal_ray.config.loop import LoopJobConfig
+    from tests.conftest import TREC
+
+    base = yaml.safe_load((TREC / "loop.yaml").read_text())
+
+    def cfg(loop=None, classifier=None, review=None):  # type: ignore[no-untyped-def]
+        data = {**base, "loop": {**base.get("loop", {}), **(loop or {})},
+                "classifier": {**base["classifier"], **(classifier or {})}}
+        if review is not None:
+            data["review"] = review
+        return LoopJobConfig.from_dict(data, base_dir=TREC)
+
+    assert cfg({"labelable_weight": 2.0, "strategy": "max-entropy"}).loop.labelable_weight == 2.0
+    with pytest.raises(ConfigError, match="no per-sample score"):
+        cfg({"labelable_weight": 1.0, "strategy": "coreset"})
+    with pytest.raises(ConfigError, match="needs classifier.mode 'head'"):
+        cfg({"labelable_weight": 1.0, "strategy": "max-entropy"}, {"mode": "finetune"})
+    assert cfg().review.backend == "files"
+    ok = cfg(review={"backend": "label_studio", "url": "http://127.0.0.1:8080/", "project": "trec"})
+    assert ok.review.url == "http://127.0.0.1:8080" and ok.review.token_env == "LABEL_STUDIO_API_KEY"
+    for bad, message in [({"backend": "label_studio"}, "needs url and project"),
+                         ({"backend": "label_studio", "url": "127.0.0.1:8080", "project": 3}, "expected an http"),
+                         ({"backend": "label_studio", "url": "http://h", "project": 3, "token_env": "tok-123.x"},
+                          "not the token itself"),
+                         ({"backend": "s3"}, "review.backend")]:
+        with pytest.raises(ConfigError, match=message):
+            cfg(review=bad)

@@ -259,6 +259,37 @@ def test_a_head_loop_aggregates_with_the_texts_a_finetune_loop_without(trec, tmp
     assert _run(coord)[1]["text_view_rows"] == 0
 
 
+def test_labelable_weighing_queries_where_the_llms_agreed_on_similar_texts(trec, tmp_path, monkeypatch):
+    """labelable_weight: the candidates' expected agreement comes from the annotated rows'
+    embeddings; the queries lean to where the LLMs agree, against plain max-entropy's."""
+    from molal_ray.strategies import labelable
+    from molal_ray.testing.synthetic import synthetic_embeddings
+
+    table, gold = trec
+    classes = np.array([gold.get(i, 0) for i in table.column(schema.SAMPLE_ID).to_pylist()])
+    seen = []
+    real = labelable.expected_agreement
+
+    def recording(candidates, annotated, agreement, **kw):  # type: ignore[no-untyped-def]
+        seen.append((len(candidates), len(annotated), agreement))
+        return real(candidates, annotated, agreement, **kw)
+
+    monkeypatch.setattr(labelable, "expected_agreement", recording)
+    picked = {}
+    for w in (0.0, 4.0):
+        coord, services = _coordinator(trec, tmp_path / str(w), rounds=1, query_size=15, labelable_weight=w)
+        services.embeddings = synthetic_embeddings(classes, dim=16, noise=0.3)
+        _run(coord)
+        picked[w] = {x.sample_id for x in coord.state.labeled[20:]}
+        m = coord.matrix(services.annotations())
+        share = dict(zip(m.sample_ids.tolist(), labelable.agreement_shares(m.votes)))
+        picked[w] = [share[i] for i in picked[w]]  # the LLMs' agreement on each query
+    assert len(seen) == 1  # weighed once: the round with labelable_weight
+    n_cand, n_annotated, agreement = seen[0]
+    assert n_cand == 100 and n_annotated == 20 and np.isfinite(agreement).all()  # subsample; round 0's gold rows
+    assert np.mean(picked[4.0]) > np.mean(picked[0.0])
+
+
 @pytest.mark.parametrize("strategy", ["random", "coreset", "bemps", "noise-stability"])
 def test_every_strategy_runs_a_round(trec, tmp_path, strategy):
     coord, services = _coordinator(trec, tmp_path, rounds=1, strategy=strategy, noise_copies=2)

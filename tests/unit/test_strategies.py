@@ -146,3 +146,42 @@ def test_bemps_prefers_samples_the_models_disagree_on():
     scores = BEMPS().scores(view, np.random.default_rng(0))
     assert np.argmax(scores) == 0
     assert np.all(scores[20:] < 1e-9)  # where the models agree, nothing is learned
+
+
+def test_labelable_weighing_trades_uncertainty_for_what_the_mixture_can_label():
+    from molal_ray.strategies.labelable import LabelableQueryStrategy
+
+    flat, mid, sure = [0.25] * 4, [0.55, 0.45, 0, 0], [0.97, 0.01, 0.01, 0.01]
+    view = PoolView(ids=np.array(["a", "b", "c"]), probs=np.array([flat, mid, sure]))
+    view.label_confidence = np.array([0.2, 0.9, 1.0])  # the LLMs disagree where the classifier is lost
+    rng = np.random.default_rng
+    assert get_strategy("max-entropy").select(view, 1, rng(0)).tolist() == ["a"]
+    s = get_strategy("max-entropy", labelable=1.0)
+    assert isinstance(s, LabelableQueryStrategy) and s.select(view, 1, rng(0)).tolist() == ["b"]
+    # ranks: a 1, b 2/3, c 1/3; with a small weight the classifier's need wins again
+    assert get_strategy("max-entropy", labelable=0.1).select(view, 1, rng(0)).tolist() == ["a"]
+    wrapped = get_strategy("max-entropy", subsample=2, labelable=1.0)
+    assert isinstance(wrapped, SubsamplingQueryStrategy) and isinstance(wrapped.base, LabelableQueryStrategy)
+    with pytest.raises(ValueError, match="lacks 'label_confidence'"):
+        s.select(PoolView(ids=view.ids, probs=view.probs), 1, rng(0))
+    with pytest.raises(ConfigError, match="no per-sample score"):
+        get_strategy("coreset", labelable=1.0)
+
+
+def test_expected_agreement_comes_from_the_nearest_annotated_texts():
+    from molal_ray.strategies.labelable import agreement_shares, expected_agreement
+
+    nan = [np.nan] * 3
+    votes = np.array([[[1, 0, 0], [1, 0, 0], [0.6, 0.4, 0]],  # all three agree
+                      [[1, 0, 0], [0, 1, 0], [0, 0, 1]],  # three answers, three labels
+                      [[0, 1, 0], [0, 0.8, 0.2], nan],  # two present, agree
+                      [nan, nan, nan]], np.float32)
+    share = agreement_shares(votes)
+    assert share[:3].tolist() == pytest.approx([1.0, 1 / 3, 1.0]) and np.isnan(share[3])
+    annotated = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [5.0, 5.0]])
+    cand = np.array([[1.0, 0.05], [0.05, 1.0]])
+    got = expected_agreement(cand, annotated, share, k=1)
+    assert got.tolist() == pytest.approx([1.0, 1 / 3])
+    both = expected_agreement(cand, annotated, share, k=2, chunk=1)  # chunked: the same as one block
+    assert both.tolist() == pytest.approx(expected_agreement(cand, annotated, share, k=2).tolist())
+    assert expected_agreement(cand, annotated[:0], share[:0]).tolist() == [1.0, 1.0]
