@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import click
+import yaml
 
 from molal_ray.exceptions import MolalError, ReviewError, ReviewPending
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _ours(exc: BaseException) -> BaseException:
@@ -26,9 +31,25 @@ def _ours(exc: BaseException) -> BaseException:
     return found
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException) -> NoReturn:
     click.echo(f"error: {_ours(exc)}", err=True)
     sys.exit(2)
+
+
+def user_errors(*also: type[BaseException]) -> Callable[[F], F]:
+    """A command whose errors of ours (and of the kinds in ``also``) end as one ``error:`` line
+    and exit code 2, never a traceback; other exceptions are bugs and keep theirs."""
+    caught: tuple[type[BaseException], ...] = (MolalError, *also)
+
+    def wrap(command: F) -> F:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except caught as exc:
+                _fail(exc)
+        return run  # type: ignore[return-value]
+    return wrap
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,6 +68,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Delete an existing output instead of resuming it.")
 @click.option("--address", default=None, help="Ray address (default: the config's; none: local Ray).")
 @click.pass_context
+@user_errors()
 def label(ctx: click.Context, config: str, output_path: str | None, overwrite: bool, address: str | None) -> None:
     """Label a pool: every text through every annotator, into the annotation table.
 
@@ -56,21 +78,17 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
     from molal_ray.pipeline.label_job import run_label_job, summary_lines
     from molal_ray.progress import LabelProgress
 
-    try:
-        cfg = LabelJobConfig.from_file(config)
-        if output_path:
-            cfg.output.path = output_path
-        if overwrite:
-            cfg.output.mode = "overwrite"
-        if address:
-            cfg.ray.address = address
-        if ctx.obj.get("verbose"):
-            cfg.ray.log_to_driver = True
-        with LabelProgress() as progress:
-            summary = run_label_job(cfg, progress=progress)
-    except MolalError as exc:
-        _fail(exc)
-        return
+    cfg = LabelJobConfig.from_file(config)
+    if output_path:
+        cfg.output.path = output_path
+    if overwrite:
+        cfg.output.mode = "overwrite"
+    if address:
+        cfg.ray.address = address
+    if ctx.obj.get("verbose"):
+        cfg.ray.log_to_driver = True
+    with LabelProgress() as progress:
+        summary = run_label_job(cfg, progress=progress)
     click.echo("\n".join(summary_lines(summary)))
     click.echo(f"summary: {summary.output}/summary.json; the table: molal_ray.pipeline.output.read_annotation_table"
                f"({summary.output!r})")
@@ -107,6 +125,7 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of sub-sampling and CV folds.")
 @click.option("--no-validate", is_flag=True, help="Skip the cross-validated report (faster).")
 @click.option("--report", "report_path", default=None, help="Also write the report as JSON here.")
+@user_errors()
 def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_path: str, method: str,
               pool_path: str | None, id_column: str, text_column: str, encoder: str, first_tokens: int,
               max_length: int, embeddings_cache: str | None, negative_threshold: float, folds: int, seed: int,
@@ -121,21 +140,17 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
     def say(msg: str) -> None:
         click.echo(f"... {msg}", err=True)
 
-    try:
-        labels = load_labels(labels_spec)
-        gold_df = combine_gold([load_gold(g, labels) for g in gold])
-        table = read_table_any(annotations)
-        embeddings = None
-        if pool_path:
-            embeddings = _pool_embeddings(pool_path, id_column, text_column, encoder, first_tokens, max_length,
-                                          embeddings_cache, out_path, say)
-        result = run_aggregate(table, gold_df, labels, method, negative_threshold=negative_threshold,
-                               folds=folds, seed=seed, validate=not no_validate, cascade=read_cascade(annotations),
-                               embeddings=embeddings, progress=say)
-        result.write(out_path)
-    except MolalError as exc:
-        _fail(exc)
-        return
+    labels = load_labels(labels_spec)
+    gold_df = combine_gold([load_gold(g, labels) for g in gold])
+    table = read_table_any(annotations)
+    embeddings = None
+    if pool_path:
+        embeddings = _pool_embeddings(pool_path, id_column, text_column, encoder, first_tokens, max_length,
+                                      embeddings_cache, out_path, say)
+    result = run_aggregate(table, gold_df, labels, method, negative_threshold=negative_threshold,
+                           folds=folds, seed=seed, validate=not no_validate, cascade=read_cascade(annotations),
+                           embeddings=embeddings, progress=say)
+    result.write(out_path)
     click.echo("\n".join(report_lines(result.report, labels)))
     click.echo(f"wrote {result.table.num_rows} rows to {out_path}")
     if report_path:
@@ -185,6 +200,7 @@ def _pool_embeddings(pool_path: str, id_column: str, text_column: str, encoder: 
 @click.option("--seed", default=None, type=int, help="Override loop.seed.")
 @click.option("--overwrite", is_flag=True, help="Start again in an output folder that holds a loop.")
 @click.pass_context
+@user_errors()
 def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, strategy: str | None,
         annotation: str | None, rounds: int | None, seed: int | None, overwrite: bool) -> None:
     """Run the active-learning loop: query, annotate with the LLMs, aggregate, train, evaluate."""
@@ -219,9 +235,6 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
     except ReviewPending as exc:  # not a failure: the loop waits for people
         click.echo(f"paused: {exc}")
         sys.exit(3)
-    except MolalError as exc:
-        _fail(exc)
-        return
     where = cfg.output.path
     click.echo(f"report: {where}/report.html (figures), report.json, summary.md"
                + (f"; log: {where}/{LOG_FILE}" if log_path else ""))
@@ -252,6 +265,7 @@ _ADDRESS = click.option("--address", default=None, help="Ray cluster address (de
 @annotators.command("status")
 @_APP
 @_ADDRESS
+@user_errors()
 def annotators_status(app_name: str, address: str | None) -> None:
     """Per annotator: replicas running / target, health, requests in flight, rows/s."""
     from rich.console import Console
@@ -259,12 +273,8 @@ def annotators_status(app_name: str, address: str | None) -> None:
 
     from molal_ray.serve.control import status
 
-    try:
-        _connect(address)
-        rows = status(app_name)
-    except MolalError as exc:
-        _fail(exc)
-        return
+    _connect(address)
+    rows = status(app_name)
     table = Table(title=f"annotators of {app_name!r}")
     for col in ("annotator", "health", "replicas (running/target)", "autoscaling", "requests in flight", "rows/s",
                 "rows answered"):
@@ -285,19 +295,16 @@ def annotators_status(app_name: str, address: str | None) -> None:
 @click.option("--no-wait", is_flag=True, help="Return once Serve has the new target.")
 @_APP
 @_ADDRESS
+@user_errors()
 def annotators_scale(name: str, replicas: int | None, min_replicas: int | None, max_replicas: int | None,
                      no_wait: bool, app_name: str, address: str | None) -> None:
     """Change one annotator's replicas (or its autoscaling range) while jobs run; nothing in
     flight is lost."""
     from molal_ray.serve.control import scale
 
-    try:
-        _connect(address)
-        seconds = scale(app_name, name, replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
-                        wait_s=0 if no_wait else 600)
-    except MolalError as exc:
-        _fail(exc)
-        return
+    _connect(address)
+    seconds = scale(app_name, name, replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                    wait_s=0 if no_wait else 600)
     target = f"{replicas} replicas" if replicas is not None else f"autoscaling {min_replicas}..{max_replicas}"
     click.echo(f"{name}: {target}" + (f", answering after {seconds:.1f}s" if seconds else ""))
 
@@ -305,25 +312,23 @@ def annotators_scale(name: str, replicas: int | None, min_replicas: int | None, 
 @annotators.command("deploy")
 @click.argument("config", type=click.Path(dir_okay=False))
 @_ADDRESS
+@user_errors()
 def annotators_deploy(config: str, address: str | None) -> None:
     """Deploy the annotator application of a Serve config (serve_configs/*.yaml) or of a label or
     run config, through Serve's controller (no dashboard needed), and wait until it runs."""
     from molal_ray.serve.control import deploy
     from molal_ray.serve_config import load_app_config
 
-    try:
-        name, app = load_app_config(config)
-        _connect(address)
-        deploy(app, name)
-    except MolalError as exc:
-        _fail(exc)
-        return
+    name, app = load_app_config(config)
+    _connect(address)
+    deploy(app, name)
     click.echo(f"annotator application {name!r} is running: {', '.join(a.name for a in app.annotators)}")
 
 
 @annotators.command("delete")
 @_APP
 @_ADDRESS
+@user_errors()
 def annotators_delete(app_name: str, address: str | None) -> None:
     """Delete the annotator application."""
     from molal_ray.serve.control import delete
@@ -387,6 +392,7 @@ def _items_to_review(aggregated: str, labels: list[str], texts_from: str, n: int
               help="Also a Label Studio import file (tasks with the aggregated label as a pre-annotation) and, "
                    "beside it, the labeling config (.xml).")
 @click.option("--annotations", default=None, help="The annotation table: each LLM's answer goes beside the text.")
+@user_errors(OSError)
 def review_export(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str,
                   id_column: str, text_column: str, out_path: str, ls_path: str | None,
                   annotations: str | None) -> None:
@@ -397,15 +403,12 @@ def review_export(aggregated: str, labels_spec: str, texts_from: str, n: int | N
     from molal_ray.review import csv_text, labelstudio_config, labelstudio_tasks
     from molal_ray.storage import resolve
 
-    try:
-        labels = load_labels(labels_spec)
-        items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
-        resolve(out_path).write_text(csv_text(items))
-        if ls_path:
-            resolve(ls_path).write_text(json.dumps(labelstudio_tasks(items), indent=1))
-            resolve(ls_path.rsplit(".", 1)[0] + ".xml").write_text(labelstudio_config(labels))
-    except (MolalError, OSError) as exc:
-        _fail(exc)
+    labels = load_labels(labels_spec)
+    items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
+    resolve(out_path).write_text(csv_text(items))
+    if ls_path:
+        resolve(ls_path).write_text(json.dumps(labelstudio_tasks(items), indent=1))
+        resolve(ls_path.rsplit(".", 1)[0] + ".xml").write_text(labelstudio_config(labels))
     click.echo(f"wrote {len(items)} samples to review to {out_path}" + (f" and {ls_path}" if ls_path else ""))
 
 
@@ -439,6 +442,7 @@ def _label_studio(url: str, project: str, token_env: str, labels: list[str]) -> 
 @_server_options
 @click.option("--annotations", default=None, help="The annotation table: each LLM's answer goes beside the text.")
 @click.option("--batch", default="review", show_default=True, help="A name kept in each task's data (data.batch).")
+@user_errors(OSError)
 def review_push(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str,
                 id_column: str, text_column: str, url: str, project: str, token_env: str, annotations: str | None,
                 batch: str) -> None:
@@ -447,16 +451,13 @@ def review_push(aggregated: str, labels_spec: str, texts_from: str, n: int | Non
     in the project are not sent again; a new project gets the labeling config of the labels)."""
     from molal_ray.aggregation.api import load_labels
 
-    try:
-        labels = load_labels(labels_spec)
-        items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
-        backend = _label_studio(url, project, token_env, labels)
-        before = len(backend.client.tasks(int(backend.project()["id"])))
-        where = backend.push(batch, items)
-        after = len(backend.client.tasks(int(backend.project()["id"])))
-        backend.close()
-    except (MolalError, OSError) as exc:
-        _fail(exc)
+    labels = load_labels(labels_spec)
+    items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
+    backend = _label_studio(url, project, token_env, labels)
+    before = len(backend.client.tasks(int(backend.project()["id"])))
+    where = backend.push(batch, items)
+    after = len(backend.client.tasks(int(backend.project()["id"])))
+    backend.close()
     click.echo(f"{after - before} new tasks ({len(items) - (after - before)} already there) in {where}")
 
 
@@ -466,6 +467,7 @@ def review_push(aggregated: str, labels_spec: str, texts_from: str, n: int | Non
 @click.option("--known", default=None, help="The ids allowed: a review CSV or any file with sample_id "
                                             "(default: every task of the project).")
 @click.option("--out", "out_path", required=True, help="The gold CSV to write (for aggregate --gold).")
+@user_errors(OSError)
 def review_pull(url: str, project: str, token_env: str, labels_spec: str, known: str | None, out_path: str) -> None:
     """Read the reviewers' labels back from a Label Studio project (the latest annotation of each
     task; skipped tasks are not labels), check every label and id, and write them as gold labels,
@@ -476,20 +478,17 @@ def review_pull(url: str, project: str, token_env: str, labels_spec: str, known:
     from molal_ray.review import checked_labels, gold_csv, labelstudio_answers
     from molal_ray.storage import resolve
 
-    try:
-        labels = load_labels(labels_spec)
-        backend = _label_studio(url, project, token_env, labels)
-        tasks = backend.client.tasks(int(backend.project()["id"]))
-        backend.close()
-        expected = None
-        if known is not None:
-            expected = [r["sample_id"] for r in csv_mod.DictReader(resolve(known).read_text().splitlines())]
-        answers = labelstudio_answers(tasks, backend.where)
-        got = checked_labels([(sid, lab) for sid, lab, _ in answers], labels, expected, False, backend.where)
-        skipped = sum(1 for sid, _, skip in answers if skip and sid not in got)
-        resolve(out_path).write_text(gold_csv(got))  # whole or not at all
-    except (MolalError, OSError) as exc:
-        _fail(exc)
+    labels = load_labels(labels_spec)
+    backend = _label_studio(url, project, token_env, labels)
+    tasks = backend.client.tasks(int(backend.project()["id"]))
+    backend.close()
+    expected = None
+    if known is not None:
+        expected = [r["sample_id"] for r in csv_mod.DictReader(resolve(known).read_text().splitlines())]
+    answers = labelstudio_answers(tasks, backend.where)
+    got = checked_labels([(sid, lab) for sid, lab, _ in answers], labels, expected, False, backend.where)
+    skipped = sum(1 for sid, _, skip in answers if skip and sid not in got)
+    resolve(out_path).write_text(gold_csv(got))  # whole or not at all
     click.echo(f"{len(got)} reviewed labels of {len(tasks)} tasks ({skipped} skipped) written to {out_path}")
 
 
@@ -500,6 +499,7 @@ def review_pull(url: str, project: str, token_env: str, labels_spec: str, known:
 @click.option("--labels", "labels_spec", default=None, help="The label set ('a,b,c' or a file); not with --loop.")
 @click.option("--known", default=None, help="The exported review CSV (or any file with sample_id): the ids allowed.")
 @click.option("--out", "out_path", default=None, help="Without --loop: the gold CSV to write (for --gold).")
+@user_errors()
 def review_import(review_file: str, loop_out: str | None, round_: int | None, labels_spec: str | None,
                   known: str | None, out_path: str | None) -> None:
     """Read people's labels back (a filled CSV, or Label Studio's JSON export), check them all,
@@ -510,33 +510,29 @@ def review_import(review_file: str, loop_out: str | None, round_: int | None, la
     from molal_ray.review import gold_csv, read_review
     from molal_ray.storage import resolve
 
-    try:
-        if loop_out is not None:
-            from molal_ray.loop.state import LoopState
+    if loop_out is not None:
+        from molal_ray.loop.state import LoopState
 
-            if round_ is None:
-                raise ReviewError("review import --loop: give --round (the round the loop waits for)")
-            state = LoopState.load(resolve(loop_out).join("state"))
-            labels = state.labels
-            exported = resolve(loop_out).join("review", f"round-{round_}.csv")
-            if not exported.exists():
-                raise ReviewError(f"review import: the loop in {loop_out} wrote no review for round {round_}")
-            expected = [r["sample_id"] for r in csv_mod.DictReader(exported.read_text().splitlines())]
-            got = read_review(review_file, labels, expected, require_all=True)
-            target = resolve(loop_out).join("review", f"round-{round_}.labels.csv")
-        else:
-            if labels_spec is None or out_path is None:
-                raise ReviewError("review import: give --labels and --out (or --loop and --round)")
-            labels = load_labels(labels_spec)
-            expected = None
-            if known is not None:
-                expected = [r["sample_id"] for r in csv_mod.DictReader(resolve(known).read_text().splitlines())]
-            got = read_review(review_file, labels, expected)
-            target = resolve(out_path)
-        target.write_text(gold_csv(got))  # whole or not at all
-    except MolalError as exc:
-        _fail(exc)
-        return
+        if round_ is None:
+            raise ReviewError("review import --loop: give --round (the round the loop waits for)")
+        state = LoopState.load(resolve(loop_out).join("state"))
+        labels = state.labels
+        exported = resolve(loop_out).join("review", f"round-{round_}.csv")
+        if not exported.exists():
+            raise ReviewError(f"review import: the loop in {loop_out} wrote no review for round {round_}")
+        expected = [r["sample_id"] for r in csv_mod.DictReader(exported.read_text().splitlines())]
+        got = read_review(review_file, labels, expected, require_all=True)
+        target = resolve(loop_out).join("review", f"round-{round_}.labels.csv")
+    else:
+        if labels_spec is None or out_path is None:
+            raise ReviewError("review import: give --labels and --out (or --loop and --round)")
+        labels = load_labels(labels_spec)
+        expected = None
+        if known is not None:
+            expected = [r["sample_id"] for r in csv_mod.DictReader(resolve(known).read_text().splitlines())]
+        got = read_review(review_file, labels, expected)
+        target = resolve(out_path)
+    target.write_text(gold_csv(got))  # whole or not at all
     click.echo(f"{len(got)} reviewed labels written to {target}")
 
 
@@ -544,37 +540,33 @@ def review_import(review_file: str, loop_out: str | None, round_: int | None, la
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["auto", "label", "run", "serve-app"]), default="auto", show_default=True,
               help="Which config model to validate against (auto: from the file's sections).")
+@user_errors(OSError, yaml.YAMLError)
 def check_config(config: str, kind: str) -> None:
     """Validate a config file and print it with defaults filled in."""
-    import yaml
     from pydantic import BaseModel
 
     from molal_ray.config import LabelJobConfig
     from molal_ray.config.loop import LoopJobConfig
 
-    try:
-        if kind == "auto":
-            from molal_ray.config.base import StrictModel
+    if kind == "auto":
+        from molal_ray.config.base import StrictModel
 
-            data = StrictModel.read_yaml(config)
-            keys = set(data) if isinstance(data, dict) else set()
-            kind = "serve-app" if "applications" in keys else "run" if keys & {"loop", "classifier", "gold"} else "label"
-        model: BaseModel
-        if kind == "label":
-            model = LabelJobConfig.from_file(config)
-        elif kind == "run":
-            model = LoopJobConfig.from_file(config)
-        else:
-            from molal_ray.serve_config import load_serve_app_args
+        data = StrictModel.read_yaml(config)
+        keys = set(data) if isinstance(data, dict) else set()
+        kind = "serve-app" if "applications" in keys else "run" if keys & {"loop", "classifier", "gold"} else "label"
+    model: BaseModel
+    if kind == "label":
+        model = LabelJobConfig.from_file(config)
+    elif kind == "run":
+        model = LoopJobConfig.from_file(config)
+    else:
+        from molal_ray.serve_config import load_serve_app_args
 
-            model = load_serve_app_args(config)
-        if kind != "serve-app":  # every file it names: exists, of its format, with its columns
-            from molal_ray.preflight import check_files
+        model = load_serve_app_args(config)
+    if kind != "serve-app":  # every file it names: exists, of its format, with its columns
+        from molal_ray.preflight import check_files
 
-            check_files(model)
-    except (MolalError, OSError, yaml.YAMLError) as exc:
-        _fail(exc)
-        return
+        check_files(model)
     click.echo(f"# {config}: a valid {kind} config")
     click.echo(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
 
