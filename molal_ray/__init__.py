@@ -1,8 +1,19 @@
 """molal_ray: a mixture of LLMs in the active-learning loop (MoLLIA), distributed on Ray.
 
-Entry points: ``molal-ray label`` (:func:`molal_ray.pipeline.label_job.run_label_job`),
-``molal-ray aggregate`` (:func:`molal_ray.aggregation.aggregate`) and ``molal-ray run``
-(:func:`molal_ray.loop.runner.run_loop`).
+The public front (:mod:`molal_ray.api`), each from a config object or a YAML path::
+
+    import molal_ray
+
+    summary = molal_ray.label("examples/trec/label.yaml")       # `molal-ray label`
+    table = molal_ray.read_annotations(summary.output)          # one row per (sample, annotator)
+    result = molal_ray.aggregate(table, "examples/trec/gold-50.csv", labels=[...])  # `molal-ray aggregate`
+    report = molal_ray.run("examples/trec/loop.yaml")           # `molal-ray run`
+
+Importing the package is cheap: Ray, torch and the rest load when a function is called.
 """
 
+from molal_ray.api import aggregate, label, label_config, loop_config, read_annotations, run
+
 __version__ = "0.1.0"
+
+__all__ = ["aggregate", "label", "label_config", "loop_config", "read_annotations", "run", "__version__"]

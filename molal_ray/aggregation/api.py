@@ -66,6 +66,15 @@ def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
         df = pd.read_parquet(data) if p.suffix == ".parquet" else pd.read_csv(data, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise AggregationError(f"gold: cannot read {loc}: {exc}") from None
+    return check_gold_frame(df, labels, str(loc), csv_lines=p.suffix != ".parquet")
+
+
+def check_gold_frame(df: pd.DataFrame, labels: list[str], source: str = "gold frame",
+                     csv_lines: bool = False) -> pd.DataFrame:
+    """Gold labels of a ``sample_id, label`` frame checked against the label set (labels match
+    case-insensitively): the frame with the class index ``y``, one row per sample. ``csv_lines``:
+    bad rows are named by their CSV line."""
+    loc = source
     missing = [c for c in ("sample_id", "label") if c not in df.columns]
     if missing:
         raise SchemaError(f"gold {loc}: missing columns {missing}; got {list(df.columns)}; "
@@ -78,8 +87,7 @@ def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
     bad = y.isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        line = i + 2 if p.suffix != ".parquet" else i
-        where = f"line {line}" if p.suffix != ".parquet" else f"row {line}"
+        where = f"line {i + 2}" if csv_lines else f"row {i}"
         raise AggregationError(f"gold {loc}: {int(bad.sum())} labels not in the label set (first at {where}: "
                                f"{df['label'].iloc[i]!r}); expected one of {labels}")
     df = df.assign(y=y.astype(int))

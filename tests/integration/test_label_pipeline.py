@@ -194,9 +194,15 @@ def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
     sure = (v.argmax(2) == v.argmax(2)[:, :1]).all(1) & (share >= 0.8).all(1)
     assert 0 < sure.sum() < 260 and (m.present[40:].sum(1) == np.where(sure, 2, 5)).all()
     assert summary.llm_calls_per_text == pytest.approx((40 * 5 + 260 * 2 + 3 * int((~sure).sum())) / 300, abs=1e-4)
-    # A resumed run keeps the ranking and asks nothing again.
-    again = run_label_job(LabelJobConfig.from_dict(data))
+    # A resumed run keeps the ranking and asks nothing again (through the public API, from a YAML file).
+    import yaml
+
+    import molal_ray
+
+    (tmp_path / "label.yaml").write_text(yaml.safe_dump(data))
+    again = molal_ray.label(tmp_path / "label.yaml")
     assert again.rows_written_this_run == 0 and read_cascade(tmp_path / "out") == plan
+    assert molal_ray.read_annotations(tmp_path / "out").num_rows == summary.table_rows
     # molal-ray aggregate reads the plan: the gold rows' later-stage answers are hidden where stage one settled.
     res = aggregate(read_table_any(str(tmp_path / "out")), load_gold(tmp_path / "gold.csv", TREC_LABELS), TREC_LABELS,
                     validate=False, cascade=plan)

@@ -1,0 +1,92 @@
+"""The public front: label a pool, read its annotation table, aggregate, run the loop.
+
+Each takes a config object or the path of its YAML file (relative paths in a file are taken
+from the file's folder), as the command line does::
+
+    import molal_ray
+
+    summary = molal_ray.label("examples/trec/label.yaml")             # the annotation table
+    table = molal_ray.read_annotations(summary.output)
+    result = molal_ray.aggregate(table, "examples/trec/gold-50.csv",
+                                 labels=["abbreviation", "entity", "description", "human", "location", "numeric"])
+    result.table.to_pandas().head()                                     # one label per sample
+    report = molal_ray.run("examples/trec/loop.yaml")                   # the active-learning loop
+
+Everything below these functions (engines, aggregators, strategies, Ray stages) is importable
+from its module for those who need more; these names are the ones kept stable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from molal_ray.aggregation.api import AggregationResult
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.config.loop import LoopJobConfig
+    from molal_ray.pipeline.label_job import LabelSummary
+
+PathLike = str | os.PathLike[str]
+
+
+def label_config(config: "LabelJobConfig | PathLike") -> "LabelJobConfig":
+    """A label job's config: the object itself, or loaded and validated from a YAML file."""
+    from molal_ray.config import LabelJobConfig
+
+    return config if isinstance(config, LabelJobConfig) else LabelJobConfig.from_file(config)
+
+
+def loop_config(config: "LoopJobConfig | PathLike") -> "LoopJobConfig":
+    """A loop's config: the object itself, or loaded and validated from a YAML file."""
+    from molal_ray.config.loop import LoopJobConfig
+
+    return config if isinstance(config, LoopJobConfig) else LoopJobConfig.from_file(config)
+
+
+def label(config: "LabelJobConfig | PathLike") -> "LabelSummary":
+    """``molal-ray label``: every text of the pool through every annotator into the annotation
+    table, exactly once (a rerun on the same output resumes)."""
+    from molal_ray.pipeline.label_job import run_label_job
+
+    return run_label_job(label_config(config))
+
+
+def read_annotations(path: PathLike, columns: list[str] | None = None) -> "pa.Table":
+    """The annotation table of a label output folder or a Parquet file (a path or a URI): one row
+    per (sample, annotator), see :mod:`molal_ray.schema`."""
+    from molal_ray.pipeline.output import read_annotation_table
+
+    return read_annotation_table(os.fspath(path), columns=columns)
+
+
+def aggregate(annotations: "pa.Table | PathLike", gold: "pd.DataFrame | PathLike", labels: list[str],
+              method: str = "default", **kwargs: Any) -> "AggregationResult":
+    """``molal-ray aggregate``: one label distribution per sample from the annotation table (a
+    table or where it is) and gold labels (a ``sample_id, label`` frame or CSV/Parquet file).
+    ``kwargs`` go to :func:`molal_ray.aggregation.api.aggregate` (``embeddings``, ``folds``,
+    ``validate``, ...)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from molal_ray.aggregation.api import aggregate as run_aggregate
+    from molal_ray.aggregation.api import load_gold
+
+    table = annotations if isinstance(annotations, pa.Table) else read_annotations(annotations)
+    if isinstance(gold, pd.DataFrame):
+        from molal_ray.aggregation.api import check_gold_frame
+
+        gold_df = check_gold_frame(gold, labels)
+    else:
+        gold_df = load_gold(gold, labels)
+    return run_aggregate(table, gold_df, labels, method, **kwargs)
+
+
+def run(config: "LoopJobConfig | PathLike", resume: bool = False) -> dict[str, Any]:
+    """``molal-ray run``: the active-learning loop; returns its report (``report.json``)."""
+    from molal_ray.loop.runner import run_loop
+
+    return run_loop(loop_config(config), resume=resume)
