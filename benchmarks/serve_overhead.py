@@ -14,6 +14,8 @@ preparation) and, separately, only its annotation phase.
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import asyncio
 import os
@@ -75,19 +77,19 @@ def main() -> None:
         task = with_examples(cfg.task, cfg.pool)
         eng = build_engine(AnnotatorConfig(name="smollm2", engine=engine_config(args.engine)), task)
 
-        async def raw() -> float:
-            await eng.start()
+        async def raw(engine: Any) -> float:
+            await engine.start()
             try:
                 ids, texts = pool["id"].tolist(), pool["text"].tolist()
                 t0 = time.perf_counter()
                 for i in range(0, len(texts), 32):
-                    await eng.annotate(ids[i:i + 32], texts[i:i + 32])
+                    await engine.annotate(ids[i:i + 32], texts[i:i + 32])
                 return time.perf_counter() - t0
             finally:
-                await eng.stop()
+                await engine.stop()
 
-        raw_s = asyncio.run(raw())
-        del eng
+        raw_s = asyncio.run(raw(eng))
+        del eng  # the model's memory back before the label job
 
         # (b) the label job: Ray Data + one Serve deployment + the table
         t0 = time.perf_counter()

@@ -52,6 +52,17 @@ def user_errors(*also: type[BaseException]) -> Callable[[F], F]:
     return wrap
 
 
+def _overridden(model: Any, config: str, overrides: dict[tuple[str, str], Any]) -> Any:
+    """The config of a YAML file with the command line's overrides (``(section, field): value``;
+    None: not given), validated once more as a whole, so that an override is checked like the
+    file's own fields."""
+    data = model.from_file(config).model_dump(mode="json")
+    for (section, field), value in overrides.items():
+        if value is not None:
+            data.setdefault(section, {})[field] = value
+    return model.from_dict(data, source=config)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level (Ray's and ours).")
 @click.pass_context
@@ -78,15 +89,10 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
     from molal_ray.pipeline.label_job import run_label_job, summary_lines
     from molal_ray.progress import LabelProgress
 
-    cfg = LabelJobConfig.from_file(config)
-    if output_path:
-        cfg.output.path = output_path
-    if overwrite:
-        cfg.output.mode = "overwrite"
-    if address:
-        cfg.ray.address = address
-    if ctx.obj.get("verbose"):
-        cfg.ray.log_to_driver = True
+    cfg = _overridden(LabelJobConfig, config, {("output", "path"): output_path,
+                                                ("output", "mode"): "overwrite" if overwrite else None,
+                                                ("ray", "address"): address,
+                                                ("ray", "log_to_driver"): True if ctx.obj.get("verbose") else None})
     with LabelProgress() as progress:
         summary = run_label_job(cfg, progress=progress)
     click.echo("\n".join(summary_lines(summary)))
@@ -209,26 +215,19 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
     from molal_ray.loop.runner import LOG_FILE, run_loop
     from molal_ray.progress import LoopProgress
 
-    try:
-        cfg = LoopJobConfig.from_file(config)
-        data = cfg.model_dump(mode="json")
-        for key, value in (("strategy", strategy), ("annotation", annotation), ("rounds", rounds), ("seed", seed)):
-            if value is not None:
-                data["loop"][key] = value
-        if output_path:
-            data["output"]["path"] = output_path
-        if overwrite:
-            data["output"]["mode"] = "overwrite"
-        verbose = bool(ctx.obj.get("verbose"))
-        if verbose:
-            data["ray"]["log_to_driver"] = True
-        cfg = LoopJobConfig.from_dict(data, source=config)
-        from molal_ray.storage import resolve
+    verbose = bool(ctx.obj.get("verbose"))
+    cfg = _overridden(LoopJobConfig, config, {("loop", "strategy"): strategy, ("loop", "annotation"): annotation,
+                                              ("loop", "rounds"): rounds, ("loop", "seed"): seed,
+                                              ("output", "path"): output_path,
+                                              ("output", "mode"): "overwrite" if overwrite else None,
+                                              ("ray", "log_to_driver"): True if verbose else None})
+    from molal_ray.storage import resolve
 
-        out = resolve(cfg.output.path, field="output.path")
-        log_path = out.join(LOG_FILE).path if out.is_local else None
-        if not verbose:
-            drop_forwarded_lines()  # also after the run: Ray flushes its repeated warnings at exit
+    out = resolve(cfg.output.path, field="output.path")
+    log_path = out.join(LOG_FILE).path if out.is_local else None
+    if not verbose:
+        drop_forwarded_lines()  # also after the run: Ray flushes its repeated warnings at exit
+    try:
         with log_file(log_path, verbose) as sink, LoopProgress(cfg.loop.rounds) as progress, \
                 forwarded_lines_to(sink, enabled=not verbose):
             run_loop(cfg, resume=resume, on_round=progress.round_done, on_phase=progress.phase)

@@ -22,7 +22,7 @@ from molal_ray.config import ReplayEngineConfig
 from molal_ray.engines.base import Engine
 from molal_ray.engines.recording import iter_recording
 from molal_ray.exceptions import AnnotatorError
-from molal_ray.pipeline.prepare import hash_ids
+from molal_ray.ids import hash_ids
 
 
 class ReplayEngine(Engine):

@@ -76,14 +76,15 @@ INPUT_COLUMNS = (schema.SAMPLE_ID, schema.TEXT, schema.POOL_ERROR, schema.POOL_W
 def stage_batch(keys: np.ndarray, ids: list[str], texts: list[str]) -> pa.Table:
     """The input of an :class:`AnnotateStage` called directly on usable prepared-pool rows
     (``keys``, their ids and texts): the light calls of the loop and of the cascade's ranking."""
-    from molal_ray.pipeline.prepare import ROW_BITS, hash_ids
+    from molal_ray.ids import hash_ids
+    from molal_ray.pipeline.prepare import split_row_keys
 
     n = len(ids)
     keys = np.asarray(keys, dtype=np.int64)
     return pa.table({schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.TEXT: pa.array(texts, pa.string()),
                      schema.POOL_ERROR: pa.nulls(n, pa.string()), schema.POOL_WARNING: pa.nulls(n, pa.string()),
                      ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
-                     BUCKET: pa.array((keys >> np.int64(ROW_BITS)).astype(np.int32))})
+                     BUCKET: pa.array(split_row_keys(keys)[0].astype(np.int32))})
 
 
 class AnnotateStage:

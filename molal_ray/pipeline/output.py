@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from molal_ray import schema
 from molal_ray.exceptions import ConfigError, SchemaError, one_line
-from molal_ray.pipeline.prepare import hash_ids
+from molal_ray.ids import hash_ids
 from molal_ray.storage import Location, resolve
 
 MANIFEST = "manifest.json"

@@ -39,7 +39,16 @@ from molal_ray import schema
 from molal_ray.config import PoolConfig
 from molal_ray.exceptions import ConfigError, SchemaError
 from molal_ray.pipeline.pool import EXTENSIONS, detect_format
-from molal_ray.pipeline.prepare import ID_HASH, PREPARED_SCHEMA, ROW, ROW_BITS, bucket_of, prepare_batch, split_bucket
+from molal_ray.pipeline.prepare import (
+    ID_HASH,
+    PREPARED_SCHEMA,
+    ROW,
+    bucket_of,
+    prepare_batch,
+    row_keys,
+    split_bucket,
+    split_row_keys,
+)
 from molal_ray.storage import Location, is_uri, resolve
 
 logger = logging.getLogger("molal_ray.pipeline")
@@ -249,13 +258,12 @@ class PreparedPool:
         if dense.size and (dense.min() < 0 or dense.max() >= self.n_usable):
             raise SchemaError(f"prepared pool: row numbers outside 0..{self.n_usable - 1}")
         b = np.searchsorted(self.offsets, dense, side="right") - 1
-        return (b.astype(np.int64) << np.int64(ROW_BITS)) + (dense - self.offsets[b])
+        return row_keys(b, dense - self.offsets[b])
 
     def dense_of(self, keys: np.ndarray) -> np.ndarray:
         """Dense row numbers of row keys."""
-        keys = np.asarray(keys, dtype=np.int64)
-        b = keys >> np.int64(ROW_BITS)
-        return self.offsets[b] + (keys & np.int64((1 << ROW_BITS) - 1))
+        b, pos = split_row_keys(keys)
+        return self.offsets[b] + pos
 
     def files(self, kind: str = "bucket") -> list[Location]:
         """The bucket files of one kind that hold rows (``bucket`` usable, ``flagged``)."""
@@ -270,8 +278,7 @@ class PreparedPool:
         cols = list(dict.fromkeys([ROW, *columns]))
         if keys.size == 0:
             return USABLE_SCHEMA.empty_table().select(cols)
-        bucket = keys >> np.int64(ROW_BITS)
-        pos = keys & np.int64((1 << ROW_BITS) - 1)
+        bucket, pos = split_row_keys(keys)
         bad = (bucket >= self.manifest.buckets) | (pos >= np.asarray(self.manifest.usable + [0])[np.minimum(
             bucket, self.manifest.buckets)])
         if bad.any():
@@ -285,7 +292,7 @@ class PreparedPool:
                 starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
                 groups = np.unique(np.searchsorted(starts, p, side="right") - 1)
                 t = pf.read_row_groups(groups.tolist(), columns=cols)
-            parts.append(t.take(pa.array(np.searchsorted(t.column(ROW).to_numpy(), (int(b) << ROW_BITS) + p))))
+            parts.append(t.take(pa.array(np.searchsorted(t.column(ROW).to_numpy(), row_keys(int(b), p)))))
         table = pa.concat_tables(parts)  # keys ascending: buckets in order, positions in order
         return table.take(pa.array(np.searchsorted(table.column(ROW).to_numpy(), keys)))
 
@@ -296,7 +303,7 @@ class PreparedPool:
         items: list[dict[str, Any]] = []
         if keys is not None:  # a few rows of many row groups: several row groups per read task
             keys = np.unique(np.asarray(keys, dtype=np.int64))
-            bucket, pos = keys >> np.int64(ROW_BITS), keys & np.int64((1 << ROW_BITS) - 1)
+            bucket, pos = split_row_keys(keys)
             for b in np.unique(bucket):
                 p = pos[bucket == b]
                 groups = np.unique(p // ROW_GROUP_ROWS)
@@ -337,7 +344,7 @@ class PreparedPool:
     def find(self, ids: Sequence[str]) -> pa.Table:
         """``_row, sample_id`` of the usable rows among ``ids`` (each id is looked for in its
         own bucket only)."""
-        from molal_ray.pipeline.prepare import hash_ids
+        from molal_ray.ids import hash_ids
 
         ids = list(dict.fromkeys(ids))
         if not ids:

@@ -6,14 +6,13 @@ Pure functions on Arrow tables (run inside Ray Data ``map_batches``, testable wi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from molal_ray import schema
+from molal_ray.ids import hash_ids
 from molal_ray.pipeline.pool import RAW_ID, RAW_TEXT, READ_ERROR, SOURCE
 
 ID_HASH = "_id_hash"
@@ -22,14 +21,6 @@ PREPARED_SCHEMA = pa.schema([
     (schema.SAMPLE_ID, pa.string()), (schema.TEXT, pa.string()), (schema.POOL_ERROR, pa.string()),
     (schema.POOL_WARNING, pa.string()), (SOURCE, pa.string()), (ID_HASH, pa.uint64()),
 ])
-
-
-def hash_ids(ids: Iterable[str]) -> np.ndarray:
-    """Stable 64-bit hashes of sample ids (same value in every process and run)."""
-    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=object)
-    if arr.size == 0:
-        return np.zeros(0, dtype=np.uint64)
-    return pd.util.hash_array(arr, categorize=False)
 
 
 def _decode(raw: bytes | None) -> tuple[str | None, bool]:
@@ -133,6 +124,18 @@ def bucket_of(hashes: np.ndarray, buckets: int) -> np.ndarray:
 
 ROW_BITS = 40
 """A usable row's key is ``bucket << ROW_BITS | position in the bucket``."""
+_POSITION_MASK = np.int64((1 << ROW_BITS) - 1)
+
+
+def row_keys(buckets: np.ndarray | int, positions: np.ndarray | int) -> np.ndarray:
+    """Row keys of (bucket, position in the bucket) pairs."""
+    return (np.asarray(buckets, np.int64) << np.int64(ROW_BITS)) + np.asarray(positions, np.int64)
+
+
+def split_row_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket, position in the bucket) of each row key."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return keys >> np.int64(ROW_BITS), keys & _POSITION_MASK
 
 
 def split_bucket(rows: pa.Table, bucket: int) -> tuple[pa.Table, pa.Table]:
@@ -141,7 +144,7 @@ def split_bucket(rows: pa.Table, bucket: int) -> tuple[pa.Table, pa.Table]:
     rows = resolve_duplicates(rows)
     ok = pc.is_null(rows.column(schema.POOL_ERROR))
     usable = rows.filter(ok).sort_by([(schema.SAMPLE_ID, "ascending")])
-    keys = (np.int64(bucket) << np.int64(ROW_BITS)) + np.arange(usable.num_rows, dtype=np.int64)
+    keys = row_keys(bucket, np.arange(usable.num_rows, dtype=np.int64))
     usable = usable.append_column(ROW, pa.array(keys, pa.int64()))
     flagged = rows.filter(pc.invert(ok)).sort_by([(schema.SAMPLE_ID, "ascending")])
     return usable, flagged

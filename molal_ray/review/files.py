@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import numpy as np
 
 from molal_ray.exceptions import ReviewError
 

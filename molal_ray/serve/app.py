@@ -14,7 +14,7 @@ from ray.serve import Application, Deployment
 
 from molal_ray.config import AnnotatorAppConfig, AnnotatorConfig
 from molal_ray.engines.base import Engine
-from molal_ray.serve.control import INGRESS_NAME
+from molal_ray.serve import INGRESS_NAME
 from molal_ray.serve.deployment import AnnotatorDeployment, AnnotatorsIngress
 
 HEALTH_CHECK_PERIOD_S = 10.0

@@ -22,12 +22,12 @@ from typing import Any
 from molal_ray.config import AnnotatorAppConfig
 from molal_ray.engines.base import Engine
 from molal_ray.exceptions import AnnotatorError, ConfigError
+from molal_ray.serve import INGRESS_NAME
 from molal_ray.serve.fingerprint import differences, fingerprint
 
 logger = logging.getLogger("molal_ray.serve")
 
 BUILDER = "molal_ray.serve.app:build_app"
-INGRESS_NAME = "AnnotatorsIngress"
 
 
 def _client():

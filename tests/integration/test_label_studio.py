@@ -5,8 +5,6 @@ a loop whose rounds wait on it, with the server stopped while it waits."""
 from __future__ import annotations
 
 import csv
-import threading
-import time
 
 import pandas as pd
 import pyarrow.parquet as pq

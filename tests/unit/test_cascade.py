@@ -21,7 +21,8 @@ from molal_ray.exceptions import ConfigError
 from molal_ray.pipeline.annotate_stage import AnnotateStage
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
 from molal_ray.pipeline.pool_store import BUCKET
-from molal_ray.pipeline.prepare import ID_HASH, hash_ids
+from molal_ray.ids import hash_ids
+from molal_ray.pipeline.prepare import ID_HASH
 from molal_ray.serve.deployment import pack_annotations
 from molal_ray.storage import resolve
 from tests.conftest import TREC, TREC_ANNOTATORS, TREC_LABELS

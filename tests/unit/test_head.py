@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from molal_ray.config import PoolConfig
 from molal_ray.config.training import ClassifierConfig
 from molal_ray.exceptions import ConfigError
 from molal_ray.training.head import HeadPredictor, fit_head, is_head, save_head

@@ -19,7 +19,7 @@ from molal_ray.pipeline.output import (
     table_files,
     write_part,
 )
-from molal_ray.pipeline.prepare import hash_ids
+from molal_ray.ids import hash_ids
 from molal_ray.storage import resolve
 
 

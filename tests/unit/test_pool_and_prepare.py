@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from molal_ray import schema
 from molal_ray.config import PoolConfig
 from molal_ray.exceptions import ConfigError
 from molal_ray.pipeline.pool import _read_csv, _read_jsonl, _read_parquet, detect_format
-from molal_ray.pipeline.prepare import PREPARED_SCHEMA, hash_ids, prepare_batch, resolve_duplicates
+from molal_ray.ids import hash_ids
+from molal_ray.pipeline.prepare import PREPARED_SCHEMA, prepare_batch, resolve_duplicates
 
 
 def _prepared(tables, max_chars=50):
