@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -85,6 +86,20 @@ class PoolGeometry(Protocol):
     def dense_of(self, keys: np.ndarray) -> np.ndarray: ...
 
 
+class Stream(IntEnum):
+    """The loop's random streams. Each draw is seeded by ``[seed, round, stream]`` (the split's
+    by ``[seed, stream]``), so a resumed round draws what an uninterrupted one did and no two
+    purposes share numbers."""
+
+    INITIAL_GOLD = 0  # round 0's gold rows (with the seed only)
+    CANDIDATES = 1  # the rows a sub-sampling strategy scores
+    PICKS = 2  # the strategy's choice; its first number is the tie-break key, so that a per-row
+    #            strategy's block-wise top n (while scoring, Ray Data) equals choosing over all rows
+    VALIDATION = 3  # the labelled rows held out for early stopping
+    ROUTING = 4  # routing 'random': the queried rows that go to people
+    TEST_SPLIT = 7  # the gold rows held out as the test split (with the seed only)
+
+
 @dataclass
 class Split:
     """Gold labels as the loop uses them: the held-out test rows (keys sorted, with their
@@ -107,7 +122,7 @@ class Split:
         n_test = int(round(len(ids) * test_fraction))
         if test_max:
             n_test = min(n_test, test_max)
-        rng = np.random.default_rng([seed, 7])
+        rng = np.random.default_rng([seed, Stream.TEST_SPLIT])
         pick = np.sort(rng.choice(len(ids), n_test, replace=False)) if n_test else np.zeros(0, np.int64)
         is_test = np.zeros(len(ids), bool)
         is_test[pick] = True
@@ -124,7 +139,20 @@ class Split:
         if len(ids) < n:
             raise SchemaError(f"initial gold: {len(ids)} pool rows have gold labels outside the test split; "
                               f"{n} requested")
-        return [ids[i] for i in np.random.default_rng([seed, 0]).choice(len(ids), n, replace=False)]
+        return [ids[i] for i in np.random.default_rng([seed, Stream.INITIAL_GOLD]).choice(len(ids), n, replace=False)]
+
+
+def labels_info(annotation_accuracy: float | None = None, llm_label_accuracy: float | None = None, n_human: int = 0,
+                n_down_weighted: int = 0, n_relabelled: int = 0, text_view_rows: int = 0,
+                people_agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a round's metrics say of the labels it received (every round has every key;
+    ``loop/report.py`` reads them): their accuracy on gold rows (all, and those from the LLMs),
+    how many came from people, how many the discrepancy rule down-weighted, how many earlier labels
+    ``relabel`` changed, the rows the aggregator's text view fitted on, and people's agreement
+    with the mixture and each LLM."""
+    return {"annotation_accuracy": annotation_accuracy, "llm_label_accuracy": llm_label_accuracy, "n_human": n_human,
+            "n_down_weighted": n_down_weighted, "n_relabelled": n_relabelled, "text_view_rows": text_view_rows,
+            "people_agreement": people_agreement}
 
 
 class PhaseClock:
@@ -197,8 +225,8 @@ class Coordinator:
     def num_classes(self) -> int:
         return len(self.state.labels)
 
-    def rng(self, purpose: int, round_: int) -> np.random.Generator:
-        return np.random.default_rng([self.state.seed, round_, purpose])
+    def rng(self, stream: Stream, round_: int) -> np.random.Generator:
+        return np.random.default_rng([self.state.seed, round_, int(stream)])
 
     def phase(self) -> str | None:
         return self.waiting or self.clock.current
@@ -250,14 +278,14 @@ class Coordinator:
         """Run the next round; returns its metrics (also appended to the history and saved)."""
         r = self.state.round
         self.clock = clock = PhaseClock()
-        info: dict[str, Any] = {"annotation_accuracy": None, "n_human": 0}
+        info = labels_info()  # round 0: people's labels only
         # The round's LLM calls: the pairs the table holds for its rows, counted from the table, so
         # that a round resumed after a kill also counts the calls made before it.
         llm_calls = 0
         if r == 0:
             rows = self.initial_gold()
             self.state.add(rows)
-            info["n_human"] = len(rows)
+            info = labels_info(n_human=len(rows))
             if self.annotates:
                 with clock("annotate"):
                     if self.cascade is not None and self.cascade.order == "gold":
@@ -284,11 +312,7 @@ class Coordinator:
             scored = self.services.score(res.model_dir, self._with_test(nxt))
             self._scored = (r + 1, nxt, scored) if nxt is not None else None
         metrics = {"round": r, "n_labeled": len(self.state.labeled), **evaluate(scored, self.split),
-                   "annotation_accuracy": info.get("annotation_accuracy"),
-                   "llm_label_accuracy": info.get("llm_label_accuracy"), "n_human": info.get("n_human", 0),
-                   "llm_calls": llm_calls, "n_relabelled": info.get("n_relabelled", 0),
-                   "text_view_rows": info.get("text_view_rows", 0), "people_agreement": info.get("people_agreement"),
-                   "val_accuracy": res.val_accuracy,
+                   **info, "llm_calls": llm_calls, "val_accuracy": res.val_accuracy,
                    "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
                    "elapsed_s": round(time.monotonic() - self.t0, 1), "phase_s": clock.seconds}
         self.finish_round(metrics)
@@ -311,7 +335,7 @@ class Coordinator:
         n = min(self.s.query_size, self.pool.n_usable - exclude.size)
         if n <= 0:
             raise PoolExhaustedError(self.pool.n_usable - exclude.size, self.s.query_size)
-        rng = self.rng(1, round_)
+        rng = self.rng(Stream.CANDIDATES, round_)
         dense: np.ndarray | None
         if self.base.model_free:  # only the rows it will query, for the discrepancy weights
             dense = draw_rows(self.pool.n_usable, n, exclude, rng)
@@ -325,7 +349,7 @@ class Coordinator:
             labeled=self.state.label_rows() if "embeddings" in needs else np.zeros(0, np.int64),
             exclude=np.sort(self.pool.keys_of(exclude)) if dense is None else np.zeros(0, np.int64),
             strategy=self.s.strategy, needs=needs, top_n=n if per_row else None,
-            tiebreak_key=int(self.rng(2, round_).integers(2**63)) if per_row else 0,
+            tiebreak_key=int(self.rng(Stream.PICKS, round_).integers(2**63)) if per_row else 0,
             noise_copies=self.s.noise_copies, noise_scale=self.s.noise_scale, seed=self.state.seed)
 
     def _with_test(self, req: ScoreRequest | None) -> ScoreRequest:
@@ -361,7 +385,7 @@ class Coordinator:
             view = result.view(self.s.noise_copies)
             if self.s.labelable_weight:
                 view.label_confidence = self.label_confidence(result.candidates.sort_by(ROW).column(ROW).to_numpy())
-            picks = self.strategy.select(view, min(self.s.query_size, len(view)), self.rng(2, r))
+            picks = self.strategy.select(view, min(self.s.query_size, len(view)), self.rng(Stream.PICKS, r))
             pos = {sid: i for i, sid in enumerate(cand.column(schema.SAMPLE_ID).to_pylist())}
             cand = cand.take(pa.array([pos[sid] for sid in picks.tolist()], pa.int64()))
         prev = dict(zip(cand.column(schema.SAMPLE_ID).to_pylist(), cand.column("pred").to_pylist()))
@@ -425,10 +449,9 @@ class Coordinator:
             known = [(lab, self.split.gold[i]) for lab, i, keep in zip(labels, ids, mask) if keep and i in self.split.gold]
             return float(np.mean([a == t for a, t in known])) if known else None
 
-        return {"annotation_accuracy": accuracy(np.ones(len(ids), bool)), "llm_label_accuracy": accuracy(~human),
-                "n_human": int(human.sum()), "n_down_weighted": int((weights < 1).sum()),
-                "n_relabelled": relabelled, "text_view_rows": self.text_view_rows if mode == "molal" else 0,
-                "people_agreement": agreed}
+        return labels_info(annotation_accuracy=accuracy(np.ones(len(ids), bool)), llm_label_accuracy=accuracy(~human),
+                           n_human=int(human.sum()), n_down_weighted=int((weights < 1).sum()), n_relabelled=relabelled,
+                           text_view_rows=self.text_view_rows if mode == "molal" else 0, people_agreement=agreed)
 
     def relabel(self, rows: list[LabeledRow], probs: np.ndarray) -> int:
         """``loop.relabel``: earlier aggregator-labelled ``rows`` take this round's distributions
@@ -447,7 +470,7 @@ class Coordinator:
     def route(self, probs: np.ndarray, ids: list[str], m: Any, n: int) -> np.ndarray:
         """Positions of the queried rows that go to people: the ``n`` least certain by the rule."""
         if self.s.routing == "random":
-            return np.sort(self.rng(4, self.state.round).choice(len(ids), n, replace=False))
+            return np.sort(self.rng(Stream.ROUTING, self.state.round).choice(len(ids), n, replace=False))
         votes = None
         if self.s.routing == "disagreement" and m is not None:
             at = {s: i for i, s in enumerate(m.sample_ids)}
@@ -511,7 +534,7 @@ class Coordinator:
 
     def train(self, r: int) -> tuple[TrainResult, float]:
         rows = self.state.labeled
-        order = np.random.default_rng([self.state.seed, r, 3]).permutation(len(rows))
+        order = self.rng(Stream.VALIDATION, r).permutation(len(rows))
         n_val = max(1, int(round(len(rows) * self.s.val_fraction)))
         neg = np.zeros((len(rows), self.num_classes), np.float32)
         for i, x in enumerate(rows):

@@ -17,8 +17,8 @@ import numpy as np
 from molal_ray.storage import Location, resolve
 
 KEYS = ("round", "n_labeled", "test_accuracy", "test_micro_f1", "test_macro_f1", "annotation_accuracy",
-        "llm_label_accuracy", "n_human", "people_agreement", "llm_calls", "n_relabelled", "text_view_rows",
-        "val_accuracy", "elapsed_s", "phase_s")
+        "llm_label_accuracy", "n_human", "people_agreement", "llm_calls", "n_down_weighted", "n_relabelled",
+        "text_view_rows", "val_accuracy", "elapsed_s", "phase_s")
 PHASES = ("query", "annotate", "aggregate", "train", "score")
 
 

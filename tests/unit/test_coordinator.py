@@ -260,34 +260,40 @@ def test_a_head_loop_aggregates_with_the_texts_a_finetune_loop_without(trec, tmp
 
 
 def test_labelable_weighing_queries_where_the_llms_agreed_on_similar_texts(trec, tmp_path, monkeypatch):
-    """labelable_weight: the candidates' expected agreement comes from the annotated rows'
-    embeddings; the queries lean to where the LLMs agree, against plain max-entropy's."""
+    """labelable_weight: each candidate's expected agreement comes from the annotated rows'
+    embeddings; the queries lean to where it is high, against plain max-entropy's on the same
+    candidates."""
+    from molal_ray.loop.coordinator import Coordinator
     from molal_ray.strategies import labelable
     from molal_ray.testing.synthetic import synthetic_embeddings
 
     table, gold = trec
     classes = np.array([gold.get(i, 0) for i in table.column(schema.SAMPLE_ID).to_pylist()])
-    seen = []
-    real = labelable.expected_agreement
+    inputs, expected = [], {}
+    real_agreement, real_confidence = labelable.expected_agreement, Coordinator.label_confidence
 
-    def recording(candidates, annotated, agreement, **kw):  # type: ignore[no-untyped-def]
-        seen.append((len(candidates), len(annotated), agreement))
-        return real(candidates, annotated, agreement, **kw)
+    def recording_agreement(candidates, annotated, agreement, **kw):  # type: ignore[no-untyped-def]
+        inputs.append((len(candidates), len(annotated), agreement))
+        return real_agreement(candidates, annotated, agreement, **kw)
 
-    monkeypatch.setattr(labelable, "expected_agreement", recording)
+    def recording_confidence(self, keys):  # type: ignore[no-untyped-def]
+        conf = real_confidence(self, keys)
+        expected.update(zip(np.asarray(keys).tolist(), conf.tolist()))
+        return conf
+
+    monkeypatch.setattr(labelable, "expected_agreement", recording_agreement)
+    monkeypatch.setattr(Coordinator, "label_confidence", recording_confidence)
     picked = {}
-    for w in (0.0, 4.0):
+    for w in (4.0, 0.0):
         coord, services = _coordinator(trec, tmp_path / str(w), rounds=1, query_size=15, labelable_weight=w)
         services.embeddings = synthetic_embeddings(classes, dim=16, noise=0.3)
         _run(coord)
-        picked[w] = {x.sample_id for x in coord.state.labeled[20:]}
-        m = coord.matrix(services.annotations())
-        share = dict(zip(m.sample_ids.tolist(), labelable.agreement_shares(m.votes)))
-        picked[w] = [share[i] for i in picked[w]]  # the LLMs' agreement on each query
-    assert len(seen) == 1  # weighed once: the round with labelable_weight
-    n_cand, n_annotated, agreement = seen[0]
+        picked[w] = [x.row for x in coord.state.labeled[20:]]
+    assert len(inputs) == 1  # weighed once: the loop with labelable_weight
+    n_cand, n_annotated, agreement = inputs[0]
     assert n_cand == 100 and n_annotated == 20 and np.isfinite(agreement).all()  # subsample; round 0's gold rows
-    assert np.mean(picked[4.0]) > np.mean(picked[0.0])
+    assert set(picked[0.0]) <= set(expected) and set(picked[4.0]) <= set(expected)  # the same 100 candidates
+    assert np.mean([expected[k] for k in picked[4.0]]) > np.mean([expected[k] for k in picked[0.0]]) + 0.02
 
 
 @pytest.mark.parametrize("strategy", ["random", "coreset", "bemps", "noise-stability"])
