@@ -17,7 +17,8 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from molal_ray.config import AnnotatorAppConfig
 from molal_ray.engines.base import Engine
@@ -31,9 +32,26 @@ BUILDER = "molal_ray.serve.app:build_app"
 
 
 def _client():
+    """Serve's controller client. Private to Serve, but the only way to apply declarative
+    applications (what `serve deploy` sends through the dashboard) without a dashboard, and to
+    read their declared config back (scale changes one deployment of it in place)."""
     from ray.serve.context import _get_global_client
 
     return _get_global_client()
+
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T | None], timeout_s: float, every_s: float = 0.5) -> T | None:
+    """``check()`` every ``every_s`` seconds until it returns something other than None (that
+    value) or ``timeout_s`` passed (None); it is always called at least once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got is not None or time.monotonic() > deadline:
+            return got
+        time.sleep(every_s)
 
 
 def app_details(app_name: str) -> dict[str, Any] | None:
@@ -64,21 +82,21 @@ def replica_error(message: str | None) -> str | None:
 def _wait_running(app_name: str, timeout_s: float) -> None:
     from ray import serve
 
-    deadline = time.monotonic() + timeout_s
-    while True:
+    state = ["absent"]
+
+    def running() -> bool | None:
         app = serve.status().applications.get(app_name)
-        state = str(app.status) if app is not None else "absent"
-        if app is not None and app.status == "RUNNING":
-            return
+        state[0] = str(app.status) if app is not None else "absent"
         if app is not None and app.status == "DEPLOY_FAILED":
             causes = [f"annotator {name!r} could not start: {cause}" for name, d in app.deployments.items()
                       if (cause := replica_error(d.message))]
             raise AnnotatorError(f"annotator application {app_name!r} failed to deploy: "
                                  + ("; ".join(causes) if causes else app.message))
-        if time.monotonic() > deadline:
-            raise AnnotatorError(f"annotator application {app_name!r} is not running after {timeout_s:.0f}s "
-                                 f"(status {state})")
-        time.sleep(0.5)
+        return True if app is not None and app.status == "RUNNING" else None
+
+    if poll(running, timeout_s) is None:
+        raise AnnotatorError(f"annotator application {app_name!r} is not running after {timeout_s:.0f}s "
+                             f"(status {state[0]})")
 
 
 def running_annotators(app_name: str, timeout_s: float = 600.0) -> dict[str, dict[str, Any]] | None:
@@ -158,9 +176,7 @@ def delete(app_name: str) -> None:
     declared = _declared_apps()
     if app_name in declared:  # keep the other declarative applications as they are
         _apply([a for n, a in declared.items() if n != app_name])
-        deadline = time.monotonic() + 120
-        while app_name in serve.status().applications and time.monotonic() < deadline:
-            time.sleep(0.5)
+        poll(lambda: True if app_name not in serve.status().applications else None, 120)
     else:
         serve.delete(app_name)
     from molal_ray.serve.stats import stats_actor
@@ -245,12 +261,15 @@ def scale(app_name: str, annotator: str, *, replicas: int | None = None, min_rep
     _apply(list(declared.values()))
     if not wait_s or replicas is None:
         return 0.0
-    deadline = t0 + wait_s
-    while time.monotonic() < deadline:
+
+    def reached() -> float | None:
         dep = app_details(app_name)["deployments"][annotator]  # type: ignore[index]
         running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
-        if dep.get("target_num_replicas") == replicas and running == replicas and \
-                str(dep.get("status")) in ("HEALTHY", "DeploymentStatus.HEALTHY"):
-            return time.monotonic() - t0
-        time.sleep(0.2)
+        done = dep.get("target_num_replicas") == replicas and running == replicas and \
+            str(dep.get("status")) in ("HEALTHY", "DeploymentStatus.HEALTHY")
+        return time.monotonic() - t0 if done else None
+
+    seconds = poll(reached, wait_s - (time.monotonic() - t0), every_s=0.2)
+    if seconds is not None:
+        return seconds
     raise AnnotatorError(f"scale: {annotator!r} did not reach {replicas} running replicas in {wait_s:.0f}s")

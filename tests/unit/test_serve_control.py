@@ -75,3 +75,13 @@ def test_a_replicas_own_error_is_read_from_serves_status_message():
                "molal_ray.exceptions.AnnotatorError: replay engine ghost: recording not found: gone.parquet\n")
     assert replica_error(message) == "AnnotatorError: replay engine ghost: recording not found: gone.parquet"
     assert replica_error("Deploying: waiting for replicas") is None and replica_error(None) is None
+
+
+def test_poll_returns_the_first_answer_or_none_when_the_time_runs_out():
+    from molal_ray.serve.control import poll
+
+    answers = iter([None, None, 3])
+    assert poll(lambda: next(answers), timeout_s=5, every_s=0.01) == 3
+    calls = []
+    assert poll(lambda: calls.append(1), timeout_s=0.05, every_s=0.01) is None and len(calls) >= 2
+    assert poll(lambda: 0.0, timeout_s=0) == 0.0  # a falsy answer is still an answer
