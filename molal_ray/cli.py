@@ -453,11 +453,9 @@ def review_push(aggregated: str, labels_spec: str, texts_from: str, n: int | Non
     labels = load_labels(labels_spec)
     items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
     backend = _label_studio(url, project, token_env, labels)
-    before = len(backend.client.tasks(int(backend.project()["id"])))
     where = backend.push(batch, items)
-    after = len(backend.client.tasks(int(backend.project()["id"])))
     backend.close()
-    click.echo(f"{after - before} new tasks ({len(items) - (after - before)} already there) in {where}")
+    click.echo(f"{backend.imported} new tasks ({len(items) - backend.imported} already there) in {where}")
 
 
 @review.command("pull")

@@ -192,6 +192,7 @@ class LabelStudioReview:
         self.client = client
         self._project: dict[str, Any] | None = None
         self.where = cfg.url
+        self.imported = 0  # tasks the last push created
 
     def project(self) -> dict[str, Any]:
         if self._project is None:
@@ -207,6 +208,7 @@ class LabelStudioReview:
         new = [it for it in items if it.sample_id not in have]
         if new:
             self.client.import_tasks(int(project["id"]), labelstudio_tasks(new, batch=name))
+        self.imported = len(new)
         return self.where
 
     def pull(self, name: str, ids: Sequence[str]) -> ReviewProgress:
