@@ -4,7 +4,7 @@ accuracy, against all five annotators on every text.
 For each seed, 50 gold labels are drawn; as the label job does with ``cascade.order: gold``,
 every annotator labels those 50 rows, the stages (``--first`` annotators, then the others) are
 filled by accuracy on them, and every other row goes through the stages with the job's rule
-(``molal_ray/annotation/cascade.py``: the stage-one annotators agree and each gives its label at
+(``molal_ray/aggregation/cascade.py``: the stage-one annotators agree and each gives its label at
 least ``--min-share`` of its votes, or the row goes on). Annotators not asked are absent from the
 matrix, as in the table the job writes; the gold rows are then seen as the cascade would have
 left them (``cascade_view``, what ``molal-ray aggregate`` and the loop do) or, with
@@ -30,7 +30,7 @@ from aggregation_quality import LABELS, trec_matrix  # noqa: E402
 
 from molal_ray.aggregation import Gold, get_aggregator  # noqa: E402
 from molal_ray.aggregation.features import AnnotationMatrix  # noqa: E402
-from molal_ray.annotation.cascade import cascade_view, order_by_accuracy, stage_reached  # noqa: E402
+from molal_ray.aggregation.cascade import cascade_view, order_by_accuracy, stage_reached  # noqa: E402
 
 
 def cascaded(m: AnnotationMatrix, stages: list[list[str]], min_share: float, gold_idx: np.ndarray,

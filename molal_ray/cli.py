@@ -212,7 +212,8 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
     """Run the active-learning loop: query, annotate with the LLMs, aggregate, train, evaluate."""
     from molal_ray.config.loop import LoopJobConfig
     from molal_ray.console import drop_forwarded_lines, forwarded_lines_to, log_file
-    from molal_ray.loop.runner import LOG_FILE, run_loop
+    from molal_ray.layout import LoopLayout
+    from molal_ray.loop.runner import run_loop
     from molal_ray.progress import LoopProgress
 
     verbose = bool(ctx.obj.get("verbose"))
@@ -221,10 +222,8 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
                                               ("output", "path"): output_path,
                                               ("output", "mode"): "overwrite" if overwrite else None,
                                               ("ray", "log_to_driver"): True if verbose else None})
-    from molal_ray.storage import resolve
-
-    out = resolve(cfg.output.path, field="output.path")
-    log_path = out.join(LOG_FILE).path if out.is_local else None
+    out = LoopLayout.at(cfg.output.path)
+    log_path = out.log.path if out.root.is_local else None
     if not verbose:
         drop_forwarded_lines()  # also after the run: Ray flushes its repeated warnings at exit
     try:
@@ -235,8 +234,8 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
         click.echo(f"paused: {exc}")
         sys.exit(3)
     where = cfg.output.path
-    click.echo(f"report: {where}/report.html (figures), report.json, summary.md"
-               + (f"; log: {where}/{LOG_FILE}" if log_path else ""))
+    click.echo(f"report: {where}/{out.REPORT_HTML} (figures), {out.REPORT_JSON}, {out.SUMMARY_MD}"
+               + (f"; log: {where}/{out.LOG}" if log_path else ""))
 
 
 @main.group()
@@ -504,7 +503,9 @@ def review_import(review_file: str, loop_out: str | None, round_: int | None, la
     import csv as csv_mod
 
     from molal_ray.aggregation.api import load_labels
+    from molal_ray.layout import LoopLayout
     from molal_ray.review import gold_csv, read_review
+    from molal_ray.review.backend import FileReview, batch_name
     from molal_ray.storage import resolve
 
     if loop_out is not None:
@@ -512,14 +513,16 @@ def review_import(review_file: str, loop_out: str | None, round_: int | None, la
 
         if round_ is None:
             raise ReviewError("review import --loop: give --round (the round the loop waits for)")
-        state = LoopState.load(resolve(loop_out).join("state"))
+        layout = LoopLayout.at(loop_out)
+        state = LoopState.load(layout.state)
         labels = state.labels
-        exported = resolve(loop_out).join("review", f"round-{round_}.csv")
+        files = FileReview(layout.review, labels)
+        exported = files.sent(batch_name(round_))
         if not exported.exists():
             raise ReviewError(f"review import: the loop in {loop_out} wrote no review for round {round_}")
         expected = [r["sample_id"] for r in csv_mod.DictReader(exported.read_text().splitlines())]
         got = read_review(review_file, labels, expected, require_all=True)
-        target = resolve(loop_out).join("review", f"round-{round_}.labels.csv")
+        target = files.returned(batch_name(round_))
     else:
         if labels_spec is None or out_path is None:
             raise ReviewError("review import: give --labels and --out (or --loop and --round)")

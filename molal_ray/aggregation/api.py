@@ -144,7 +144,7 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
     """Fit ``method`` on the table and gold, label every sample, and report honest accuracies.
 
     ``cascade`` (the ``cascade.json`` of a cascaded label job: ``stages``, ``min_vote_share``):
-    every row is seen as the cascade leaves it (``annotation/cascade.py``), so that the gold rows
+    every row is seen as the cascade leaves it (``aggregation/cascade.py``), so that the gold rows
     every annotator labelled to rank them look like the rows the aggregator labels.
     ``embeddings``: (sample ids, (N, D) vectors) of the pool's texts, for a text-aware
     aggregator (the default uses them; the others ignore them). ``progress`` is told each step."""
@@ -156,7 +156,7 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
         m, text_info = attach_embeddings(m, embeddings)
     hidden = 0
     if cascade:
-        from molal_ray.annotation.cascade import cascade_view
+        from molal_ray.aggregation.cascade import cascade_view
 
         seen = cascade_view(m, cascade["stages"], float(cascade["min_vote_share"]))
         hidden, m = int(m.present.sum() - seen.present.sum()), seen

@@ -100,7 +100,7 @@ class PipelineConfig(StrictModel):
 
 class CascadeConfig(StrictModel):
     """Annotators called in stages: a sample goes on to the next stage only while the stages so
-    far disagree on it or are unsure (``molal_ray/annotation/cascade.py``)."""
+    far disagree on it or are unsure (``molal_ray/aggregation/cascade.py``)."""
 
     stages: list[list[str]] = Field(..., min_length=2, description="Annotator names, stage by stage (every "
                                                                     "annotator in one stage; the surest first).")

@@ -13,10 +13,7 @@ from molal_ray.pipeline.embeddings import EmbeddingStore, cache_root, store_fold
 from molal_ray.loop.services import RayRoundServices
 from molal_ray.loop.state import LoopState
 from molal_ray.pipeline.pool_store import PreparedPool
-from molal_ray.storage import resolve
-
-STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, POOL_DIR = "state", "annotations", "train", "pool"
-REVIEW_DIR = "review"  # the review files of the samples routed to people
+from molal_ray.layout import LoopLayout
 
 
 class CoordinatorActor:
@@ -38,16 +35,16 @@ class CoordinatorActor:
 
     def _open(self, cfg: dict[str, Any], resume: bool, review_token: str | None) -> None:
         self.cfg = LoopJobConfig.model_validate(cfg)
-        out = resolve(self.cfg.output.path, field="output.path")
-        pool = PreparedPool.open(out.join(POOL_DIR))
+        out = LoopLayout.at(self.cfg.output.path)
+        pool = PreparedPool.open(out.pool)
         if pool is None:
-            raise SchemaError(f"loop: no prepared pool in {out.join(POOL_DIR)}")
+            raise SchemaError(f"loop: no prepared pool in {out.pool}")
         labels = self.cfg.task.labels
         gold_df = load_gold(self.cfg.gold, labels)
         gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
-        L = self.cfg.loop
-        split = Split.make(pool.find(list(gold)), gold, L.test_fraction, L.test_max, L.seed)
-        state_dir = out.join(STATE_DIR)
+        settings = self.cfg.loop
+        split = Split.make(pool.find(list(gold)), gold, settings.test_fraction, settings.test_max, settings.seed)
+        state_dir = out.state
         if resume:
             state = LoopState.load(state_dir)
             if state.labels != labels:
@@ -56,17 +53,17 @@ class CoordinatorActor:
                 raise ConfigError("resume: the pool changed since the loop started (its files, columns or buckets); "
                                   "start a new loop (output.mode: overwrite) or restore the pool")
         else:
-            state = LoopState(labels=labels, seed=L.seed, pool=pool.manifest.key())
+            state = LoopState(labels=labels, seed=settings.seed, pool=pool.manifest.key())
         embeddings = None
         if self.cfg.classifier.mode == "head":
-            folder = store_folder(cache_root(out, self.cfg.classifier), pool, self.cfg.classifier)
+            folder = store_folder(cache_root(out.root, self.cfg.classifier), pool, self.cfg.classifier)
             embeddings = EmbeddingStore.open(folder, pool, self.cfg.classifier)
             if embeddings is None:
                 raise SchemaError(f"loop: no embeddings of this pool in {folder}")
-        self.services = services = RayRoundServices(self.cfg, pool, out.join(ANNOTATIONS_DIR), out.join(TRAIN_DIR),
-                                                    embeddings, out.join(REVIEW_DIR), review_token)
+        self.services = services = RayRoundServices(self.cfg, pool, out.annotations, out.train, embeddings,
+                                                    out.review, review_token)
         few = self.cfg.task.few_shot
-        self.coord = Coordinator(state, L, pool, split, services, state_dir, self.cfg.cascade,
+        self.coord = Coordinator(state, settings, pool, split, services, state_dir, self.cfg.cascade,
                                  examples_from_labels=few is not None and few.from_loop)
         self.test_rows = len(split.test_rows)
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 from molal_ray import schema
 from molal_ray.aggregation import Gold, build_matrix, get_aggregator
 from molal_ray.aggregation.features import AnnotationMatrix
-from molal_ray.annotation.cascade import cascade_view, order_by_accuracy, same_shape
+from molal_ray.aggregation.cascade import CascadePlan, everyone, needs_ranking, plan_for, rank
 from molal_ray.config.job import CascadeConfig
 from molal_ray.config.loop import LoopSettings
 from molal_ray.exceptions import AggregationError, PoolExhaustedError, SchemaError
@@ -183,7 +183,7 @@ class Coordinator:
         self.state = state
         # task.few_shot.examples 'loop': the annotators are shown the people's labels so far.
         self.examples_from_labels = examples_from_labels
-        self.s = settings
+        self.settings = settings
         self.cascade = cascade
         self.pool = pool
         self.split = split
@@ -215,11 +215,11 @@ class Coordinator:
 
     @property
     def finished(self) -> bool:
-        return self.state.round > self.s.rounds
+        return self.state.round > self.settings.rounds
 
     @property
     def annotates(self) -> bool:
-        return self.s.annotation != "gold"
+        return self.settings.annotation != "gold"
 
     @property
     def num_classes(self) -> int:
@@ -231,35 +231,32 @@ class Coordinator:
     def phase(self) -> str | None:
         return self.waiting or self.clock.current
 
+    def plan(self) -> CascadePlan | None:
+        """The cascade's plan: ranked on the gold rows (``order: gold``, once round 0 ranked the
+        annotators) or as configured (``aggregation/cascade.py``); None without a cascade."""
+        return None if self.cascade is None else plan_for(self.cascade, self.state.cascade)
+
     def stages(self) -> list[list[str]] | None:
-        """The cascade's stages: chosen on the gold rows (``order: gold``, once round 0 ranked the
-        annotators) or as configured; None without a cascade."""
-        if self.cascade is None:
-            return None
-        ranked = self.state.cascade
-        if ranked and self.cascade.order == "gold" and same_shape(ranked["stages"], self.cascade.stages):
-            return ranked["stages"]
-        return self.cascade.stages
+        plan = self.plan()
+        return None if plan is None else plan.stages
 
     def rank_annotators(self, rows: list[LabeledRow]) -> int:
         """``cascade.order: gold``: every annotator labels the gold ``rows``; the stages are
         refilled by their accuracy there (kept in the state). Returns the LLM calls made."""
         assert self.cascade is not None
-        everyone = [[a for stage in self.cascade.stages for a in stage]]
-        calls = self.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]), everyone)
+        calls = self.annotate(_rows_table([x.row for x in rows], [x.sample_id for x in rows]), everyone(self.cascade))
         m = build_matrix(self.services.annotations(), self.num_classes)
         idx = {s: i for i, s in enumerate(m.sample_ids)}
         known = [x for x in rows if x.sample_id in idx]
-        stages, acc = order_by_accuracy(m, np.array([idx[x.sample_id] for x in known], dtype=np.int64),
-                                        np.array([x.label for x in known], dtype=np.int64), self.cascade.stages)
-        self.state.cascade = {"stages": stages, "accuracy_on_gold": acc, "gold_rows": len(known)}
+        plan = rank(self.cascade, m, np.array([idx[x.sample_id] for x in known], dtype=np.int64),
+                    np.array([x.label for x in known], dtype=np.int64))
+        self.state.cascade = plan.to_dict()
         return calls
 
     def rerank_if_reshaped(self) -> int:
         """A loop resumed with ``order: gold`` and stages of another shape than it ranked for
         ranks again on its gold rows (their answers are in the table: few or no calls)."""
-        c, ranked = self.cascade, self.state.cascade
-        if c is None or c.order != "gold" or (ranked and same_shape(ranked["stages"], c.stages)):
+        if self.cascade is None or not needs_ranking(self.cascade, self.state.cascade):
             return 0
         return self.rank_annotators([x for x in self.state.labeled if x.source == "gold"])
 
@@ -268,10 +265,8 @@ class Coordinator:
         each row (``cascade_view``: the gold rows that ranked the annotators lose the answers
         their stage-one annotators would have made unnecessary)."""
         m = build_matrix(table, self.num_classes)
-        stages = self.stages()
-        if stages is not None and self.cascade is not None:
-            m = cascade_view(m, stages, self.cascade.min_vote_share)
-        return m
+        plan = self.plan()
+        return m if plan is None else plan.view(m)
 
     # -- the round --------------------------------------------------------------------------------
     def run_round(self) -> dict[str, Any]:
@@ -308,7 +303,7 @@ class Coordinator:
         with clock("train"):
             res, lam = self.train(r)
         with clock("score"):
-            nxt = self.request(r + 1) if r < self.s.rounds else None
+            nxt = self.request(r + 1) if r < self.settings.rounds else None
             scored = self.services.score(res.model_dir, self._with_test(nxt))
             self._scored = (r + 1, nxt, scored) if nxt is not None else None
         metrics = {"round": r, "n_labeled": len(self.state.labeled), **evaluate(scored, self.split),
@@ -321,7 +316,7 @@ class Coordinator:
     def initial_gold(self) -> list[LabeledRow]:
         """Round 0: the human labels the loop starts from."""
         return [LabeledRow(i, self.split.gold_rows[i], self.split.gold[i], "gold")
-                for i in self.split.initial(self.s.initial_gold, self.state.seed)]
+                for i in self.split.initial(self.settings.initial_gold, self.state.seed)]
 
     def _excluded(self) -> np.ndarray:
         """Dense row numbers no query may take: labelled and test rows."""
@@ -332,9 +327,9 @@ class Coordinator:
         """What the classifier must compute for round ``round_``'s query (the pool does not change
         between the end of a round and the next query, so it is known right after training)."""
         exclude = self._excluded()
-        n = min(self.s.query_size, self.pool.n_usable - exclude.size)
+        n = min(self.settings.query_size, self.pool.n_usable - exclude.size)
         if n <= 0:
-            raise PoolExhaustedError(self.pool.n_usable - exclude.size, self.s.query_size)
+            raise PoolExhaustedError(self.pool.n_usable - exclude.size, self.settings.query_size)
         rng = self.rng(Stream.CANDIDATES, round_)
         dense: np.ndarray | None
         if self.base.model_free:  # only the rows it will query, for the discrepancy weights
@@ -348,9 +343,9 @@ class Coordinator:
             candidates=None if dense is None else np.sort(self.pool.keys_of(dense)),
             labeled=self.state.label_rows() if "embeddings" in needs else np.zeros(0, np.int64),
             exclude=np.sort(self.pool.keys_of(exclude)) if dense is None else np.zeros(0, np.int64),
-            strategy=self.s.strategy, needs=needs, top_n=n if per_row else None,
+            strategy=self.settings.strategy, needs=needs, top_n=n if per_row else None,
             tiebreak_key=int(self.rng(Stream.PICKS, round_).integers(2**63)) if per_row else 0,
-            noise_copies=self.s.noise_copies, noise_scale=self.s.noise_scale, seed=self.state.seed)
+            noise_copies=self.settings.noise_copies, noise_scale=self.settings.noise_scale, seed=self.state.seed)
 
     def _with_test(self, req: ScoreRequest | None) -> ScoreRequest:
         if req is None:
@@ -382,10 +377,10 @@ class Coordinator:
             result = self.services.score(self.state.history[-1]["model_dir"], req)
         cand = result.candidates
         if req.top_n is None:
-            view = result.view(self.s.noise_copies)
-            if self.s.labelable_weight:
+            view = result.view(self.settings.noise_copies)
+            if self.settings.labelable_weight:
                 view.label_confidence = self.label_confidence(result.candidates.sort_by(ROW).column(ROW).to_numpy())
-            picks = self.strategy.select(view, min(self.s.query_size, len(view)), self.rng(Stream.PICKS, r))
+            picks = self.strategy.select(view, min(self.settings.query_size, len(view)), self.rng(Stream.PICKS, r))
             pos = {sid: i for i, sid in enumerate(cand.column(schema.SAMPLE_ID).to_pylist())}
             cand = cand.take(pa.array([pos[sid] for sid in picks.tolist()], pa.int64()))
         prev = dict(zip(cand.column(schema.SAMPLE_ID).to_pylist(), cand.column("pred").to_pylist()))
@@ -393,65 +388,86 @@ class Coordinator:
 
     def assign(self, queried: pa.Table, table: pa.Table | None, previous_pred: dict[str, int]) -> dict[str, Any]:
         """Labels for the queried rows by the configured annotation mode, the least certain of them
-        from people (``human_per_round``); adds them to the state."""
-        C = self.num_classes
+        from people (``human_per_round``); adds them to the state. Returns the round's label metrics."""
         ids = queried.column(schema.SAMPLE_ID).to_pylist()
         keys = queried.column(ROW).to_pylist()
-        mode = self.s.annotation
-        m = None
-        earlier: list[LabeledRow] = []
-        earlier_probs = np.zeros((0, C))
-        if mode == "gold":
+        mode = self.settings.annotation
+        earlier = ([r for r in self.state.labeled if r.source == "molal"]
+                   if self.settings.relabel and mode == "molal" else [])
+        probs, earlier_probs, matrix = self.distributions(ids, keys, table, earlier)
+        labels = probs.argmax(1)
+        human, agreed = self.ask_people(ids, keys, probs, labels, matrix)
+        source = SOURCES_OF_MODE.get(mode, "annotator")
+        prev = np.array([previous_pred.get(i, -1) for i in ids])
+        weights = (discrepancy_weights(labels, prev, self.settings.discrepancy_alpha)
+                   if mode == "molal" and previous_pred else np.ones(len(ids), np.float32))
+        weights[human] = 1.0
+        new = [self.labeled_row(sid, k, lab, "human" if h else source, w, p, pp)
+               for sid, k, lab, w, p, h, pp in zip(ids, keys, labels, weights, probs, human, prev)]
+        relabelled = self.relabel(earlier, earlier_probs)  # once people's labels are in (no pause past here)
+        self.state.add(new)
+        return labels_info(annotation_accuracy=self.gold_accuracy(ids, labels),
+                           llm_label_accuracy=self.gold_accuracy(ids, labels, ~human),
+                           n_human=int(human.sum()), n_down_weighted=int((weights < 1).sum()), n_relabelled=relabelled,
+                           text_view_rows=self.text_view_rows if mode == "molal" else 0, people_agreement=agreed)
+
+    def distributions(self, ids: list[str], keys: list[int], table: pa.Table | None,
+                      earlier: list[LabeledRow]) -> tuple[np.ndarray, np.ndarray, AnnotationMatrix | None]:
+        """The label distributions of the queried ``ids`` and of the ``earlier`` rows to relabel,
+        and the annotation matrix they came from: one-hot gold labels (``annotation: gold``), else
+        the aggregator's over the annotators' answers in ``table``."""
+        if self.settings.annotation == "gold":
             missing = [i for i in ids if i not in self.split.gold]
             if missing:
                 raise SchemaError(f"loop.annotation 'gold': {len(missing)} queried rows have no gold label "
                                   f"(first: {missing[0]!r})")
-            probs = np.eye(C)[[self.split.gold[i] for i in ids]]
-        else:
-            if table is None:
-                raise AggregationError("loop: no annotation table for the queried rows")
-            m = self.matrix(table)
-            if mode == "molal":
-                m = self.with_embeddings(m, dict(zip(ids, keys)))
-            earlier = ([r for r in self.state.labeled if r.source == "molal"]
-                       if self.s.relabel and mode == "molal" else [])
-            both = self.aggregate(m, ids + [r.sample_id for r in earlier])
-            probs, earlier_probs = both[:len(ids)], both[len(ids):]
-        labels = probs.argmax(1)
+            return np.eye(self.num_classes)[[self.split.gold[i] for i in ids]], np.zeros((0, self.num_classes)), None
+        if table is None:
+            raise AggregationError("loop: no annotation table for the queried rows")
+        matrix = self.matrix(table)
+        if self.settings.annotation == "molal":
+            matrix = self.with_embeddings(matrix, dict(zip(ids, keys)))
+        both = self.aggregate(matrix, ids + [r.sample_id for r in earlier])
+        return both[:len(ids)], both[len(ids):], matrix
+
+    def ask_people(self, ids: list[str], keys: list[int], probs: np.ndarray, labels: np.ndarray,
+                   matrix: AnnotationMatrix | None) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """``human_per_round``: the least certain of the queried rows go to people; their labels
+        replace the mixture's in ``labels`` (a skipped sample keeps the mixture's). Returns which
+        rows people labelled and how their labels agree with the mixture's and each LLM's."""
         human = np.zeros(len(ids), bool)
-        n_h = min(self.s.n_human(), len(ids)) if mode != "gold" else 0
-        agreed: dict[str, Any] | None = None
-        if n_h:
-            pos = self.route(probs, ids, m, n_h)
-            shown, top = (matrix_answers(m, [ids[i] for i in pos], self.state.labels) if m is not None
-                          else ([{} for _ in pos], None))
-            people = self.human_labels([ids[i] for i in pos], np.asarray(keys)[pos], probs[pos], shown)
-            got = np.array([ids[i] in people for i in pos], bool)  # a skipped sample keeps the mixture's label
-            answered = pos[got]
-            given = np.array([people[ids[i]] for i in answered], dtype=np.int64)
-            agreed = agreement(given, labels[answered], None if top is None else top[got],
-                               m.annotators if m is not None else [])
-            labels[answered] = given
-            human[answered] = True
-        source = SOURCES_OF_MODE.get(mode, "annotator")
-        prev = np.array([previous_pred.get(i, -1) for i in ids])
-        weights = (discrepancy_weights(labels, prev, self.s.discrepancy_alpha)
-                   if mode == "molal" and previous_pred else np.ones(len(ids), np.float32))
-        weights[human] = 1.0
-        new = [LabeledRow(sid, int(k), int(lab), "human" if h else source, float(w),
-                          [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)]
-                          if source == "molal" and not h else [], int(pp) if source == "molal" and not h else -1)
-               for sid, k, lab, w, p, h, pp in zip(ids, keys, labels, weights, probs, human, prev)]
-        relabelled = self.relabel(earlier, earlier_probs)  # once people's labels are in (no pause past here)
-        self.state.add(new)
+        n = min(self.settings.n_human(), len(ids)) if self.settings.annotation != "gold" else 0
+        if not n:
+            return human, None
+        pos = self.route(probs, ids, matrix, n)
+        shown, top = (matrix_answers(matrix, [ids[i] for i in pos], self.state.labels) if matrix is not None
+                      else ([{} for _ in pos], None))
+        people = self.human_labels([ids[i] for i in pos], np.asarray(keys)[pos], probs[pos], shown)
+        got = np.array([ids[i] in people for i in pos], bool)
+        answered = pos[got]
+        given = np.array([people[ids[i]] for i in answered], dtype=np.int64)
+        agreed = agreement(given, labels[answered], None if top is None else top[got],
+                           matrix.annotators if matrix is not None else [])
+        labels[answered] = given
+        human[answered] = True
+        return human, agreed
 
-        def accuracy(mask: np.ndarray) -> float | None:
-            known = [(lab, self.split.gold[i]) for lab, i, keep in zip(labels, ids, mask) if keep and i in self.split.gold]
-            return float(np.mean([a == t for a, t in known])) if known else None
+    def labeled_row(self, sample_id: str, key: int, label: int, source: str, weight: float, probs: np.ndarray,
+                    previous_pred: int) -> LabeledRow:
+        """A row of the state; an aggregator's label keeps its negatives (the classes it deems
+        near-impossible) and the classifier's prediction it was weighed against."""
+        molal = source == "molal"
+        return LabeledRow(sample_id, int(key), int(label), source, float(weight),
+                          self.negatives(probs) if molal else [], int(previous_pred) if molal else -1)
 
-        return labels_info(annotation_accuracy=accuracy(np.ones(len(ids), bool)), llm_label_accuracy=accuracy(~human),
-                           n_human=int(human.sum()), n_down_weighted=int((weights < 1).sum()), n_relabelled=relabelled,
-                           text_view_rows=self.text_view_rows if mode == "molal" else 0, people_agreement=agreed)
+    def negatives(self, probs: np.ndarray) -> list[int]:
+        return [int(c) for c in np.flatnonzero(probs < self.settings.negative_threshold)]
+
+    def gold_accuracy(self, ids: list[str], labels: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+        """The share of ``labels`` (of ``ids``, where ``mask``) that match the gold labels known; None: none known."""
+        keep = np.ones(len(ids), bool) if mask is None else mask
+        known = [(lab, self.split.gold[i]) for lab, i, k in zip(labels, ids, keep) if k and i in self.split.gold]
+        return float(np.mean([a == t for a, t in known])) if known else None
 
     def relabel(self, rows: list[LabeledRow], probs: np.ndarray) -> int:
         """``loop.relabel``: earlier aggregator-labelled ``rows`` take this round's distributions
@@ -462,20 +478,20 @@ class Coordinator:
             label = int(p.argmax())
             changed += label != r.label
             r.label = label
-            r.negatives = [int(c) for c in np.flatnonzero(p < self.s.negative_threshold)]
-            r.weight = 1.0 if r.previous_pred < 0 else float(
-                discrepancy_weights(np.array([label]), np.array([r.previous_pred]), self.s.discrepancy_alpha)[0])
+            r.negatives = self.negatives(p)
+            r.weight = 1.0 if r.previous_pred < 0 else float(discrepancy_weights(
+                np.array([label]), np.array([r.previous_pred]), self.settings.discrepancy_alpha)[0])
         return changed
 
     def route(self, probs: np.ndarray, ids: list[str], m: Any, n: int) -> np.ndarray:
         """Positions of the queried rows that go to people: the ``n`` least certain by the rule."""
-        if self.s.routing == "random":
+        if self.settings.routing == "random":
             return np.sort(self.rng(Stream.ROUTING, self.state.round).choice(len(ids), n, replace=False))
         votes = None
-        if self.s.routing == "disagreement" and m is not None:
+        if self.settings.routing == "disagreement" and m is not None:
             at = {s: i for i, s in enumerate(m.sample_ids)}
             votes = m.votes[np.array([at[i] for i in ids], dtype=np.int64)]
-        return least_certain(probs, n, self.s.routing, votes, ids)
+        return least_certain(probs, n, self.settings.routing, votes, ids)
 
     def human_labels(self, ids: list[str], keys: np.ndarray, probs: np.ndarray,
                      answers: list[dict[str, str]] | None = None) -> dict[str, int]:
@@ -512,30 +528,29 @@ class Coordinator:
         """Label distributions of ``ids`` from the loop's annotation matrix: the aggregator fitted
         on it with the labels people gave (round 0's and those routed to them; ``molal``),
         majority vote, or one annotator's votes."""
-        C = self.num_classes
         idx = {s: i for i, s in enumerate(m.sample_ids)}
         missing = [i for i in ids if i not in idx]
         if missing:
             raise AggregationError(f"{len(missing)} queried samples have no annotation (first: {missing[0]!r})")
         rows = np.array([idx[i] for i in ids], dtype=np.int64)
-        mode = self.s.annotation
+        mode = self.settings.annotation
         if mode == "molal":
             gold_rows = [r for r in self.state.labeled if r.source in HUMAN_SOURCES and r.sample_id in idx]
             gold = Gold(np.array([idx[r.sample_id] for r in gold_rows], dtype=np.int64),
-                        np.array([r.label for r in gold_rows], dtype=np.int64), C)
-            agg = get_aggregator(self.s.aggregator.name, **self.s.aggregator.params()).fit(m, gold)
+                        np.array([r.label for r in gold_rows], dtype=np.int64), self.num_classes)
+            agg = get_aggregator(self.settings.aggregator.name, **self.settings.aggregator.params()).fit(m, gold)
             self.text_view_rows = int(getattr(agg, "text_rows_", 0))  # 0: labelled from the answers alone
             return agg.predict_proba(m.take(rows))
         if mode == "majority":
             return get_aggregator("majority").predict_proba(m.take(rows))
         a = m.annotators.index(mode)  # one annotator's own majority of its samples
         v = np.nan_to_num(m.votes[rows, a])
-        return np.where(v.sum(1, keepdims=True) > 0, v, 1.0 / C)
+        return np.where(v.sum(1, keepdims=True) > 0, v, 1.0 / self.num_classes)
 
     def train(self, r: int) -> tuple[TrainResult, float]:
         rows = self.state.labeled
         order = self.rng(Stream.VALIDATION, r).permutation(len(rows))
-        n_val = max(1, int(round(len(rows) * self.s.val_fraction)))
+        n_val = max(1, int(round(len(rows) * self.settings.val_fraction)))
         neg = np.zeros((len(rows), self.num_classes), np.float32)
         for i, x in enumerate(rows):
             neg[i, x.negatives] = 1.0
@@ -543,7 +558,7 @@ class Coordinator:
                               "label": np.array([x.label for x in rows], dtype=np.int64),
                               "weight": np.array([x.weight for x in rows], dtype=np.float32), "negatives": list(neg)})
         val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
-        lam = lambda_for_round(r, self.s.lambda_start, self.s.lambda_step)
+        lam = lambda_for_round(r, self.settings.lambda_start, self.settings.lambda_step)
         return self.services.train(train, val, lam, f"round-{r}"), lam
 
     def gold_report(self) -> dict[str, Any]:
@@ -552,15 +567,14 @@ class Coordinator:
         annotator's accuracy on the same rows (the class most of its votes went to)."""
         from sklearn.metrics import confusion_matrix
 
-        C = self.num_classes
         assigned = [r for r in self.state.labeled if r.source not in HUMAN_SOURCES and r.sample_id in self.split.gold]
         truth = np.array([self.split.gold[r.sample_id] for r in assigned], dtype=np.int64)
         pred = np.array([r.label for r in assigned], dtype=np.int64)
         report: dict[str, Any] = {"labels": list(self.state.labels), "annotators": {}, "assigned": {
             "rows": len(assigned), "accuracy": float((truth == pred).mean()) if assigned else None,
-            "confusion": confusion_matrix(truth, pred, labels=list(range(C))).tolist() if assigned else None}}
+            "confusion": confusion_matrix(truth, pred, labels=list(range(self.num_classes))).tolist() if assigned else None}}
         if self.annotates and assigned:
-            m = build_matrix(self.services.annotations(), C)
+            m = build_matrix(self.services.annotations(), self.num_classes)
             idx = {s: i for i, s in enumerate(m.sample_ids)}
             keep = np.array([r.sample_id in idx for r in assigned])
             rows = np.array([idx[r.sample_id] for r, k in zip(assigned, keep) if k], dtype=np.int64)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from molal_ray.layout import LoopLayout
 from molal_ray.storage import Location, resolve
 
 KEYS = ("round", "n_labeled", "test_accuracy", "test_micro_f1", "test_macro_f1", "annotation_accuracy",
@@ -139,15 +140,15 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;
 """
 
 
-def write_report(out: str | Location, history: list[dict[str, Any]], meta: dict[str, Any],
+def write_report(out: "str | Location | LoopLayout", history: list[dict[str, Any]], meta: dict[str, Any],
                  gold: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = resolve(out)
-    out.mkdirs()
+    layout = out if isinstance(out, LoopLayout) else LoopLayout(resolve(out))
+    layout.root.mkdirs()
     report = {**meta, "rounds": [{k: h.get(k) for k in KEYS} for h in history], "gold": gold}
-    out.join("report.json").write_text(json.dumps(report, indent=2))
+    layout.report(layout.REPORT_JSON).write_text(json.dumps(report, indent=2))
     figs = _figures(history, meta, gold)
-    out.join("curves.png").write_bytes(figs["learning curve"])
-    out.join("report.html").write_text(_html(history, meta, figs))
+    layout.report(layout.CURVES).write_bytes(figs["learning curve"])
+    layout.report(layout.REPORT_HTML).write_text(_html(history, meta, figs))
     lines = [f"# Active learning: {meta.get('task')}", "",
              f"strategy `{meta.get('strategy')}`, annotation `{meta.get('annotation')}`, "
              f"{len(history) - 1} rounds of {meta.get('query_size')}", "",
@@ -168,5 +169,5 @@ def write_report(out: str | Location, history: list[dict[str, Any]], meta: dict[
         lines += ["", "People against the mixture and each LLM (share of their labels that match):", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in agree]
-    out.join("summary.md").write_text("\n".join(lines) + "\n")
+    layout.report(layout.SUMMARY_MD).write_text("\n".join(lines) + "\n")
     return report

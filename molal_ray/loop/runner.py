@@ -17,30 +17,19 @@ import pyarrow.parquet as pq
 
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError
-from molal_ray.loop.actor import (
-    ANNOTATIONS_DIR,
-    POOL_DIR,
-    REVIEW_DIR,
-    STATE_DIR,
-    TRAIN_DIR,
-    CoordinatorActor,
-)
+from molal_ray.layout import LoopLayout
+from molal_ray.loop.actor import CoordinatorActor
 from molal_ray.loop.report import write_report
-from molal_ray.loop.state import STATE_FILE
 from molal_ray.pipeline.pool_store import FLAGGED_SCHEMA, PreparedPool
 from molal_ray.lock import OutputLock
 from molal_ray.preflight import check_files
-from molal_ray.storage import Location, resolve
 
 logger = logging.getLogger("molal_ray.loop")
 
-FLAGGED_POOL = "pool_flagged.parquet"  # pool rows left out of the loop, with why
-LOG_FILE = "molal-ray.log"  # the command line's log of a run (kept when the output is overwritten)
 
-
-def _write_flagged(pool: PreparedPool, out: Location) -> None:
+def _write_flagged(pool: PreparedPool, out: LoopLayout) -> None:
     """List the flagged pool rows in ``OUT/pool_flagged.parquet`` (file by file)."""
-    with out.join(FLAGGED_POOL).open_write() as f, pq.ParquetWriter(f, FLAGGED_SCHEMA) as w:
+    with out.flagged_pool.open_write() as f, pq.ParquetWriter(f, FLAGGED_SCHEMA) as w:
         for batch in pool.iter_flagged():
             w.write_batch(batch)
 
@@ -61,15 +50,15 @@ PhaseSink = Callable[[int | None, str], None]
 """``(round or None before the rounds, phase)``: what the loop is doing now (progress displays)."""
 
 
-def check_inputs(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
+def check_inputs(cfg: LoopJobConfig, out: LoopLayout, resume: bool) -> None:
     """What a user can get wrong, checked before Ray starts: every file the config names
     (:func:`molal_ray.preflight.check_files`: pool, gold, recordings, models, few-shot examples),
     for --resume, a saved loop to resume, and with a Label Studio review backend its token, server
     and project (created, or its labeling config checked)."""
     check_files(cfg)
-    if resume and not out.join(STATE_DIR, STATE_FILE).exists():
-        raise ConfigError(f"--resume: {out} holds no saved loop ({STATE_DIR}/{STATE_FILE}); run without --resume "
-                          "to start one")
+    if resume and not out.state_file.exists():
+        raise ConfigError(f"--resume: {out.root} holds no saved loop ({out.STATE}/{out.STATE_FILE}); run without "
+                          "--resume to start one")
     if cfg.review.backend == "label_studio" and cfg.loop.n_human() and cfg.loop.annotation != "gold":
         # the token, the server and the project's labeling config, before any LLM is asked
         from molal_ray.review.label_studio import LabelStudioReview
@@ -81,23 +70,23 @@ def check_inputs(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
             backend.close()
 
 
-def prepare_output(cfg: LoopJobConfig, out: Location, resume: bool) -> None:
+def prepare_output(cfg: LoopJobConfig, out: LoopLayout, resume: bool) -> None:
     """A new loop must not inherit an old one's annotations, state or models."""
-    if resume or not out.join(STATE_DIR, STATE_FILE).exists():
+    if resume or not out.state_file.exists():
         return
     if cfg.output.mode != "overwrite":
-        raise ConfigError(f"output.path: {out} holds a loop already; use --resume or output.mode: overwrite")
-    for sub in out.list():
-        if sub.base_name != LOG_FILE:
-            out.join(sub.base_name).delete_file()
-    for name in (STATE_DIR, ANNOTATIONS_DIR, TRAIN_DIR, REVIEW_DIR):
-        out.join(name).delete_dir()
+        raise ConfigError(f"output.path: {out.root} holds a loop already; use --resume or output.mode: overwrite")
+    for sub in out.root.list():
+        if sub.base_name != out.LOG:
+            out.root.join(sub.base_name).delete_file()
+    for name in out.run_folders:
+        out.root.join(name).delete_dir()
 
 
-def prepare_pool(cfg: LoopJobConfig, out: Location) -> PreparedPool:
+def prepare_pool(cfg: LoopJobConfig, out: LoopLayout) -> PreparedPool:
     """The pool read once into the output's prepared pool (reused when it matches), its flagged
     rows listed, and with ``classifier.mode: head`` its embeddings computed once."""
-    pool = PreparedPool.build(cfg.pool, out.join(POOL_DIR), num_cpus=cfg.pipeline.stage_num_cpus)
+    pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus)
     if pool.n_flagged:
         logger.warning("%d pool rows are flagged and left out of the loop (%s)", pool.n_flagged,
                        ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())))
@@ -160,18 +149,18 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
              on_round: Callable[[dict[str, Any]], None] | None = None,
              on_phase: PhaseSink | None = None) -> dict[str, Any]:
     """The whole loop: output, pool (and embeddings), annotators, rounds, report."""
-    out = resolve(cfg.output.path, field="output.path")
+    out = LoopLayout.at(cfg.output.path)
     check_inputs(cfg, out, resume)
-    with OutputLock(out, "run"):  # one job at a time writes the folder
+    with OutputLock(out.root, "run"):  # one job at a time writes the folder
         return _loop(cfg, out, resume, on_round, on_phase or (lambda r, p: None))
 
 
-def _loop(cfg: LoopJobConfig, out: Location, resume: bool, on_round: Callable[[dict[str, Any]], None] | None,
+def _loop(cfg: LoopJobConfig, out: LoopLayout, resume: bool, on_round: Callable[[dict[str, Any]], None] | None,
           phase: PhaseSink) -> dict[str, Any]:
     from molal_ray.pipeline.embeddings import cache_root, shared_store
     from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
-    L = cfg.loop
+    settings = cfg.loop
     phase(None, "starting Ray")
     ensure_ray(cfg.ray)
     check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
@@ -181,10 +170,10 @@ def _loop(cfg: LoopJobConfig, out: Location, resume: bool, on_round: Callable[[d
     pool = prepare_pool(cfg, out)
     if cfg.classifier.mode == "head":
         phase(None, f"embedding {pool.n_usable:,} texts with the frozen encoder")
-        shared_store(pool, cache_root(out, cfg.classifier), cfg.classifier)
+        shared_store(pool, cache_root(out.root, cfg.classifier), cfg.classifier)
     # Once per loop: every round's queries go through the same deployments.
     ours = False
-    if L.annotation != "gold":
+    if settings.annotation != "gold":
         phase(None, "starting the annotators")
         ours = start_annotators(cfg.app_config(), cfg.ray.serve_app_name)
     try:
@@ -192,8 +181,8 @@ def _loop(cfg: LoopJobConfig, out: Location, resume: bool, on_round: Callable[[d
     finally:
         stop_annotators(cfg.ray.serve_app_name, ours, cfg.ray.keep_serve_running)
     phase(None, "writing the report")
-    return write_report(out, history, {"task": cfg.task.name, "strategy": L.strategy, "annotation": L.annotation,
-                                       "query_size": L.query_size, "initial_gold": L.initial_gold,
-                                       "test_rows": test_rows, "seed": L.seed, "trainer": cfg.classifier.trainer,
+    return write_report(out, history, {"task": cfg.task.name, "strategy": settings.strategy, "annotation": settings.annotation,
+                                       "query_size": settings.query_size, "initial_gold": settings.initial_gold,
+                                       "test_rows": test_rows, "seed": settings.seed, "trainer": cfg.classifier.trainer,
                                        "classifier_mode": cfg.classifier.mode,
                                        "pool_rows": pool.n_usable, "pool_rows_flagged": pool.n_flagged}, gold)

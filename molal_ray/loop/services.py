@@ -31,27 +31,27 @@ from molal_ray import schema
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.pipeline.embeddings import EMBEDDING, EmbeddingStore, actor_options_accepted
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_batch, score_in_process
-from molal_ray.pipeline.annotate_stage import AnnotateStage, stage_batch
+from molal_ray.pipeline.annotate_stage import AnnotateStage, stage_batch, stage_options
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.prepare import ROW
 from molal_ray.review import ReviewItem
 from molal_ray.review.backend import ReviewBackend, ReviewProgress
+from molal_ray.layout import LabelLayout
 from molal_ray.storage import Location
 from molal_ray.training.classifier import TrainResult
 from molal_ray.exceptions import ConfigError
 
 
 class RayRoundServices:
-    def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations_dir: Location, train_dir: Location,
-                 embeddings: EmbeddingStore | None = None, review_dir: Location | None = None,
-                 review_token: str | None = None) -> None:
+    def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations: LabelLayout, train_dir: Location,
+                 embeddings: EmbeddingStore | None, review_dir: Location, review_token: str | None = None) -> None:
         self.cfg = cfg
         self.pool = pool
-        self.ann_dir = annotations_dir
-        self.parts = annotations_dir.join("parts")
+        self.ann_dir = annotations.root
+        self.parts = annotations.parts
         self.train_dir = train_dir
-        self.review_dir = review_dir if review_dir is not None else annotations_dir.join("review")
+        self.review_dir = review_dir
         self.embeddings = embeddings
         if cfg.classifier.mode == "head" and embeddings is None:
             raise ConfigError("classifier.mode 'head' needs the pool's embeddings")
@@ -108,13 +108,7 @@ class RayRoundServices:
             from molal_ray.pipeline.output import open_output
 
             open_output(self.ann_dir, "resume", self.cfg.task.labels, [a.name for a in self.cfg.annotators])
-            pl = self.cfg.pipeline
-            cascade = self.cfg.cascade
-            self._stage = AnnotateStage(self.cfg.ray.serve_app_name, [a.name for a in self.cfg.annotators], self.parts,
-                                        DoneIndex(self.parts), pl.max_retries, pl.retry_backoff_s,
-                                        pl.request_timeout_s, pl.batch_size, pl.in_flight, stages=self.cfg.stages(),
-                                        num_classes=len(self.cfg.task.labels),
-                                        min_vote_share=cascade.min_vote_share if cascade else 1.0)
+            self._stage = AnnotateStage(**stage_options(self.cfg, self.parts, DoneIndex(self.parts)))
         self._stage.forget()  # the table grew since the last round
         self._stage.stages = stages or self.cfg.stages()
         self._stage.examples = examples

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from molal_ray.exceptions import SchemaError
+from molal_ray.layout import LoopLayout
 from molal_ray.storage import Location, resolve
 
-STATE_FILE = "state.json"
+STATE_FILE = LoopLayout.STATE_FILE  # in the loop output's state folder (layout.py)
 STATE_VERSION = 2
 SOURCES = ("gold", "human", "molal", "majority", "annotator")
 HUMAN_SOURCES = ("gold", "human")  # labels people gave: round 0's, and those routed to them

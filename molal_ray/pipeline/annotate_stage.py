@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,30 +45,72 @@ def _vectors(values: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~valid))
 
 
+def _rows(annotator: str, ids: list[str], probs: pa.Array, votes: pa.Array, n_invalid: Any, n_samples: Any,
+          errors: list[str | None], warnings: list[str | None]) -> pa.Table:
+    return pa.table({
+        schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.ANNOTATOR: pa.array([annotator] * len(ids), pa.string()),
+        schema.PROBS: probs, schema.VOTES: votes,
+        schema.N_INVALID: pa.array(n_invalid, pa.int32()), schema.N_SAMPLES: pa.array(n_samples, pa.int32()),
+        schema.ERROR: pa.array(errors, pa.string()), schema.WARNING: pa.array(warnings, pa.string()),
+    }, schema=schema.ANNOTATION_SCHEMA)
+
+
 def annotation_rows(annotator: str, ids: list[str], payload: dict[str, Any],
                     pool_warnings: list[str | None]) -> pa.Table:
-    """Table rows of one annotator's answer to a batch."""
+    """Table rows of one annotator's answer to a batch (a deployment's payload)."""
     errors = list(payload["error"])
     ok = np.array([e is None for e in errors], dtype=bool)
     warns = [_join(pw, ew) for pw, ew in zip(pool_warnings, payload["warning"])]
-    return pa.table({
-        schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.ANNOTATOR: pa.array([annotator] * len(ids), pa.string()),
-        schema.PROBS: _vectors(np.asarray(payload["probs"]), ok),
-        schema.VOTES: _vectors(np.asarray(payload["votes"]), ok),
-        schema.N_INVALID: pa.array(payload["n_invalid"], pa.int32()),
-        schema.N_SAMPLES: pa.array(payload["n_samples"], pa.int32()),
-        schema.ERROR: pa.array(errors, pa.string()), schema.WARNING: pa.array(warns, pa.string()),
-    }, schema=schema.ANNOTATION_SCHEMA)
+    return _rows(annotator, ids, _vectors(np.asarray(payload["probs"]), ok), _vectors(np.asarray(payload["votes"]), ok),
+                 payload["n_invalid"], payload["n_samples"], errors, warns)
 
 
 def error_rows(annotator: str, ids: list[str], errors: list[str], warnings: list[str | None]) -> pa.Table:
+    """Flagged rows: no answer, the ``errors`` said (a flagged pool row, a call that kept failing)."""
     n = len(ids)
-    return pa.table({
-        schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.ANNOTATOR: pa.array([annotator] * n, pa.string()),
-        schema.PROBS: pa.nulls(n, pa.list_(pa.float32())), schema.VOTES: pa.nulls(n, pa.list_(pa.float32())),
-        schema.N_INVALID: pa.array(np.zeros(n, np.int32)), schema.N_SAMPLES: pa.array(np.zeros(n, np.int32)),
-        schema.ERROR: pa.array(errors, pa.string()), schema.WARNING: pa.array(warnings, pa.string()),
-    }, schema=schema.ANNOTATION_SCHEMA)
+    empty = pa.nulls(n, pa.list_(pa.float32()))
+    zeros = np.zeros(n, np.int32)
+    return _rows(annotator, ids, empty, empty, zeros, zeros, list(errors), warnings)
+
+
+def stage_options(cfg: Any, parts_dir: Location | str, done: DoneIndex,
+                  stages: list[list[str]] | None = None) -> dict[str, Any]:
+    """The :class:`AnnotateStage` arguments of a job (a label job's or a loop's config: its Serve
+    application, annotators, pipeline settings and cascade rule), writing into ``parts_dir``:
+    for the label job's stream actors, its cascade ranking and the loop's round calls alike."""
+    pl = cfg.pipeline
+    return {"app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
+            "parts_dir": parts_dir, "done": done, "max_retries": pl.max_retries,
+            "retry_backoff_s": pl.retry_backoff_s, "request_timeout_s": pl.request_timeout_s,
+            "batch_size": pl.batch_size, "in_flight": pl.in_flight, "stages": stages or cfg.stages(),
+            "num_classes": len(cfg.task.labels),
+            "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0}
+
+
+@dataclass
+class _Batch:
+    """One batch of prepared rows, as the stages of a send see it."""
+
+    table: pa.Table
+    ids: list[str]
+    texts: list[str]
+    warnings: list[str | None]
+    buckets: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table) -> "_Batch":
+        return cls(table, table.column(schema.SAMPLE_ID).to_pylist(), table.column(schema.TEXT).to_pylist(),
+                   table.column(schema.POOL_WARNING).to_pylist(), table.column(BUCKET).to_numpy())
+
+
+@dataclass
+class _Send:
+    """A batch sent to some annotators: rows ready at once (flagged pool rows, with their
+    buckets) and the calls in flight (each annotator's row indices and response)."""
+
+    batch: _Batch
+    ready: list[tuple[pa.Table, np.ndarray]] = field(default_factory=list)
+    pending: dict[str, tuple[np.ndarray, Any]] = field(default_factory=dict)
 
 
 INPUT_COLUMNS = (schema.SAMPLE_ID, schema.TEXT, schema.POOL_ERROR, schema.POOL_WARNING, ID_HASH, BUCKET)
@@ -96,19 +139,20 @@ class AnnotateStage:
     def __init__(self, app_name: str, annotators: list[str], parts_dir: Location | str, done: DoneIndex,
                  max_retries: int, retry_backoff_s: float, request_timeout_s: float, batch_size: int = 256,
                  in_flight: int = 1, stages: list[list[str]] | None = None, num_classes: int = 0,
-                 min_vote_share: float = 0.8) -> None:
-        from ray import serve
-
+                 min_vote_share: float = 0.8, handles: dict[str, Any] | None = None) -> None:
         self.batch_size = batch_size
         self.in_flight = max(1, in_flight)
         # A cascade: each batch goes to the first stage; the rows the stages so far leave
-        # unsettled go on to the next (annotation/cascade.py). No cascade: one stage.
+        # unsettled go on to the next (aggregation/cascade.py). No cascade: one stage.
         self.stages = stages or [list(annotators)]
         self.annotators = [a for stage in self.stages for a in stage]
         self.num_classes = num_classes
         self.min_vote_share = min_vote_share
-        self._answers: OrderedDict[int, pa.Table] = OrderedDict()  # earlier stages' rows of a bucket, from the table
-        self.handles = {a: serve.get_deployment_handle(a, app_name) for a in self.annotators}
+        if handles is None:  # the running deployments (``handles``: stand-ins, in tests)
+            from ray import serve
+
+            handles = {a: serve.get_deployment_handle(a, app_name) for a in self.annotators}
+        self.handles = handles
         self.parts_dir = resolve(parts_dir)
         self.done = done
         self.max_retries = max_retries
@@ -147,101 +191,75 @@ class AnnotateStage:
     def forget(self) -> None:
         """Drop what was read of the table (the loop's table grows between rounds)."""
         self.done.forget()
-        self._answers.clear()
 
-    def _submit(self, batch: pa.Table, annotators: list[str] | None = None,
-                rows: np.ndarray | None = None) -> tuple[list[tuple[pa.Table, np.ndarray]], dict[str, Any], dict[str, Any]]:
+    def _submit(self, batch: _Batch, annotators: list[str] | None = None, rows: np.ndarray | None = None) -> _Send:
         """Send one batch (its ``rows`` only, when given) to every annotator of ``annotators``
-        (the first stage by default) that still owes them; returns the rows ready now (flagged
-        pool rows), the requests in flight and what is needed to finish them."""
-        ids = batch.column(schema.SAMPLE_ID).to_pylist()
-        texts = batch.column(schema.TEXT).to_pylist()
-        pool_err = batch.column(schema.POOL_ERROR).to_pylist()
-        pool_warn = batch.column(schema.POOL_WARNING).to_pylist()
-        hashes = batch.column(ID_HASH).to_numpy()
-        buckets = batch.column(BUCKET).to_numpy()
+        (the first stage by default) that still owes them."""
+        pool_err = batch.table.column(schema.POOL_ERROR).to_pylist()
+        hashes = batch.table.column(ID_HASH).to_numpy()
         bad = np.array([e is not None for e in pool_err], dtype=bool)
-        ready: list[tuple[pa.Table, np.ndarray]] = []
-        pending: dict[str, Any] = {}
+        send = _Send(batch)
         for a in annotators or self.stages[0]:
-            need = self._need(a, hashes, buckets)
+            need = self._need(a, hashes, batch.buckets)
             if rows is not None:
                 need &= rows
             flagged = np.flatnonzero(need & bad)
             if flagged.size:
-                ready.append((error_rows(a, [ids[i] for i in flagged], [pool_err[i] for i in flagged],
-                                         [pool_warn[i] for i in flagged]), buckets[flagged]))
+                send.ready.append((error_rows(a, [batch.ids[i] for i in flagged], [pool_err[i] for i in flagged],
+                                              [batch.warnings[i] for i in flagged]), batch.buckets[flagged]))
             todo = np.flatnonzero(need & ~bad)
             if todo.size:
-                pending[a] = (todo, self._request(a, [ids[i] for i in todo], [texts[i] for i in todo]))
-        return ready, pending, {"ids": ids, "texts": texts, "warn": pool_warn, "buckets": buckets, "batch": batch}
+                send.pending[a] = (todo, self._request(a, [batch.ids[i] for i in todo],
+                                                       [batch.texts[i] for i in todo]))
+        return send
 
-    def _finish(self, ready: list[tuple[pa.Table, np.ndarray]], pending: dict[str, Any],
-                ctx: dict[str, Any]) -> pa.Table | None:
+    def _finish(self, send: _Send) -> pa.Table | None:
         """Finish a batch's first stage, then send the rows it leaves unsettled through the
         next stages one after another; the batch's rows."""
-        first = self._collect(ready, pending, ctx)
+        first = self._collect(send)
         tables = [first] if first is not None else []
         for k in range(1, len(self.stages)):
             earlier = [a for stage in self.stages[:k] for a in stage]
-            go_on = ~self._settled(ctx, earlier, tables)
+            go_on = ~self._settled(send.batch, earlier, tables)
             if not go_on.any():
                 break
-            t = self._collect(*self._submit(ctx["batch"], self.stages[k], go_on))
+            t = self._collect(self._submit(send.batch, self.stages[k], go_on))
             if t is not None:
                 tables.append(t)
         return pa.concat_tables(tables) if tables else None
 
-    def _settled(self, ctx: dict[str, Any], earlier: list[str], fresh: list[pa.Table]) -> np.ndarray:
+    def _settled(self, batch: _Batch, earlier: list[str], fresh: list[pa.Table]) -> np.ndarray:
         """Which rows of the batch the ``earlier`` annotators settled: their answers written now
         (``fresh``) and, on a resumed run, those the table already held."""
-        from molal_ray.annotation.cascade import settled_ids
+        from molal_ray.aggregation.cascade import settled_ids
 
-        ids = np.asarray(ctx["ids"], dtype=object)
+        ids = np.asarray(batch.ids, dtype=object)
         want = pa.array(earlier, pa.string())
         parts = [t.filter(pc.is_in(t.column(schema.ANNOTATOR), value_set=want)) for t in fresh]
         if not self.done.empty:
-            for b in np.unique(ctx["buckets"]):
-                old = self._table_answers(int(b), earlier)
-                mine = pa.array(ids[ctx["buckets"] == b].tolist(), pa.string())
+            # every annotator before the last stage, so that one read per bucket serves each stage
+            before_last = self.annotators[:-len(self.stages[-1])]
+            for b in np.unique(batch.buckets):
+                old = self.done.rows(int(b), before_last)
+                old = old.filter(pc.is_in(old.column(schema.ANNOTATOR), value_set=want))
+                mine = pa.array(ids[batch.buckets == b].tolist(), pa.string())
                 parts.append(old.filter(pc.is_in(old.column(schema.SAMPLE_ID), value_set=mine)))
         answers = pa.concat_tables([schema.ANNOTATION_SCHEMA.empty_table(), *parts])
         return settled_ids(answers, earlier, self.num_classes, self.min_vote_share, ids.tolist())
 
-    def _table_answers(self, bucket: int, annotators: list[str]) -> pa.Table:
-        """The rows of ``annotators`` that one bucket of the table held before this run's writes
-        (read once per bucket; a few buckets cached)."""
-        if bucket not in self._answers:
-            import pyarrow.dataset as pads
-
-            from molal_ray.pipeline.output import table_files
-
-            files, _ = table_files(self.done.parts_dir, bucket)
-            t = schema.ANNOTATION_SCHEMA.empty_table()
-            if files:
-                t = pads.dataset([f.path for f in files], format="parquet", filesystem=self.done.parts_dir.fs,
-                                 schema=schema.ANNOTATION_SCHEMA).to_table(
-                    filter=pc.field(schema.ANNOTATOR).isin(self.annotators[:-len(self.stages[-1])] or [""]))
-            self._answers[bucket] = t
-            while len(self._answers) > 4:
-                self._answers.popitem(last=False)
-        t = self._answers[bucket]
-        return t.filter(pc.is_in(t.column(schema.ANNOTATOR), value_set=pa.array(annotators, pa.string())))
-
-    def _collect(self, ready: list[tuple[pa.Table, np.ndarray]], pending: dict[str, Any],
-                 ctx: dict[str, Any]) -> pa.Table | None:
+    def _collect(self, send: _Send) -> pa.Table | None:
         """Wait for the answers of one send (retrying failed calls), write its parts; its rows."""
-        tables = list(ready)
-        for a, (todo, response) in pending.items():
-            sub_ids, sub_texts = [ctx["ids"][i] for i in todo], [ctx["texts"][i] for i in todo]
-            sub_warn = [ctx["warn"][i] for i in todo]
+        batch, tables = send.batch, list(send.ready)
+        for a, (todo, response) in send.pending.items():
+            sub_ids, sub_texts = [batch.ids[i] for i in todo], [batch.texts[i] for i in todo]
+            sub_warn = [batch.warnings[i] for i in todo]
             try:
                 payload = self._call(a, sub_ids, sub_texts, response)
-                tables.append((annotation_rows(a, sub_ids, payload, sub_warn), ctx["buckets"][todo]))
+                tables.append((annotation_rows(a, sub_ids, payload, sub_warn), batch.buckets[todo]))
             except Exception as exc:  # noqa: BLE001 - flagged rows, the run goes on
                 msg = f"{schema.ERR_ANNOTATOR_FAILED}: {type(exc).__name__}: {str(exc)[:300]}"
                 logger.error("annotator %s gave up on a batch of %d: %s", a, len(todo), msg)
-                tables.append((error_rows(a, sub_ids, [msg] * len(todo), sub_warn), ctx["buckets"][todo]))
+                tables.append((error_rows(a, sub_ids, [msg] * len(todo), sub_warn), batch.buckets[todo]))
         if not tables:
             return None
         table = pa.concat_tables([t for t, _ in tables])
@@ -257,15 +275,15 @@ class AnnotateStage:
         missing = [c for c in INPUT_COLUMNS if c not in block.column_names]
         if missing:
             raise SchemaError(f"annotate stage: input lacks columns {missing}; got {block.column_names}")
-        window: deque[tuple[Any, Any, Any]] = deque()
+        window: deque[_Send] = deque()
         done: list[pa.Table] = []
         for start in range(0, block.num_rows, self.batch_size):
-            window.append(self._submit(block.slice(start, self.batch_size)))
+            window.append(self._submit(_Batch.of(block.slice(start, self.batch_size))))
             if len(window) >= self.in_flight:
-                if (t := self._finish(*window.popleft())) is not None:
+                if (t := self._finish(window.popleft())) is not None:
                     done.append(t)
         while window:
-            if (t := self._finish(*window.popleft())) is not None:
+            if (t := self._finish(window.popleft())) is not None:
                 done.append(t)
         return batch_stats(pa.concat_tables(done)) if done else STATS_SCHEMA.empty_table()
 

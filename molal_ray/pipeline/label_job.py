@@ -13,17 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
 from molal_ray import schema
 from molal_ray.config import LabelJobConfig
 from molal_ray.engines.base import Engine
-from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage, stage_batch
+from molal_ray.aggregation.cascade import CascadePlan, everyone, needs_ranking, plan_for, rank
+from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage, stage_batch, stage_options
 from molal_ray.pipeline.output import (
-    CASCADE,
-    SUMMARY,
     DoneIndex,
     OutputDir,
     compact_bucket,
@@ -44,48 +41,31 @@ ProgressFn = Callable[[dict[str, int], int], None]
 """Called with the rows written so far per annotator (this run) and the rows expected per annotator."""
 
 
-def stage_kwargs(cfg: LabelJobConfig, out: OutputDir, done: DoneIndex, stages: list[list[str]]) -> dict[str, Any]:
-    """The :class:`AnnotateStage` arguments of this job, for the stream's actors and the driver's ranking call."""
-    pl = cfg.pipeline
-    return {"app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
-            "parts_dir": out.parts, "done": done, "max_retries": pl.max_retries,
-            "retry_backoff_s": pl.retry_backoff_s, "request_timeout_s": pl.request_timeout_s,
-            "batch_size": pl.batch_size, "in_flight": pl.in_flight, "stages": stages,
-            "num_classes": len(cfg.task.labels),
-            "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0}
-
-
 def plan_cascade(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir,
-                 written: dict[str, int]) -> dict[str, Any] | None:
+                 written: dict[str, int]) -> CascadePlan | None:
     """The stages of this run, kept in ``OUT/cascade.json`` (which ``molal-ray aggregate`` reads):
     as configured, or (``order: gold``) refilled by each annotator's accuracy on the rows of
     ``cascade.gold``, which every annotator labels first, into the table. A resumed run keeps the
     ranking it made. Without a cascade the file is removed: the table is no longer cascaded.
     The rows the ranking writes are added to ``written``."""
-    target = out.root.join(CASCADE)
-    c = cfg.cascade
-    if c is None:
+    target = out.cascade
+    if cfg.cascade is None:
         target.delete_file()
         return None
-    plan: dict[str, Any] = {"order": c.order, "stages": c.stages, "min_vote_share": c.min_vote_share}
-    if c.order == "gold":
-        prev = target.read_json() if target.exists() else None
-        from molal_ray.annotation.cascade import same_shape
-
-        if prev and prev.get("order") == "gold" and same_shape(prev["stages"], c.stages):
-            plan = {**prev, "min_vote_share": c.min_vote_share}
-        else:
-            plan.update(rank_on_gold(cfg, pool, out, written))
-    target.write_json(plan)
+    previous = target.read_json() if target.exists() else None
+    if needs_ranking(cfg.cascade, previous):
+        plan = rank_on_gold(cfg, pool, out, written)
+    else:
+        plan = plan_for(cfg.cascade, previous)
+    target.write_json(plan.to_dict())
     return plan
 
 
-def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, written: dict[str, int]) -> dict[str, Any]:
+def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, written: dict[str, int]) -> CascadePlan:
     """Every annotator labels the pool rows of ``cascade.gold`` (into the table, exactly once like
-    any row); the stages are refilled by accuracy there (``annotation/cascade.py``)."""
+    any row); the stages are refilled by accuracy there (``aggregation/cascade.py``)."""
     from molal_ray.aggregation import build_matrix
     from molal_ray.aggregation.api import load_gold
-    from molal_ray.annotation.cascade import order_by_accuracy
     from molal_ray.exceptions import ConfigError
     from molal_ray.pipeline.prepare import ROW
 
@@ -99,15 +79,15 @@ def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, writte
     keys = found.column(ROW).to_numpy()
     ids = found.column(schema.SAMPLE_ID).to_pylist()
     texts = pool.fetch(keys, columns=(schema.TEXT,)).column(schema.TEXT).to_pylist()
-    everyone = [a for stage in cfg.cascade.stages for a in stage]
-    stats = AnnotateStage(**stage_kwargs(cfg, out, DoneIndex(out.parts), [everyone]))(stage_batch(keys, ids, texts))
+    stage = AnnotateStage(**stage_options(cfg, out.parts, DoneIndex(out.parts), everyone(cfg.cascade)))
+    stats = stage(stage_batch(keys, ids, texts))
     for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):
         written[a] = written.get(a, 0) + int(r)
     m = build_matrix(read_annotation_rows(out.root, ids), len(labels), sample_ids=np.asarray(ids, dtype=object))
     y = gold_df.set_index("sample_id").loc[ids, "y"].to_numpy(dtype=np.int64)
-    stages, acc = order_by_accuracy(m, np.arange(len(ids)), y, cfg.cascade.stages)
-    logger.info("cascade stages by accuracy on %d gold rows: %s", len(ids), stages)
-    return {"stages": stages, "accuracy_on_gold": acc, "gold_rows": len(ids)}
+    plan = rank(cfg.cascade, m, np.arange(len(ids)), y)
+    logger.info("cascade stages by accuracy on %d gold rows: %s", len(ids), plan.stages)
+    return plan
 
 
 def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig,
@@ -123,7 +103,8 @@ def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig,
     stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS, num_cpus=pl.stage_num_cpus)
     return stream.map_batches(
         AnnotateStage,
-        fn_constructor_kwargs=stage_kwargs(cfg, out, DoneIndex(out.parts, empty=first_run), stages or cfg.stages()),
+        fn_constructor_kwargs=stage_options(cfg, out.parts, DoneIndex(out.parts, empty=first_run),
+                                            stages or cfg.stages()),
         batch_size=None, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
         compute=ray.data.ActorPoolStrategy(size=pl.concurrency))
 
@@ -166,7 +147,7 @@ def _label(cfg: LabelJobConfig, engine_cls: type[Engine] | None, progress: Progr
     t_annotate = time.monotonic()
     try:
         plan = plan_cascade(cfg, pool, out, written)
-        results = annotate_dataset(pool, out, cfg, plan["stages"] if plan else None)
+        results = annotate_dataset(pool, out, cfg, plan.stages if plan else None)
         for stats in (results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []):
             for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):
                 written[a] = written.get(a, 0) + int(r)
@@ -187,8 +168,9 @@ def _label(cfg: LabelJobConfig, engine_cls: type[Engine] | None, progress: Progr
                            rows_written_this_run=this_run, wall_time_s=round(wall, 3),
                            rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,
                            annotate_s=round(annotate_s, 3),
-                           errors_by_kind=err_kinds, warnings_by_kind=warn_kinds, annotators=per, cascade=plan)
-    out.root.join(SUMMARY).write_json(summary.to_dict())
+                           errors_by_kind=err_kinds, warnings_by_kind=warn_kinds, annotators=per,
+                           cascade=plan.to_dict() if plan else None)
+    out.summary.write_json(summary.to_dict())
     return summary
 
 

@@ -39,31 +39,19 @@ import pyarrow.parquet as pq
 from molal_ray import schema
 from molal_ray.exceptions import ConfigError, SchemaError, one_line
 from molal_ray.ids import hash_ids
+from molal_ray.layout import LabelLayout
 from molal_ray.storage import Location, resolve
 
-MANIFEST = "manifest.json"
-PARTS = "parts"
-POOL = "pool"
-SUMMARY = "summary.json"
-UNREADABLE = "unreadable"
-CASCADE = "cascade.json"  # the stages a cascaded label job used (``molal-ray aggregate`` reads it)
 FORMAT_VERSION = 2
 MEMBERS_KEY = b"molal.members"
 COMPACT_TARGET_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
-class OutputDir:
-    root: Location
+class OutputDir(LabelLayout):
+    """A label output folder opened for writing (its paths: :class:`~molal_ray.layout.LabelLayout`)."""
+
     buckets: int | None = None  # the pool bucket count the table is written with (None: not yet chosen)
-
-    @property
-    def parts(self) -> Location:
-        return self.root.join(PARTS)
-
-    @property
-    def pool(self) -> Location:
-        return self.root.join(POOL)
 
 
 def open_output(path: str | Location, mode: str, labels: list[str], annotators: list[str]) -> OutputDir:
@@ -77,7 +65,7 @@ def open_output(path: str | Location, mode: str, labels: list[str], annotators: 
         if mode == "overwrite":
             root.delete_dir()
     out.parts.mkdirs()
-    manifest = root.join(MANIFEST)
+    manifest = out.manifest
     if manifest.exists():
         old = manifest.read_json()
         if old.get("format_version") != FORMAT_VERSION:
@@ -104,7 +92,7 @@ def open_output(path: str | Location, mode: str, labels: list[str], annotators: 
 def pin_buckets(out: OutputDir, buckets: int) -> OutputDir:
     """Record the pool bucket count the table is written with (parts are named per bucket, and
     a rerun must find a pair in the bucket it was written in)."""
-    manifest = out.root.join(MANIFEST)
+    manifest = out.manifest
     data = manifest.read_json()
     data["buckets"] = buckets
     manifest.write_json(data)
@@ -156,7 +144,7 @@ def set_aside_unreadable(out: OutputDir) -> list[str]:
     bad = unreadable_files(out.parts, [i.path for i in out.parts.list(suffix=".parquet")])
     if not bad:
         return []
-    aside = out.root.join(UNREADABLE)
+    aside = out.unreadable
     aside.mkdirs()
     names = []
     for path, why in bad:
@@ -204,9 +192,9 @@ def table_files(parts_dir: Location, bucket: int | None = None) -> tuple[list[Lo
 
 def _dataset(path: str | Location) -> pads.Dataset:
     loc = resolve(path)
-    parts = loc.join(PARTS)
-    if parts.is_dir() or loc.join(MANIFEST).exists():
-        files, _ = table_files(parts)
+    layout = LabelLayout(loc)
+    if layout.holds_table():
+        files, _ = table_files(layout.parts)
         return pads.dataset([f.path for f in files], format="parquet", filesystem=loc.fs,
                             schema=schema.ANNOTATION_SCHEMA)
     if loc.is_file():
@@ -239,9 +227,9 @@ def read_annotation_rows(path: str | Location, sample_ids: list[str]) -> pa.Tabl
 
 
 def read_cascade(path: str | Location) -> dict[str, Any] | None:
-    """The cascade a label output folder was written with (``CASCADE``), or None."""
+    """The cascade a label output folder was written with (its ``cascade.json``), or None."""
     loc = resolve(path)
-    f = loc.join(CASCADE)
+    f = LabelLayout(loc).cascade
     return f.read_json() if loc.is_dir() and f.exists() else None
 
 
@@ -249,8 +237,9 @@ def iter_annotation_table(path: str | Location, columns: list[str] | None = None
                           batch_size: int = 16384) -> Iterator[pa.RecordBatch]:
     """The table batch by batch, one file at a time (memory stays flat whatever its size)."""
     loc = resolve(path)
-    if loc.join(PARTS).is_dir() or loc.join(MANIFEST).exists():
-        files = [f.path for f in table_files(loc.join(PARTS))[0]]
+    layout = LabelLayout(loc)
+    if layout.holds_table():
+        files = [f.path for f in table_files(layout.parts)[0]]
     elif loc.is_file():
         files = [loc.path]
     else:
@@ -266,35 +255,48 @@ def iter_annotation_table(path: str | Location, columns: list[str] | None = None
 class DoneIndex:
     """Which (sample, annotator) pairs the table already holds, loaded per pool bucket on first
     use, so a resumed job never loads (or ships) the whole table's keys to every worker: an
-    annotate actor holds the keys of the few buckets it is working on."""
+    annotate actor holds the keys of the few buckets it is working on. Also the rows themselves
+    of some annotators (:meth:`rows`: a resumed cascade's earlier answers), cached the same way."""
 
     def __init__(self, parts_dir: Location | str, *, empty: bool = False, cached_buckets: int = 4) -> None:
         self.parts_dir = resolve(parts_dir)
         self.empty = empty  # a first run: nothing to load
         self.cached_buckets = cached_buckets
         self._cache: OrderedDict[int | None, dict[str, np.ndarray]] = OrderedDict()
+        self._rows: OrderedDict[tuple[int | None, tuple[str, ...]], pa.Table] = OrderedDict()
+
+    def _read(self, bucket: int | None, columns: list[str] | None = None, expr: Any = None) -> pa.Table | None:
+        files, _ = table_files(self.parts_dir, bucket)
+        if not files:
+            return None
+        paths = [f.path for f in files]
+        try:
+            return pads.dataset(paths, format="parquet", filesystem=self.parts_dir.fs,
+                                schema=schema.ANNOTATION_SCHEMA).to_table(columns=columns, filter=expr)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable_error(self.parts_dir, paths, exc) from None
+
+    def _cached(self, cache: OrderedDict[Any, Any], key: Any, load: Any) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        cache[key] = value = load()
+        while len(cache) > self.cached_buckets:
+            cache.popitem(last=False)
+        return value
 
     def _load(self, bucket: int | None) -> dict[str, np.ndarray]:
-        if bucket in self._cache:
-            self._cache.move_to_end(bucket)
-            return self._cache[bucket]
-        done: dict[str, np.ndarray] = {}
-        files, _ = table_files(self.parts_dir, bucket)
-        if files:
-            paths = [f.path for f in files]
-            try:
-                t = pads.dataset(paths, format="parquet", filesystem=self.parts_dir.fs,
-                                 schema=schema.ANNOTATION_SCHEMA).to_table(columns=[schema.SAMPLE_ID, schema.ANNOTATOR])
-            except (pa.ArrowException, OSError) as exc:
-                raise _unreadable_error(self.parts_dir, paths, exc) from None
-            ann = t.column(schema.ANNOTATOR).to_numpy(zero_copy_only=False)
-            ids = t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False)
-            for name in np.unique(ann):
-                done[str(name)] = np.sort(hash_ids(ids[ann == name]))
-        self._cache[bucket] = done
-        while len(self._cache) > self.cached_buckets:
-            self._cache.popitem(last=False)
-        return done
+        def load() -> dict[str, np.ndarray]:
+            done: dict[str, np.ndarray] = {}
+            t = self._read(bucket, columns=[schema.SAMPLE_ID, schema.ANNOTATOR])
+            if t is not None:
+                ann = t.column(schema.ANNOTATOR).to_numpy(zero_copy_only=False)
+                ids = t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False)
+                for name in np.unique(ann):
+                    done[str(name)] = np.sort(hash_ids(ids[ann == name]))
+            return done
+
+        return self._cached(self._cache, bucket, load)
 
     def mask(self, annotator: str, hashes: np.ndarray, bucket: int | None = None) -> np.ndarray:
         """True where the pair (sample with this id hash, annotator) is already in the table;
@@ -303,8 +305,21 @@ class DoneIndex:
             return np.zeros(len(hashes), dtype=bool)
         return is_done(self._load(bucket).get(annotator), hashes)
 
+    def rows(self, bucket: int | None, annotators: list[str]) -> pa.Table:
+        """The rows of ``annotators`` one bucket of the table held when first asked (this run's
+        own writes later are not seen: :meth:`forget`)."""
+        if self.empty or not annotators:
+            return schema.ANNOTATION_SCHEMA.empty_table()
+
+        def load() -> pa.Table:
+            t = self._read(bucket, expr=pads.field(schema.ANNOTATOR).isin(annotators))
+            return t if t is not None else schema.ANNOTATION_SCHEMA.empty_table()
+
+        return self._cached(self._rows, (bucket, tuple(annotators)), load)
+
     def forget(self) -> None:
         self._cache.clear()
+        self._rows.clear()
 
 
 def is_done(done_sorted: np.ndarray | None, hashes: np.ndarray) -> np.ndarray:

@@ -52,13 +52,30 @@ class ReviewBackend(Protocol):
         """Release what the backend holds (a connection)."""
 
 
+def batch_name(round_: int) -> str:
+    """The name of a loop round's batch of routed samples (its files, its Label Studio tasks' data.batch)."""
+    return f"round-{round_}"
+
+
 class FileReview:
-    """``review.backend: files``: the review files in a folder (a :class:`Location`)."""
+    """``review.backend: files``: the review files in a folder (a :class:`Location`): per batch
+    ``NAME.csv`` (to fill in), ``NAME.labelstudio.json`` (tasks to import), and the labels read
+    back, ``NAME.labels.csv``."""
+
+    CONFIG = "labelstudio-config.xml"
 
     def __init__(self, folder: Any, labels: Sequence[str]) -> None:
         self.folder = folder
         self.labels = list(labels)
         self.where = folder.uri
+
+    def sent(self, name: str) -> Any:
+        """The CSV a batch's samples were written to."""
+        return self.folder.join(f"{name}.csv")
+
+    def returned(self, name: str) -> Any:
+        """The checked labels of a batch (``molal-ray review import`` writes it)."""
+        return self.folder.join(f"{name}.labels.csv")
 
     def push(self, name: str, items: Sequence[ReviewItem]) -> str:
         from molal_ray.review.files import csv_text, labelstudio_config, labelstudio_tasks
@@ -66,8 +83,8 @@ class FileReview:
         self.folder.mkdirs()
         self.folder.join(f"{name}.labelstudio.json").write_text(json.dumps(labelstudio_tasks(items, batch=name),
                                                                            indent=1))
-        self.folder.join("labelstudio-config.xml").write_text(labelstudio_config(self.labels))
-        target = self.folder.join(f"{name}.csv")
+        self.folder.join(self.CONFIG).write_text(labelstudio_config(self.labels))
+        target = self.sent(name)
         if not target.exists():  # never overwrite labels a reviewer may be filling in
             target.write_text(csv_text(items))
         return str(target.uri)
@@ -77,8 +94,7 @@ class FileReview:
         from molal_ray.review.files import read_review
 
         best: dict[str, str] = {}
-        for f in (f"{name}.labels.csv", f"{name}.csv"):
-            loc = self.folder.join(f)
+        for loc in (self.returned(name), self.sent(name)):
             if loc.exists():
                 labels = read_review(loc.uri, self.labels, ids)
                 if set(ids) <= set(labels):
@@ -124,7 +140,7 @@ def review_round(backend: ReviewBackend, cfg: Any, round_: int, items: Sequence[
     when the server cannot be reached: the caller uses and saves nothing of the round then."""
     from molal_ray.exceptions import ReviewPending, ReviewServerError
 
-    name, ids = f"round-{round_}", [it.sample_id for it in items]
+    name, ids = batch_name(round_), [it.sample_id for it in items]
     try:
         got = backend.pull(name, ids)
         if got.complete(ids):

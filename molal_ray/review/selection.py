@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from molal_ray import schema
 from molal_ray.exceptions import ReviewError
 from molal_ray.review.files import ReviewItem
 
@@ -49,16 +50,19 @@ def texts_for_review(source: str, ids: list[str], id_column: str = "id", text_co
     """Texts of ``ids`` from a `molal-ray label` or `run` output (its prepared pool), or from a
     pool file or folder (any format the pool reader takes); ids not found are absent."""
     from molal_ray.config import PoolConfig
+    from molal_ray.layout import LabelLayout
     from molal_ray.pipeline.pool import texts_of_ids
+    from molal_ray.pipeline.prepare import ROW
     from molal_ray.pipeline.pool_store import PreparedPool
     from molal_ray.storage import resolve
 
     loc = resolve(source, field="--texts")
-    pool = PreparedPool.open(loc.join("pool")) if loc.is_dir() else None
+    # a label output's and a run output's prepared pool are both OUT/pool
+    pool = PreparedPool.open(LabelLayout(loc).pool) if loc.is_dir() else None
     if pool is not None:
         found = pool.find(ids)
-        t = pool.fetch(found.column("_row").to_numpy())
-        return dict(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
+        t = pool.fetch(found.column(ROW).to_numpy())
+        return dict(zip(t.column(schema.SAMPLE_ID).to_pylist(), t.column(schema.TEXT).to_pylist()))
     if not loc.exists():
         raise ReviewError(f"--texts: got {source!r}; expected a label or run output folder, or a pool file")
     return texts_of_ids(PoolConfig(path=source, id_column=id_column, text_column=text_column), ids)

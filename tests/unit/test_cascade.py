@@ -5,7 +5,6 @@ annotators not asked are absent, and a run stopped after the first stage resumes
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from molal_ray import schema
-from molal_ray.annotation.cascade import settled, settled_ids
+from molal_ray.aggregation.cascade import settled, settled_ids
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines import build_engine
 from molal_ray.exceptions import ConfigError
@@ -24,7 +23,6 @@ from molal_ray.pipeline.pool_store import BUCKET
 from molal_ray.ids import hash_ids
 from molal_ray.pipeline.prepare import ID_HASH
 from molal_ray.serve.deployment import pack_annotations
-from molal_ray.storage import resolve
 from tests.conftest import TREC, TREC_ANNOTATORS, TREC_LABELS
 
 STAGES = [["yi", "mistral"], ["gemma", "llama", "qwen"]]
@@ -65,15 +63,11 @@ class _Handle:
 
 def _stage(parts, stages, calls, empty):  # type: ignore[no-untyped-def]
     parts.mkdir(parents=True, exist_ok=True)
-    st = AnnotateStage.__new__(AnnotateStage)  # the constructor asks Serve for handles; these are fakes
-    st.batch_size, st.in_flight, st.stages = 64, 2, stages
-    st.annotators = [a for s in stages for a in s]
-    st.num_classes, st.min_vote_share, st._answers = len(TREC_LABELS), 0.8, OrderedDict()
-    st.handles = {a: _Handle(a, calls) for a in st.annotators}
-    st.parts_dir, st.done = resolve(parts), DoneIndex(parts, empty=empty)
-    st.max_retries, st.retry_backoff_s, st.request_timeout_s = 0, 0.0, 10.0
-    st.examples = None
-    return st
+    names = [a for s in stages for a in s]
+    return AnnotateStage("annotators", names, parts, DoneIndex(parts, empty=empty), max_retries=0, retry_backoff_s=0.0,
+                         request_timeout_s=10.0, batch_size=64, in_flight=2, stages=stages,
+                         num_classes=len(TREC_LABELS), min_vote_share=0.8,
+                         handles={a: _Handle(a, calls) for a in names})  # stand-ins for the deployments
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +136,7 @@ SURE0, SURE1, HALF = [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]
 
 
 def test_the_view_hides_what_the_cascade_would_not_have_asked():
-    from molal_ray.annotation.cascade import cascade_view, stage_reached
+    from molal_ray.aggregation.cascade import cascade_view, stage_reached
 
     stages = [["a"], ["b"], ["c"]]  # "d" is in no stage
     m = _matrix([[SURE0, SURE0, SURE1, SURE1],  # settled by a: b and c hidden, d kept
@@ -160,7 +154,7 @@ def test_the_view_hides_what_the_cascade_would_not_have_asked():
 
 
 def test_the_order_by_accuracy_keeps_the_stage_sizes():
-    from molal_ray.annotation.cascade import order_by_accuracy
+    from molal_ray.aggregation.cascade import order_by_accuracy
 
     m = _matrix([[SURE0, SURE1, SURE0, SURE0],
                  [SURE1, SURE1, N, SURE0],

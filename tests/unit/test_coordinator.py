@@ -86,7 +86,7 @@ class FakeServices:
 
     def annotate(self, rows, stages=None, examples=None):  # type: ignore[no-untyped-def]
         """Each (sample, annotator) pair once; in stages like the annotate stage (a cascade)."""
-        from molal_ray.annotation.cascade import settled_ids
+        from molal_ray.aggregation.cascade import settled_ids
 
         self.examples_sent.append(examples)
         all_ids, all_keys = rows.column(schema.SAMPLE_ID).to_pylist(), rows.column(ROW).to_pylist()
@@ -419,7 +419,7 @@ def test_without_gold_labels_the_loop_waits_for_the_review_file(trec, tmp_path):
 
     def resumed():  # type: ignore[no-untyped-def]
         state = LoopState.load(tmp_path / "state")
-        return Coordinator(state, coord.s, coord.pool, coord.split, services, tmp_path / "state")
+        return Coordinator(state, coord.settings, coord.pool, coord.split, services, tmp_path / "state")
 
     filled = [r + ("entity" if i else "") for i, r in enumerate(rows)]
     review.write_text("\n".join(filled[:-1] + [filled[-1][:-len("entity")] + "no-such-label"]) + "\n")
@@ -471,7 +471,7 @@ def test_a_cascade_ordered_on_gold_ranks_on_round_0_then_asks_the_best_first(tre
     assert LoopState.load(tmp_path / "state").cascade == state.cascade  # a resume keeps the ranking
     # Resumed with stages of another shape: ranked again on the gold rows, whose answers are all there.
     coord.cascade = CascadeConfig(stages=[["gemma", "llama"], ["mistral", "qwen", "yi"]], order="gold")
-    coord.s = coord.s.model_copy(update={"rounds": 3})
+    coord.settings = coord.settings.model_copy(update={"rounds": 3})
     coord.run_round()
     assert [len(st) for st in state.cascade["stages"]] == [2, 3] and state.cascade["accuracy_on_gold"] == pytest.approx(acc)
     assert sorted(acc[a] for a in state.cascade["stages"][0]) == sorted(acc.values())[-2:]

@@ -6,8 +6,11 @@ all of them put the same label on top of their votes, and each gave that label a
 annotator, a failed call, a flagged pool row) goes on to the next stage. Annotators a sample
 never reaches are absent from the annotation table: the aggregators treat them as missing.
 
-Two more pure pieces. :func:`order_by_accuracy` fills the configured stage sizes with the
-annotators most accurate on labelled rows first (``cascade.order: gold``). :func:`cascade_view`
+The plan (:class:`CascadePlan`: the stages a run asks and how they were chosen) is made here for
+the label job and the loop alike: :func:`plan_for` keeps the configured stages or a ranking made
+earlier, :func:`needs_ranking` says when the annotators are to be ranked first, and
+:func:`rank` fills the configured stage sizes with the annotators most accurate on labelled rows
+first (``cascade.order: gold``; :func:`order_by_accuracy`). :func:`cascade_view`
 hides, row by row, the answers the cascade would not have asked for: the rows annotated to rank
 the annotators carry every annotator, and an aggregator fitted on such rows but applied to
 cascaded ones learns from a pattern it never sees again (on TREC it cost the default aggregator
@@ -17,14 +20,16 @@ and without ``--gold-rows full``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
     from molal_ray.aggregation.features import AnnotationMatrix
+    from molal_ray.config.job import CascadeConfig
 
 
 def settled(votes: np.ndarray, answered: np.ndarray, min_vote_share: float) -> np.ndarray:
@@ -115,3 +120,73 @@ def same_shape(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
     stages ``a`` still serves a config that lists ``b``."""
     return sorted(x for st in a for x in st) == sorted(x for st in b for x in st) and [len(st) for st in a] == [
         len(st) for st in b]
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """The stages a run asks, in order, and how they were chosen: what a label output keeps in
+    ``cascade.json`` (read by ``molal-ray aggregate``) and a loop in its state."""
+
+    stages: list[list[str]]
+    min_vote_share: float
+    order: str = "config"  # 'config': as listed; 'gold': ranked on labelled rows
+    accuracy_on_gold: dict[str, float] = field(default_factory=dict)
+    gold_rows: int = 0
+
+    @property
+    def annotators(self) -> list[str]:
+        return [a for stage in self.stages for a in stage]
+
+    def view(self, m: "AnnotationMatrix") -> "AnnotationMatrix":
+        """``m`` as this cascade leaves each row (:func:`cascade_view`)."""
+        return cascade_view(m, self.stages, self.min_vote_share)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"order": self.order, "stages": self.stages, "min_vote_share": self.min_vote_share}
+        if self.order == "gold":
+            d.update(accuracy_on_gold=self.accuracy_on_gold, gold_rows=self.gold_rows)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], min_vote_share: float | None = None) -> "CascadePlan":
+        """A saved plan; a loop state saved before plans kept their order and rule has a ranking
+        only (``stages``, ``accuracy_on_gold``, ``gold_rows``)."""
+        ranked = "accuracy_on_gold" in d
+        share = d.get("min_vote_share", min_vote_share)
+        return cls(stages=[list(s) for s in d["stages"]], min_vote_share=float(1.0 if share is None else share),
+                   order=str(d.get("order", "gold" if ranked else "config")),
+                   accuracy_on_gold=dict(d.get("accuracy_on_gold") or {}), gold_rows=int(d.get("gold_rows") or 0))
+
+
+def _ranking(previous: Mapping[str, Any] | None) -> bool:
+    return bool(previous) and "accuracy_on_gold" in previous  # type: ignore[operator]
+
+
+def needs_ranking(config: "CascadeConfig", previous: Mapping[str, Any] | None) -> bool:
+    """``order: gold`` and no ranking made earlier (``previous``: a saved plan) for stages of the
+    configured shape: every annotator is to label the gold rows first (:func:`rank`)."""
+    return config.order == "gold" and not (_ranking(previous) and same_shape(previous["stages"],  # type: ignore[index]
+                                                                              config.stages))
+
+
+def plan_for(config: "CascadeConfig", previous: Mapping[str, Any] | None = None) -> CascadePlan:
+    """The plan a run follows without ranking: with ``order: gold``, the ranking made earlier for
+    stages of this shape (a resumed run keeps it; the rule is the config's); else, and until the
+    annotators are ranked, the stages as configured."""
+    if config.order == "gold" and not needs_ranking(config, previous):
+        assert previous is not None
+        return CascadePlan.from_dict({**previous, "order": "gold", "min_vote_share": config.min_vote_share})
+    return CascadePlan(stages=[list(s) for s in config.stages], min_vote_share=config.min_vote_share)
+
+
+def everyone(config: "CascadeConfig") -> list[list[str]]:
+    """One stage of every annotator: how the rows that rank them are asked."""
+    return [[a for stage in config.stages for a in stage]]
+
+
+def rank(config: "CascadeConfig", m: "AnnotationMatrix", rows: np.ndarray, y: np.ndarray) -> CascadePlan:
+    """The plan ranked on ``rows`` of ``m`` (labelled ``y``), every annotator having answered them:
+    the configured stage sizes refilled by accuracy (:func:`order_by_accuracy`)."""
+    stages, acc = order_by_accuracy(m, rows, y, config.stages)
+    return CascadePlan(stages=stages, min_vote_share=config.min_vote_share, order="gold", accuracy_on_gold=acc,
+                       gold_rows=len(rows))
