@@ -140,15 +140,15 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
     import json
 
     from molal_ray.aggregation.api import aggregate as run_aggregate
-    from molal_ray.aggregation.api import combine_gold, load_gold, load_labels, read_table_any, report_lines
-    from molal_ray.pipeline.output import read_cascade
+    from molal_ray.aggregation.api import combine_gold, load_gold, load_labels, report_lines
+    from molal_ray.pipeline.output import read_annotation_table, read_cascade
 
     def say(msg: str) -> None:
         click.echo(f"... {msg}", err=True)
 
     labels = load_labels(labels_spec)
     gold_df = combine_gold([load_gold(g, labels) for g in gold])
-    table = read_table_any(annotations)
+    table = read_annotation_table(annotations)
     embeddings = None
     if pool_path:
         embeddings = _pool_embeddings(pool_path, id_column, text_column, encoder, first_tokens, max_length,

@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from molal_ray import schema
 from molal_ray.aggregation.base import DEFAULT, Gold, available, get_aggregator, registered
 from molal_ray.aggregation.features import AnnotationMatrix, build_matrix, check_table
 from molal_ray.aggregation.validation import CVResult, annotator_quality, cross_validate, direct_accuracy
@@ -246,23 +245,3 @@ def report_lines(report: dict[str, Any], labels: list[str]) -> list[str]:
             lines.append(f"  {n:<12} no gold rows")
     del labels
     return lines
-
-
-def read_table_any(path: str) -> pa.Table:
-    """An annotation table from a Parquet file or a label output folder (a path or a URI)."""
-    from molal_ray.pipeline.output import read_annotation_table
-    from molal_ray.storage import resolve
-
-    loc = resolve(path)
-    if not (loc.is_dir() or loc.is_file()):
-        raise AggregationError(f"annotations: got {path!r}; expected a Parquet file or a label output folder")
-    t = read_annotation_table(loc)
-    missing = [c for c in (schema.SAMPLE_ID, schema.ANNOTATOR, schema.PROBS, schema.VOTES) if c not in t.column_names]
-    if missing:
-        raise SchemaError(f"annotations {path}: missing columns {missing}; got {t.column_names}")
-    for c in (schema.PROBS, schema.VOTES):
-        typ = t.schema.field(c).type
-        if not (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) or \
-                not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
-            raise SchemaError(f"annotations {path}: column {c!r} is {typ}; expected a list of numbers per row")
-    return t

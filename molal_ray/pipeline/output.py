@@ -215,9 +215,28 @@ def _read(path: str | Location, **kwargs: Any) -> pa.Table:
 
 
 def read_annotation_table(path: str | Location, columns: list[str] | None = None) -> pa.Table:
-    """The whole annotation table (a label output folder or one Parquet file); an unreadable
-    file is a :class:`SchemaError` naming it."""
-    return _read(path, columns=columns)
+    """The whole annotation table (a label output folder or one Parquet file, a path or a URI);
+    an unreadable file, or one without the table's key and answer columns, is a
+    :class:`SchemaError` naming it."""
+    t = _read(path, columns=columns)
+    check_answer_columns(t, str(path), columns)
+    return t
+
+
+def check_answer_columns(t: pa.Table, where: str, columns: list[str] | None = None) -> None:
+    """The columns an aggregator reads (those of ``columns`` when given) are there, probabilities
+    and votes as lists of numbers (a Parquet file a user made may hold anything)."""
+    needed = [c for c in (schema.SAMPLE_ID, schema.ANNOTATOR, schema.PROBS, schema.VOTES) if columns is None or c in columns]
+    missing = [c for c in needed if c not in t.column_names]
+    if missing:
+        raise SchemaError(f"annotations {where}: missing columns {missing}; got {t.column_names}")
+    for c in (schema.PROBS, schema.VOTES):
+        if c not in needed:
+            continue
+        typ = t.schema.field(c).type
+        if not (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) or \
+                not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
+            raise SchemaError(f"annotations {where}: column {c!r} is {typ}; expected a list of numbers per row")
 
 
 def read_annotation_rows(path: str | Location, sample_ids: list[str]) -> pa.Table:

@@ -135,7 +135,8 @@ def test_bad_gold_files_are_clear_errors_or_read(tmp_path):
 
 
 def test_bad_annotation_tables_are_clear_errors_or_aggregate(tmp_path):
-    from molal_ray.aggregation.api import aggregate, read_table_any
+    from molal_ray.aggregation.api import aggregate
+    from molal_ray.pipeline.output import read_annotation_table
 
     table, truth = synthetic_table(60, seed=1)
     n_classes = len(table.column("probs")[0].as_py())
@@ -169,6 +170,6 @@ def test_bad_annotation_tables_are_clear_errors_or_aggregate(tmp_path):
         else:
             pq.write_table(v, path)
         try:
-            aggregate(read_table_any(str(path)), gold, labels, "majority", validate=False, baselines=False)
+            aggregate(read_annotation_table(path), gold, labels, "majority", validate=False, baselines=False)
         except MolalError as exc:
             assert str(exc) and len(str(exc).splitlines()) <= 3, (case, str(exc))

@@ -164,7 +164,7 @@ def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
     import pandas as pd
 
     from molal_ray.aggregation import build_matrix
-    from molal_ray.aggregation.api import aggregate, load_gold, read_table_any
+    from molal_ray.aggregation.api import aggregate, load_gold
     from molal_ray.pipeline.output import read_cascade
 
     pool = pq.read_table(TREC / "pool.parquet").slice(0, 300)
@@ -204,7 +204,7 @@ def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
     assert again.rows_written_this_run == 0 and read_cascade(tmp_path / "out") == plan
     assert molal_ray.read_annotations(tmp_path / "out").num_rows == summary.table_rows
     # molal-ray aggregate reads the plan: the gold rows' later-stage answers are hidden where stage one settled.
-    res = aggregate(read_table_any(str(tmp_path / "out")), load_gold(tmp_path / "gold.csv", TREC_LABELS), TREC_LABELS,
+    res = aggregate(read_annotation_table(tmp_path / "out"), load_gold(tmp_path / "gold.csv", TREC_LABELS), TREC_LABELS,
                     validate=False, cascade=plan)
     g = m.votes[:40][:, cols]
     g_sure = (g.argmax(2) == g.argmax(2)[:, :1]).all(1) & (g.max(2) / np.maximum(g.sum(2), 1e-12) >= 0.8).all(1)
