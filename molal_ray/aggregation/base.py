@@ -8,7 +8,9 @@ state ends in ``_`` (scikit-learn style). Pure numpy/scikit-learn/xgboost: no Ra
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -102,6 +104,28 @@ def get_aggregator(name: str, seed: int | None = None, **params: Any) -> Aggrega
     if seed is not None and any(p.name == "seed" for p in constructor_parameters(cls)):
         params["seed"] = seed
     return cls(**params)
+
+
+def validated(init: Callable[..., None]) -> Callable[..., None]:
+    """Checks a constructor's arguments against its annotations (``Annotated[float, Field(ge=0)]``
+    and the like), the one place an aggregator's ranges are declared: the config's settings model
+    is built from the same annotations (``config/aggregation.py``), so a YAML file and a direct
+    call get the same check. A bad value is a :class:`ConfigError` naming the setting."""
+    import pydantic
+
+    checked = pydantic.validate_call(config={"arbitrary_types_allowed": True})(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            checked(self, *args, **kwargs)
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"{getattr(self, 'name', type(self).__name__)}: {where}: {err['msg']}; "
+                              f"got {err.get('input')!r}") from None
+
+    return wrapper
 
 
 def constructor_parameters(cls: type) -> list[inspect.Parameter]:

@@ -2,54 +2,34 @@
 self-trained on the pool. The default (``text_view.py``) is this one checked against the texts
 where they have embeddings, and this one exactly where they have none.
 
-Why this design. What it chooses at run time (the gold-only model's regularisation, the
-temperature) it chooses by cross-validation on the gold set only; its fixed settings were chosen
-on development seeds (last paragraph).
+1. Dawid-Skene over the votes: each annotator's confusions, learnt from the whole pool with the
+   gold labels fixed and weighted (``gold_weight``).
+2. A multinomial logistic regression on the gold rows alone over [log probs, votes, presence]:
+   what the annotators' joint answers mean, correlated errors included; its regularisation is
+   chosen by cross-validation on the gold rows (``C_GRID``).
+3. The two posteriors pooled geometrically; the gold model's exponent is n / (n +
+   ``gold_half_weight_rows``) for n gold rows.
+4. Self-training: a logistic regression on the gold rows plus the pool rows whose pooled
+   confidence reaches ``threshold``, each predicted class keeping at least its ``class_floor``
+   most confident share, classes weighted toward balance (n / (K n_k), at most
+   ``max_class_weight``); the pool is relabelled by it and the fit repeated until fewer than
+   ``tol`` of its labels change, at most ``max_passes`` times.
+5. One temperature, fitted on out-of-fold predictions of the gold rows (``calibration.py``):
+   the labels do not change; ``confidence`` and the loop's negatives become meaningful.
 
-1. Dawid-Skene over the votes learns each annotator's confusions from the whole pool without
-   labels (it sees, for instance, that one model never says "human"), with the gold labels
-   fixed and weighted; it assumes annotators err independently.
-2. A multinomial logistic regression on the gold set alone over [log probs, votes, presence]
-   learns what the annotators' *joint* answers mean, including correlated errors, but from few
-   rows; its regularisation strength is chosen by cross-validation on the gold set.
-3. Their posteriors are pooled geometrically (a weighted product of experts), which is sharper
-   where they agree and hedges where they do not. The gold-only model's exponent grows with the
-   gold it was fitted on, n / (n + ``gold_half_weight_rows``): with 50 gold rows it counts half
-   as much as Dawid-Skene (fifty rows fit 65 x 6 weights loosely), with hundreds nearly as much.
-4. A final logistic regression is trained on the gold rows plus the pool rows whose pooled
-   confidence passes ``threshold`` (self-training), so the decision boundary is fitted on
-   thousands of rows instead of fifty. The threshold is high (0.98): the rows it leaves out are
-   the ambiguous ones, where pseudo-labels mostly repeat the annotators' shared mistakes and
-   would outvote the gold rows. So that a high threshold cannot starve a class (with few gold
-   rows a class's pooled confidence can sit below it everywhere, and the model then never
-   predicts it), each class the pool predicts also keeps its ``class_floor`` most confident share
-   of rows. The pool is then relabelled by that model and the fit repeated, until fewer than
-   ``tol`` of the pool's labels change or ``max_passes`` is reached: each pass smooths the labels
-   along the directions the linear model can represent.
-   Pseudo-labels over-represent the classes the annotators over-predict (on TREC all five LLMs
-   call many entity questions descriptions), and each pass would fit that bias back and grow it.
-   So the fit weights every class toward balance, by n / (K n_k) as scikit-learn's
-   ``class_weight="balanced"`` does, but at most ``max_class_weight`` (2), so that a truly rare
-   class is not blown up into false positives (the idea of rebalancing self-training toward the
-   minority classes is CReST's: Wei et al., CVPR 2021).
-5. Self-training makes it overconfident, so its distributions are temperature-scaled with one
-   temperature fitted on out-of-fold predictions of the gold rows (``calibration.py``): the
-   labels do not change; ``confidence`` and the loop's negative labels become meaningful.
-
-The settings (threshold 0.98 with a class floor of half, the growing exponent, repeated passes,
-class weights capped at 2) were chosen on TREC development seeds that the reported benchmark does
-not use: ``benchmarks/aggregation_ablation.py`` with 25, 50 and 200 gold rows, where each beat the
-setting it replaced on average with 50 gold rows.
-
-Fitting uses all gold rows and at most ``max_fit_rows`` pool rows (sampled with ``seed``);
-prediction covers every row, so a pool of millions costs one vectorised pass.
+What it chooses at run time it chooses on the gold rows only. Why each step and setting (and
+what they were measured against): docs/aggregation.md, "How `pooled` was chosen". Fitting uses
+all gold rows and at most ``max_fit_rows`` pool rows (sampled with ``seed``); prediction covers
+every row, so a pool of millions costs one vectorised pass.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, StrictBool
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, cross_val_score
@@ -57,13 +37,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 
-from molal_ray.aggregation.base import Aggregator, Gold, normalise_rows
+from molal_ray.aggregation.base import Aggregator, Gold, normalise_rows, validated
 from molal_ray.aggregation.calibration import apply_temperature, fit_temperature
 from molal_ray.aggregation.dawid_skene import DawidSkene
 from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.aggregation.learners import linear_features, padded_proba
 from molal_ray.aggregation.validation import out_of_fold_proba
-from molal_ray.exceptions import ConfigError
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 CALIBRATION_FIT_ROWS = 50_000  # pool rows each out-of-fold copy fits on (temperature only)
@@ -133,26 +112,22 @@ class PooledAggregator(Aggregator):
     name = "pooled"
     label_only = {"calibrate": False}
 
-    def __init__(self, threshold: float = 0.98, gold_weight: float = 20.0, final_c: float = 1.0,
-                 max_fit_rows: int = 200_000, seed: int = 0, calibrate: bool = True,
-                 calibration_folds: int = 5, gold_half_weight_rows: float = 50.0, max_passes: int = 8,
-                 tol: float = 1e-3, class_floor: float = 0.5, balance_classes: bool = True,
-                 max_class_weight: float = 2.0) -> None:
-        if gold_half_weight_rows < 0:
-            raise ConfigError(f"pooled: gold_half_weight_rows must be >= 0; got {gold_half_weight_rows}")
-        if max_passes < 1:
-            raise ConfigError(f"pooled: max_passes must be >= 1; got {max_passes}")
-        if not tol >= 0:  # also refuses NaN
-            raise ConfigError(f"pooled: tol must be >= 0 (a share of the pool's labels); got {tol}")
-        if not threshold >= 0:
-            raise ConfigError(f"pooled: threshold must be >= 0 (above 1, with class_floor 0, turns self-training off); got {threshold}")
-        if not 0 <= class_floor <= 1:
-            raise ConfigError(f"pooled: class_floor must be in [0, 1] (a share of each class's rows); got {class_floor}")
-        if not isinstance(balance_classes, (bool, np.bool_)):
-            raise ConfigError(f"pooled: balance_classes must be true or false; got {balance_classes!r}")
-        if not max_class_weight >= 1:
-            raise ConfigError(f"pooled: max_class_weight must be >= 1 (the most a class's rows may weigh; inf for "
-                              f"plain balanced weights); got {max_class_weight}")
+    @validated
+    def __init__(self,
+                 threshold: Annotated[float, Field(ge=0, description="pooled confidence a pool row needs to "
+                                                   "be a pseudo-label (above 1 with class_floor 0: no "
+                                                   "self-training)")] = 0.98,
+                 gold_weight: Annotated[float, Field(ge=0)] = 20.0,
+                 final_c: Annotated[float, Field(gt=0)] = 1.0,
+                 max_fit_rows: Annotated[int, Field(ge=1)] = 200_000, seed: int = 0, calibrate: StrictBool = True,
+                 calibration_folds: Annotated[int, Field(ge=2)] = 5,
+                 gold_half_weight_rows: Annotated[float, Field(ge=0)] = 50.0,
+                 max_passes: Annotated[int, Field(ge=1)] = 8,
+                 tol: Annotated[float, Field(ge=0, description="a share of the pool's labels")] = 1e-3,
+                 class_floor: Annotated[float, Field(ge=0, le=1, description="a share of each class's rows")] = 0.5,
+                 balance_classes: StrictBool = True,
+                 max_class_weight: Annotated[float, Field(ge=1, description="the most a class's rows may weigh "
+                                                          "(inf: plain balanced weights)")] = 2.0) -> None:
         self.threshold = threshold
         self.balance_classes = balance_classes
         self.max_class_weight = max_class_weight

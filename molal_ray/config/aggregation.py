@@ -40,7 +40,7 @@ def settings_models() -> dict[str, type[AggregatorSettings]]:
         hints: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):  # a subclass's hints over its base's
             if "__init__" in klass.__dict__:
-                hints.update(typing.get_type_hints(klass.__dict__["__init__"]))
+                hints.update(typing.get_type_hints(klass.__dict__["__init__"], include_extras=True))
         fields: dict[str, Any] = {"name": (Literal[name], name)}
         for p in constructor_parameters(cls):
             fields[p.name] = (hints.get(p.name, Any), p.default)

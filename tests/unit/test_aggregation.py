@@ -195,6 +195,24 @@ def test_self_training_keeps_the_most_confident_share_of_every_predicted_class(s
             PooledAggregator(class_floor=bad)
 
 
+def test_an_aggregators_ranges_are_declared_once_for_the_config_and_the_constructor():
+    """The ranges in the constructor's annotations are what the config checks too (the settings
+    model is built from them), and a direct call gets the same refusal."""
+    from pydantic import ValidationError
+
+    from molal_ray.aggregation.pooled import PooledAggregator
+    from molal_ray.config.aggregation import parse_aggregator
+
+    assert parse_aggregator({"name": "pooled", "class_floor": 0.25}).params()["class_floor"] == 0.25
+    for key, bad in (("class_floor", 1.5), ("max_passes", 0), ("tol", -1.0), ("balance_classes", "yes")):
+        with pytest.raises(ValidationError, match=key):
+            parse_aggregator({"name": "pooled", key: bad})
+        with pytest.raises(ValidationError, match=key):  # the default inherits pooled's ranges
+            parse_aggregator({"name": "default", key: bad})
+        with pytest.raises(ConfigError, match=key):
+            PooledAggregator(**{key: bad})
+
+
 def test_self_training_weights_classes_toward_balance_with_a_cap(synth):
     """Each class's rows weigh n / (K n_k), as scikit-learn's balanced class weights, but at most
     ``max_class_weight``, so a rare class is lifted without being blown up."""
