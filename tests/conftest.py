@@ -39,6 +39,32 @@ def recorded_answers(ids: list[str]) -> dict:
     return out
 
 
+def replay_label_config(pool, out, *, recording=None, latency: float = 0.0, buckets: int | None = None,
+                        **pipeline) -> dict:
+    """A label job of the five recorded TREC annotators (replay engines, 0.1 CPU each) over
+    ``pool`` into ``out`` (paths or URIs); ``pipeline``: its settings over batches of 16 on two
+    actors."""
+    pool_cfg: dict = {"path": str(pool)}
+    if buckets is not None:
+        pool_cfg["buckets"] = buckets
+    return {"task": {"labels": TREC_LABELS},
+            "annotators": [{"name": n, "engine": {"type": "replay", "path": str(recording or TREC / "recording.parquet"),
+                                                  "latency_s_per_text": latency},
+                            "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
+            "pool": pool_cfg, "output": {"path": str(out)},
+            "pipeline": {"batch_size": 16, "concurrency": 2, **pipeline}}
+
+
+def table_pairs(path) -> dict:
+    """The annotation table at ``path`` as (sample_id, annotator) -> row, each pair once."""
+    from molal_ray.pipeline.output import read_annotation_table
+
+    rows = read_annotation_table(path).to_pylist()
+    keys = [(r["sample_id"], r["annotator"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a (sample, annotator) pair was written twice"
+    return dict(zip(keys, rows))
+
+
 def assert_rows_are_the_recordings(table: dict, ids: list[str]) -> None:
     """Every (sample_id, annotator) pair of these ids is in ``table`` (pair -> row) once, each
     row what the recording says: what an uninterrupted run writes."""

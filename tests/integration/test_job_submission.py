@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from molal_ray.pipeline.output import read_annotation_table
-from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings
+from tests.conftest import (ROOT, TREC, assert_rows_are_the_recordings,
+                            replay_label_config, table_pairs)
 from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -130,22 +131,10 @@ def head(tmp_path):
 def _label_config(tmp: Path, out: Path, latency: float, in_flight: int = 4) -> Path:
     pool = pq.read_table(TREC / "pool.parquet").slice(0, 400)
     pq.write_table(pool, tmp / "pool.parquet")
-    cfg = {"task": {"labels": TREC_LABELS},
-           "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet"),
-                                                 "latency_s_per_text": latency},
-                           "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
-           "pool": {"path": str(tmp / "pool.parquet")}, "output": {"path": str(out)},
-           "pipeline": {"batch_size": 16, "concurrency": 2, "in_flight": in_flight}}
+    cfg = replay_label_config(tmp / "pool.parquet", out, latency=latency, in_flight=in_flight)
     path = tmp / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def _pairs(path: Path) -> dict:
-    rows = read_annotation_table(path).to_pylist()
-    keys = [(r["sample_id"], r["annotator"]) for r in rows]
-    assert len(keys) == len(set(keys)), "a (sample, annotator) pair was written twice"
-    return dict(zip(keys, rows))
 
 
 def test_jobs_submitted_to_a_ray_head_use_the_operators_annotators(head, tmp_path):
@@ -154,7 +143,7 @@ def test_jobs_submitted_to_a_ray_head_use_the_operators_annotators(head, tmp_pat
     head.molal("annotators", "deploy", str(cfg))
     head.submit("label-a", "python", "jobs/label.py", str(cfg))
     assert head.wait("label-a") == "SUCCEEDED", head.logs("label-a")
-    assert len(_pairs(tmp_path / "label-a")) == 400 * 5
+    assert len(table_pairs(tmp_path / "label-a")) == 400 * 5
     assert "gemma" in head.molal("annotators", "status").stdout  # the job left the operator's app running
 
     # A job whose task differs is refused, with the difference named.
@@ -201,5 +190,5 @@ def test_a_job_stopped_part_way_and_submitted_again_writes_each_pair_once(head, 
     head.submit("stopped-2", "python", "jobs/label.py", str(cfg))
     assert head.wait("stopped-2") == "SUCCEEDED", head.logs("stopped-2")
     # Every pair once, each what the recording says (what an uninterrupted run writes).
-    assert_rows_are_the_recordings(_pairs(tmp_path / "stopped"),
+    assert_rows_are_the_recordings(table_pairs(tmp_path / "stopped"),
                                    pq.read_table(tmp_path / "pool.parquet").column("id").to_pylist())

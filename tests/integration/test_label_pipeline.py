@@ -19,21 +19,14 @@ from molal_ray import schema
 from molal_ray.config import LabelJobConfig
 from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table
-from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings, recorded_answers
+from tests.conftest import (ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings, recorded_answers,
+                            replay_label_config)
 
 pytestmark = pytest.mark.ray
 
 
 def _config(tmp_path: Path, pool: Path, out: Path, latency: float = 0.0, **pipeline) -> dict:
-    return {
-        "task": {"labels": TREC_LABELS},
-        "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet"),
-                                              "latency_s_per_text": latency},
-                        "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
-        "pool": {"path": str(pool)},
-        "output": {"path": str(out)},
-        "pipeline": {"batch_size": 64, "concurrency": 2, **pipeline},
-    }
+    return replay_label_config(pool, out, latency=latency, **{"batch_size": 64, **pipeline})
 
 
 def _table_dict(out: Path) -> dict[tuple[str, str], dict]:

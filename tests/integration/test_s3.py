@@ -22,7 +22,8 @@ from molal_ray.loop.state import LoopState
 from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table
 from molal_ray.storage import resolve
-from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings
+from tests.conftest import (ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings,
+                            replay_label_config, table_pairs)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -40,18 +41,7 @@ def data(s3, tmp_path_factory):
 
 
 def _label_cfg(pool: str, recording: str, out: str, latency: float = 0.0, in_flight: int = 4) -> dict:
-    return {"task": {"labels": TREC_LABELS},
-            "annotators": [{"name": n, "engine": {"type": "replay", "path": recording, "latency_s_per_text": latency},
-                            "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
-            "pool": {"path": pool, "buckets": 3}, "output": {"path": out},
-            "pipeline": {"batch_size": 16, "concurrency": 2, "in_flight": in_flight}}
-
-
-def _pairs(path) -> dict:
-    rows = read_annotation_table(path).to_pylist()
-    keys = [(r["sample_id"], r["annotator"]) for r in rows]
-    assert len(keys) == len(set(keys)), "a (sample, annotator) pair was written twice"
-    return dict(zip(keys, rows))
+    return replay_label_config(pool, out, recording=recording, latency=latency, buckets=3, in_flight=in_flight)
 
 
 def test_label_job_on_s3_writes_the_rows_of_a_local_run(ray_local, s3, data, tmp_path):
@@ -60,7 +50,7 @@ def test_label_job_on_s3_writes_the_rows_of_a_local_run(ray_local, s3, data, tmp
     local = tmp_path / "local"
     run_label_job(LabelJobConfig.from_dict(_label_cfg(str(data["root"] / "pool.parquet"),
                                                       str(TREC / "recording.parquet"), str(local))))
-    remote, here = _pairs(out), _pairs(local)
+    remote, here = table_pairs(out), table_pairs(local)
     assert len(remote) == 300 * 5 and remote == here
     assert summary.table_rows == 1500 and summary.output == out
     names = [i.base_name for i in resolve(out).join("parts").list()]
@@ -90,7 +80,7 @@ def test_a_killed_label_job_on_s3_resumes_to_the_rows_of_an_uninterrupted_one(ra
     assert 0 < partial < 1500
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_rows_are_the_recordings(_pairs(out), pq.read_table(data["root"] / "pool.parquet").column("id").to_pylist())
+    assert_rows_are_the_recordings(table_pairs(out), pq.read_table(data["root"] / "pool.parquet").column("id").to_pylist())
 
 
 def test_a_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_path):

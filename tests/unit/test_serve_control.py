@@ -85,3 +85,100 @@ def test_poll_returns_the_first_answer_or_none_when_the_time_runs_out():
     calls = []
     assert poll(lambda: calls.append(1), timeout_s=0.05, every_s=0.01) is None and len(calls) >= 2
     assert poll(lambda: 0.0, timeout_s=0) == 0.0  # a falsy answer is still an answer
+
+
+class _FakeServe:
+    """Serve's status and controller client as ``scale`` sees them: one declared application
+    (two annotators, ``yi`` autoscaled) and one deployed from Python code; applying a config
+    records it, and ``yi``'s replicas come up ``ready_after`` detail reads later."""
+
+    def __init__(self, ready_after: int = 2) -> None:
+        from types import SimpleNamespace
+
+        from molal_ray.serve import INGRESS_NAME
+
+        self.declared = {"name": "annotators", "import_path": "molal_ray.serve.app:build", "route_prefix": None,
+                         "args": {}, "deployments": [
+                             {"name": "qwen", "num_replicas": 1},
+                             {"name": "yi", "num_replicas": "auto", "ray_actor_options": {"num_cpus": 2},
+                              "autoscaling_config": {"min_replicas": 1, "max_replicas": 2,
+                                                     "target_ongoing_requests": 4}}]}
+        self.other = {"name": "other", "import_path": "x:y", "route_prefix": "/o", "args": {}}
+        self.applied: list[list[dict]] = []
+        self.reads, self.ready_after, self.target = 0, ready_after, 1
+        deps = {d: None for d in (INGRESS_NAME, "qwen", "yi")}
+        self.status = SimpleNamespace(applications={"annotators": SimpleNamespace(deployments=deps),
+                                                    "other": SimpleNamespace(deployments={}),
+                                                    "from-code": SimpleNamespace(deployments={})})
+
+    def get_serve_details(self):
+        self.reads += 1
+        running = self.target if self.reads > self.ready_after else 1
+        yi = {"target_num_replicas": self.target, "status": "HEALTHY" if running == self.target else "UPDATING",
+              "replicas": [{"state": "RUNNING"}] * running}
+        return {"applications": {"annotators": {"deployed_app_config": self.declared, "deployments": {"yi": yi}},
+                                 "other": {"deployed_app_config": self.other, "deployments": {}},
+                                 "from-code": {"deployed_app_config": None, "deployments": {}}}}
+
+    def deploy_apps(self, config, _blocking=False):
+        apps = [a.model_dump(exclude_unset=True) for a in config.applications]
+        self.applied.append(apps)
+        yi = next(d for a in apps if a["name"] == "annotators" for d in a["deployments"] if d["name"] == "yi")
+        if isinstance(yi.get("num_replicas"), int):
+            self.target = yi["num_replicas"]
+        self.reads = 0
+
+
+def _fake_serve(monkeypatch, **kw) -> _FakeServe:
+    from ray import serve
+
+    from molal_ray.serve import control
+
+    fake = _FakeServe(**kw)
+    monkeypatch.setattr(control, "_client", lambda: fake)
+    monkeypatch.setattr(serve, "status", lambda: fake.status)
+    return fake
+
+
+def test_scale_changes_one_deployment_in_place_and_waits_for_its_replicas(monkeypatch):
+    from molal_ray.serve.control import scale
+
+    fake = _fake_serve(monkeypatch, ready_after=2)
+    seconds = scale("annotators", "yi", replicas=3, wait_s=5.0)
+    assert seconds > 0 and fake.reads == 3  # polled until three replicas ran, healthy
+    (apps,) = fake.applied
+    assert {a["name"] for a in apps} == {"annotators", "other"}  # the other declared app is sent again as it was
+    deps = {d["name"]: d for d in next(a for a in apps if a["name"] == "annotators")["deployments"]}
+    assert deps["qwen"] == {"name": "qwen", "num_replicas": 1}  # the other annotator is untouched
+    assert deps["yi"]["num_replicas"] == 3 and deps["yi"].get("autoscaling_config") is None
+    assert deps["yi"]["ray_actor_options"] == {"num_cpus": 2}  # its other settings are kept
+
+    fake = _fake_serve(monkeypatch)
+    assert scale("annotators", "yi", min_replicas=0, max_replicas=4) == 0.0  # autoscaled: nothing to wait for
+    yi = next(d for d in fake.applied[0][0]["deployments"] if d["name"] == "yi")
+    assert yi["num_replicas"] == "auto"
+    assert yi["autoscaling_config"]["min_replicas"] == 0 and yi["autoscaling_config"]["max_replicas"] == 4
+    assert yi["autoscaling_config"]["target_ongoing_requests"] == 4  # the range changes, the policy stays
+
+
+def test_scale_refuses_what_it_cannot_do_and_says_when_replicas_never_come(monkeypatch):
+    import pytest
+
+    from molal_ray.exceptions import AnnotatorError, ConfigError
+    from molal_ray.serve.control import scale
+
+    fake = _fake_serve(monkeypatch)
+    for kwargs, match in (({}, "one or the other"), ({"replicas": 2, "min_replicas": 1}, "one or the other"),
+                          ({"replicas": 0}, "at least 1"), ({"min_replicas": 3, "max_replicas": 2}, "min <= max")):
+        with pytest.raises(ConfigError, match=match):
+            scale("annotators", "yi", **kwargs)
+    with pytest.raises(ConfigError, match="deployed from Python code"):
+        scale("from-code", "yi", replicas=2)
+    with pytest.raises(ConfigError, match="no application 'nowhere'"):
+        scale("nowhere", "yi", replicas=2)
+    with pytest.raises(ConfigError, match=r"expected one of \['qwen', 'yi'\]"):
+        scale("annotators", "gpt", replicas=2)
+    assert not fake.applied  # nothing was sent for any of these
+    fake = _fake_serve(monkeypatch, ready_after=10**9)
+    with pytest.raises(AnnotatorError, match="did not reach 3 running replicas"):
+        scale("annotators", "yi", replicas=3, wait_s=0.5)
