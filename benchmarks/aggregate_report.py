@@ -37,8 +37,10 @@ def main() -> None:
     table, gold_s = trec_table()
     t0 = time.perf_counter()
     emb = trec_embeddings()
-    print(f"embeddings of {len(emb[0]):,} questions: {time.perf_counter() - t0:.1f} s (from the cache after the "
-          "first run)")
+    print(
+        f"embeddings of {len(emb[0]):,} questions: {time.perf_counter() - t0:.1f} s (from the cache after the "
+        "first run)"
+    )
     ids = np.random.default_rng(args.seed).choice(gold_s.index.to_numpy(), 50, replace=False)
     gold_df = pd.DataFrame({"sample_id": ids, "y": [LABELS.index(gold_s[i]) for i in ids]})
     truth = gold_s.map({lab: k for k, lab in enumerate(LABELS)})
@@ -47,13 +49,24 @@ def main() -> None:
         for validate in (False, True):
             steps: list[tuple[float, str]] = []
             t = time.perf_counter()
-            res = aggregate(table, gold_df, LABELS, embeddings=embeddings, validate=validate, seed=args.seed,
-                            progress=lambda msg, s=steps, t=t: s.append((time.perf_counter() - t, msg)))
+            res = aggregate(
+                table,
+                gold_df,
+                LABELS,
+                embeddings=embeddings,
+                validate=validate,
+                seed=args.seed,
+                progress=lambda msg, s=steps, t=t: s.append((time.perf_counter() - t, msg)),
+            )
             secs = time.perf_counter() - t
             out = res.table.to_pandas()
             scored = out[~out["is_gold"]]
-            acc = float((scored["label"].map({lab: k for k, lab in enumerate(LABELS)}).to_numpy()
-                         == truth[scored["sample_id"]].to_numpy()).mean())
+            acc = float(
+                (
+                    scored["label"].map({lab: k for k, lab in enumerate(LABELS)}).to_numpy()
+                    == truth[scored["sample_id"]].to_numpy()
+                ).mean()
+            )
             cv = res.report.get("validation", {}).get(res.report["method"], {}).get("accuracy")
             rows.append((name, "report" if validate else "fit only", secs, acc, cv, len(steps)))
             for at, msg in steps:

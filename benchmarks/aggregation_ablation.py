@@ -37,8 +37,13 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "previous (no class weights)": {"balance_classes": False},
     "before (0.9, no floor, no class weights)": {"threshold": 0.9, "class_floor": 0.0, "balance_classes": False},
-    "first (0.7, exponent 1, 1 pass, no floor)": {"threshold": 0.7, "gold_half_weight_rows": 0.0, "max_passes": 1,
-                                                  "class_floor": 0.0, "balance_classes": False},
+    "first (0.7, exponent 1, 1 pass, no floor)": {
+        "threshold": 0.7,
+        "gold_half_weight_rows": 0.0,
+        "max_passes": 1,
+        "class_floor": 0.0,
+        "balance_classes": False,
+    },
     "class weights uncapped (balanced)": {"max_class_weight": float("inf")},
     "max_class_weight=3": {"max_class_weight": 3.0},
     "max_class_weight=1.5": {"max_class_weight": 1.5},
@@ -80,12 +85,21 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--gold", type=int, default=50)
     ap.add_argument("--no-ceiling", action="store_true", help="skip the full-supervision ceiling")
-    ap.add_argument("--pool", type=int, default=None,
-                    help="fit on the gold rows plus this many other random rows, scored on those (the loop's "
-                         "case: a few hundred annotated rows a round); all rows by default")
-    ap.add_argument("--variants", nargs="+", metavar="PREFIX", default=None,
-                    help="run only the variants whose names start with one of these (the default, Dawid-Skene "
-                         "and majority always run); all by default")
+    ap.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="fit on the gold rows plus this many other random rows, scored on those (the loop's "
+        "case: a few hundred annotated rows a round); all rows by default",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="PREFIX",
+        default=None,
+        help="run only the variants whose names start with one of these (the default, Dawid-Skene "
+        "and majority always run); all by default",
+    )
     ap.add_argument("--text", action="store_true", help="the text-aware default's settings (TEXT_VARIANTS)")
     args = ap.parse_args()
     table = TEXT_VARIANTS if args.text else VARIANTS
@@ -104,8 +118,9 @@ def main() -> None:
     for seed in seeds:
         m, y = m_all, y_all
         if args.pool is not None:  # a random sub-table of gold + pool rows, as a loop round sees
-            rows = np.sort(np.random.default_rng(10_000 + seed).choice(len(m_all), args.gold + args.pool,
-                                                                        replace=False))
+            rows = np.sort(
+                np.random.default_rng(10_000 + seed).choice(len(m_all), args.gold + args.pool, replace=False)
+            )
             m, y = m_all.take(rows), y_all[rows]
         gold, ev = draw_gold(m, y, seed, args.gold)
         runs = {name: make(seed=seed, calibrate=False, **kw) for name, kw in variants.items()}
@@ -124,8 +139,10 @@ def main() -> None:
         print(f"{name:<44}{np.mean(v):>8.4f}{np.min(v):>8.4f}{np.mean(d):>+12.4f}{int((d > 0).sum()):>4}/{len(v)}")
     if args.no_ceiling:
         return
-    print(f"\nceiling: the final model's features (logistic regression, C=1) with every row's gold label, "
-          f"5-fold out-of-fold accuracy {supervised_ceiling(m_all, y_all):.4f}")
+    print(
+        f"\nceiling: the final model's features (logistic regression, C=1) with every row's gold label, "
+        f"5-fold out-of-fold accuracy {supervised_ceiling(m_all, y_all):.4f}"
+    )
 
 
 def supervised_ceiling(m, y: np.ndarray) -> float:  # type: ignore[no-untyped-def]

@@ -41,8 +41,9 @@ def replay_rows(ids: list[str], texts: list[str]) -> pa.Table:
     task = TaskConfig(labels=LABELS)
     parts = []
     for name in ANNOTATORS:
-        eng = build_engine(AnnotatorConfig(name=name, engine={"type": "replay", "path": str(TREC / "recording.parquet")}),
-                           task)
+        eng = build_engine(
+            AnnotatorConfig(name=name, engine={"type": "replay", "path": str(TREC / "recording.parquet")}), task
+        )
 
         async def run(e=eng):  # type: ignore[no-untyped-def]
             await e.start()
@@ -119,21 +120,27 @@ def main() -> None:
         gold, ev = draw_gold(m, y, seed, args.gold)
         for n in methods:
             t0 = time.perf_counter()
-            agg = (get_aggregator("default", seed=seed, calibrate=False) if n == UNCALIBRATED
-                   else get_aggregator("default" if n == DEFAULT_ROW else n, seed=seed))
+            agg = (
+                get_aggregator("default", seed=seed, calibrate=False)
+                if n == UNCALIBRATED
+                else get_aggregator("default" if n == DEFAULT_ROW else n, seed=seed)
+            )
             p = agg.fit(m, gold).predict_proba(m)
             times[n] = times.get(n, 0.0) + time.perf_counter() - t0
             rows.setdefault(n, []).append(float((p.argmax(1)[ev] == y[ev]).mean()))
             if n == DEFAULT_ROW:
                 np.add.at(confusion, (y[ev], p.argmax(1)[ev]), 1)
             p_true = p[ev][np.arange(int(ev.sum())), y[ev]]
-            calib.setdefault(n, []).append((float(p[ev].max(1).mean()),
-                                            float(-np.log(np.clip(p_true, 1e-12, 1)).mean()),
-                                            float((p_true < 0.05).mean())))
+            calib.setdefault(n, []).append(
+                (
+                    float(p[ev].max(1).mean()),
+                    float(-np.log(np.clip(p_true, 1e-12, 1)).mean()),
+                    float((p_true < 0.05).mean()),
+                )
+            )
         for a, name in enumerate(ANNOTATORS):
             rows.setdefault(f"single:{name}", []).append(float((m.votes[:, a].argmax(1)[ev] == y[ev]).mean()))
-    print(f"TREC, {len(m)} samples, {args.gold} random gold labels, accuracy on the other rows, "
-          f"{args.seeds} seeds")
+    print(f"TREC, {len(m)} samples, {args.gold} random gold labels, accuracy on the other rows, {args.seeds} seeds")
     print(f"{'method':<22}" + "".join(f"{'seed ' + str(s):>9}" for s in range(args.seeds)) + f"{'mean':>9}{'s/fit':>8}")
     for n, accs in rows.items():
         t = f"{times[n] / args.seeds:>8.2f}" if n in times else f"{'':>8}"
@@ -141,9 +148,11 @@ def main() -> None:
     d, mv = np.array(rows[DEFAULT_ROW]), np.array(rows["majority"])
     best_single = max((k for k in rows if k.startswith("single:")), key=lambda k: np.mean(rows[k]))
     print(f"default - majority per seed: {np.round(d - mv, 4).tolist()} (min {np.min(d - mv):+.4f})")
-    print(f"default mean {d.mean():.4f}; best single annotator with hindsight ({best_single}) "
-          f"{np.mean(rows[best_single]):.4f}; target 0.80 "
-          f"(the answers alone, pooled: {np.mean(rows['pooled']):.4f})")
+    print(
+        f"default mean {d.mean():.4f}; best single annotator with hindsight ({best_single}) "
+        f"{np.mean(rows[best_single]):.4f}; target 0.80 "
+        f"(the answers alone, pooled: {np.mean(rows['pooled']):.4f})"
+    )
     print(f"\nthe default's labels against gold, summed over the {args.seeds} seeds (rows: gold, columns: label):")
     print(f"{'':<14}" + "".join(f"{lab[:8]:>9}" for lab in LABELS))
     for k, lab in enumerate(LABELS):

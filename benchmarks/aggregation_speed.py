@@ -36,8 +36,10 @@ def main() -> None:
     table, truth = synthetic_table(args.n, seed=0)
     t_gen = time.perf_counter() - t0
     mem_gen = peak_mib()
-    print(f"synthetic table: {table.num_rows} rows ({table.nbytes / 2**20:.0f} MiB Arrow) in {t_gen:.1f}s; "
-          f"peak so far {mem_gen:.0f} MiB")
+    print(
+        f"synthetic table: {table.num_rows} rows ({table.nbytes / 2**20:.0f} MiB Arrow) in {t_gen:.1f}s; "
+        f"peak so far {mem_gen:.0f} MiB"
+    )
     t1 = time.perf_counter()
     m = build_matrix(table, 6)
     t_matrix = time.perf_counter() - t1
@@ -47,15 +49,18 @@ def main() -> None:
         order = np.asarray([int(s[1:]) for s in m.sample_ids])
         E = np.empty((args.n, args.text_dim), np.float32)
         for start in range(0, args.n, 100_000):  # in chunks: the generator works in float64
-            E[start:start + 100_000] = synthetic_embeddings(truth[order[start:start + 100_000]], args.text_dim,
-                                                            noise=1.5, noise_seed=start)
+            E[start : start + 100_000] = synthetic_embeddings(
+                truth[order[start : start + 100_000]], args.text_dim, noise=1.5, noise_seed=start
+            )
         t_gen_text = time.perf_counter() - t4
         t5 = time.perf_counter()
         m = m.with_embeddings(m.sample_ids, E)
         del E
         t_text = time.perf_counter() - t5
-        print(f"synthetic embeddings: {args.n} x {args.text_dim} ({args.n * args.text_dim * 4 / 2**30:.1f} GiB) in "
-              f"{t_gen_text:.1f}s; peak so far {peak_mib():.0f} MiB")
+        print(
+            f"synthetic embeddings: {args.n} x {args.text_dim} ({args.n * args.text_dim * 4 / 2**30:.1f} GiB) in "
+            f"{t_gen_text:.1f}s; peak so far {peak_mib():.0f} MiB"
+        )
     gi = np.random.default_rng(0).choice(args.n, 50, replace=False)
     idx = np.asarray([int(s[1:]) for s in m.sample_ids[gi]])
     gold = Gold(gi, truth[idx], 6)
@@ -69,12 +74,19 @@ def main() -> None:
     order = np.asarray([int(s[1:]) for s in m.sample_ids])
     acc = float((p.argmax(1) == truth[order]).mean())
     print(f"{'step':<22}{'seconds':>9}")
-    for name, t in [("table -> matrix", t_matrix), ("embeddings -> matrix", t_text), ("fit", t_fit),
-                    ("predict (all rows)", t_pred), ("total aggregation", total)]:
+    for name, t in [
+        ("table -> matrix", t_matrix),
+        ("embeddings -> matrix", t_text),
+        ("fit", t_fit),
+        ("predict (all rows)", t_pred),
+        ("total aggregation", total),
+    ]:
         print(f"{name:<22}{t:>9.1f}")
     print(f"peak memory (whole process, incl. the synthetic table): {peak_mib():.0f} MiB")
-    print(f"accuracy vs synthetic truth: {acc:.4f}; target total <= 120 s: {'met' if total <= 120 else 'MISSED'} "
-          f"({total / 120:.2f} of the budget)")
+    print(
+        f"accuracy vs synthetic truth: {acc:.4f}; target total <= 120 s: {'met' if total <= 120 else 'MISSED'} "
+        f"({total / 120:.2f} of the budget)"
+    )
 
 
 if __name__ == "__main__":

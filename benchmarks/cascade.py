@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregation_quality import LABELS, trec_matrix  # noqa: E402
 
 from molal_ray.aggregation import Gold, get_aggregator  # noqa: E402
-from molal_ray.aggregation.features import AnnotationMatrix  # noqa: E402
 from molal_ray.aggregation.cascade import cascade_view, order_by_accuracy, stage_reached  # noqa: E402
+from molal_ray.aggregation.features import AnnotationMatrix  # noqa: E402
 
 
-def cascaded(m: AnnotationMatrix, stages: list[list[str]], min_share: float, gold_idx: np.ndarray,
-             view: bool) -> tuple[AnnotationMatrix, float]:
+def cascaded(
+    m: AnnotationMatrix, stages: list[list[str]], min_share: float, gold_idx: np.ndarray, view: bool
+) -> tuple[AnnotationMatrix, float]:
     """The matrix a cascaded label job leaves (every annotator on the gold rows), as the
     aggregator sees it, and its LLM calls per text."""
     last = stage_reached(m, stages, min_share)
@@ -56,9 +57,12 @@ def main() -> None:
     ap.add_argument("--gold", type=int, default=50)
     ap.add_argument("--first", type=int, nargs="*", default=[1, 2], help="annotators in stage one")
     ap.add_argument("--min-share", type=float, nargs="*", default=[0.6, 0.8, 0.9])
-    ap.add_argument("--gold-rows", choices=["view", "full"], default="view",
-                    help="view: the gold rows as the cascade leaves them (the job's aggregation); "
-                         "full: with all five answers")
+    ap.add_argument(
+        "--gold-rows",
+        choices=["view", "full"],
+        default="view",
+        help="view: the gold rows as the cascade leaves them (the job's aggregation); full: with all five answers",
+    )
     args = ap.parse_args()
     t0 = time.monotonic()
     m, y = trec_matrix()
@@ -70,8 +74,9 @@ def main() -> None:
         rest = np.setdiff1d(np.arange(len(y)), gold_idx)
         gold = Gold(gold_idx, y[gold_idx], C)
         _, acc = order_by_accuracy(m, gold_idx, y[gold_idx], [list(m.annotators)])
-        print(f"seed {seed}: accuracy on the gold rows " + ", ".join(f"{a} {v:.2f}" for a, v in acc.items()),
-              flush=True)
+        print(
+            f"seed {seed}: accuracy on the gold rows " + ", ".join(f"{a} {v:.2f}" for a, v in acc.items()), flush=True
+        )
         runs: list[tuple[str, AnnotationMatrix, float]] = [("all five", m, 5.0)]
         for k in args.first:
             stages, _ = order_by_accuracy(m, gold_idx, y[gold_idx], [m.annotators[:k], m.annotators[k:]])
@@ -80,8 +85,11 @@ def main() -> None:
                 # What stage one settles, and how right its own vote is there (what no aggregator can redo).
                 settled = stage_reached(m, stages, s)[rest] == 0
                 own = m.votes[rest][:, [m.annotators.index(a) for a in stages[0]]].argmax(2)[:, 0] == y[rest]
-                print(f"  {k} first, {s}: stage one settles {settled.mean():.1%} of the rows; its first annotator "
-                      f"is right on {own[settled].mean():.1%} of those", flush=True)
+                print(
+                    f"  {k} first, {s}: stage one settles {settled.mean():.1%} of the rows; its first annotator "
+                    f"is right on {own[settled].mean():.1%} of those",
+                    flush=True,
+                )
         for name, mm, calls in runs:
             maj = get_aggregator("majority").fit(mm, gold).predict_proba(mm.take(rest)).argmax(1)
             agg = get_aggregator("default", seed=seed)  # accuracy only: its temperature never changes a label

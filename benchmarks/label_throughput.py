@@ -38,14 +38,22 @@ def run(n: int, batch_size: int, concurrency: int) -> dict[str, float]:
         maker.join()
         if maker.exitcode != 0:
             raise RuntimeError(f"making the synthetic data failed (exit code {maker.exitcode})")
-        cfg = LabelJobConfig.from_dict({
-            "task": {"labels": LABELS},
-            "annotators": [{"name": a, "engine": {"type": "replay", "path": str(root / "recording.parquet")},
-                            "resources": {"num_cpus": 0.1}} for a in ANNOTATORS],
-            "pool": {"path": str(root / "pool.parquet")},
-            "output": {"path": str(root / "out"), "mode": "overwrite"},
-            "pipeline": {"batch_size": batch_size, "concurrency": concurrency},
-        })
+        cfg = LabelJobConfig.from_dict(
+            {
+                "task": {"labels": LABELS},
+                "annotators": [
+                    {
+                        "name": a,
+                        "engine": {"type": "replay", "path": str(root / "recording.parquet")},
+                        "resources": {"num_cpus": 0.1},
+                    }
+                    for a in ANNOTATORS
+                ],
+                "pool": {"path": str(root / "pool.parquet")},
+                "output": {"path": str(root / "out"), "mode": "overwrite"},
+                "pipeline": {"batch_size": batch_size, "concurrency": concurrency},
+            }
+        )
         sampler = MemorySampler()
         sampler.start()
         t0 = time.monotonic()
@@ -54,9 +62,15 @@ def run(n: int, batch_size: int, concurrency: int) -> dict[str, float]:
         sampler.stop.set()
         sampler.join()
         assert summary.table_rows == n * len(ANNOTATORS), summary
-        return {"n": n, "wall_s": wall, "rows_per_s": summary.table_rows / wall, "texts_per_s": n / wall,
-                "driver_peak_mib": sampler.driver_peak / 2**20, "all_pss_mib": sampler.peak_pss / 2**20,
-                "all_rss_mib": sampler.peak_rss / 2**20}
+        return {
+            "n": n,
+            "wall_s": wall,
+            "rows_per_s": summary.table_rows / wall,
+            "texts_per_s": n / wall,
+            "driver_peak_mib": sampler.driver_peak / 2**20,
+            "all_pss_mib": sampler.peak_pss / 2**20,
+            "all_rss_mib": sampler.peak_rss / 2**20,
+        }
 
 
 def main() -> None:
@@ -72,16 +86,22 @@ def main() -> None:
 
     DataContext.get_current().enable_progress_bars = False
     results = [run(n, args.batch_size, args.concurrency) for n in args.n]
-    print(f"\n{'N':>8} {'wall s':>8} {'rows/s':>9} {'texts/s':>9} {'driver MiB':>11} {'all PSS MiB':>12} "
-          f"{'all RSS MiB':>12}")
+    print(
+        f"\n{'N':>8} {'wall s':>8} {'rows/s':>9} {'texts/s':>9} {'driver MiB':>11} {'all PSS MiB':>12} "
+        f"{'all RSS MiB':>12}"
+    )
     for r in results:
-        print(f"{r['n']:>8} {r['wall_s']:>8.1f} {r['rows_per_s']:>9.0f} {r['texts_per_s']:>9.0f} "
-              f"{r['driver_peak_mib']:>11.0f} {r['all_pss_mib']:>12.0f} {r['all_rss_mib']:>12.0f}")
+        print(
+            f"{r['n']:>8} {r['wall_s']:>8.1f} {r['rows_per_s']:>9.0f} {r['texts_per_s']:>9.0f} "
+            f"{r['driver_peak_mib']:>11.0f} {r['all_pss_mib']:>12.0f} {r['all_rss_mib']:>12.0f}"
+        )
     if len(results) > 1:
         a, b = results[0], results[-1]
-        print(f"N={b['n']} / N={a['n']}: rows/s x{b['rows_per_s'] / a['rows_per_s']:.2f}, "
-              f"driver peak x{b['driver_peak_mib'] / a['driver_peak_mib']:.2f}, "
-              f"all PSS x{b['all_pss_mib'] / a['all_pss_mib']:.2f}")
+        print(
+            f"N={b['n']} / N={a['n']}: rows/s x{b['rows_per_s'] / a['rows_per_s']:.2f}, "
+            f"driver peak x{b['driver_peak_mib'] / a['driver_peak_mib']:.2f}, "
+            f"all PSS x{b['all_pss_mib'] / a['all_pss_mib']:.2f}"
+        )
     ray.shutdown()
 
 

@@ -33,14 +33,34 @@ from molal_ray.testing.synthetic import SYNTHETIC_ANNOTATORS, SYNTHETIC_LABELS, 
 def loop_config(root: Path, backbone: Path) -> dict:
     return {
         "task": {"labels": SYNTHETIC_LABELS},
-        "annotators": [{"name": a, "engine": {"type": "replay", "path": str(root / "recording.parquet")},
-                        "resources": {"num_cpus": 0.1}} for a in SYNTHETIC_ANNOTATORS],
+        "annotators": [
+            {
+                "name": a,
+                "engine": {"type": "replay", "path": str(root / "recording.parquet")},
+                "resources": {"num_cpus": 0.1},
+            }
+            for a in SYNTHETIC_ANNOTATORS
+        ],
         "pool": {"path": str(root / "pool.parquet")},
         "gold": str(root / "gold.parquet"),
-        "loop": {"initial_gold": 50, "rounds": 2, "query_size": 50, "strategy": "max-entropy", "subsample": 2000,
-                 "test_fraction": 0.25, "test_max": 500},
-        "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 32, "learning_rate": 3e-3,
-                       "max_length": 24, "cpus_per_worker": 0.5, "threads": 2},
+        "loop": {
+            "initial_gold": 50,
+            "rounds": 2,
+            "query_size": 50,
+            "strategy": "max-entropy",
+            "subsample": 2000,
+            "test_fraction": 0.25,
+            "test_max": 500,
+        },
+        "classifier": {
+            "backbone": str(backbone),
+            "epochs": 2,
+            "batch_size": 32,
+            "learning_rate": 3e-3,
+            "max_length": 24,
+            "cpus_per_worker": 0.5,
+            "threads": 2,
+        },
         "output": {"path": str(root / "out"), "mode": "overwrite"},
     }
 
@@ -53,14 +73,17 @@ def run(n: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        maker = multiprocessing.get_context("spawn").Process(target=write_synthetic_pool,
-                                                             args=(n, str(root)), kwargs={"gold_rows": 2000})
+        maker = multiprocessing.get_context("spawn").Process(
+            target=write_synthetic_pool, args=(n, str(root)), kwargs={"gold_rows": 2000}
+        )
         maker.start()
         maker.join()
         if maker.exitcode != 0:
             raise RuntimeError(f"making the synthetic data failed (exit code {maker.exitcode})")
-        corpus = [f"question {i} about {t} and topic {i}?" for i, t in
-                  enumerate(["weather", "history", "sport", "music", "science", "travel"] * 20)]
+        corpus = [
+            f"question {i} about {t} and topic {i}?"
+            for i, t in enumerate(["weather", "history", "sport", "music", "science", "travel"] * 20)
+        ]
         backbone = build_tiny_bert(root / "bert", corpus)
         cfg = LoopJobConfig.from_dict(loop_config(root, backbone))
         sampler = MemorySampler()
@@ -73,10 +96,16 @@ def run(n: int) -> dict:
         sampler.join()
         state = json.loads((root / "out" / "state" / "state.json").read_text())
         r1 = state["history"][1]
-        return {"n": n, "prepare_s": prepare_s, "round1_s": sum(r1["phase_s"].values()),
-                "phases": r1["phase_s"], "driver_peak_mib": sampler.driver_peak / 2**20,
-                "state_bytes": (root / "out" / "state" / "state.json").stat().st_size,
-                "labelled": r1["n_labeled"], "test_accuracy": report["rounds"][-1]["test_accuracy"]}
+        return {
+            "n": n,
+            "prepare_s": prepare_s,
+            "round1_s": sum(r1["phase_s"].values()),
+            "phases": r1["phase_s"],
+            "driver_peak_mib": sampler.driver_peak / 2**20,
+            "state_bytes": (root / "out" / "state" / "state.json").stat().st_size,
+            "labelled": r1["n_labeled"],
+            "test_accuracy": report["rounds"][-1]["test_accuracy"],
+        }
 
 
 def main() -> None:
@@ -93,13 +122,17 @@ def main() -> None:
     print(f"\n{'N':>8} {'prepare s':>9} {'round 1 s':>10} {'driver MiB':>11} {'state.json B':>13}  round 1 phases (s)")
     for r in results:
         phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items())
-        print(f"{r['n']:>8} {r['prepare_s']:>9.1f} {r['round1_s']:>10.1f} {r['driver_peak_mib']:>11.0f} "
-              f"{r['state_bytes']:>13}  {phases}")
+        print(
+            f"{r['n']:>8} {r['prepare_s']:>9.1f} {r['round1_s']:>10.1f} {r['driver_peak_mib']:>11.0f} "
+            f"{r['state_bytes']:>13}  {phases}"
+        )
     if len(results) > 1:
         a, b = results[0], results[-1]
-        print(f"N={b['n']} / N={a['n']}: round 1 x{b['round1_s'] / a['round1_s']:.2f}, "
-              f"driver peak x{b['driver_peak_mib'] / a['driver_peak_mib']:.2f}, "
-              f"state.json x{b['state_bytes'] / a['state_bytes']:.2f}")
+        print(
+            f"N={b['n']} / N={a['n']}: round 1 x{b['round1_s'] / a['round1_s']:.2f}, "
+            f"driver peak x{b['driver_peak_mib'] / a['driver_peak_mib']:.2f}, "
+            f"state.json x{b['state_bytes'] / a['state_bytes']:.2f}"
+        )
     ray.shutdown()
 
 

@@ -9,8 +9,14 @@ import psutil
 
 def _is_ray(p: psutil.Process) -> bool:
     cmd = " ".join(p.info["cmdline"] or [])
-    return "ray" in (p.info["name"] or "") or "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd \
-        or "ray/_private" in cmd or "ray/dashboard" in cmd
+    return (
+        "ray" in (p.info["name"] or "")
+        or "ray::" in cmd
+        or "raylet" in cmd
+        or "gcs_server" in cmd
+        or "ray/_private" in cmd
+        or "ray/dashboard" in cmd
+    )
 
 
 class MemorySampler(threading.Thread):

@@ -45,8 +45,18 @@ def trec_task(kind: str, k: int = 0, select: str = "nearest", **spelling):
     base = yaml.safe_load((ROOT / "examples/trec/label.yaml").read_text())["task"]
     if kind == "trec":
         return TaskConfig(**base, **spelling)
-    few = {"few_shot": {"examples": str(ROOT / "examples/trec/gold-50.csv"), "k": k, "select": select,
-                        "example_template": EXAMPLE}} if k else {}
+    few = (
+        {
+            "few_shot": {
+                "examples": str(ROOT / "examples/trec/gold-50.csv"),
+                "k": k,
+                "select": select,
+                "example_template": EXAMPLE,
+            }
+        }
+        if k
+        else {}
+    )
     task = TaskConfig(name=base["name"], labels=base["labels"], prompt_template=COMPACT, **few, **spelling)
     return with_examples(task, PoolConfig(path=str(ROOT / "examples/trec/pool.parquet")))
 
@@ -67,20 +77,27 @@ async def run_engine(kind: str, task, ids, texts, gold_y):
         t0 = time.perf_counter()
         out = []
         for i in range(0, len(texts), 32):
-            out += await eng.annotate(ids[i:i + 32], texts[i:i + 32])
+            out += await eng.annotate(ids[i : i + 32], texts[i : i + 32])
         wall = time.perf_counter() - t0
         probs = np.stack([a.probs if a.error is None else np.full(task.num_classes, np.nan) for a in out])
         votes = np.stack([a.votes if a.error is None else np.full(task.num_classes, np.nan) for a in out])
         coverage = None
         if kind == "hf" and not task.few_shot:
             steps = eng.step_logprobs([eng.prompts.build(t)[0] for t in texts[:64]])
-            coverage = float(np.median([np.exp(np.logaddexp.reduce(eng.trie.label_logprobs(
-                eng.trie.sequence_logprobs(s)))) for s in steps]))
-        return {"texts_per_s": len(texts) / wall, "acc_probs": float((probs.argmax(1) == gold_y).mean()),
-                "acc_votes": float((votes.argmax(1) == gold_y).mean()),
-                "errors": int(sum(a.error is not None for a in out)),
-                "predicted": np.bincount(probs.argmax(1), minlength=task.num_classes).tolist(),
-                "spellings": len(eng.trie.seqs), "mass_covered_median": coverage}, probs
+            coverage = float(
+                np.median(
+                    [np.exp(np.logaddexp.reduce(eng.trie.label_logprobs(eng.trie.sequence_logprobs(s)))) for s in steps]
+                )
+            )
+        return {
+            "texts_per_s": len(texts) / wall,
+            "acc_probs": float((probs.argmax(1) == gold_y).mean()),
+            "acc_votes": float((votes.argmax(1) == gold_y).mean()),
+            "errors": int(sum(a.error is not None for a in out)),
+            "predicted": np.bincount(probs.argmax(1), minlength=task.num_classes).tolist(),
+            "spellings": len(eng.trie.seqs),
+            "mass_covered_median": coverage,
+        }, probs
     finally:
         await eng.stop()
 
@@ -101,13 +118,14 @@ def greedy_labels(task, texts) -> list[int | None]:
     parser = AnswerParser(task.labels)
     out: list[int | None] = []
     for i in range(0, len(texts), 16):
-        batch = [prompts.build(t)[0] for t in texts[i:i + 16]]
+        batch = [prompts.build(t)[0] for t in texts[i : i + 16]]
         P = max(map(len, batch))
         ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in batch])
         mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in batch])
         with torch.inference_mode():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
+            gen = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id
+            )
         answers = [tok.decode(row[P:], skip_special_tokens=True) for row in gen]
         # The answer's first line: a model that goes on to list more labels answered with the first.
         out += parser.parse_many([a.strip().split("\n")[0] for a in answers])
@@ -134,9 +152,14 @@ def main() -> None:
     ids, texts = pool["id"].tolist(), pool["text"].tolist()
     labels = trec_task("trec").labels
     gold_y = np.array([labels.index(gold[s]) for s in ids])
-    variants = [("trec prompt, zero-shot", "trec", 0, "nearest"), ("compact, zero-shot", "compact", 0, "nearest"),
-                ("compact, k=4 nearest", "compact", 4, "nearest"), ("compact, k=4 random", "compact", 4, "random"),
-                ("compact, k=8 nearest", "compact", 8, "nearest"), ("compact, k=8 random", "compact", 8, "random")]
+    variants = [
+        ("trec prompt, zero-shot", "trec", 0, "nearest"),
+        ("compact, zero-shot", "compact", 0, "nearest"),
+        ("compact, k=4 nearest", "compact", 4, "nearest"),
+        ("compact, k=4 random", "compact", 4, "random"),
+        ("compact, k=8 nearest", "compact", 8, "nearest"),
+        ("compact, k=8 random", "compact", 8, "random"),
+    ]
     if args.variants != "all":
         variants = [variants[int(i)] for i in args.variants.split(",")]
     rows = []
@@ -151,24 +174,34 @@ def main() -> None:
                 row["greedy_valid"] = float(valid.mean())
                 row["greedy_acc"] = float((g == gold_y).mean())
                 row["agree_with_greedy"] = float((probs.argmax(1)[valid] == g[valid]).mean()) if valid.any() else None
-                old, old_probs = asyncio.run(run_engine(kind, trec_task(prompt, label_case=["as_given"],
-                                                                        label_space="none"), ids, texts, gold_y))
-                row["as_written_only"] = {"acc_probs": old["acc_probs"], "mass_covered_median": old["mass_covered_median"],
-                                          "agree_with_greedy": float((old_probs.argmax(1)[valid] == g[valid]).mean())
-                                          if valid.any() else None}
+                old, old_probs = asyncio.run(
+                    run_engine(kind, trec_task(prompt, label_case=["as_given"], label_space="none"), ids, texts, gold_y)
+                )
+                row["as_written_only"] = {
+                    "acc_probs": old["acc_probs"],
+                    "mass_covered_median": old["mass_covered_median"],
+                    "agree_with_greedy": float((old_probs.argmax(1)[valid] == g[valid]).mean())
+                    if valid.any()
+                    else None,
+                }
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nSmolLM2-135M-Instruct on {len(ids)} TREC questions (not the 50 demonstration rows), this CPU")
-    print(f"{'engine':6} {'prompt':24} {'acc(probs)':>10} {'acc(votes)':>10} {'texts/s':>8} {'greedy agree':>12} "
-          f"{'as-written agree':>16} {'mass':>6} {'as-written mass':>15}")
+    print(
+        f"{'engine':6} {'prompt':24} {'acc(probs)':>10} {'acc(votes)':>10} {'texts/s':>8} {'greedy agree':>12} "
+        f"{'as-written agree':>16} {'mass':>6} {'as-written mass':>15}"
+    )
     for r in rows:
         aw = r.get("as_written_only") or {}
 
         def f(x):
             return "-" if x is None else f"{x:.3f}"
-        print(f"{r['engine']:6} {r['prompt']:24} {r['acc_probs']:10.3f} {r['acc_votes']:10.3f} {r['texts_per_s']:8.2f} "
-              f"{f(r.get('agree_with_greedy')):>12} {f(aw.get('agree_with_greedy')):>16} "
-              f"{f(r.get('mass_covered_median')):>6} {f(aw.get('mass_covered_median')):>15}")
+
+        print(
+            f"{r['engine']:6} {r['prompt']:24} {r['acc_probs']:10.3f} {r['acc_votes']:10.3f} {r['texts_per_s']:8.2f} "
+            f"{f(r.get('agree_with_greedy')):>12} {f(aw.get('agree_with_greedy')):>16} "
+            f"{f(r.get('mass_covered_median')):>6} {f(aw.get('mass_covered_median')):>15}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -56,8 +56,9 @@ def main() -> None:
                 if rule == "random":
                     pos = np.sort(np.random.default_rng([seed, 99]).choice(len(rest), n, replace=False))
                 else:
-                    pos = least_certain(probs, n, rule, m.votes[rest] if rule == "disagreement" else None,
-                                        ids=list(m.sample_ids[rest]))
+                    pos = least_certain(
+                        probs, n, rule, m.votes[rest] if rule == "disagreement" else None, ids=list(m.sample_ids[rest])
+                    )
                 labels = probs.argmax(1).copy()
                 labels[pos] = y[rest][pos]  # people's labels
                 res.setdefault((rule, share, "taken"), []).append(float((labels == y[rest]).mean()))
@@ -68,14 +69,18 @@ def main() -> None:
                     labels2[pos] = y[rest][pos]
                     res.setdefault((rule, share, "refit"), []).append(float((labels2 == y[rest]).mean()))
             print(f"  {share:.0%}: " + "  ".join(f"{r} {res[(r, share, 'taken')][-1]:.4f}" for r in RULES), flush=True)
-    print(f"\nlabel accuracy on the {len(y) - args.gold} non-gold rows, mean over {args.seeds} seeds "
-          f"(people's labels for the routed share):")
+    print(
+        f"\nlabel accuracy on the {len(y) - args.gold} non-gold rows, mean over {args.seeds} seeds "
+        f"(people's labels for the routed share):"
+    )
     print(f"{'routed':>7} | " + " | ".join(f"{r:>12}" for r in RULES) + " | margin+refit | random+refit")
     print(f"{'0%':>7} | {np.mean(res[('none', 0.0, 'taken')]):>12.4f} |")
     for share in args.shares:
         row = [f"{np.mean(res[(r, share, 'taken')]):>12.4f}" for r in RULES]
-        refit = [f"{np.mean(res[(r, share, 'refit')]):>12.4f}" if (r, share, "refit") in res else f"{'-':>12}"
-                 for r in ("margin", "random")]
+        refit = [
+            f"{np.mean(res[(r, share, 'refit')]):>12.4f}" if (r, share, "refit") in res else f"{'-':>12}"
+            for r in ("margin", "random")
+        ]
         print(f"{share:>7.0%} | " + " | ".join(row + refit))
     print(f"\n({time.monotonic() - t0:.0f}s)")
 

@@ -3,7 +3,8 @@ and the time from `scale` to the new replicas answering, on a local Ray.
 
 The slow annotator is a replay engine with a simulated model time (``--latency`` seconds per text)
 spent on one batch after another per replica (``latency_serial``), as one model on one GPU does;
-the pipeline keeps ``--in-flight`` batches in flight, so at N replicas N batches run at once. The other four annotators answer at once. Then a job is started at 1
+the pipeline keeps ``--in-flight`` batches in flight, so at N replicas N batches run at once. The
+other four annotators answer at once. Then a job is started at 1
 replica and scaled to 3 while it runs: the seconds until Serve reports 3 running replicas, and
 until all 3 have answered rows.
 
@@ -34,14 +35,25 @@ ANNOTATORS = ["gemma", "llama", "mistral", "qwen", "yi"]
 
 
 def config(root: Path, latency: float, replicas: int, in_flight: int, batch: int) -> LabelJobConfig:
-    annotators = [{"name": a, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-                   "resources": {"num_cpus": 0.05}} for a in ANNOTATORS]
+    annotators = [
+        {
+            "name": a,
+            "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+            "resources": {"num_cpus": 0.05},
+        }
+        for a in ANNOTATORS
+    ]
     annotators[-1]["engine"].update(latency_s_per_text=latency, latency_serial=True)
     annotators[-1]["resources"].update(num_replicas=replicas)
-    return LabelJobConfig.from_dict({
-        "task": {"labels": LABELS}, "annotators": annotators, "pool": {"path": str(root / "pool.parquet")},
-        "output": {"path": str(root / f"out-{replicas}-{time.monotonic_ns()}"), "mode": "overwrite"},
-        "pipeline": {"batch_size": batch, "concurrency": 1, "in_flight": in_flight, "stage_num_cpus": 0.1}})
+    return LabelJobConfig.from_dict(
+        {
+            "task": {"labels": LABELS},
+            "annotators": annotators,
+            "pool": {"path": str(root / "pool.parquet")},
+            "output": {"path": str(root / f"out-{replicas}-{time.monotonic_ns()}"), "mode": "overwrite"},
+            "pipeline": {"batch_size": batch, "concurrency": 1, "in_flight": in_flight, "stage_num_cpus": 0.1},
+        }
+    )
 
 
 def scale_while_running(cfg: LabelJobConfig) -> tuple[float, float]:
@@ -93,13 +105,14 @@ def main() -> None:
             s = run_label_job(config(root, args.latency, r, args.in_flight, args.batch))
             rates[r] = args.n / s.annotate_s  # the annotation phase (not preparing or deploying)
         running, answering = scale_while_running(config(root, args.latency, 1, args.in_flight, args.batch))
-    print(f"\nslow annotator: {args.latency * 1000:.0f} ms a text, one batch after another per replica; "
-          f"{args.n} texts, batches of {args.batch}, {args.in_flight} in flight")
+    print(
+        f"\nslow annotator: {args.latency * 1000:.0f} ms a text, one batch after another per replica; "
+        f"{args.n} texts, batches of {args.batch}, {args.in_flight} in flight"
+    )
     print(f"{'replicas':>8} {'texts/s':>9} {'x 1 replica':>12}")
     for r, v in rates.items():
         print(f"{r:>8} {v:>9.1f} {v / rates[1]:>12.2f}")
-    print(f"scale 1 -> 3 while a job runs: 3 replicas running after {running:.1f}s, all 3 busy after "
-          f"{answering:.1f}s")
+    print(f"scale 1 -> 3 while a job runs: 3 replicas running after {running:.1f}s, all 3 busy after {answering:.1f}s")
     ray.shutdown()
 
 

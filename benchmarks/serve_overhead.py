@@ -14,8 +14,6 @@ preparation) and, separately, only its annotation phase.
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import asyncio
 import os
@@ -23,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,13 +58,15 @@ def main() -> None:
         examples = Path(tmp) / "examples.csv"
         text_of = dict(zip(full["id"], full["text"]))
         pd.DataFrame({"text": [text_of[i] for i in demos["sample_id"]], "label": demos["label"]}).to_csv(
-            examples, index=False)
+            examples, index=False
+        )
         data = {
-            "task": {"name": "trec-coarse", "labels": ["abbreviation", "entity", "description", "human", "location",
-                                                       "numeric"],
-                     "prompt_template": COMPACT,
-                     "few_shot": {"examples": str(examples), "k": 4, "select": "nearest",
-                                  "example_template": EXAMPLE}},
+            "task": {
+                "name": "trec-coarse",
+                "labels": ["abbreviation", "entity", "description", "human", "location", "numeric"],
+                "prompt_template": COMPACT,
+                "few_shot": {"examples": str(examples), "k": 4, "select": "nearest", "example_template": EXAMPLE},
+            },
             "annotators": [{"name": "smollm2", "engine": engine_config(args.engine), "resources": {"num_cpus": 1}}],
             "pool": {"path": str(pool_path)},
             "output": {"path": str(Path(tmp) / "out"), "mode": "overwrite"},
@@ -83,7 +84,7 @@ def main() -> None:
                 ids, texts = pool["id"].tolist(), pool["text"].tolist()
                 t0 = time.perf_counter()
                 for i in range(0, len(texts), 32):
-                    await engine.annotate(ids[i:i + 32], texts[i:i + 32])
+                    await engine.annotate(ids[i : i + 32], texts[i : i + 32])
                 return time.perf_counter() - t0
             finally:
                 await engine.stop()
@@ -100,8 +101,10 @@ def main() -> None:
     print(f"\nSmolLM2-135M-Instruct ({args.engine} engine, 4 nearest demonstrations), {n} TREC questions, this CPU")
     print(f"{'path':<44}{'seconds':>9}{'texts/s':>9}{'vs raw':>8}")
     print(f"{'raw engine (annotate only)':<44}{raw_s:>9.1f}{n / raw_s:>9.2f}{1.0:>8.2f}")
-    print(f"{'label job, annotation phase':<44}{summary.annotate_s:>9.1f}{n / summary.annotate_s:>9.2f}"
-          f"{raw_s / summary.annotate_s:>8.2f}")
+    print(
+        f"{'label job, annotation phase':<44}{summary.annotate_s:>9.1f}{n / summary.annotate_s:>9.2f}"
+        f"{raw_s / summary.annotate_s:>8.2f}"
+    )
     print(f"{'label job, whole run (Ray, Serve, model load)':<44}{job_s:>9.1f}{n / job_s:>9.2f}{raw_s / job_s:>8.2f}")
 
 

@@ -50,7 +50,7 @@ def smollm2_rows(ids: list[str], texts: list[str], k: int) -> tuple[pa.Table, fl
         try:
             out = []
             for i in range(0, len(texts), 32):
-                out += await eng.annotate(ids[i:i + 32], texts[i:i + 32])
+                out += await eng.annotate(ids[i : i + 32], texts[i : i + 32])
                 print(f"  {NAME}: {len(out)}/{len(texts)} texts", flush=True)
             return out
         finally:
@@ -107,15 +107,19 @@ def main() -> None:
             for width, m, rows, y in ((5, m5, np.arange(len(m5)), y5), (6, m6, to6, y6)):
                 p = get_aggregator(n, seed=seed).fit(m, Gold(rows[gi], y[rows[gi]], len(LABELS))).predict_proba(m)
                 acc.setdefault((n, width), []).append(float((p.argmax(1)[rows[ev]] == y[rows[ev]]).mean()))
-    print(f"\nTREC, {len(ids)} questions (not the {len(demo_ids)} demonstration rows), {args.gold} random gold "
-          f"labels per seed, accuracy on the other rows, {args.seeds} seeds")
+    print(
+        f"\nTREC, {len(ids)} questions (not the {len(demo_ids)} demonstration rows), {args.gold} random gold "
+        f"labels per seed, accuracy on the other rows, {args.seeds} seeds"
+    )
     speed = f"{rate:.2f} texts/s on this CPU" if rate == rate else f"its answers read from {cache}"
     print(f"{NAME} alone (majority of its votes, {args.k} nearest demonstrations): {small_acc:.3f}; {speed}")
     print(f"{'aggregator':<14}{'5 recorded':>12}{'+ ' + NAME:>12}{'change':>9}   per seed (6 - 5)")
     for n in methods:
         a5, a6 = np.array(acc[(n, 5)]), np.array(acc[(n, 6)])
-        print(f"{n:<14}{a5.mean():>12.4f}{a6.mean():>12.4f}{a6.mean() - a5.mean():>+9.4f}   "
-              f"{np.round(a6 - a5, 4).tolist()}")
+        print(
+            f"{n:<14}{a5.mean():>12.4f}{a6.mean():>12.4f}{a6.mean() - a5.mean():>+9.4f}   "
+            f"{np.round(a6 - a5, 4).tolist()}"
+        )
 
 
 if __name__ == "__main__":

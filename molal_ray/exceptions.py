@@ -34,7 +34,7 @@ class PoolExhaustedError(MolalError, ValueError):
         self.available = available
         self.requested = requested
 
-    def __reduce__(self) -> tuple[type["PoolExhaustedError"], tuple[int, int]]:  # it crosses from the actor
+    def __reduce__(self) -> tuple[type[PoolExhaustedError], tuple[int, int]]:  # it crosses from the actor
         return PoolExhaustedError, (self.available, self.requested)
 
 
@@ -61,17 +61,22 @@ class ReviewPending(MolalError):
 
     def __init__(self, round_: int, n: int, path: str, reason: str | None = None) -> None:
         if path.startswith(("http://", "https://")):
-            msg = (f"round {round_}: {n} samples wait for people in the Label Studio project {path}"
-                   + (f" ({reason})" if reason else "") + "; run again with --resume once they are labelled")
+            msg = (
+                f"round {round_}: {n} samples wait for people in the Label Studio project {path}"
+                + (f" ({reason})" if reason else "")
+                + "; run again with --resume once they are labelled"
+            )
         else:
-            msg = (f"round {round_}: {n} samples need a person's label: fill the label column of {path} (or "
-                   f"import a Label Studio export: molal-ray review import EXPORT.json --loop OUTPUT "
-                   f"--round {round_}), then run again with --resume")
+            msg = (
+                f"round {round_}: {n} samples need a person's label: fill the label column of {path} (or "
+                f"import a Label Studio export: molal-ray review import EXPORT.json --loop OUTPUT "
+                f"--round {round_}), then run again with --resume"
+            )
         super().__init__(msg)
         self.round = round_
         self.n = n
         self.path = path
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type["ReviewPending"], tuple[int, int, str, str | None]]:  # it crosses from the actor
+    def __reduce__(self) -> tuple[type[ReviewPending], tuple[int, int, str, str | None]]:  # it crosses from the actor
         return ReviewPending, (self.round, self.n, self.path, self.reason)

@@ -46,7 +46,7 @@ class LabelLayout:
     UNREADABLE: ClassVar[str] = "unreadable"
 
     @classmethod
-    def at(cls, path: str | Location) -> "LabelLayout":
+    def at(cls, path: str | Location) -> LabelLayout:
         return cls(resolve(path))
 
     @property
@@ -98,7 +98,7 @@ class LoopLayout:
     SUMMARY_MD: ClassVar[str] = "summary.md"
 
     @classmethod
-    def at(cls, path: str | Location) -> "LoopLayout":
+    def at(cls, path: str | Location) -> LoopLayout:
         return cls(resolve(path, field="output.path"))
 
     @property

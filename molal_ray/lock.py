@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from molal_ray.exceptions import MolalError
@@ -40,8 +40,9 @@ def lock_location(folder: Location) -> Location:
     parent = posixpath.dirname(folder.path.rstrip("/"))
     if not parent:
         raise OutputLocked(f"output.path: {folder} is a bucket root; use a folder inside it")
-    return folder.at(os.path.join(parent, folder.name + ".lock") if folder.is_local
-                     else parent + "/" + folder.name + ".lock")
+    return folder.at(
+        os.path.join(parent, folder.name + ".lock") if folder.is_local else parent + "/" + folder.name + ".lock"
+    )
 
 
 def _now() -> float:
@@ -49,7 +50,7 @@ def _now() -> float:
 
 
 def _stamp(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _alive(pid: int) -> bool:
@@ -59,15 +60,22 @@ def _alive(pid: int) -> bool:
 
 
 class OutputLock:
-    def __init__(self, folder: str | Location, command: str, *, heartbeat_s: float = HEARTBEAT_S,
-                 stale_s: float = STALE_S) -> None:
+    def __init__(
+        self, folder: str | Location, command: str, *, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S
+    ) -> None:
         self.folder = resolve(folder, field="output.path")
         self.loc = lock_location(self.folder)
         self.command = command
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.token = uuid.uuid4().hex
-        self.info = {"command": command, "host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                     "started": _now(), "heartbeat": _now()}
+        self.info = {
+            "command": command,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "started": _now(),
+            "heartbeat": _now(),
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -97,7 +105,8 @@ class OutputLock:
         return OutputLocked(
             f"output.path: {self.folder} is in use by `molal-ray {held.get('command')}` (process {held.get('pid')} on "
             f"{held.get('host')}) since {_stamp(float(held.get('started', 0)))}, last seen {age:.0f} s ago; wait "
-            f"for it to end or stop it (a lock whose job died is taken over: {self.loc})")
+            f"for it to end or stop it (a lock whose job died is taken over: {self.loc})"
+        )
 
     # -- taking and keeping it ------------------------------------------------------------------
     def _write(self, exclusive: bool) -> bool:
@@ -114,16 +123,22 @@ class OutputLock:
         self.loc.write_bytes(data)
         return True
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         for _ in range(3):
             held = self._read()
             if held is not None:
                 why = self._stale(held)
                 if why is None:
                     raise self._refuse(held)
-                logger.warning("output lock: taking over %s from `molal-ray %s` (process %s on %s, since %s): %s",
-                               self.loc, held.get("command"), held.get("pid"), held.get("host"),
-                               _stamp(float(held.get("started", 0))), why)
+                logger.warning(
+                    "output lock: taking over %s from `molal-ray %s` (process %s on %s, since %s): %s",
+                    self.loc,
+                    held.get("command"),
+                    held.get("pid"),
+                    held.get("host"),
+                    _stamp(float(held.get("started", 0))),
+                    why,
+                )
                 self.loc.delete_file()
             if not self._write(exclusive=True):
                 continue  # another job created it between the read and the write: look again
@@ -158,7 +173,7 @@ class OutputLock:
         if held and held.get("token") == self.token:
             self.loc.delete_file()
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

@@ -33,7 +33,7 @@ def resolve_package_path(value: str) -> str:
     """
     if not value.startswith(PACKAGE):
         return value
-    pkg, _, sub = value[len(PACKAGE):].partition("/")
+    pkg, _, sub = value[len(PACKAGE) :].partition("/")
     try:
         spec = importlib.util.find_spec(pkg) if pkg.isidentifier() else None
     except (ImportError, ValueError):
@@ -91,8 +91,10 @@ def local_model(model: str) -> str:
 def _convert(src: Path, target: Path) -> None:
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError(f"model: {str(src)!r} is a GGUF file; reading it needs the packages {missing} "
-                          "(pip install 'molal-ray[gguf]')")
+        raise ConfigError(
+            f"model: {str(src)!r} is a GGUF file; reading it needs the packages {missing} "
+            "(pip install 'molal-ray[gguf]')"
+        )
     import copy
 
     import torch
@@ -105,8 +107,10 @@ def _convert(src: Path, target: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a model we can load"
-        raise ConfigError(f"model: cannot convert the GGUF file {str(src)!r} into a transformers model: "
-                          f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        raise ConfigError(
+            f"model: cannot convert the GGUF file {str(src)!r} into a transformers model: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     # transformers marks a GGUF-loaded model as quantised and refuses to save it; the weights are
     # already de-quantised, so the same weights go into a plain model of the same config.
     config = copy.deepcopy(loaded.config)

@@ -134,6 +134,7 @@ def check_files(cfg: Any) -> None:
         eng = ann.engine
         where = f"annotators[{i}] ({ann.name}).engine"
         if eng.type == "replay":
+
             def recording(path: str = eng.path) -> None:
                 loc = resolve(path, field="path")
                 if not loc.is_file():
@@ -142,13 +143,16 @@ def check_files(cfg: Any) -> None:
                     head = f.read(4)
                 if head != b"PAR1" and head[:2] != b"\x1f\x8b" and not head.lstrip()[:1] == b"{":
                     raise ValueError(f"{path!r} is neither Parquet nor JSON lines (gzipped or not)")
+
             guard(f"{where}.path", recording)
         elif eng.type in ("hf", "vllm") and _local_model(eng.model):
             path = eng.model
-            if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))) and \
-                    not (os.path.isfile(path) and path.lower().endswith(".gguf")):
-                problems.append(f"{where}.model: got {path!r}; expected a model folder (with config.json) or a "
-                                "GGUF file")
+            if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))) and not (
+                os.path.isfile(path) and path.lower().endswith(".gguf")
+            ):
+                problems.append(
+                    f"{where}.model: got {path!r}; expected a model folder (with config.json) or a GGUF file"
+                )
     if task.few_shot is not None and task.few_shot.items is None:
         from molal_ray.engines.few_shot import with_examples
 

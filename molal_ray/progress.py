@@ -21,8 +21,9 @@ class _Live:
             self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -37,10 +38,19 @@ class LabelProgress(_Live):
         self.t0 = time.monotonic()
         self._last_log = 0.0
         self._tasks: dict[str, TaskID] = {}
-        self._progress = Progress(
-            TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>9} rows/s"), TimeElapsedColumn(),
-            console=self.console, transient=False) if self.live else None
+        self._progress = (
+            Progress(
+                TextColumn("{task.description:<14}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>9} rows/s"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
+            )
+            if self.live
+            else None
+        )
 
     def __call__(self, written: dict[str, int], total: int) -> None:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
@@ -48,20 +58,27 @@ class LabelProgress(_Live):
             for name, rows in written.items():
                 if name not in self._tasks:
                     self._tasks[name] = self._progress.add_task(name, total=total, rate="0.0")
-                self._progress.update(self._tasks[name], completed=rows, total=total,
-                                      rate=f"{rows / elapsed:.1f}")
+                self._progress.update(self._tasks[name], completed=rows, total=total, rate=f"{rows / elapsed:.1f}")
             return
         now = time.monotonic()
         if now - self._last_log >= self.log_every_s:
             self._last_log = now
             done = sum(written.values())
             parts = " ".join(f"{k}={v}" for k, v in written.items())
-            print(f"[label] {done} rows written ({done / elapsed:.1f} rows/s) of {total} per annotator: {parts}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[label] {done} rows written ({done / elapsed:.1f} rows/s) of {total} per annotator: {parts}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
-PHASE_NAMES = {"query": "choosing queries", "annotate": "annotating", "aggregate": "aggregating",
-               "train": "training", "score": "scoring"}
+PHASE_NAMES = {
+    "query": "choosing queries",
+    "annotate": "annotating",
+    "aggregate": "aggregating",
+    "train": "training",
+    "score": "scoring",
+}
 
 
 class LoopProgress(_Live):
@@ -73,9 +90,18 @@ class LoopProgress(_Live):
         self.console = console or Console()
         self.rounds = rounds
         self.t0 = time.monotonic()
-        self._progress = Progress(
-            TextColumn("{task.description:<52}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.console, transient=True) if self.console.is_terminal else None
+        self._progress = (
+            Progress(
+                TextColumn("{task.description:<52}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            if self.console.is_terminal
+            else None
+        )
         self._task = self._progress.add_task("starting", total=rounds + 1) if self._progress else None
 
     def phase(self, round_: int | None, name: str) -> None:
@@ -88,8 +114,10 @@ class LoopProgress(_Live):
     def round_done(self, m: dict) -> None:
         ann = "" if m.get("annotation_accuracy") is None else f"  labels acc {m['annotation_accuracy']:.3f}"
         secs = ", ".join(f"{k} {v:.0f}s" for k, v in m.get("phase_s", {}).items() if v >= 0.5)
-        line = (f"round {m['round']}: labelled {m['n_labeled']}  test acc {m['test_accuracy']:.3f}  "
-                f"macro-F1 {m['test_macro_f1']:.3f}{ann}  ({secs}; {m['elapsed_s']:.0f}s in all)")
+        line = (
+            f"round {m['round']}: labelled {m['n_labeled']}  test acc {m['test_accuracy']:.3f}  "
+            f"macro-F1 {m['test_macro_f1']:.3f}{ann}  ({secs}; {m['elapsed_s']:.0f}s in all)"
+        )
         if self._progress is not None and self._task is not None:
             self._progress.console.print(line, highlight=False)
             self._progress.advance(self._task)

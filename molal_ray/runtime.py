@@ -77,9 +77,11 @@ def check_paths_reach_every_node(paths: list[tuple[str, str, bool]]) -> None:
     for field, path, shared in paths:
         if (not is_uri(path) or path.startswith("file://")) and not shared:
             section = field.rsplit(".", 1)[0]
-            raise ConfigError(f"{field}: got the local path {path!r}, but this Ray cluster has {len(nodes)} nodes and "
-                              f"the others cannot see it; expected a URI (s3://bucket/..., gs://...) or "
-                              f"{section}.shared: true for a mount every node has")
+            raise ConfigError(
+                f"{field}: got the local path {path!r}, but this Ray cluster has {len(nodes)} nodes and "
+                f"the others cannot see it; expected a URI (s3://bucket/..., gs://...) or "
+                f"{section}.shared: true for a mount every node has"
+            )
 
 
 def start_annotators(app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engine] | None = None) -> bool:

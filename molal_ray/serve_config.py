@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from molal_ray.config import AnnotatorAppConfig
 from molal_ray.config.base import StrictModel
 from molal_ray.exceptions import ConfigError
@@ -24,8 +23,10 @@ def load_serve_app_args(path: str | os.PathLike[str]) -> AnnotatorAppConfig:
     if not apps:
         raise ConfigError(f"{p}: no application with import_path {BUILDER!r}")
     # The args are validated exactly as Serve's builder will validate them.
-    out = [AnnotatorAppConfig.from_dict(a.get("args") or {}, source=f"{p}: applications[{a.get('name')}].args")
-           for a in apps]
+    out = [
+        AnnotatorAppConfig.from_dict(a.get("args") or {}, source=f"{p}: applications[{a.get('name')}].args")
+        for a in apps
+    ]
     return out[0]
 
 

@@ -50,20 +50,25 @@ class Location:
     def __str__(self) -> str:
         return self.uri
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         if self.is_local:
             p = os.path.join(self.path, *parts)
             return Location(self.fs, p, p)
         base, q, query = self.uri.partition("?")  # query options stay at the end of the URI
-        return Location(self.fs, posixpath.join(self.path, *parts), base.rstrip("/") + "/" + "/".join(parts) + q + query)
+        return Location(
+            self.fs, posixpath.join(self.path, *parts), base.rstrip("/") + "/" + "/".join(parts) + q + query
+        )
 
     @property
-    def parent(self) -> "Location":
+    def parent(self) -> Location:
         """The folder that holds this one (the same folder for a bucket's root)."""
-        return self.at(posixpath.dirname(self.path.rstrip("/")) or self.path) if not self.is_local \
+        return (
+            self.at(posixpath.dirname(self.path.rstrip("/")) or self.path)
+            if not self.is_local
             else self.at(os.path.dirname(os.path.abspath(self.path)))
+        )
 
-    def at(self, path: str) -> "Location":
+    def at(self, path: str) -> Location:
         """Another path on the same filesystem (a URI of the same scheme and options)."""
         if self.is_local:
             return Location(self.fs, path, path)
@@ -75,8 +80,7 @@ class Location:
         """Copy this folder to a local one (returned); a local folder is returned as it is."""
         if self.is_local:
             return self.path
-        pafs.copy_files(self.path, local_dir, source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(self.path, local_dir, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return local_dir
 
     def upload_from(self, local_dir: str) -> None:
@@ -110,8 +114,11 @@ class Location:
         """Files directly in this folder whose names start with ``prefix`` and end with
         ``suffix``, sorted by name (none when the folder does not exist)."""
         sel = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
-        out = [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File
-               and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)]
+        out = [
+            i
+            for i in self.fs.get_file_info(sel)
+            if i.type == pafs.FileType.File and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)
+        ]
         return sorted(out, key=lambda i: i.base_name)
 
     def is_empty(self) -> bool:
@@ -157,7 +164,7 @@ class Location:
         with self.open_write() as f:
             pq.write_table(table, f, **kwargs)
 
-    def read_parquet(self, columns: "builtins.list[str] | None" = None) -> pa.Table:
+    def read_parquet(self, columns: builtins.list[str] | None = None) -> pa.Table:
         with self.fs.open_input_file(self.path) as f:
             return pq.read_table(f, columns=columns)
 
@@ -209,8 +216,10 @@ def resolve(path: str | os.PathLike[str] | Location, *, field: str = "path") -> 
     try:
         fs, inner = pafs.FileSystem.from_uri(s)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
-        raise ConfigError(f"{field}: got {s!r}; expected a local path or a URI pyarrow can open "
-                          f"(s3://, gs://, hdfs://, file://): {exc}") from None
+        raise ConfigError(
+            f"{field}: got {s!r}; expected a local path or a URI pyarrow can open "
+            f"(s3://, gs://, hdfs://, file://): {exc}"
+        ) from None
     if isinstance(fs, pafs.LocalFileSystem):  # file:///abs/path
         return Location(fs, inner, inner)
     return Location(fs, inner.rstrip("/"), s)

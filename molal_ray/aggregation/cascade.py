@@ -43,8 +43,9 @@ def settled(votes: np.ndarray, answered: np.ndarray, min_vote_share: float) -> n
     return answered.all(1) & (top == top[:, :1]).all(1) & (share >= min_vote_share).all(1)
 
 
-def settled_ids(table: pa.Table, annotators: Sequence[str], num_classes: int, min_vote_share: float,
-                sample_ids: Sequence[str]) -> np.ndarray:
+def settled_ids(
+    table: pa.Table, annotators: Sequence[str], num_classes: int, min_vote_share: float, sample_ids: Sequence[str]
+) -> np.ndarray:
     """For each of ``sample_ids``: settled by ``annotators``' rows of ``table`` (the annotation
     table's columns)."""
     from molal_ray.aggregation import build_matrix
@@ -56,7 +57,7 @@ def settled_ids(table: pa.Table, annotators: Sequence[str], num_classes: int, mi
     return settled(m.votes, m.present, min_vote_share)
 
 
-def stage_reached(m: "AnnotationMatrix", stages: Sequence[Sequence[str]], min_vote_share: float) -> np.ndarray:
+def stage_reached(m: AnnotationMatrix, stages: Sequence[Sequence[str]], min_vote_share: float) -> np.ndarray:
     """(S,) the index of the last stage the cascade sends each row of ``m`` to, judged from the
     row's own answers; a stage's annotator missing from ``m`` counts as not answering."""
     flat = [a for stage in stages for a in stage]
@@ -72,7 +73,7 @@ def stage_reached(m: "AnnotationMatrix", stages: Sequence[Sequence[str]], min_vo
     return last
 
 
-def cascade_view(m: "AnnotationMatrix", stages: Sequence[Sequence[str]], min_vote_share: float) -> "AnnotationMatrix":
+def cascade_view(m: AnnotationMatrix, stages: Sequence[Sequence[str]], min_vote_share: float) -> AnnotationMatrix:
     """``m`` with the answers of stages a row would not have reached made absent. A table the
     cascade wrote is unchanged; rows annotated by everyone (to rank the annotators, or before the
     cascade was configured) look as the cascade would have left them. Annotators in no stage are
@@ -93,8 +94,9 @@ def cascade_view(m: "AnnotationMatrix", stages: Sequence[Sequence[str]], min_vot
     return AnnotationMatrix(m.sample_ids, m.annotators, probs, votes, m.present & ~hide, m.embeddings)
 
 
-def order_by_accuracy(m: "AnnotationMatrix", rows: np.ndarray, y: np.ndarray,
-                      stages: Sequence[Sequence[str]]) -> tuple[list[list[str]], dict[str, float]]:
+def order_by_accuracy(
+    m: AnnotationMatrix, rows: np.ndarray, y: np.ndarray, stages: Sequence[Sequence[str]]
+) -> tuple[list[list[str]], dict[str, float]]:
     """The stages refilled, keeping their sizes, with the annotators ordered by the accuracy of
     their top vote on ``rows`` of ``m`` (true classes ``y``; a row an annotator did not answer
     counts as wrong), ties in the configured order. Returns the stages and each accuracy."""
@@ -110,7 +112,7 @@ def order_by_accuracy(m: "AnnotationMatrix", rows: np.ndarray, y: np.ndarray,
     ranked = sorted(flat, key=lambda a: (-acc[a], flat.index(a)))
     out, i = [], 0
     for stage in stages:
-        out.append(ranked[i:i + len(stage)])
+        out.append(ranked[i : i + len(stage)])
         i += len(stage)
     return out, acc
 
@@ -119,7 +121,8 @@ def same_shape(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
     """The same annotators in stages of the same sizes, whatever their order: a ranking made for
     stages ``a`` still serves a config that lists ``b``."""
     return sorted(x for st in a for x in st) == sorted(x for st in b for x in st) and [len(st) for st in a] == [
-        len(st) for st in b]
+        len(st) for st in b
+    ]
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class CascadePlan:
     def annotators(self) -> list[str]:
         return [a for stage in self.stages for a in stage]
 
-    def view(self, m: "AnnotationMatrix") -> "AnnotationMatrix":
+    def view(self, m: AnnotationMatrix) -> AnnotationMatrix:
         """``m`` as this cascade leaves each row (:func:`cascade_view`)."""
         return cascade_view(m, self.stages, self.min_vote_share)
 
@@ -148,28 +151,37 @@ class CascadePlan:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], min_vote_share: float | None = None) -> "CascadePlan":
+    def from_dict(cls, d: Mapping[str, Any], min_vote_share: float | None = None) -> CascadePlan:
         """A saved plan; a loop state saved before plans kept their order and rule has a ranking
         only (``stages``, ``accuracy_on_gold``, ``gold_rows``)."""
         ranked = "accuracy_on_gold" in d
         share = d.get("min_vote_share", min_vote_share)
-        return cls(stages=[list(s) for s in d["stages"]], min_vote_share=float(1.0 if share is None else share),
-                   order=str(d.get("order", "gold" if ranked else "config")),
-                   accuracy_on_gold=dict(d.get("accuracy_on_gold") or {}), gold_rows=int(d.get("gold_rows") or 0))
+        return cls(
+            stages=[list(s) for s in d["stages"]],
+            min_vote_share=float(1.0 if share is None else share),
+            order=str(d.get("order", "gold" if ranked else "config")),
+            accuracy_on_gold=dict(d.get("accuracy_on_gold") or {}),
+            gold_rows=int(d.get("gold_rows") or 0),
+        )
 
 
 def _ranking(previous: Mapping[str, Any] | None) -> bool:
     return bool(previous) and "accuracy_on_gold" in previous  # type: ignore[operator]
 
 
-def needs_ranking(config: "CascadeConfig", previous: Mapping[str, Any] | None) -> bool:
+def needs_ranking(config: CascadeConfig, previous: Mapping[str, Any] | None) -> bool:
     """``order: gold`` and no ranking made earlier (``previous``: a saved plan) for stages of the
     configured shape: every annotator is to label the gold rows first (:func:`rank`)."""
-    return config.order == "gold" and not (_ranking(previous) and same_shape(previous["stages"],  # type: ignore[index]
-                                                                              config.stages))
+    return config.order == "gold" and not (
+        _ranking(previous)
+        and same_shape(
+            previous["stages"],  # type: ignore[index]
+            config.stages,
+        )
+    )
 
 
-def plan_for(config: "CascadeConfig", previous: Mapping[str, Any] | None = None) -> CascadePlan:
+def plan_for(config: CascadeConfig, previous: Mapping[str, Any] | None = None) -> CascadePlan:
     """The plan a run follows without ranking: with ``order: gold``, the ranking made earlier for
     stages of this shape (a resumed run keeps it; the rule is the config's); else, and until the
     annotators are ranked, the stages as configured."""
@@ -179,14 +191,15 @@ def plan_for(config: "CascadeConfig", previous: Mapping[str, Any] | None = None)
     return CascadePlan(stages=[list(s) for s in config.stages], min_vote_share=config.min_vote_share)
 
 
-def everyone(config: "CascadeConfig") -> list[list[str]]:
+def everyone(config: CascadeConfig) -> list[list[str]]:
     """One stage of every annotator: how the rows that rank them are asked."""
     return [[a for stage in config.stages for a in stage]]
 
 
-def rank(config: "CascadeConfig", m: "AnnotationMatrix", rows: np.ndarray, y: np.ndarray) -> CascadePlan:
+def rank(config: CascadeConfig, m: AnnotationMatrix, rows: np.ndarray, y: np.ndarray) -> CascadePlan:
     """The plan ranked on ``rows`` of ``m`` (labelled ``y``), every annotator having answered them:
     the configured stage sizes refilled by accuracy (:func:`order_by_accuracy`)."""
     stages, acc = order_by_accuracy(m, rows, y, config.stages)
-    return CascadePlan(stages=stages, min_vote_share=config.min_vote_share, order="gold", accuracy_on_gold=acc,
-                       gold_rows=len(rows))
+    return CascadePlan(
+        stages=stages, min_vote_share=config.min_vote_share, order="gold", accuracy_on_gold=acc, gold_rows=len(rows)
+    )

@@ -21,8 +21,9 @@ def _posterior(X: np.ndarray, log_conf: np.ndarray, log_prior: np.ndarray) -> np
     return T / T.sum(1, keepdims=True)
 
 
-def fit_dawid_skene(X: np.ndarray, gold: Gold, *, gold_weight: float, smoothing: float, max_iter: int,
-                    tol: float) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def fit_dawid_skene(
+    X: np.ndarray, gold: Gold, *, gold_weight: float, smoothing: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """EM on soft answers X (S, A, C) with NaN absent. Returns (log confusions, log prior, history)."""
     Xn = np.nan_to_num(X.astype(np.float64))
     S, A, C = Xn.shape
@@ -51,8 +52,9 @@ def fit_dawid_skene(X: np.ndarray, gold: Gold, *, gold_weight: float, smoothing:
 class DawidSkene(Aggregator):
     name = "dawid-skene"
 
-    def __init__(self, gold_weight: float = 20.0, smoothing: float = 1.0, max_iter: int = 100,
-                 tol: float = 1e-4) -> None:
+    def __init__(
+        self, gold_weight: float = 20.0, smoothing: float = 1.0, max_iter: int = 100, tol: float = 1e-4
+    ) -> None:
         self.gold_weight = gold_weight
         self.smoothing = smoothing
         self.max_iter = max_iter
@@ -61,8 +63,8 @@ class DawidSkene(Aggregator):
     def _fit(self, m: AnnotationMatrix, gold: Gold) -> None:
         self.annotators_ = list(m.annotators)
         self.log_conf_, self.log_prior_, self.history_ = fit_dawid_skene(
-            m.votes, gold, gold_weight=self.gold_weight, smoothing=self.smoothing, max_iter=self.max_iter,
-            tol=self.tol)
+            m.votes, gold, gold_weight=self.gold_weight, smoothing=self.smoothing, max_iter=self.max_iter, tol=self.tol
+        )
 
     def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
         # An annotator unseen at fit time has no confusion estimate: it is dropped; one seen then

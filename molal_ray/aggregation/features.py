@@ -39,9 +39,15 @@ class AnnotationMatrix:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
-    def take(self, idx: np.ndarray) -> "AnnotationMatrix":
-        return AnnotationMatrix(self.sample_ids[idx], self.annotators, self.probs[idx], self.votes[idx],
-                                self.present[idx], None if self.embeddings is None else self.embeddings[idx])
+    def take(self, idx: np.ndarray) -> AnnotationMatrix:
+        return AnnotationMatrix(
+            self.sample_ids[idx],
+            self.annotators,
+            self.probs[idx],
+            self.votes[idx],
+            self.present[idx],
+            None if self.embeddings is None else self.embeddings[idx],
+        )
 
     @property
     def has_embedding(self) -> np.ndarray:
@@ -50,7 +56,7 @@ class AnnotationMatrix:
             return np.zeros(len(self), bool)
         return np.isfinite(self.embeddings).all(1)
 
-    def with_embeddings(self, ids: np.ndarray, embeddings: np.ndarray) -> "AnnotationMatrix":
+    def with_embeddings(self, ids: np.ndarray, embeddings: np.ndarray) -> AnnotationMatrix:
         """The matrix with the embeddings of its samples taken from ``embeddings`` (N, D), whose
         rows are the samples ``ids``: a sample of the matrix that ``ids`` lacks has none (NaN),
         ids the matrix lacks are ignored. Raises :class:`SchemaError` when the array is not 2-D
@@ -58,23 +64,27 @@ class AnnotationMatrix:
         E = np.asarray(embeddings)
         ids = np.asarray(ids, dtype=object)
         if E.ndim != 2 or len(E) != len(ids) or E.shape[1] == 0:
-            raise SchemaError(f"embeddings: expected one vector per id, (N, D) with N = {len(ids)} ids; "
-                              f"got an array of shape {E.shape}")
+            raise SchemaError(
+                f"embeddings: expected one vector per id, (N, D) with N = {len(ids)} ids; "
+                f"got an array of shape {E.shape}"
+            )
         index = pd.Index(ids)
         if not index.is_unique:
-            raise SchemaError(f"embeddings: {int(index.duplicated().sum())} ids appear more than once "
-                              f"(first: {index[index.duplicated()][0]!r})")
+            raise SchemaError(
+                f"embeddings: {int(index.duplicated().sum())} ids appear more than once "
+                f"(first: {index[index.duplicated()][0]!r})"
+            )
         if len(ids) == len(self) and np.array_equal(ids, self.sample_ids):  # already aligned: no copy
             return replace(self, embeddings=E if E.dtype == np.float32 else E.astype(np.float32))
         pos = index.get_indexer(self.sample_ids)
         out = np.full((len(self), E.shape[1]), np.nan, np.float32)
         for start in range(0, len(self), 65_536):  # in chunks: no second full-size temporary
-            part = pos[start:start + 65_536]
+            part = pos[start : start + 65_536]
             hit = np.flatnonzero(part >= 0)
             out[start + hit] = E[part[hit]]
         return replace(self, embeddings=out)
 
-    def aligned(self, annotators: list[str]) -> "AnnotationMatrix":
+    def aligned(self, annotators: list[str]) -> AnnotationMatrix:
         """The matrix with annotator columns in this order (a fitted aggregator's): annotators it
         does not name are dropped, named ones it lacks are absent (NaN, not present)."""
         if list(annotators) == list(self.annotators):
@@ -105,8 +115,10 @@ def _fixed_list(col: pa.ChunkedArray, name: str, num_classes: int, valid: np.nda
     bad_len = valid & (lengths != num_classes)
     if bad_len.any():
         i = int(np.flatnonzero(bad_len)[0])
-        raise SchemaError(f"annotation table: column {name!r} has {int(bad_len.sum())} rows of the wrong length "
-                          f"(first at row {i}: got {lengths[i]} values); expected {num_classes} (the label set)")
+        raise SchemaError(
+            f"annotation table: column {name!r} has {int(bad_len.sum())} rows of the wrong length "
+            f"(first at row {i}: got {lengths[i]} values); expected {num_classes} (the label set)"
+        )
     out = np.full((len(arr), num_classes), np.nan, dtype=np.float32)
     if valid.any():
         taken = arr.filter(pa.array(valid))
@@ -115,8 +127,9 @@ def _fixed_list(col: pa.ChunkedArray, name: str, num_classes: int, valid: np.nda
     return out
 
 
-def build_matrix(table: pa.Table, num_classes: int, annotators: list[str] | None = None,
-                 sample_ids: np.ndarray | None = None) -> AnnotationMatrix:
+def build_matrix(
+    table: pa.Table, num_classes: int, annotators: list[str] | None = None, sample_ids: np.ndarray | None = None
+) -> AnnotationMatrix:
     """Dense arrays from the long table. Error rows and rows with NaN/negative values are absent.
 
     Raises :class:`SchemaError` for a missing column or vectors of the wrong length; a NaN or

@@ -16,8 +16,7 @@ def linear_features(m: AnnotationMatrix) -> np.ndarray:
     S, A, C = m.probs.shape
     logp = np.log(np.clip(np.nan_to_num(m.probs, nan=1.0 / C), PROB_FLOOR, 1.0))
     votes = np.nan_to_num(m.votes, nan=0.0)
-    return np.concatenate([logp.reshape(S, A * C), votes.reshape(S, A * C),
-                           m.present.astype(np.float64)], axis=1)
+    return np.concatenate([logp.reshape(S, A * C), votes.reshape(S, A * C), m.present.astype(np.float64)], axis=1)
 
 
 def padded_proba(model, X: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:

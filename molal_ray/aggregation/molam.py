@@ -18,9 +18,17 @@ from molal_ray.aggregation.learners import padded_proba
 class MoLAMXGB(Aggregator):
     name = "molam-xgb"
 
-    def __init__(self, threshold: float = 0.9, iterations: int = 3, n_estimators: int = 100,
-                 max_depth: int = 3, learning_rate: float = 0.1, max_fit_rows: int = 200_000,
-                 seed: int = 0, n_jobs: int = 2) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.9,
+        iterations: int = 3,
+        n_estimators: int = 100,
+        max_depth: int = 3,
+        learning_rate: float = 0.1,
+        max_fit_rows: int = 200_000,
+        seed: int = 0,
+        n_jobs: int = 2,
+    ) -> None:
         self.threshold = threshold
         self.iterations = iterations
         self.n_estimators = n_estimators
@@ -33,9 +41,14 @@ class MoLAMXGB(Aggregator):
     def _model(self):
         import xgboost as xgb
 
-        return xgb.XGBClassifier(n_estimators=self.n_estimators, max_depth=self.max_depth,
-                                 learning_rate=self.learning_rate, n_jobs=self.n_jobs, tree_method="hist",
-                                 random_state=self.seed)
+        return xgb.XGBClassifier(
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            learning_rate=self.learning_rate,
+            n_jobs=self.n_jobs,
+            tree_method="hist",
+            random_state=self.seed,
+        )
 
     def _train(self, X: np.ndarray, y: np.ndarray) -> None:
         classes = np.unique(y)
@@ -73,4 +86,3 @@ class MoLAMXGB(Aggregator):
 
     def predict_proba(self, m: AnnotationMatrix) -> np.ndarray:
         return normalise_rows(self._proba(m.aligned(self.annotators_).features()))
-

@@ -48,8 +48,7 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 CALIBRATION_FIT_ROWS = 50_000  # pool rows each out-of-fold copy fits on (temperature only)
 
 
-def _fit_lr(X: np.ndarray, y: np.ndarray, C: float, max_iter: int = 2000,
-            sample_weight: np.ndarray | None = None):
+def _fit_lr(X: np.ndarray, y: np.ndarray, C: float, max_iter: int = 2000, sample_weight: np.ndarray | None = None):
     classes = np.unique(y)
     if len(classes) < 2:
         return None, classes
@@ -113,21 +112,32 @@ class PooledAggregator(Aggregator):
     label_only = {"calibrate": False}
 
     @validated
-    def __init__(self,
-                 threshold: Annotated[float, Field(ge=0, description="pooled confidence a pool row needs to "
-                                                   "be a pseudo-label (above 1 with class_floor 0: no "
-                                                   "self-training)")] = 0.98,
-                 gold_weight: Annotated[float, Field(ge=0)] = 20.0,
-                 final_c: Annotated[float, Field(gt=0)] = 1.0,
-                 max_fit_rows: Annotated[int, Field(ge=1)] = 200_000, seed: int = 0, calibrate: StrictBool = True,
-                 calibration_folds: Annotated[int, Field(ge=2)] = 5,
-                 gold_half_weight_rows: Annotated[float, Field(ge=0)] = 50.0,
-                 max_passes: Annotated[int, Field(ge=1)] = 8,
-                 tol: Annotated[float, Field(ge=0, description="a share of the pool's labels")] = 1e-3,
-                 class_floor: Annotated[float, Field(ge=0, le=1, description="a share of each class's rows")] = 0.5,
-                 balance_classes: StrictBool = True,
-                 max_class_weight: Annotated[float, Field(ge=1, description="the most a class's rows may weigh "
-                                                          "(inf: plain balanced weights)")] = 2.0) -> None:
+    def __init__(
+        self,
+        threshold: Annotated[
+            float,
+            Field(
+                ge=0,
+                description="pooled confidence a pool row needs to "
+                "be a pseudo-label (above 1 with class_floor 0: no "
+                "self-training)",
+            ),
+        ] = 0.98,
+        gold_weight: Annotated[float, Field(ge=0)] = 20.0,
+        final_c: Annotated[float, Field(gt=0)] = 1.0,
+        max_fit_rows: Annotated[int, Field(ge=1)] = 200_000,
+        seed: int = 0,
+        calibrate: StrictBool = True,
+        calibration_folds: Annotated[int, Field(ge=2)] = 5,
+        gold_half_weight_rows: Annotated[float, Field(ge=0)] = 50.0,
+        max_passes: Annotated[int, Field(ge=1)] = 8,
+        tol: Annotated[float, Field(ge=0, description="a share of the pool's labels")] = 1e-3,
+        class_floor: Annotated[float, Field(ge=0, le=1, description="a share of each class's rows")] = 0.5,
+        balance_classes: StrictBool = True,
+        max_class_weight: Annotated[
+            float, Field(ge=1, description="the most a class's rows may weigh (inf: plain balanced weights)")
+        ] = 2.0,
+    ) -> None:
         self.threshold = threshold
         self.balance_classes = balance_classes
         self.max_class_weight = max_class_weight
@@ -146,11 +156,14 @@ class PooledAggregator(Aggregator):
         self._fit_uncalibrated(m, gold)
         self.temperature_ = 1.0
         if self.calibrate and len(gold) >= 2 * self.calibration_folds and len(np.unique(gold.y)) >= 2:
+
             def uncalibrated() -> PooledAggregator:
                 # The out-of-fold copies only predict the 50-odd gold rows: a smaller pool sample
                 # keeps their cost well under the main fit's on pools of millions.
-                return self.unfitted_copy(**self.label_only,  # type: ignore[return-value]
-                                          max_fit_rows=min(self.max_fit_rows, CALIBRATION_FIT_ROWS))
+                return self.unfitted_copy(
+                    **self.label_only,  # type: ignore[return-value]
+                    max_fit_rows=min(self.max_fit_rows, CALIBRATION_FIT_ROWS),
+                )
 
             oof, _ = out_of_fold_proba(uncalibrated, m, gold, self.calibration_folds, self.seed)
             self.temperature_ = fit_temperature(oof, gold.y)
@@ -182,18 +195,19 @@ class PooledAggregator(Aggregator):
         self.n_pseudo_ = 0
         self.label_changes_: list[float] = []  # share of the pool's labels each pass changed
         self.model_, self.classes_ = None, np.unique(gold.y)
-        labels = Q[len(gold):].argmax(1)
+        labels = Q[len(gold) :].argmax(1)
         for _ in range(self.max_passes):
-            sel = self_training_rows(Q[len(gold):], self.threshold, self.class_floor) + len(gold)
+            sel = self_training_rows(Q[len(gold) :], self.threshold, self.class_floor) + len(gold)
             y = np.concatenate([gold.y, Q[sel].argmax(1)])
             weight = balanced_weights(y, self.max_class_weight) if self.balance_classes else None
-            model, classes = _fit_lr(X[np.concatenate([np.arange(len(gold)), sel])], y, self.final_c,
-                                     sample_weight=weight)
+            model, classes = _fit_lr(
+                X[np.concatenate([np.arange(len(gold)), sel])], y, self.final_c, sample_weight=weight
+            )
             if model is None:  # a single class among gold and pseudo-labels: keep what there is
                 break
             self.model_, self.classes_, self.n_pseudo_ = model, classes, int(len(sel))
             Q = padded_proba(model, X, classes, self.num_classes_)
-            new_labels = Q[len(gold):].argmax(1)
+            new_labels = Q[len(gold) :].argmax(1)
             changed = float((new_labels != labels).mean()) if len(labels) else 0.0
             self.label_changes_.append(changed)
             labels = new_labels

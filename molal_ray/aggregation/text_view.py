@@ -53,9 +53,17 @@ class TextAwareAggregator(PooledAggregator):
     name = "pooled-text"
     without_text = "pooled"
 
-    def __init__(self, text_threshold: float = 0.98, text_gold_weight: float = 5.0, text_c: float = 3000.0,
-                 text_exponent: float = 4.0, text_folds: int = 3, max_text_fit_rows: int = 20_000,
-                 min_text_rows: int = 20, **pooled: Any) -> None:
+    def __init__(
+        self,
+        text_threshold: float = 0.98,
+        text_gold_weight: float = 5.0,
+        text_c: float = 3000.0,
+        text_exponent: float = 4.0,
+        text_folds: int = 3,
+        max_text_fit_rows: int = 20_000,
+        min_text_rows: int = 20,
+        **pooled: Any,
+    ) -> None:
         super().__init__(**pooled)
         if not 0 <= text_threshold <= 1:
             raise ConfigError(f"pooled-text: text_threshold must be in [0, 1]; got {text_threshold}")
@@ -100,8 +108,10 @@ class TextAwareAggregator(PooledAggregator):
             keep = np.random.default_rng([self.seed, 1]).choice(pseudo, self.max_text_fit_rows, replace=False)
             rows = np.union1d(gold.index[gold_has], keep)
         if len(rows) < max(self.min_text_rows, self.text_folds) or len(np.unique(labels[rows])) < 2:
-            self.text_note_ = (f"{len(rows)} rows to train the text view on (fewer than {self.min_text_rows} or "
-                               "a single class): the answers alone")
+            self.text_note_ = (
+                f"{len(rows)} rows to train the text view on (fewer than {self.min_text_rows} or "
+                "a single class): the answers alone"
+            )
             return
         E = m.embeddings
         held_out = np.zeros((len(rows), self.num_classes_))
@@ -136,11 +146,13 @@ class TextAwareAggregator(PooledAggregator):
         if not getattr(self, "text_used_", False) or m.embeddings is None:
             return out
         if m.embeddings.shape[1] != self.text_dim_:
-            raise AggregationError(f"pooled-text: embeddings of width {m.embeddings.shape[1]}; the aggregator was "
-                                   f"fitted on width {self.text_dim_} (another encoder?)")
+            raise AggregationError(
+                f"pooled-text: embeddings of width {m.embeddings.shape[1]}; the aggregator was "
+                f"fitted on width {self.text_dim_} (another encoder?)"
+            )
         has = np.flatnonzero(m.has_embedding)
         for start in range(0, len(has), PREDICT_CHUNK):
-            part = has[start:start + PREDICT_CHUNK]
+            part = has[start : start + PREDICT_CHUNK]
             out[part] = self._text_proba(self.text_models_, np.asarray(m.embeddings[part], np.float64))
         pos = self.text_held_out_.reindex(m.sample_ids).to_numpy()
         seen = np.flatnonzero(np.isfinite(pos) & m.has_embedding)

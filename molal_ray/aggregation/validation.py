@@ -49,8 +49,9 @@ def gold_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
         return [test for _, test in splitter.split(np.zeros(n), y)]
 
 
-def out_of_fold_proba(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
-                      seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+def out_of_fold_proba(
+    make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Label distributions of the gold rows, each from a model fitted without it (it stays in the
     pool, unlabeled); returns them (in gold order) and the folds used (positions in gold)."""
     parts = gold_folds(gold.y, folds, seed)
@@ -62,8 +63,9 @@ def out_of_fold_proba(make: Callable[[], Aggregator], m: AnnotationMatrix, gold:
     return out, parts
 
 
-def cross_validate(make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5,
-                   seed: int = 0) -> CVResult:
+def cross_validate(
+    make: Callable[[], Aggregator], m: AnnotationMatrix, gold: Gold, folds: int = 5, seed: int = 0
+) -> CVResult:
     """Each gold row is predicted by a model fitted without it (it stays in the pool, unlabeled)."""
     n = len(gold)
     if n < 2:
@@ -82,8 +84,14 @@ def direct_accuracy(p: np.ndarray, gold: Gold) -> CVResult:
     """Accuracy on gold of a method that does not learn from gold (no CV needed)."""
     correct = int((p[gold.index].argmax(1) == gold.y).sum())
     lo, hi = wilson(correct, len(gold)) if len(gold) else (None, None)
-    return CVResult(correct / len(gold) if len(gold) else None, len(gold), 0, lo, hi,
-                    "does not learn from gold: accuracy on all gold rows")
+    return CVResult(
+        correct / len(gold) if len(gold) else None,
+        len(gold),
+        0,
+        lo,
+        hi,
+        "does not learn from gold: accuracy on all gold rows",
+    )
 
 
 def annotator_quality(m: AnnotationMatrix, gold: Gold) -> dict[str, dict[str, Any]]:
@@ -100,6 +108,10 @@ def annotator_quality(m: AnnotationMatrix, gold: Gold) -> dict[str, dict[str, An
         vote = m.votes[rows, a].argmax(1)
         prob = m.probs[rows, a].argmax(1)
         conf = confusion_matrix(y, vote, labels=list(range(C)))
-        out[name] = {"n": int(len(rows)), "vote_accuracy": float((vote == y).mean()),
-                     "prob_accuracy": float((prob == y).mean()), "confusion": conf.tolist()}
+        out[name] = {
+            "n": int(len(rows)),
+            "vote_accuracy": float((vote == y).mean()),
+            "prob_accuracy": float((prob == y).mean()),
+            "confusion": conf.tolist(),
+        }
     return out

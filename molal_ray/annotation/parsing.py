@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
+
 from molal_ray.exceptions import ConfigError
 
 _NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
@@ -38,8 +39,7 @@ class AnswerParser:
         self._exact = {f: i for i, f in enumerate(forms)}
         # Longest label first, so a label contained in another is matched only on its own.
         order = sorted(range(len(forms)), key=lambda i: -len(forms[i]))
-        self._pattern = re.compile(
-            r"(?<!\w)(" + "|".join(re.escape(forms[i]) for i in order) + r")(?!\w)")
+        self._pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(forms[i]) for i in order) + r")(?!\w)")
         self.parse = lru_cache(maxsize=65536)(self._parse)  # answers repeat a lot
 
     def _parse(self, answer: str | None) -> int | None:

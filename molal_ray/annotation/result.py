@@ -22,7 +22,7 @@ class Annotation:
     warning: str | None = None
 
     @classmethod
-    def failed(cls, error: str, n_samples: int = 0) -> "Annotation":
+    def failed(cls, error: str, n_samples: int = 0) -> Annotation:
         return cls(probs=None, votes=None, n_invalid=0, n_samples=n_samples, error=error)
 
 

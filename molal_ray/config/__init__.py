@@ -22,7 +22,20 @@ from molal_ray.config.job import (
 from molal_ray.config.task import TaskConfig
 
 __all__ = [
-    "AnnotatorAppConfig", "AnnotatorConfig", "AutoscalingConfig", "HFEngineConfig", "LabelJobConfig",
-    "OpenAIEngineConfig", "OutputConfig", "PipelineConfig", "PoolConfig", "RayConfig", "ReplayEngineConfig",
-    "ResourcesConfig", "SamplingConfig", "StrictModel", "TaskConfig", "VLLMEngineConfig",
+    "AnnotatorAppConfig",
+    "AnnotatorConfig",
+    "AutoscalingConfig",
+    "HFEngineConfig",
+    "LabelJobConfig",
+    "OpenAIEngineConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "PoolConfig",
+    "RayConfig",
+    "ReplayEngineConfig",
+    "ResourcesConfig",
+    "SamplingConfig",
+    "StrictModel",
+    "TaskConfig",
+    "VLLMEngineConfig",
 ]

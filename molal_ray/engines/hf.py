@@ -19,8 +19,8 @@ import numpy as np
 from molal_ray.annotation import Annotation
 from molal_ray.config import HFEngineConfig
 from molal_ray.engines.base import Engine
-from molal_ray.engines.label_tokens import build_label_trie
 from molal_ray.engines.hf_scoring import annotate_steps, step_logprobs
+from molal_ray.engines.label_tokens import build_label_trie
 from molal_ray.engines.label_trie import text_rng
 from molal_ray.engines.prompting import PromptBuilder
 from molal_ray.exceptions import AnnotatorError
@@ -56,28 +56,34 @@ class HFEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not self.sampling.constrained:
-            raise AnnotatorError(f"hf engine {self.name}: answers are always constrained to the label set; "
-                                 "set sampling.constrained: true")
+            raise AnnotatorError(
+                f"hf engine {self.name}: answers are always constrained to the label set; "
+                "set sampling.constrained: true"
+            )
         device = self.config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}[self.config.dtype]
+        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            self.config.dtype
+        ]
         model = local_model(self.config.model)
         try:
             remote = self.config.trust_remote_code
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=remote)
             # SDPA takes the boolean block mask of the packed label pass as is.
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=remote,
-                                                              attn_implementation="sdpa").to(device).eval()  # type: ignore[arg-type]  # transformers' stubs
+            loaded = AutoModelForCausalLM.from_pretrained(
+                model, dtype=dtype, trust_remote_code=remote, attn_implementation="sdpa"
+            )
+            self.model = loaded.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs
         except OSError as exc:
             raise AnnotatorError(f"hf engine {self.name}: cannot load {self.config.model!r}: {exc}") from None
         self.device = torch.device(device)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.prompts = PromptBuilder(self.tokenizer, self.task, self.config.max_model_len)
-        self.trie, self.spellings = build_label_trie(self.tokenizer, self.task, self.prompts.text_of("x"),
-                                                     end_token_id(self.model, self.tokenizer))
+        self.trie, self.spellings = build_label_trie(
+            self.tokenizer, self.task, self.prompts.text_of("x"), end_token_id(self.model, self.tokenizer)
+        )
         self.prompts.max_prompt_tokens = self.config.max_model_len - self.trie.max_len - 1
         self.load_few_shot(device)
 
@@ -90,7 +96,7 @@ class HFEngine(Engine):
         out: list[Annotation] = []
         bs = self.config.batch_size
         for i in range(0, len(texts), bs):
-            out.extend(self._batch(sample_ids[i:i + bs], texts[i:i + bs]))
+            out.extend(self._batch(sample_ids[i : i + bs], texts[i : i + bs]))
         return out
 
     def step_logprobs(self, prompt_ids: list[list[int]]) -> np.ndarray:
@@ -102,10 +108,13 @@ class HFEngine(Engine):
         built = [self.prompts.build(t, d) for t, d in zip(texts, demos)]
         steps = self.step_logprobs([ids for ids, _ in built])
         s = self.sampling
-        probs, votes = annotate_steps(self.trie, steps, s.n_samples, s.temperature, s.top_p,
-                                      [text_rng(s.seed, sid) for sid in sample_ids])
-        return [Annotation(probs=p, votes=v, n_invalid=0, n_samples=s.n_samples, warning=w)
-                for p, v, (_, w) in zip(probs, votes, built)]
+        probs, votes = annotate_steps(
+            self.trie, steps, s.n_samples, s.temperature, s.top_p, [text_rng(s.seed, sid) for sid in sample_ids]
+        )
+        return [
+            Annotation(probs=p, votes=v, n_invalid=0, n_samples=s.n_samples, warning=w)
+            for p, v, (_, w) in zip(probs, votes, built)
+        ]
 
     async def check_health(self) -> None:
         if self.model is None:

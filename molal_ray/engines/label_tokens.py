@@ -65,8 +65,8 @@ def label_spellings(tokenizer: Any, task: TaskConfig, prompt_text: str) -> Label
     seen: set[tuple[int, ...]] = set()
     for text, label in forms:
         full = list(tokenizer(prompt_text + text, add_special_tokens=False)["input_ids"])
-        if full[:len(ctx)] == ctx and len(full) > len(ctx):
-            ids = tuple(full[len(ctx):])
+        if full[: len(ctx)] == ctx and len(full) > len(ctx):
+            ids = tuple(full[len(ctx) :])
         else:  # the spelling merged with the prompt's last token: its tokens on their own
             ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
         if ids and ids not in seen:

@@ -27,7 +27,7 @@ from molal_ray.exceptions import AnnotatorError
 @dataclass
 class Node:
     prefix: tuple[int, ...]
-    children: dict[int, "Node"]
+    children: dict[int, Node]
     label: int | None  # label index that ends here
 
 
@@ -35,8 +35,9 @@ class LabelTrie:
     """The token sequences of every spelling of every label; ``seq_labels[i]`` is the label of
     ``seqs[i]`` (default: one sequence per label, in label order)."""
 
-    def __init__(self, label_tokens: Sequence[Sequence[int]], end_token: int,
-                 seq_labels: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, label_tokens: Sequence[Sequence[int]], end_token: int, seq_labels: Sequence[int] | None = None
+    ) -> None:
         seqs = [tuple(int(t) for t in s) for s in label_tokens]
         if any(len(s) == 0 for s in seqs):
             raise AnnotatorError("a label tokenises to no token")
@@ -99,13 +100,20 @@ class LabelTrie:
                     table.setdefault(s[:j], step_logprobs[c, j])
         return table
 
-    def sample(self, node_lp: dict[tuple[int, ...], np.ndarray], n: int, temperature: float, top_p: float,
-               rng: np.random.Generator) -> list[int]:
+    def sample(
+        self,
+        node_lp: dict[tuple[int, ...], np.ndarray],
+        n: int,
+        temperature: float,
+        top_p: float,
+        rng: np.random.Generator,
+    ) -> list[int]:
         """``n`` constrained answers (label indices)."""
         return [self._walk(node_lp, temperature, top_p, rng) for _ in range(n)]
 
-    def _walk(self, node_lp: dict[tuple[int, ...], np.ndarray], temperature: float, top_p: float,
-              rng: np.random.Generator) -> int:
+    def _walk(
+        self, node_lp: dict[tuple[int, ...], np.ndarray], temperature: float, top_p: float, rng: np.random.Generator
+    ) -> int:
         node = self.root
         while True:
             options = list(node.children)

@@ -76,15 +76,21 @@ class OpenAIEngine(Engine):
             return "none"  # servers without authentication accept any key
         key = os.environ.get(env)
         if not key:
-            raise ConfigError(f"annotators[{self.name}].engine.api_key_env: the environment variable {env!r} "
-                              "is not set (it should hold the API key)")
+            raise ConfigError(
+                f"annotators[{self.name}].engine.api_key_env: the environment variable {env!r} "
+                "is not set (it should hold the API key)"
+            )
         return key
 
     async def start(self) -> None:
         import openai
 
-        self.client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self._api_key(),
-                                         max_retries=self.config.max_retries, timeout=self.config.timeout_s)
+        self.client = openai.AsyncOpenAI(
+            base_url=self.config.base_url,
+            api_key=self._api_key(),
+            max_retries=self.config.max_retries,
+            timeout=self.config.timeout_s,
+        )
         self.gate = asyncio.Semaphore(self.config.max_concurrency)
         self.parts = PromptMessages(self.task)
         self.prompts: PromptBuilder | None = None
@@ -95,8 +101,9 @@ class OpenAIEngine(Engine):
 
             tok = AutoTokenizer.from_pretrained(await asyncio.to_thread(local_model, self.config.tokenizer))
             self.prompts = PromptBuilder(tok, self.task, 10**9)
-        self.forms = spellings(self.task, self._prompt_text("x", []) if self.config.api == "completions"
-                               else "\n")  # a chat answer starts a fresh turn
+        self.forms = spellings(
+            self.task, self._prompt_text("x", []) if self.config.api == "completions" else "\n"
+        )  # a chat answer starts a fresh turn
         self.choices = [text for text, _ in self.forms]
         try:
             await self.check_health()
@@ -113,14 +120,19 @@ class OpenAIEngine(Engine):
         try:
             served = [m.id async for m in self.client.models.list()]
         except openai.AuthenticationError:
-            raise ServerUnavailable(f"openai engine {self.name}: {self.config.base_url} refused the API key "
-                                    f"(from ${self.config.api_key_env})") from None
+            raise ServerUnavailable(
+                f"openai engine {self.name}: {self.config.base_url} refused the API key "
+                f"(from ${self.config.api_key_env})"
+            ) from None
         except openai.APIError as exc:
-            raise ServerUnavailable(f"openai engine {self.name}: cannot reach {self.config.base_url}: "
-                                    f"{type(exc).__name__}: {exc}") from None
+            raise ServerUnavailable(
+                f"openai engine {self.name}: cannot reach {self.config.base_url}: {type(exc).__name__}: {exc}"
+            ) from None
         if self.config.model not in served:
-            raise ConfigError(f"annotators[{self.name}].engine.model: got {self.config.model!r}; "
-                              f"{self.config.base_url} serves {served}")
+            raise ConfigError(
+                f"annotators[{self.name}].engine.model: got {self.config.model!r}; "
+                f"{self.config.base_url} serves {served}"
+            )
 
     async def stop(self) -> None:
         if self.client is not None:
@@ -143,10 +155,16 @@ class OpenAIEngine(Engine):
             self.requests += 1
             try:
                 return await fn(model=self.config.model, **kwargs)
-            except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError,
-                    openai.RateLimitError, openai.InternalServerError) as exc:
-                raise ServerUnavailable(f"openai engine {self.name}: {self.config.base_url}: "
-                                        f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            except (
+                openai.APIConnectionError,
+                openai.AuthenticationError,
+                openai.PermissionDeniedError,
+                openai.RateLimitError,
+                openai.InternalServerError,
+            ) as exc:
+                raise ServerUnavailable(
+                    f"openai engine {self.name}: {self.config.base_url}: {type(exc).__name__}: {str(exc)[:200]}"
+                ) from None
 
     def _extra(self, constrained: bool) -> dict[str, Any]:
         extra = self._base_extra()
@@ -161,12 +179,18 @@ class OpenAIEngine(Engine):
             extra.setdefault("add_special_tokens", False)
         return extra
 
-    async def _sample(self, prompt: Any, n: int, constrained: bool, logprobs: bool, max_tokens: int,
-                      temperature: float, top_p: float) -> tuple[list[str], dict[str, float] | None]:
+    async def _sample(
+        self, prompt: Any, n: int, constrained: bool, logprobs: bool, max_tokens: int, temperature: float, top_p: float
+    ) -> tuple[list[str], dict[str, float] | None]:
         """n answers, and the first step's top log-probs (when asked)."""
         s = self.sampling
-        common: dict[str, Any] = {"n": n, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-                                  "extra_body": self._extra(constrained)}
+        common: dict[str, Any] = {
+            "n": n,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "extra_body": self._extra(constrained),
+        }
         if s.seed is not None:
             common["seed"] = s.seed
         k = self.config.top_logprobs
@@ -190,8 +214,15 @@ class OpenAIEngine(Engine):
 
     async def _score(self, prompt: str, spelling: str) -> float:
         """log P(spelling | prompt) from the echoed prompt's token log-probs."""
-        r = await self._call(self.client.completions.create, prompt=prompt + spelling, max_tokens=1, temperature=0.0,
-                             echo=True, logprobs=0, extra_body=self._base_extra())
+        r = await self._call(
+            self.client.completions.create,
+            prompt=prompt + spelling,
+            max_tokens=1,
+            temperature=0.0,
+            echo=True,
+            logprobs=0,
+            extra_body=self._base_extra(),
+        )
         lp = r.choices[0].logprobs
         end = len(prompt + spelling)
         total = 0.0
@@ -205,8 +236,9 @@ class OpenAIEngine(Engine):
         prompt: Any = self.parts.messages(text, demos) if self.config.api == "chat" else self._prompt_text(text, demos)
         max_tokens = s.max_tokens or (max(len(c) for c in self.choices) + 2)
         free_first = not s.constrained and self.config.label_probs == "first_token"
-        answers, top = await self._sample(prompt, s.n_samples, s.constrained, free_first, max_tokens,
-                                          s.temperature, s.top_p)
+        answers, top = await self._sample(
+            prompt, s.n_samples, s.constrained, free_first, max_tokens, s.temperature, s.top_p
+        )
         votes, n_invalid = votes_from_answers(self.parser.parse_many(answers), self.task.num_classes)
         warning = None
         if self.config.label_probs == "exact":
@@ -221,7 +253,9 @@ class OpenAIEngine(Engine):
             found = first_token_probs(top or {}, self.forms, self.task.num_classes)
             if found is None:
                 probs = np.full(self.task.num_classes, 1.0 / self.task.num_classes)
-                warning = f"no_label_in_top_logprobs: none of the top {self.config.top_logprobs} first tokens starts a label"
+                warning = (
+                    f"no_label_in_top_logprobs: none of the top {self.config.top_logprobs} first tokens starts a label"
+                )
             else:
                 probs = found
         return Annotation(probs=probs, votes=votes, n_invalid=n_invalid, n_samples=len(answers), warning=warning)

@@ -53,8 +53,10 @@ class PromptMessages:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         if not self.placeholder:
             for d in demos:
-                msgs += [{"role": "user", "content": self.task.render(d.text)},
-                         {"role": "assistant", "content": d.label}]
+                msgs += [
+                    {"role": "user", "content": self.task.render(d.text)},
+                    {"role": "assistant", "content": d.label},
+                ]
         return msgs + [{"role": "user", "content": self._render(text, demos)}]
 
     def plain(self, text: str, demos: Demos = ()) -> str:
@@ -113,6 +115,7 @@ class PromptBuilder:
             keep -= max(_SAFETY, len(ids) - self.max_prompt_tokens)
         ids = self.ids("")
         if len(ids) > self.max_prompt_tokens:
-            raise ConfigError(f"the prompt template alone takes {len(ids)} tokens; "
-                             f"the context allows {self.max_prompt_tokens}")
+            raise ConfigError(
+                f"the prompt template alone takes {len(ids)} tokens; the context allows {self.max_prompt_tokens}"
+            )
         return ids, f"{schema.WARN_TRUNCATED}: text dropped entirely to fit the context"

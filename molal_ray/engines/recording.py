@@ -20,12 +20,14 @@ import pyarrow.parquet as pq
 from molal_ray.exceptions import SchemaError
 from molal_ray.storage import resolve
 
-RECORDING_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("annotator", pa.string()),
-    ("label_probs", pa.list_(pa.float64())),
-    ("samples", pa.list_(pa.string())),
-])
+RECORDING_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("annotator", pa.string()),
+        ("label_probs", pa.list_(pa.float64())),
+        ("samples", pa.list_(pa.string())),
+    ]
+)
 
 
 def iter_trec_jsonl(path: str | Path) -> Iterator[dict]:
@@ -67,8 +69,13 @@ def iter_recording(path: str | Path, annotator: str, batch_size: int = 65536) ->
     missing = set(RECORDING_SCHEMA.names) - set(ds.schema.names)
     if missing:
         raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; expected {RECORDING_SCHEMA.names}")
-    yield from ds.to_batches(columns=RECORDING_SCHEMA.names, filter=pc.field("annotator") == annotator,
-                             batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
+    yield from ds.to_batches(
+        columns=RECORDING_SCHEMA.names,
+        filter=pc.field("annotator") == annotator,
+        batch_size=batch_size,
+        batch_readahead=1,
+        fragment_readahead=1,
+    )
 
 
 def load_recording_table(path: str | Path, annotator: str) -> pa.Table:
@@ -81,8 +88,7 @@ def load_recording_table(path: str | Path, annotator: str) -> pa.Table:
     table = pq.read_table(loc.path, filesystem=loc.fs, filters=[("annotator", "=", annotator)])
     missing = set(RECORDING_SCHEMA.names) - set(table.column_names)
     if missing:
-        raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; "
-                          f"expected {RECORDING_SCHEMA.names}")
+        raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; expected {RECORDING_SCHEMA.names}")
     return table.select(RECORDING_SCHEMA.names)
 
 

@@ -47,8 +47,8 @@ class ReplayEngine(Engine):
             raise AnnotatorError(f"replay engine {self.name}: recording not found: {self.config.path}") from None
         except AnnotatorError:
             raise AnnotatorError(
-                f"replay engine {self.name}: the recording {self.config.path} has no rows of "
-                f"annotator {self.source!r}") from None
+                f"replay engine {self.name}: the recording {self.config.path} has no rows of annotator {self.source!r}"
+            ) from None
 
     async def annotate(self, sample_ids: Sequence[str], texts: Sequence[str]) -> list[Annotation]:
         if self._index is None:
@@ -71,15 +71,24 @@ class RecordingIndex:
     shares, invalid and sample counts, and the rows' errors or warnings. Built batch
     by batch, so a recording of millions of rows never sits in memory as Arrow strings at once."""
 
-    def __init__(self, hashes: np.ndarray, probs: np.ndarray, votes: np.ndarray, n_invalid: np.ndarray,
-                 n_samples: np.ndarray, errors: dict[int, str], warnings: dict[int, str]) -> None:
+    def __init__(
+        self,
+        hashes: np.ndarray,
+        probs: np.ndarray,
+        votes: np.ndarray,
+        n_invalid: np.ndarray,
+        n_samples: np.ndarray,
+        errors: dict[int, str],
+        warnings: dict[int, str],
+    ) -> None:
         self.hashes, self.probs, self.votes = hashes, probs, votes
         self.n_invalid, self.n_samples = n_invalid, n_samples
         self.errors, self.warnings = errors, warnings
 
     @classmethod
-    def build(cls, batches: Iterable[pa.RecordBatch | pa.Table], parser: AnswerParser,
-              num_classes: int) -> "RecordingIndex":
+    def build(
+        cls, batches: Iterable[pa.RecordBatch | pa.Table], parser: AnswerParser, num_classes: int
+    ) -> RecordingIndex:
         chunks = [_index_chunk(b, parser, num_classes) for b in batches]
         chunks = [c for c in chunks if len(c["hashes"])]
         if not chunks:
@@ -113,8 +122,15 @@ class RecordingIndex:
             elif i in self.errors:
                 out.append(Annotation.failed(self.errors[i]))
             else:
-                out.append(Annotation(probs=self.probs[i], votes=self.votes[i], n_invalid=int(self.n_invalid[i]),
-                                      n_samples=int(self.n_samples[i]), warning=self.warnings.get(i)))
+                out.append(
+                    Annotation(
+                        probs=self.probs[i],
+                        votes=self.votes[i],
+                        n_invalid=int(self.n_invalid[i]),
+                        n_samples=int(self.n_samples[i]),
+                        warning=self.warnings.get(i),
+                    )
+                )
         return out
 
 
@@ -126,8 +142,9 @@ def _index_chunk(batch: pa.RecordBatch | pa.Table, parser: AnswerParser, C: int)
     samples = _array(batch.column("samples"))
     n_samples = pc.fill_null(pc.list_value_length(samples), 0).to_numpy(zero_copy_only=False).astype(np.int32)
     enc = pc.dictionary_encode(pc.list_flatten(samples))
-    parsed = np.array([-1 if (k := parser.parse(v)) is None else k for v in enc.dictionary.to_pylist()] + [-1],
-                      dtype=np.int64)
+    parsed = np.array(
+        [-1 if (k := parser.parse(v)) is None else k for v in enc.dictionary.to_pylist()] + [-1], dtype=np.int64
+    )
     codes = pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(zero_copy_only=False)
     label = parsed[codes]
     parent = pc.list_parent_indices(samples).to_numpy(zero_copy_only=False)
@@ -142,18 +159,28 @@ def _index_chunk(batch: pa.RecordBatch | pa.Table, parser: AnswerParser, C: int)
     probs = np.full((n, C), np.nan, np.float64)
     right = lengths == C
     if right.any():
-        probs[right] = pc.list_flatten(lp.filter(pa.array(right))).to_numpy(zero_copy_only=False) \
-            .astype(np.float64).reshape(-1, C)
-    errors = {int(i): f"bad_probs: got {None if lengths[i] < 0 else int(lengths[i])} label probabilities; "
-                      f"expected {C}" for i in np.flatnonzero(~right)}
+        probs[right] = (
+            pc.list_flatten(lp.filter(pa.array(right))).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, C)
+        )
+    errors = {
+        int(i): f"bad_probs: got {None if lengths[i] < 0 else int(lengths[i])} label probabilities; expected {C}"
+        for i in np.flatnonzero(~right)
+    }
     total = probs.sum(1)
     usable = right & np.isfinite(probs).all(1) & (probs >= 0).all(1) & (total > 0)
     probs[usable] /= total[usable, None]
     # No usable mass: the row keeps its votes; probs become uniform and the row is flagged.
     warnings = {int(i): f"uniform_probs: {normalise_probs(probs[i])[1]}" for i in np.flatnonzero(right & ~usable)}
     probs[~usable] = 1.0 / C
-    return {"hashes": hashes, "probs": probs, "votes": votes, "n_invalid": n_invalid,
-            "n_samples": n_samples, "errors": errors, "warnings": warnings}
+    return {
+        "hashes": hashes,
+        "probs": probs,
+        "votes": votes,
+        "n_invalid": n_invalid,
+        "n_samples": n_samples,
+        "errors": errors,
+        "warnings": warnings,
+    }
 
 
 def _array(col: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -19,7 +19,8 @@ the others renormalised), so they cannot serve. Hence:
 
 The result is exact either way. ``label_probs: first_token`` skips the deeper nodes: a label's
 probability is then its first token's (labels sharing a first token split it equally), exact
-for single-token labels and an approximation otherwise, for one extra request per text at most. The constrained decoder may spell a label with non-canonical
+for single-token labels and an approximation otherwise, for one extra request per text at most. The
+constrained decoder may spell a label with non-canonical
 tokens (seen: 'description' as six short tokens); such answers are still votes for their label,
 parsed from the answer text, and ``max_tokens`` leaves room for the longest spelling.
 """
@@ -88,32 +89,46 @@ class VLLMEngine(Engine):
             if engine_kwargs.get("enable_chunked_prefill"):
                 raise ConfigError(
                     f"annotator {self.name!r}: per_request_seed needs enable_chunked_prefill off on vLLM's "
-                    "CPU build; drop it from engine_kwargs or set per_request_seed: false")
+                    "CPU build; drop it from engine_kwargs or set per_request_seed: false"
+                )
             engine_kwargs["enable_chunked_prefill"] = False
         args = AsyncEngineArgs(
-            model=model, dtype=self.config.dtype, max_model_len=self.config.max_model_len,
+            model=model,
+            dtype=self.config.dtype,
+            max_model_len=self.config.max_model_len,
             gpu_memory_utilization=self.config.gpu_memory_utilization,
-            enable_prefix_caching=self.config.enable_prefix_caching, enforce_eager=self.config.enforce_eager,
+            enable_prefix_caching=self.config.enable_prefix_caching,
+            enforce_eager=self.config.enforce_eager,
             tensor_parallel_size=self.config.tensor_parallel_size,
             seed=self.sampling.seed if self.sampling.seed is not None else 0,
-            max_logprobs=max(20, len(self.trie.vocab)), trust_remote_code=self.config.trust_remote_code,
-            **engine_kwargs)
+            max_logprobs=max(20, len(self.trie.vocab)),
+            trust_remote_code=self.config.trust_remote_code,
+            **engine_kwargs,
+        )
         self.engine = AsyncLLM.from_engine_args(args)
 
-    def _params(self, n: int, constrained: bool, max_tokens: int, temperature: float, top_p: float,
-                seed: int | None = None):
+    def _params(
+        self, n: int, constrained: bool, max_tokens: int, temperature: float, top_p: float, seed: int | None = None
+    ):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         return SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
             structured_outputs=StructuredOutputsParams(choice=list(self.spellings.texts)) if constrained else None,
-            logprob_token_ids=list(self.trie.vocab), output_kind=RequestOutputKind.FINAL_ONLY, seed=seed)
+            logprob_token_ids=list(self.trie.vocab),
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            seed=seed,
+        )
 
     async def _generate(self, prompt_ids: list[int], params: Any) -> Any:
         final = None
-        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params,
-                                              request_id=f"{self.name}-{uuid.uuid4().hex}"):
+        async for out in self.engine.generate(
+            {"prompt_token_ids": prompt_ids}, params, request_id=f"{self.name}-{uuid.uuid4().hex}"
+        ):
             final = out
         return final
 
@@ -134,8 +149,9 @@ class VLLMEngine(Engine):
         s = self.sampling
         # Room for the longest label spelled one character per token, plus the end token.
         max_tokens = s.max_tokens or (max(len(t) for t in self.spellings.texts) + 2)
-        result = await self._generate(ids, self._params(s.n_samples, s.constrained, max_tokens, s.temperature, s.top_p,
-                                                             self._seed(sample_id)))
+        result = await self._generate(
+            ids, self._params(s.n_samples, s.constrained, max_tokens, s.temperature, s.top_p, self._seed(sample_id))
+        )
         answers = [o.text for o in result.outputs]
         votes, n_invalid = votes_from_answers(self.parser.parse_many(answers), self.task.num_classes)
         # Raw next-token log-probs at trie nodes: from free answers' canonical paths only
@@ -151,14 +167,16 @@ class VLLMEngine(Engine):
         wanted = self.trie_prefixes if self.config.label_probs == "exact" else {()}
         missing = sorted(wanted - set(nodes), key=len)
         if missing:
-            fills = await asyncio.gather(*[
-                self._generate(ids + list(prefix), self._params(1, False, 1, 0.0, 1.0)) for prefix in missing])
+            fills = await asyncio.gather(
+                *[self._generate(ids + list(prefix), self._params(1, False, 1, 0.0, 1.0)) for prefix in missing]
+            )
             self.extra_requests += len(missing)
             for prefix, res in zip(missing, fills):
                 nodes[prefix] = self._row(res.outputs[0].logprobs[0])
         if self.config.label_probs == "exact":
-            seq_lp = np.array([sum(nodes[seq[:j]][self.trie.vocab_index[t]] for j, t in enumerate(seq))
-                               for seq in self.trie.seqs])
+            seq_lp = np.array(
+                [sum(nodes[seq[:j]][self.trie.vocab_index[t]] for j, t in enumerate(seq)) for seq in self.trie.seqs]
+            )
         else:
             seq_lp = first_token_logprobs(self.trie, nodes[()])
         probs = self.trie.label_probs(seq_lp)
@@ -168,8 +186,9 @@ class VLLMEngine(Engine):
         if self.engine is None:
             raise AnnotatorError(f"vllm engine {self.name}: annotate() before start()")
         demos = await asyncio.to_thread(self.demonstrations, sample_ids, texts)
-        results = await asyncio.gather(*[self._one(i, t, d) for i, t, d in zip(sample_ids, texts, demos)],
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *[self._one(i, t, d) for i, t, d in zip(sample_ids, texts, demos)], return_exceptions=True
+        )
         out = []
         for r in results:
             if isinstance(r, BaseException):

@@ -8,12 +8,12 @@ from typing import Any
 from molal_ray.aggregation.api import load_gold
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError, SchemaError
+from molal_ray.layout import LoopLayout
 from molal_ray.loop.coordinator import Coordinator, Split
-from molal_ray.pipeline.embeddings import EmbeddingStore, cache_root, store_folder
 from molal_ray.loop.services import RayRoundServices
 from molal_ray.loop.state import LoopState
+from molal_ray.pipeline.embeddings import EmbeddingStore, cache_root, store_folder
 from molal_ray.pipeline.pool_store import PreparedPool
-from molal_ray.layout import LoopLayout
 
 
 class CoordinatorActor:
@@ -50,8 +50,10 @@ class CoordinatorActor:
             if state.labels != labels:
                 raise ConfigError(f"resume: the saved loop has labels {state.labels}; the config has {labels}")
             if state.pool != pool.manifest.key():
-                raise ConfigError("resume: the pool changed since the loop started (its files, columns or buckets); "
-                                  "start a new loop (output.mode: overwrite) or restore the pool")
+                raise ConfigError(
+                    "resume: the pool changed since the loop started (its files, columns or buckets); "
+                    "start a new loop (output.mode: overwrite) or restore the pool"
+                )
         else:
             state = LoopState(labels=labels, seed=settings.seed, pool=pool.manifest.key())
         embeddings = None
@@ -60,11 +62,20 @@ class CoordinatorActor:
             embeddings = EmbeddingStore.open(folder, pool, self.cfg.classifier)
             if embeddings is None:
                 raise SchemaError(f"loop: no embeddings of this pool in {folder}")
-        self.services = services = RayRoundServices(self.cfg, pool, out.annotations, out.train, embeddings,
-                                                    out.review, review_token)
+        self.services = services = RayRoundServices(
+            self.cfg, pool, out.annotations, out.train, embeddings, out.review, review_token
+        )
         few = self.cfg.task.few_shot
-        self.coord = Coordinator(state, settings, pool, split, services, state_dir, self.cfg.cascade,
-                                 examples_from_labels=few is not None and few.from_loop)
+        self.coord = Coordinator(
+            state,
+            settings,
+            pool,
+            split,
+            services,
+            state_dir,
+            self.cfg.cascade,
+            examples_from_labels=few is not None and few.from_loop,
+        )
         self.test_rows = len(split.test_rows)
 
     def run_round(self) -> dict[str, Any] | None:

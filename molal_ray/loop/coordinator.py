@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from molal_ray import schema
 from molal_ray.aggregation import Gold, build_matrix, get_aggregator
-from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.aggregation.cascade import CascadePlan, everyone, needs_ranking, plan_for, rank
+from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.config.job import CascadeConfig
 from molal_ray.config.loop import LoopSettings
 from molal_ray.exceptions import AggregationError, PoolExhaustedError, SchemaError
@@ -48,8 +48,9 @@ class RoundServices(Protocol):
     def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
         """Run the classifier over the rows the request names."""
 
-    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None,
-                 examples: list[dict[str, str]] | None = None) -> int:
+    def annotate(
+        self, rows: pa.Table, stages: list[list[str]] | None = None, examples: list[dict[str, str]] | None = None
+    ) -> int:
         """Have the annotators label these pool rows (``_row, sample_id``) into the loop's table,
         in ``stages`` (a cascade; None: the configured ones) (pairs already there are skipped),
         with these few-shot ``examples`` (``sample_id, text, label``; None: the task's own);
@@ -65,7 +66,9 @@ class RoundServices(Protocol):
         """The pool's frozen embeddings of these rows, (len(keys), D) in their order; None when
         the loop has none (``classifier.mode: finetune``)."""
 
-    def review(self, round_: int, items: list[ReviewItem], status: Callable[[str], None] | None = None) -> ReviewProgress:
+    def review(
+        self, round_: int, items: list[ReviewItem], status: Callable[[str], None] | None = None
+    ) -> ReviewProgress:
         """People's labels of the round's routed ``items`` (label names) and the ones they
         skipped, once all are in; raises :class:`ReviewPending` while they are not (``status``
         gets a progress line while it waits)."""
@@ -111,8 +114,9 @@ class Split:
     gold: dict[str, int]  # sample id -> class, every gold label
 
     @classmethod
-    def make(cls, found: pa.Table, gold: dict[str, int], test_fraction: float, test_max: int | None,
-             seed: int) -> "Split":
+    def make(
+        cls, found: pa.Table, gold: dict[str, int], test_fraction: float, test_max: int | None, seed: int
+    ) -> Split:
         """``found``: the ``_row, sample_id`` of the gold ids that are usable pool rows. The test
         rows are drawn with the seed from them, sorted by id, so the split depends on the seed,
         the pool and the gold file only."""
@@ -131,28 +135,40 @@ class Split:
         test_y = np.array([gold[i] for i in np.asarray(ids, dtype=object)[is_test][order]], dtype=np.int64)
         return cls(test_rows, test_y, {i: int(k) for i, k, t in zip(ids, keys, is_test) if not t}, gold)
 
-
     def initial(self, n: int, seed: int) -> list[str]:
         """The ``n`` gold ids of round 0, drawn with the seed among the gold-labelled pool rows
         outside the test split."""
         ids = sorted(self.gold_rows)
         if len(ids) < n:
-            raise SchemaError(f"initial gold: {len(ids)} pool rows have gold labels outside the test split; "
-                              f"{n} requested")
+            raise SchemaError(
+                f"initial gold: {len(ids)} pool rows have gold labels outside the test split; {n} requested"
+            )
         return [ids[i] for i in np.random.default_rng([seed, Stream.INITIAL_GOLD]).choice(len(ids), n, replace=False)]
 
 
-def labels_info(annotation_accuracy: float | None = None, llm_label_accuracy: float | None = None, n_human: int = 0,
-                n_down_weighted: int = 0, n_relabelled: int = 0, text_view_rows: int = 0,
-                people_agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+def labels_info(
+    annotation_accuracy: float | None = None,
+    llm_label_accuracy: float | None = None,
+    n_human: int = 0,
+    n_down_weighted: int = 0,
+    n_relabelled: int = 0,
+    text_view_rows: int = 0,
+    people_agreement: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a round's metrics say of the labels it received (every round has every key;
     ``loop/report.py`` reads them): their accuracy on gold rows (all, and those from the LLMs),
     how many came from people, how many the discrepancy rule down-weighted, how many earlier labels
     ``relabel`` changed, the rows the aggregator's text view fitted on, and people's agreement
     with the mixture and each LLM."""
-    return {"annotation_accuracy": annotation_accuracy, "llm_label_accuracy": llm_label_accuracy, "n_human": n_human,
-            "n_down_weighted": n_down_weighted, "n_relabelled": n_relabelled, "text_view_rows": text_view_rows,
-            "people_agreement": people_agreement}
+    return {
+        "annotation_accuracy": annotation_accuracy,
+        "llm_label_accuracy": llm_label_accuracy,
+        "n_human": n_human,
+        "n_down_weighted": n_down_weighted,
+        "n_relabelled": n_relabelled,
+        "text_view_rows": text_view_rows,
+        "people_agreement": people_agreement,
+    }
 
 
 class PhaseClock:
@@ -163,11 +179,11 @@ class PhaseClock:
         self.current: str | None = None
         self._t = 0.0
 
-    def __call__(self, name: str) -> "PhaseClock":
+    def __call__(self, name: str) -> PhaseClock:
         self.current, self._t = name, time.monotonic()
         return self
 
-    def __enter__(self) -> "PhaseClock":
+    def __enter__(self) -> PhaseClock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -177,9 +193,17 @@ class PhaseClock:
 
 
 class Coordinator:
-    def __init__(self, state: LoopState, settings: LoopSettings, pool: PoolGeometry, split: Split,
-                 services: RoundServices, state_dir: Any, cascade: CascadeConfig | None = None,
-                 examples_from_labels: bool = False) -> None:
+    def __init__(
+        self,
+        state: LoopState,
+        settings: LoopSettings,
+        pool: PoolGeometry,
+        split: Split,
+        services: RoundServices,
+        state_dir: Any,
+        cascade: CascadeConfig | None = None,
+        examples_from_labels: bool = False,
+    ) -> None:
         self.state = state
         # task.few_shot.examples 'loop': the annotators are shown the people's labels so far.
         self.examples_from_labels = examples_from_labels
@@ -189,8 +213,9 @@ class Coordinator:
         self.split = split
         self.services = services
         self.state_dir = state_dir
-        self.strategy = get_strategy(settings.strategy, subsample=settings.subsample,
-                                     labelable=settings.labelable_weight)
+        self.strategy = get_strategy(
+            settings.strategy, subsample=settings.subsample, labelable=settings.labelable_weight
+        )
         self.base = self.strategy.base if isinstance(self.strategy, SubsamplingQueryStrategy) else self.strategy
         self.clock = PhaseClock()
         self.waiting: str | None = None  # a progress line while the round waits for people
@@ -207,8 +232,9 @@ class Coordinator:
             return None
         people = [x for x in self.state.labeled if x.source in HUMAN_SOURCES]
         texts = self.services.texts(np.array([x.row for x in people], dtype=np.int64)) if people else []
-        return [{"sample_id": x.sample_id, "text": t, "label": self.state.labels[x.label]}
-                for x, t in zip(people, texts)]
+        return [
+            {"sample_id": x.sample_id, "text": t, "label": self.state.labels[x.label]} for x, t in zip(people, texts)
+        ]
 
     def annotate(self, rows: pa.Table, stages: list[list[str]] | None) -> int:
         return self.services.annotate(rows, stages, examples=self.examples())
@@ -248,8 +274,12 @@ class Coordinator:
         m = build_matrix(self.services.annotations(), self.num_classes)
         idx = {s: i for i, s in enumerate(m.sample_ids)}
         known = [x for x in rows if x.sample_id in idx]
-        plan = rank(self.cascade, m, np.array([idx[x.sample_id] for x in known], dtype=np.int64),
-                    np.array([x.label for x in known], dtype=np.int64))
+        plan = rank(
+            self.cascade,
+            m,
+            np.array([idx[x.sample_id] for x in known], dtype=np.int64),
+            np.array([x.label for x in known], dtype=np.int64),
+        )
         self.state.cascade = plan.to_dict()
         return calls
 
@@ -306,17 +336,28 @@ class Coordinator:
             nxt = self.request(r + 1) if r < self.settings.rounds else None
             scored = self.services.score(res.model_dir, self._with_test(nxt))
             self._scored = (r + 1, nxt, scored) if nxt is not None else None
-        metrics = {"round": r, "n_labeled": len(self.state.labeled), **evaluate(scored, self.split),
-                   **info, "llm_calls": llm_calls, "val_accuracy": res.val_accuracy,
-                   "epochs": res.epochs_run, "lambda": lam, "model_dir": res.model_dir,
-                   "elapsed_s": round(time.monotonic() - self.t0, 1), "phase_s": clock.seconds}
+        metrics = {
+            "round": r,
+            "n_labeled": len(self.state.labeled),
+            **evaluate(scored, self.split),
+            **info,
+            "llm_calls": llm_calls,
+            "val_accuracy": res.val_accuracy,
+            "epochs": res.epochs_run,
+            "lambda": lam,
+            "model_dir": res.model_dir,
+            "elapsed_s": round(time.monotonic() - self.t0, 1),
+            "phase_s": clock.seconds,
+        }
         self.finish_round(metrics)
         return metrics
 
     def initial_gold(self) -> list[LabeledRow]:
         """Round 0: the human labels the loop starts from."""
-        return [LabeledRow(i, self.split.gold_rows[i], self.split.gold[i], "gold")
-                for i in self.split.initial(self.settings.initial_gold, self.state.seed)]
+        return [
+            LabeledRow(i, self.split.gold_rows[i], self.split.gold[i], "gold")
+            for i in self.split.initial(self.settings.initial_gold, self.state.seed)
+        ]
 
     def _excluded(self) -> np.ndarray:
         """Dense row numbers no query may take: labelled and test rows."""
@@ -343,9 +384,14 @@ class Coordinator:
             candidates=None if dense is None else np.sort(self.pool.keys_of(dense)),
             labeled=self.state.label_rows() if "embeddings" in needs else np.zeros(0, np.int64),
             exclude=np.sort(self.pool.keys_of(exclude)) if dense is None else np.zeros(0, np.int64),
-            strategy=self.settings.strategy, needs=needs, top_n=n if per_row else None,
+            strategy=self.settings.strategy,
+            needs=needs,
+            top_n=n if per_row else None,
             tiebreak_key=int(self.rng(Stream.PICKS, round_).integers(2**63)) if per_row else 0,
-            noise_copies=self.settings.noise_copies, noise_scale=self.settings.noise_scale, seed=self.state.seed)
+            noise_copies=self.settings.noise_copies,
+            noise_scale=self.settings.noise_scale,
+            seed=self.state.seed,
+        )
 
     def _with_test(self, req: ScoreRequest | None) -> ScoreRequest:
         if req is None:
@@ -364,7 +410,9 @@ class Coordinator:
         annotated = self.services.text_embeddings(np.array([by_id[m.sample_ids[i]] for i in rows], np.int64))
         candidates = self.services.text_embeddings(np.asarray(keys, np.int64))
         if annotated is None or candidates is None:
-            raise AggregationError("loop.labelable_weight: the loop has no embeddings of the pool (classifier.mode head)")
+            raise AggregationError(
+                "loop.labelable_weight: the loop has no embeddings of the pool (classifier.mode head)"
+            )
         return expected_agreement(candidates, annotated, agreement_shares(m.votes[np.array(rows, np.int64)]))
 
     def query(self, r: int) -> tuple[pa.Table, dict[str, int]]:
@@ -392,35 +440,48 @@ class Coordinator:
         ids = queried.column(schema.SAMPLE_ID).to_pylist()
         keys = queried.column(ROW).to_pylist()
         mode = self.settings.annotation
-        earlier = ([r for r in self.state.labeled if r.source == "molal"]
-                   if self.settings.relabel and mode == "molal" else [])
+        earlier = (
+            [r for r in self.state.labeled if r.source == "molal"] if self.settings.relabel and mode == "molal" else []
+        )
         probs, earlier_probs, matrix = self.distributions(ids, keys, table, earlier)
         labels = probs.argmax(1)
         human, agreed = self.ask_people(ids, keys, probs, labels, matrix)
         source = SOURCES_OF_MODE.get(mode, "annotator")
         prev = np.array([previous_pred.get(i, -1) for i in ids])
-        weights = (discrepancy_weights(labels, prev, self.settings.discrepancy_alpha)
-                   if mode == "molal" and previous_pred else np.ones(len(ids), np.float32))
+        weights = (
+            discrepancy_weights(labels, prev, self.settings.discrepancy_alpha)
+            if mode == "molal" and previous_pred
+            else np.ones(len(ids), np.float32)
+        )
         weights[human] = 1.0
-        new = [self.labeled_row(sid, k, lab, "human" if h else source, w, p, pp)
-               for sid, k, lab, w, p, h, pp in zip(ids, keys, labels, weights, probs, human, prev)]
+        new = [
+            self.labeled_row(sid, k, lab, "human" if h else source, w, p, pp)
+            for sid, k, lab, w, p, h, pp in zip(ids, keys, labels, weights, probs, human, prev)
+        ]
         relabelled = self.relabel(earlier, earlier_probs)  # once people's labels are in (no pause past here)
         self.state.add(new)
-        return labels_info(annotation_accuracy=self.gold_accuracy(ids, labels),
-                           llm_label_accuracy=self.gold_accuracy(ids, labels, ~human),
-                           n_human=int(human.sum()), n_down_weighted=int((weights < 1).sum()), n_relabelled=relabelled,
-                           text_view_rows=self.text_view_rows if mode == "molal" else 0, people_agreement=agreed)
+        return labels_info(
+            annotation_accuracy=self.gold_accuracy(ids, labels),
+            llm_label_accuracy=self.gold_accuracy(ids, labels, ~human),
+            n_human=int(human.sum()),
+            n_down_weighted=int((weights < 1).sum()),
+            n_relabelled=relabelled,
+            text_view_rows=self.text_view_rows if mode == "molal" else 0,
+            people_agreement=agreed,
+        )
 
-    def distributions(self, ids: list[str], keys: list[int], table: pa.Table | None,
-                      earlier: list[LabeledRow]) -> tuple[np.ndarray, np.ndarray, AnnotationMatrix | None]:
+    def distributions(
+        self, ids: list[str], keys: list[int], table: pa.Table | None, earlier: list[LabeledRow]
+    ) -> tuple[np.ndarray, np.ndarray, AnnotationMatrix | None]:
         """The label distributions of the queried ``ids`` and of the ``earlier`` rows to relabel,
         and the annotation matrix they came from: one-hot gold labels (``annotation: gold``), else
         the aggregator's over the annotators' answers in ``table``."""
         if self.settings.annotation == "gold":
             missing = [i for i in ids if i not in self.split.gold]
             if missing:
-                raise SchemaError(f"loop.annotation 'gold': {len(missing)} queried rows have no gold label "
-                                  f"(first: {missing[0]!r})")
+                raise SchemaError(
+                    f"loop.annotation 'gold': {len(missing)} queried rows have no gold label (first: {missing[0]!r})"
+                )
             return np.eye(self.num_classes)[[self.split.gold[i] for i in ids]], np.zeros((0, self.num_classes)), None
         if table is None:
             raise AggregationError("loop: no annotation table for the queried rows")
@@ -428,10 +489,11 @@ class Coordinator:
         if self.settings.annotation == "molal":
             matrix = self.with_embeddings(matrix, dict(zip(ids, keys)))
         both = self.aggregate(matrix, ids + [r.sample_id for r in earlier])
-        return both[:len(ids)], both[len(ids):], matrix
+        return both[: len(ids)], both[len(ids) :], matrix
 
-    def ask_people(self, ids: list[str], keys: list[int], probs: np.ndarray, labels: np.ndarray,
-                   matrix: AnnotationMatrix | None) -> tuple[np.ndarray, dict[str, Any] | None]:
+    def ask_people(
+        self, ids: list[str], keys: list[int], probs: np.ndarray, labels: np.ndarray, matrix: AnnotationMatrix | None
+    ) -> tuple[np.ndarray, dict[str, Any] | None]:
         """``human_per_round``: the least certain of the queried rows go to people; their labels
         replace the mixture's in ``labels`` (a skipped sample keeps the mixture's). Returns which
         rows people labelled and how their labels agree with the mixture's and each LLM's."""
@@ -440,25 +502,37 @@ class Coordinator:
         if not n:
             return human, None
         pos = self.route(probs, ids, matrix, n)
-        shown, top = (matrix_answers(matrix, [ids[i] for i in pos], self.state.labels) if matrix is not None
-                      else ([{} for _ in pos], None))
+        shown, top = (
+            matrix_answers(matrix, [ids[i] for i in pos], self.state.labels)
+            if matrix is not None
+            else ([{} for _ in pos], None)
+        )
         people = self.human_labels([ids[i] for i in pos], np.asarray(keys)[pos], probs[pos], shown)
         got = np.array([ids[i] in people for i in pos], bool)
         answered = pos[got]
         given = np.array([people[ids[i]] for i in answered], dtype=np.int64)
-        agreed = agreement(given, labels[answered], None if top is None else top[got],
-                           matrix.annotators if matrix is not None else [])
+        agreed = agreement(
+            given, labels[answered], None if top is None else top[got], matrix.annotators if matrix is not None else []
+        )
         labels[answered] = given
         human[answered] = True
         return human, agreed
 
-    def labeled_row(self, sample_id: str, key: int, label: int, source: str, weight: float, probs: np.ndarray,
-                    previous_pred: int) -> LabeledRow:
+    def labeled_row(
+        self, sample_id: str, key: int, label: int, source: str, weight: float, probs: np.ndarray, previous_pred: int
+    ) -> LabeledRow:
         """A row of the state; an aggregator's label keeps its negatives (the classes it deems
         near-impossible) and the classifier's prediction it was weighed against."""
         molal = source == "molal"
-        return LabeledRow(sample_id, int(key), int(label), source, float(weight),
-                          self.negatives(probs) if molal else [], int(previous_pred) if molal else -1)
+        return LabeledRow(
+            sample_id,
+            int(key),
+            int(label),
+            source,
+            float(weight),
+            self.negatives(probs) if molal else [],
+            int(previous_pred) if molal else -1,
+        )
 
     def negatives(self, probs: np.ndarray) -> list[int]:
         return [int(c) for c in np.flatnonzero(probs < self.settings.negative_threshold)]
@@ -479,8 +553,15 @@ class Coordinator:
             changed += label != r.label
             r.label = label
             r.negatives = self.negatives(p)
-            r.weight = 1.0 if r.previous_pred < 0 else float(discrepancy_weights(
-                np.array([label]), np.array([r.previous_pred]), self.settings.discrepancy_alpha)[0])
+            r.weight = (
+                1.0
+                if r.previous_pred < 0
+                else float(
+                    discrepancy_weights(
+                        np.array([label]), np.array([r.previous_pred]), self.settings.discrepancy_alpha
+                    )[0]
+                )
+            )
         return changed
 
     def route(self, probs: np.ndarray, ids: list[str], m: Any, n: int) -> np.ndarray:
@@ -493,8 +574,9 @@ class Coordinator:
             votes = m.votes[np.array([at[i] for i in ids], dtype=np.int64)]
         return least_certain(probs, n, self.settings.routing, votes, ids)
 
-    def human_labels(self, ids: list[str], keys: np.ndarray, probs: np.ndarray,
-                     answers: list[dict[str, str]] | None = None) -> dict[str, int]:
+    def human_labels(
+        self, ids: list[str], keys: np.ndarray, probs: np.ndarray, answers: list[dict[str, str]] | None = None
+    ) -> dict[str, int]:
         """People's labels of these rows: from the gold file when it has them all (simulated
         people), else from the review backend (each row shown with the mixture's label and
         ``answers``, what each LLM said); raises :class:`ReviewPending` while they are not in.
@@ -503,8 +585,10 @@ class Coordinator:
             return {i: self.split.gold[i] for i in ids}
         texts = self.services.texts(keys)
         answers = answers or [{} for _ in ids]
-        items = [ReviewItem(i, t, self.state.labels[int(p.argmax())], float(p.max()), a)
-                 for i, t, p, a in zip(ids, texts, probs, answers)]
+        items = [
+            ReviewItem(i, t, self.state.labels[int(p.argmax())], float(p.max()), a)
+            for i, t, p, a in zip(ids, texts, probs, answers)
+        ]
         try:
             got = self.services.review(self.state.round, items, self._wait_line)
         finally:
@@ -536,8 +620,11 @@ class Coordinator:
         mode = self.settings.annotation
         if mode == "molal":
             gold_rows = [r for r in self.state.labeled if r.source in HUMAN_SOURCES and r.sample_id in idx]
-            gold = Gold(np.array([idx[r.sample_id] for r in gold_rows], dtype=np.int64),
-                        np.array([r.label for r in gold_rows], dtype=np.int64), self.num_classes)
+            gold = Gold(
+                np.array([idx[r.sample_id] for r in gold_rows], dtype=np.int64),
+                np.array([r.label for r in gold_rows], dtype=np.int64),
+                self.num_classes,
+            )
             agg = get_aggregator(self.settings.aggregator.name, **self.settings.aggregator.params()).fit(m, gold)
             self.text_view_rows = int(getattr(agg, "text_rows_", 0))  # 0: labelled from the answers alone
             return agg.predict_proba(m.take(rows))
@@ -554,9 +641,14 @@ class Coordinator:
         neg = np.zeros((len(rows), self.num_classes), np.float32)
         for i, x in enumerate(rows):
             neg[i, x.negatives] = 1.0
-        frame = pd.DataFrame({ROW: np.array([x.row for x in rows], dtype=np.int64),
-                              "label": np.array([x.label for x in rows], dtype=np.int64),
-                              "weight": np.array([x.weight for x in rows], dtype=np.float32), "negatives": list(neg)})
+        frame = pd.DataFrame(
+            {
+                ROW: np.array([x.row for x in rows], dtype=np.int64),
+                "label": np.array([x.label for x in rows], dtype=np.int64),
+                "weight": np.array([x.weight for x in rows], dtype=np.float32),
+                "negatives": list(neg),
+            }
+        )
         val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
         lam = lambda_for_round(r, self.settings.lambda_start, self.settings.lambda_step)
         return self.services.train(train, val, lam, f"round-{r}"), lam
@@ -570,9 +662,17 @@ class Coordinator:
         assigned = [r for r in self.state.labeled if r.source not in HUMAN_SOURCES and r.sample_id in self.split.gold]
         truth = np.array([self.split.gold[r.sample_id] for r in assigned], dtype=np.int64)
         pred = np.array([r.label for r in assigned], dtype=np.int64)
-        report: dict[str, Any] = {"labels": list(self.state.labels), "annotators": {}, "assigned": {
-            "rows": len(assigned), "accuracy": float((truth == pred).mean()) if assigned else None,
-            "confusion": confusion_matrix(truth, pred, labels=list(range(self.num_classes))).tolist() if assigned else None}}
+        report: dict[str, Any] = {
+            "labels": list(self.state.labels),
+            "annotators": {},
+            "assigned": {
+                "rows": len(assigned),
+                "accuracy": float((truth == pred).mean()) if assigned else None,
+                "confusion": confusion_matrix(truth, pred, labels=list(range(self.num_classes))).tolist()
+                if assigned
+                else None,
+            },
+        }
         if self.annotates and assigned:
             m = build_matrix(self.services.annotations(), self.num_classes)
             idx = {s: i for i, s in enumerate(m.sample_ids)}
@@ -583,8 +683,10 @@ class Coordinator:
                 v, p = m.votes[rows, a], m.probs[rows, a]
                 ok = m.present[rows, a]
                 guess = (v[ok] + 1e-3 * p[ok]).argmax(1)  # votes first, probabilities break ties
-                report["annotators"][name] = {"accuracy": float((guess == y[ok]).mean()) if ok.any() else None,
-                                              "rows": int(ok.sum())}
+                report["annotators"][name] = {
+                    "accuracy": float((guess == y[ok]).mean()) if ok.any() else None,
+                    "rows": int(ok.sum()),
+                }
         return report
 
     def finish_round(self, metrics: dict[str, Any]) -> None:
@@ -616,5 +718,8 @@ def evaluate(scored: ScoreResult, split: Split) -> dict[str, float]:
     y = split.test_y
     if len(y) == 0:
         return {"test_accuracy": float("nan"), "test_micro_f1": float("nan"), "test_macro_f1": float("nan")}
-    return {"test_accuracy": float(accuracy_score(y, p)), "test_micro_f1": float(f1_score(y, p, average="micro")),
-            "test_macro_f1": float(f1_score(y, p, average="macro"))}
+    return {
+        "test_accuracy": float(accuracy_score(y, p)),
+        "test_micro_f1": float(f1_score(y, p, average="micro")),
+        "test_macro_f1": float(f1_score(y, p, average="macro")),
+    }

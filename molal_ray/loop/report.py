@@ -17,9 +17,24 @@ import numpy as np
 from molal_ray.layout import LoopLayout
 from molal_ray.storage import Location, resolve
 
-KEYS = ("round", "n_labeled", "test_accuracy", "test_micro_f1", "test_macro_f1", "annotation_accuracy",
-        "llm_label_accuracy", "n_human", "people_agreement", "llm_calls", "n_down_weighted", "n_relabelled",
-        "text_view_rows", "val_accuracy", "elapsed_s", "phase_s")
+KEYS = (
+    "round",
+    "n_labeled",
+    "test_accuracy",
+    "test_micro_f1",
+    "test_macro_f1",
+    "annotation_accuracy",
+    "llm_label_accuracy",
+    "n_human",
+    "people_agreement",
+    "llm_calls",
+    "n_down_weighted",
+    "n_relabelled",
+    "text_view_rows",
+    "val_accuracy",
+    "elapsed_s",
+    "phase_s",
+)
 PHASES = ("query", "annotate", "aggregate", "train", "score")
 
 
@@ -55,8 +70,12 @@ def _figures(history: list[dict[str, Any]], meta: dict[str, Any], gold: dict[str
     if acc:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         ax.bar([r for r, _ in acc], [a for _, a in acc], color="tab:green")
-        ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1),
-               title=f"accuracy of the labels each round received ({meta.get('annotation')})")
+        ax.set(
+            xlabel="round",
+            ylabel="accuracy",
+            ylim=(0, 1),
+            title=f"accuracy of the labels each round received ({meta.get('annotation')})",
+        )
         ax.grid(alpha=0.3, axis="y")
         figs["labels received"] = _png(fig)
 
@@ -68,12 +87,18 @@ def _figures(history: list[dict[str, Any]], meta: dict[str, Any], gold: dict[str
             names.append(f"loop ({meta.get('annotation')})")
             vals.append(assigned)
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.barh(names, vals, color=["tab:blue"] * len(gold["annotators"]) + ["tab:orange"] * (len(names) - len(
-            gold["annotators"])))
+        ax.barh(
+            names,
+            vals,
+            color=["tab:blue"] * len(gold["annotators"]) + ["tab:orange"] * (len(names) - len(gold["annotators"])),
+        )
         for i, v in enumerate(vals):
             ax.text(v + 0.01, i, f"{v:.3f}", va="center")
-        ax.set(xlim=(0, 1.1), xlabel="accuracy on the queried rows (their gold labels)",
-               title="annotators against the gold labels")
+        ax.set(
+            xlim=(0, 1.1),
+            xlabel="accuracy on the queried rows (their gold labels)",
+            title="annotators against the gold labels",
+        )
         figs["annotators"] = _png(fig)
 
     conf = (gold or {}).get("assigned", {}).get("confusion")
@@ -82,7 +107,8 @@ def _figures(history: list[dict[str, Any]], meta: dict[str, Any], gold: dict[str
 
         fig, ax = plt.subplots(figsize=(6, 5))
         ConfusionMatrixDisplay(np.asarray(conf), display_labels=gold["labels"]).plot(
-            ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues")
+            ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues"
+        )
         ax.set(title="assigned labels against gold (queried rows)", xlabel="assigned", ylabel="gold")
         figs["confusion"] = _png(fig)
 
@@ -110,38 +136,65 @@ def agreement_rows(history: list[dict[str, Any]]) -> tuple[list[str], list[list[
     rounds = [h for h in history if h.get("people_agreement")]
     names = sorted({a for h in rounds for a in h["people_agreement"].get("annotators", {})})
     header = ["round", "people's labels", "confirmed the mixture", *names]
-    rows = [[str(h["round"]), str(h["people_agreement"]["n"]), _fmt(h["people_agreement"]["mixture"]),
-             *[_fmt(h["people_agreement"]["annotators"].get(a)) for a in names]] for h in rounds]
+    rows = [
+        [
+            str(h["round"]),
+            str(h["people_agreement"]["n"]),
+            _fmt(h["people_agreement"]["mixture"]),
+            *[_fmt(h["people_agreement"]["annotators"].get(a)) for a in names],
+        ]
+        for h in rounds
+    ]
     return header, rows
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _html(history: list[dict[str, Any]], meta: dict[str, Any], figs: dict[str, bytes]) -> str:
     rows = "".join(
         f"<tr><td>{h['round']}</td><td>{h['n_labeled']}</td><td>{h['test_accuracy']:.3f}</td>"
-        f"<td>{h['test_macro_f1']:.3f}</td><td>{'-' if h.get('annotation_accuracy') is None else format(h['annotation_accuracy'], '.3f')}</td>"
+        f"<td>{h['test_macro_f1']:.3f}</td><td>{_num(h.get('annotation_accuracy'))}</td>"
         f"<td>{h.get('n_human', '-')}</td><td>{h.get('llm_calls', '-')}</td>"
-        f"<td>{h.get('elapsed_s', 0):.0f}</td></tr>" for h in history)
+        f"<td>{h.get('elapsed_s', 0):.0f}</td></tr>"
+        for h in history
+    )
     settings = ", ".join(f"{k}: {html.escape(str(v))}" for k, v in meta.items())
-    images = "".join(f"<figure><img alt='{html.escape(k)}' src='data:image/png;base64,"
-                     f"{base64.b64encode(v).decode()}'></figure>" for k, v in figs.items())
+    images = "".join(
+        f"<figure><img alt='{html.escape(k)}' src='data:image/png;base64,{base64.b64encode(v).decode()}'></figure>"
+        for k, v in figs.items()
+    )
     header, agree = agreement_rows(history)
-    people = "" if not agree else (
-        "<h2>People against the mixture and each LLM</h2><p>Share of people's labels that match the mixture's "
-        "label and each annotator's answer, on the samples routed to them.</p><table><tr>"
-        + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in agree) + "</table>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>molal_ray: {html.escape(str(meta.get('task')))}</title>
+    people = (
+        ""
+        if not agree
+        else (
+            "<h2>People against the mixture and each LLM</h2><p>Share of people's labels that match the mixture's "
+            "label and each annotator's answer, on the samples routed to them.</p><table><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in header)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in agree)
+            + "</table>"
+        )
+    )
+    title = html.escape(str(meta.get("task")))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>molal_ray: {title}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}}
 figure{{display:inline-block;margin:.5em}}img{{max-width:600px}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head>
-<body><h1>Active learning: {html.escape(str(meta.get('task')))}</h1><p>{settings}</p>{images}
+<body><h1>Active learning: {html.escape(str(meta.get("task")))}</h1><p>{settings}</p>{images}
 <h2>Rounds</h2><table><tr><th>round</th><th>labelled</th><th>test acc</th><th>macro-F1</th>
 <th>labels acc</th><th>human labels</th><th>LLM calls</th><th>seconds</th></tr>{rows}</table>{people}</body></html>
 """
 
 
-def write_report(out: "str | Location | LoopLayout", history: list[dict[str, Any]], meta: dict[str, Any],
-                 gold: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_report(
+    out: str | Location | LoopLayout,
+    history: list[dict[str, Any]],
+    meta: dict[str, Any],
+    gold: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     layout = out if isinstance(out, LoopLayout) else LoopLayout(resolve(out))
     layout.root.mkdirs()
     report = {**meta, "rounds": [{k: h.get(k) for k in KEYS} for h in history], "gold": gold}
@@ -149,25 +202,39 @@ def write_report(out: "str | Location | LoopLayout", history: list[dict[str, Any
     figs = _figures(history, meta, gold)
     layout.report(layout.CURVES).write_bytes(figs["learning curve"])
     layout.report(layout.REPORT_HTML).write_text(_html(history, meta, figs))
-    lines = [f"# Active learning: {meta.get('task')}", "",
-             f"strategy `{meta.get('strategy')}`, annotation `{meta.get('annotation')}`, "
-             f"{len(history) - 1} rounds of {meta.get('query_size')}", "",
-             "| round | labelled | test acc | micro-F1 | macro-F1 | annotation acc | human labels | LLM calls |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Active learning: {meta.get('task')}",
+        "",
+        f"strategy `{meta.get('strategy')}`, annotation `{meta.get('annotation')}`, "
+        f"{len(history) - 1} rounds of {meta.get('query_size')}",
+        "",
+        "| round | labelled | test acc | micro-F1 | macro-F1 | annotation acc | human labels | LLM calls |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for h in history:
         ann = "-" if h.get("annotation_accuracy") is None else f"{h['annotation_accuracy']:.3f}"
-        lines.append(f"| {h['round']} | {h['n_labeled']} | {h['test_accuracy']:.3f} | {h['test_micro_f1']:.3f} | "
-                     f"{h['test_macro_f1']:.3f} | {ann} | {h.get('n_human', '-')} | {h.get('llm_calls', '-')} |")
-    lines += ["", f"human labels in all: {sum(h.get('n_human', 0) for h in history)}, LLM calls in all: "
-                  f"{sum(h.get('llm_calls', 0) for h in history)}"]
+        lines.append(
+            f"| {h['round']} | {h['n_labeled']} | {h['test_accuracy']:.3f} | {h['test_micro_f1']:.3f} | "
+            f"{h['test_macro_f1']:.3f} | {ann} | {h.get('n_human', '-')} | {h.get('llm_calls', '-')} |"
+        )
+    lines += [
+        "",
+        f"human labels in all: {sum(h.get('n_human', 0) for h in history)}, LLM calls in all: "
+        f"{sum(h.get('llm_calls', 0) for h in history)}",
+    ]
     if gold and gold.get("annotators"):
         lines += ["", "| annotator | accuracy on the queried rows (gold) | rows |", "|---|---|---|"]
         for a, v in gold["annotators"].items():
             lines.append(f"| {a} | {'-' if v['accuracy'] is None else format(v['accuracy'], '.3f')} | {v['rows']} |")
     header, agree = agreement_rows(history)
     if agree:
-        lines += ["", "People against the mixture and each LLM (share of their labels that match):", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [
+            "",
+            "People against the mixture and each LLM (share of their labels that match):",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in agree]
     layout.report(layout.SUMMARY_MD).write_text("\n".join(lines) + "\n")
     return report

@@ -1,7 +1,8 @@
 """`molal-ray run`: the MoLLIA loop on Ray, driven from here, run by the coordinator actor.
 
 The driver prepares the pool once (Ray Data; ``pool_store``), with ``classifier.mode: head``
-embeds it once (``embeddings``), deploys the annotators once, starts the coordinator actor and asks it for one round at a time; each call returns that round's
+embeds it once (``embeddings``), deploys the annotators once, starts the coordinator actor and asks
+it for one round at a time; each call returns that round's
 metrics, and nothing pool-sized crosses to the driver. The coordinator saves the state after
 every round; ``resume`` continues at the next. At the end the driver writes the report from the
 rounds' history.
@@ -18,10 +19,10 @@ import pyarrow.parquet as pq
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.exceptions import ConfigError, MolalError
 from molal_ray.layout import LoopLayout
+from molal_ray.lock import OutputLock
 from molal_ray.loop.actor import CoordinatorActor
 from molal_ray.loop.report import write_report
 from molal_ray.pipeline.pool_store import FLAGGED_SCHEMA, PreparedPool
-from molal_ray.lock import OutputLock
 from molal_ray.preflight import check_files
 
 logger = logging.getLogger("molal_ray.loop")
@@ -57,8 +58,10 @@ def check_inputs(cfg: LoopJobConfig, out: LoopLayout, resume: bool) -> None:
     and project (created, or its labeling config checked)."""
     check_files(cfg)
     if resume and not out.state_file.exists():
-        raise ConfigError(f"--resume: {out.root} holds no saved loop ({out.STATE}/{out.STATE_FILE}); run without "
-                          "--resume to start one")
+        raise ConfigError(
+            f"--resume: {out.root} holds no saved loop ({out.STATE}/{out.STATE_FILE}); run without "
+            "--resume to start one"
+        )
     if cfg.review.backend == "label_studio" and cfg.loop.n_human() and cfg.loop.annotation != "gold":
         # the token, the server and the project's labeling config, before any LLM is asked
         from molal_ray.review.label_studio import LabelStudioReview
@@ -88,14 +91,18 @@ def prepare_pool(cfg: LoopJobConfig, out: LoopLayout) -> PreparedPool:
     rows listed, and with ``classifier.mode: head`` its embeddings computed once."""
     pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus)
     if pool.n_flagged:
-        logger.warning("%d pool rows are flagged and left out of the loop (%s)", pool.n_flagged,
-                       ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())))
+        logger.warning(
+            "%d pool rows are flagged and left out of the loop (%s)",
+            pool.n_flagged,
+            ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())),
+        )
     _write_flagged(pool, out)
     return pool
 
 
-def run_rounds(cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, Any]], None] | None,
-               on_phase: PhaseSink) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+def run_rounds(
+    cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, Any]], None] | None, on_phase: PhaseSink
+) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
     """Start the coordinator actor and have it run every remaining round; returns the history,
     the number of test rows and the labels' quality on gold rows."""
     import ray
@@ -128,12 +135,20 @@ def run_rounds(cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, A
             if metrics is None:
                 break
             if prev_labeled is not None and metrics["n_labeled"] - prev_labeled < cfg.loop.query_size:
-                logger.warning("round %d queried %d rows, fewer than loop.query_size (%d): the pool has no more "
-                               "unlabelled rows outside the test split", metrics["round"],
-                               metrics["n_labeled"] - prev_labeled, cfg.loop.query_size)
+                logger.warning(
+                    "round %d queried %d rows, fewer than loop.query_size (%d): the pool has no more "
+                    "unlabelled rows outside the test split",
+                    metrics["round"],
+                    metrics["n_labeled"] - prev_labeled,
+                    cfg.loop.query_size,
+                )
             prev_labeled = metrics["n_labeled"]
-            logger.info("round %d: %s, seconds %s", metrics["round"],
-                        {k: metrics[k] for k in ("n_labeled", "test_accuracy", "test_macro_f1")}, metrics["phase_s"])
+            logger.info(
+                "round %d: %s, seconds %s",
+                metrics["round"],
+                {k: metrics[k] for k in ("n_labeled", "test_accuracy", "test_macro_f1")},
+                metrics["phase_s"],
+            )
             if on_round is not None:
                 on_round(metrics)
         history = ray.get(coord.history.remote())
@@ -145,9 +160,13 @@ def run_rounds(cfg: LoopJobConfig, resume: bool, on_round: Callable[[dict[str, A
     return history, test_rows, gold
 
 
-def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
-             on_round: Callable[[dict[str, Any]], None] | None = None,
-             on_phase: PhaseSink | None = None) -> dict[str, Any]:
+def run_loop(
+    cfg: LoopJobConfig,
+    *,
+    resume: bool = False,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_phase: PhaseSink | None = None,
+) -> dict[str, Any]:
     """The whole loop: output, pool (and embeddings), annotators, rounds, report."""
     out = LoopLayout.at(cfg.output.path)
     check_inputs(cfg, out, resume)
@@ -155,16 +174,22 @@ def run_loop(cfg: LoopJobConfig, *, resume: bool = False,
         return _loop(cfg, out, resume, on_round, on_phase or (lambda r, p: None))
 
 
-def _loop(cfg: LoopJobConfig, out: LoopLayout, resume: bool, on_round: Callable[[dict[str, Any]], None] | None,
-          phase: PhaseSink) -> dict[str, Any]:
+def _loop(
+    cfg: LoopJobConfig,
+    out: LoopLayout,
+    resume: bool,
+    on_round: Callable[[dict[str, Any]], None] | None,
+    phase: PhaseSink,
+) -> dict[str, Any]:
     from molal_ray.pipeline.embeddings import cache_root, shared_store
     from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
     settings = cfg.loop
     phase(None, "starting Ray")
     ensure_ray(cfg.ray)
-    check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
-                                  ("pool.path", cfg.pool.path, cfg.pool.shared)])
+    check_paths_reach_every_node(
+        [("output.path", cfg.output.path, cfg.output.shared), ("pool.path", cfg.pool.path, cfg.pool.shared)]
+    )
     prepare_output(cfg, out, resume)
     phase(None, "preparing the pool")
     pool = prepare_pool(cfg, out)
@@ -181,8 +206,21 @@ def _loop(cfg: LoopJobConfig, out: LoopLayout, resume: bool, on_round: Callable[
     finally:
         stop_annotators(cfg.ray.serve_app_name, ours, cfg.ray.keep_serve_running)
     phase(None, "writing the report")
-    return write_report(out, history, {"task": cfg.task.name, "strategy": settings.strategy, "annotation": settings.annotation,
-                                       "query_size": settings.query_size, "initial_gold": settings.initial_gold,
-                                       "test_rows": test_rows, "seed": settings.seed, "trainer": cfg.classifier.trainer,
-                                       "classifier_mode": cfg.classifier.mode,
-                                       "pool_rows": pool.n_usable, "pool_rows_flagged": pool.n_flagged}, gold)
+    return write_report(
+        out,
+        history,
+        {
+            "task": cfg.task.name,
+            "strategy": settings.strategy,
+            "annotation": settings.annotation,
+            "query_size": settings.query_size,
+            "initial_gold": settings.initial_gold,
+            "test_rows": test_rows,
+            "seed": settings.seed,
+            "trainer": cfg.classifier.trainer,
+            "classifier_mode": cfg.classifier.mode,
+            "pool_rows": pool.n_usable,
+            "pool_rows_flagged": pool.n_flagged,
+        },
+        gold,
+    )

@@ -29,11 +29,18 @@ from molal_ray.strategies.base import ScoreStrategy, tiebreak, top_n
 
 KIND_TEST, KIND_LABELED, KIND_CAND = "test", "labeled", "cand"
 
-OUTPUT_SCHEMA = pa.schema([
-    (ROW, pa.int64()), (schema.SAMPLE_ID, pa.string()), ("kind", pa.string()), ("pred", pa.int32()),
-    ("score", pa.float64()), ("probs", pa.list_(pa.float32())), ("embeddings", pa.list_(pa.float32())),
-    ("noisy_probs", pa.list_(pa.float32())),
-])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        (ROW, pa.int64()),
+        (schema.SAMPLE_ID, pa.string()),
+        ("kind", pa.string()),
+        ("pred", pa.int32()),
+        ("score", pa.float64()),
+        ("probs", pa.list_(pa.float32())),
+        ("embeddings", pa.list_(pa.float32())),
+        ("noisy_probs", pa.list_(pa.float32())),
+    ]
+)
 
 
 @dataclass
@@ -76,9 +83,13 @@ class ScoreResult:
         noisy = stack("noisy_probs")
         if noisy is not None:
             noisy = np.transpose(noisy.reshape(len(t), copies, -1), (1, 0, 2))
-        return PoolView(ids=t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(object),
-                        probs=stack("probs"), embeddings=stack("embeddings"),
-                        labeled_embeddings=self.labeled_embeddings, noisy_probs=noisy)
+        return PoolView(
+            ids=t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(object),
+            probs=stack("probs"),
+            embeddings=stack("embeddings"),
+            labeled_embeddings=self.labeled_embeddings,
+            noisy_probs=noisy,
+        )
 
 
 def _lists(x: np.ndarray | None, n: int) -> pa.Array:
@@ -93,8 +104,15 @@ class ScoreStage:
     """``map_batches`` UDF: rows ``_row, sample_id, text`` -> ``OUTPUT_SCHEMA`` rows (see the
     module docstring). The kinds come from the request's sorted key arrays."""
 
-    def __init__(self, model_dir: str, request: ScoreRequest, max_length: int, device: str = "cpu",
-                 threads: int | None = None, predictor: Any = None) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        request: ScoreRequest,
+        max_length: int,
+        device: str = "cpu",
+        threads: int | None = None,
+        predictor: Any = None,
+    ) -> None:
         if predictor is None:
             import torch
 
@@ -148,24 +166,40 @@ class ScoreStage:
         for k in (KIND_TEST, KIND_LABELED):
             m = kind == k
             if m.any():
-                parts.append(self._rows(rows[m], ids[m], k, probs[m].argmax(1), None, None,
-                                        emb[m] if k == KIND_LABELED else None, None))
+                parts.append(
+                    self._rows(
+                        rows[m], ids[m], k, probs[m].argmax(1), None, None, emb[m] if k == KIND_LABELED else None, None
+                    )
+                )
         if cand.any():
             c_ids, c_probs, c_emb = ids[cand], probs[cand], emb[cand]
             c_noisy = None if noisy is None else np.transpose(noisy, (1, 0, 2)).reshape(int(cand.sum()), -1)
             if self.reduce:
-                view = PoolView(ids=c_ids, probs=c_probs, embeddings=c_emb,
-                                noisy_probs=None if noisy is None else noisy)
+                view = PoolView(
+                    ids=c_ids, probs=c_probs, embeddings=c_emb, noisy_probs=None if noisy is None else noisy
+                )
                 strategy = self.strategy
                 assert r.top_n is not None and isinstance(strategy, ScoreStrategy)  # self.reduce
                 score = np.asarray(strategy.scores(view, np.random.default_rng(0)), np.float64)
                 pick = top_n(score, tiebreak(c_ids, r.tiebreak_key), r.top_n)
-                parts.append(self._rows(rows[cand][pick], c_ids[pick], KIND_CAND, c_probs[pick].argmax(1),
-                                        score[pick], None, None, None))
+                parts.append(
+                    self._rows(
+                        rows[cand][pick], c_ids[pick], KIND_CAND, c_probs[pick].argmax(1), score[pick], None, None, None
+                    )
+                )
             else:
-                parts.append(self._rows(rows[cand], c_ids, KIND_CAND, c_probs.argmax(1), None,
-                                        c_probs if "probs" in r.needs else None,
-                                        c_emb if "embeddings" in r.needs else None, c_noisy))
+                parts.append(
+                    self._rows(
+                        rows[cand],
+                        c_ids,
+                        KIND_CAND,
+                        c_probs.argmax(1),
+                        None,
+                        c_probs if "probs" in r.needs else None,
+                        c_emb if "embeddings" in r.needs else None,
+                        c_noisy,
+                    )
+                )
         return pa.concat_tables(parts)
 
     def _inputs(self, batch: pa.Table) -> Any:
@@ -176,15 +210,30 @@ class ScoreStage:
         return as_matrix(batch.column(self.input_column))
 
     @staticmethod
-    def _rows(rows: np.ndarray, ids: np.ndarray, kind: str, pred: np.ndarray, score: np.ndarray | None,
-              probs: np.ndarray | None, emb: np.ndarray | None, noisy: np.ndarray | None) -> pa.Table:
+    def _rows(
+        rows: np.ndarray,
+        ids: np.ndarray,
+        kind: str,
+        pred: np.ndarray,
+        score: np.ndarray | None,
+        probs: np.ndarray | None,
+        emb: np.ndarray | None,
+        noisy: np.ndarray | None,
+    ) -> pa.Table:
         n = len(rows)
-        return pa.table({
-            ROW: pa.array(rows, pa.int64()), schema.SAMPLE_ID: pa.array(ids.tolist(), pa.string()),
-            "kind": pa.array([kind] * n, pa.string()), "pred": pa.array(pred, pa.int32()),
-            "score": pa.array(score, pa.float64()) if score is not None else pa.nulls(n, pa.float64()),
-            "probs": _lists(probs, n), "embeddings": _lists(emb, n), "noisy_probs": _lists(noisy, n),
-        }, schema=OUTPUT_SCHEMA)
+        return pa.table(
+            {
+                ROW: pa.array(rows, pa.int64()),
+                schema.SAMPLE_ID: pa.array(ids.tolist(), pa.string()),
+                "kind": pa.array([kind] * n, pa.string()),
+                "pred": pa.array(pred, pa.int32()),
+                "score": pa.array(score, pa.float64()) if score is not None else pa.nulls(n, pa.float64()),
+                "probs": _lists(probs, n),
+                "embeddings": _lists(emb, n),
+                "noisy_probs": _lists(noisy, n),
+            },
+            schema=OUTPUT_SCHEMA,
+        )
 
 
 def load_predictor(model_dir: str, max_length: int, device: str = "cpu") -> Any:
@@ -215,13 +264,19 @@ def collect(tables: list[pa.Table], request: ScoreRequest) -> ScoreResult:
         ids = cand.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(object)
         pick = top_n(cand.column("score").to_numpy(), tiebreak(ids, request.tiebreak_key), request.top_n)
         cand = cand.take(pa.array(pick))
-    emb = np.stack(lab.column("embeddings").to_numpy(zero_copy_only=False)).astype(np.float32) \
-        if lab.num_rows else None
+    emb = np.stack(lab.column("embeddings").to_numpy(zero_copy_only=False)).astype(np.float32) if lab.num_rows else None
     return ScoreResult(test.column(ROW).to_numpy(), test.column("pred").to_numpy(), cand, emb)
 
 
-def score_in_process(items: list[dict[str, Any]], folder: Any, columns: list[str], model_dir: str,
-                     request: ScoreRequest, max_length: int, threads: int | None) -> ScoreResult:
+def score_in_process(
+    items: list[dict[str, Any]],
+    folder: Any,
+    columns: list[str],
+    model_dir: str,
+    request: ScoreRequest,
+    max_length: int,
+    threads: int | None,
+) -> ScoreResult:
     """The same pass without Ray (``trainer: local``): the read units (``read_items``) of
     ``folder`` read here, batch by batch."""
     from molal_ray.pipeline.pool_store import read_row_groups

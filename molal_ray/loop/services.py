@@ -29,23 +29,31 @@ import pyarrow.compute as pc
 
 from molal_ray import schema
 from molal_ray.config.loop import LoopJobConfig
-from molal_ray.pipeline.embeddings import EMBEDDING, EmbeddingStore, actor_options_accepted
+from molal_ray.exceptions import ConfigError
+from molal_ray.layout import LabelLayout
 from molal_ray.loop.scoring import ScoreRequest, ScoreResult, ScoreStage, collect, score_batch, score_in_process
 from molal_ray.pipeline.annotate_stage import AnnotateStage, stage_batch, stage_options
+from molal_ray.pipeline.embeddings import EMBEDDING, EmbeddingStore, actor_options_accepted
 from molal_ray.pipeline.output import DoneIndex, read_annotation_table
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.prepare import ROW
 from molal_ray.review import ReviewItem
 from molal_ray.review.backend import ReviewBackend, ReviewProgress
-from molal_ray.layout import LabelLayout
 from molal_ray.storage import Location
 from molal_ray.training.classifier import TrainResult
-from molal_ray.exceptions import ConfigError
 
 
 class RayRoundServices:
-    def __init__(self, cfg: LoopJobConfig, pool: PreparedPool, annotations: LabelLayout, train_dir: Location,
-                 embeddings: EmbeddingStore | None, review_dir: Location, review_token: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LoopJobConfig,
+        pool: PreparedPool,
+        annotations: LabelLayout,
+        train_dir: Location,
+        embeddings: EmbeddingStore | None,
+        review_dir: Location,
+        review_token: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.pool = pool
         self.ann_dir = annotations.root
@@ -67,41 +75,85 @@ class RayRoundServices:
     # -- scoring --------------------------------------------------------------------------------
     def score(self, model_dir: str, request: ScoreRequest) -> ScoreResult:
         c = self.cfg.classifier
-        wanted = None if request.candidates is None else np.unique(np.concatenate(
-            [request.test, request.candidates, request.labeled]))
+        wanted = (
+            None
+            if request.candidates is None
+            else np.unique(np.concatenate([request.test, request.candidates, request.labeled]))
+        )
         if c.trainer == "local":
             if self.head:
                 assert self.embeddings is not None
-                return score_in_process(self.embeddings.read_items(wanted), self.embeddings.folder,
-                                        [ROW, schema.SAMPLE_ID, EMBEDDING], model_dir, request, c.max_length, c.threads)
-            return score_in_process(self.pool.read_items(keys=wanted), self.pool.folder,
-                                    [ROW, schema.SAMPLE_ID, schema.TEXT], model_dir, request, c.max_length, c.threads)
+                return score_in_process(
+                    self.embeddings.read_items(wanted),
+                    self.embeddings.folder,
+                    [ROW, schema.SAMPLE_ID, EMBEDDING],
+                    model_dir,
+                    request,
+                    c.max_length,
+                    c.threads,
+                )
+            return score_in_process(
+                self.pool.read_items(keys=wanted),
+                self.pool.folder,
+                [ROW, schema.SAMPLE_ID, schema.TEXT],
+                model_dir,
+                request,
+                c.max_length,
+                c.threads,
+            )
         import ray.data
 
         if self.head:  # a head loads in milliseconds: Ray tasks fused with the read, no actors
             assert self.embeddings is not None
             num_cpus = self.cfg.pipeline.stage_num_cpus
             out = self.embeddings.dataset(keys=wanted, num_cpus=num_cpus).map_batches(
-                score_batch, fn_kwargs={"model_dir": model_dir, "request": request,
-                                        "device": "cuda" if c.use_gpu else "cpu"},
-                batch_size=None, batch_format="pyarrow", num_cpus=num_cpus, num_gpus=1 if c.use_gpu else 0)
-            return collect([pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
-                            for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
-        ds = self.pool.dataset(columns=(ROW, schema.SAMPLE_ID, schema.TEXT), keys=wanted,
-                               num_cpus=self.cfg.pipeline.stage_num_cpus)
+                score_batch,
+                fn_kwargs={"model_dir": model_dir, "request": request, "device": "cuda" if c.use_gpu else "cpu"},
+                batch_size=None,
+                batch_format="pyarrow",
+                num_cpus=num_cpus,
+                num_gpus=1 if c.use_gpu else 0,
+            )
+            return collect(
+                [
+                    pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+                    for b in out.iter_batches(batch_format="pyarrow", batch_size=None)
+                ],
+                request,
+            )
+        ds = self.pool.dataset(
+            columns=(ROW, schema.SAMPLE_ID, schema.TEXT), keys=wanted, num_cpus=self.cfg.pipeline.stage_num_cpus
+        )
         with actor_options_accepted():
             out = ds.map_batches(
-                ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "request": request, "max_length": c.max_length,
-                                                   "device": "cuda" if c.use_gpu else "cpu", "threads": c.threads},
-                batch_size=c.inference_batch_size, batch_format="pyarrow", num_cpus=c.cpus_per_worker,
-                num_gpus=1 if c.use_gpu else 0, compute=ray.data.ActorPoolStrategy(size=c.inference_concurrency),
-                max_restarts=0, max_task_retries=0)  # a lost predictor fails the round (NO_RESTARTS)
-        return collect([pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
-                        for b in out.iter_batches(batch_format="pyarrow", batch_size=None)], request)
+                ScoreStage,
+                fn_constructor_kwargs={
+                    "model_dir": model_dir,
+                    "request": request,
+                    "max_length": c.max_length,
+                    "device": "cuda" if c.use_gpu else "cpu",
+                    "threads": c.threads,
+                },
+                batch_size=c.inference_batch_size,
+                batch_format="pyarrow",
+                num_cpus=c.cpus_per_worker,
+                num_gpus=1 if c.use_gpu else 0,
+                compute=ray.data.ActorPoolStrategy(size=c.inference_concurrency),
+                max_restarts=0,
+                max_task_retries=0,
+            )  # a lost predictor fails the round (NO_RESTARTS)
+        return collect(
+            [
+                pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+                for b in out.iter_batches(batch_format="pyarrow", batch_size=None)
+            ],
+            request,
+        )
 
     # -- annotation ------------------------------------------------------------------------------
-    def annotate(self, rows: pa.Table, stages: list[list[str]] | None = None,
-                 examples: list[dict[str, str]] | None = None) -> int:
+    def annotate(
+        self, rows: pa.Table, stages: list[list[str]] | None = None, examples: list[dict[str, str]] | None = None
+    ) -> int:
         if rows.num_rows == 0:
             return 0
         if self._stage is None:
@@ -143,8 +195,9 @@ class RayRoundServices:
         n_labels = len(self.cfg.task.labels)
         if self.head:
             assert self.embeddings is not None
-            train, val = (df.assign(**{EMBEDDING: list(self.embeddings.fetch(df[ROW].to_numpy()))})
-                          for df in (train, val))
+            train, val = (
+                df.assign(**{EMBEDDING: list(self.embeddings.fetch(df[ROW].to_numpy()))}) for df in (train, val)
+            )
             if c.trainer == "local":
                 from molal_ray.training.local_trainer import train_head_local
 

@@ -66,16 +66,25 @@ class LoopState:
         return {"version": STATE_VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoopState":
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
         if d.get("version") != STATE_VERSION:
-            raise SchemaError(f"loop state: version {d.get('version')!r}; expected {STATE_VERSION} (a state saved by "
-                              "another version of molal_ray: start the loop again in a new output folder)")
+            raise SchemaError(
+                f"loop state: version {d.get('version')!r}; expected {STATE_VERSION} (a state saved by "
+                "another version of molal_ray: start the loop again in a new output folder)"
+            )
         rows = [LabeledRow(**r) for r in d.get("labeled", [])]
         bad = [r.source for r in rows if r.source not in SOURCES]
         if bad:
             raise SchemaError(f"loop state: label source {bad[0]!r}; expected one of {SOURCES}")
-        return cls(labels=list(d["labels"]), round=int(d["round"]), labeled=rows, history=list(d.get("history", [])),
-                   seed=int(d.get("seed", 0)), pool=str(d.get("pool", "")), cascade=d.get("cascade"))
+        return cls(
+            labels=list(d["labels"]),
+            round=int(d["round"]),
+            labeled=rows,
+            history=list(d.get("history", [])),
+            seed=int(d.get("seed", 0)),
+            pool=str(d.get("pool", "")),
+            cascade=d.get("cascade"),
+        )
 
     def save(self, folder: str | Location) -> Location:
         loc = resolve(folder)
@@ -85,7 +94,7 @@ class LoopState:
         return target
 
     @classmethod
-    def load(cls, folder: str | Location) -> "LoopState":
+    def load(cls, folder: str | Location) -> LoopState:
         p = resolve(folder).join(STATE_FILE)
         if not p.exists():
             raise SchemaError(f"loop state: no {STATE_FILE} in {folder}; nothing to resume")

@@ -27,8 +27,15 @@ from molal_ray.storage import Location, resolve
 
 logger = logging.getLogger("molal_ray.pipeline")
 
-STATS_SCHEMA = pa.schema([("annotator", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()),
-                          ("n_invalid", pa.int64()), ("n_samples", pa.int64())])
+STATS_SCHEMA = pa.schema(
+    [
+        ("annotator", pa.string()),
+        ("rows", pa.int64()),
+        ("errors", pa.int64()),
+        ("n_invalid", pa.int64()),
+        ("n_samples", pa.int64()),
+    ]
+)
 
 
 def _join(*parts: str | None) -> str | None:
@@ -45,24 +52,48 @@ def _vectors(values: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~valid))
 
 
-def _rows(annotator: str, ids: list[str], probs: pa.Array, votes: pa.Array, n_invalid: Any, n_samples: Any,
-          errors: list[str | None], warnings: list[str | None]) -> pa.Table:
-    return pa.table({
-        schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.ANNOTATOR: pa.array([annotator] * len(ids), pa.string()),
-        schema.PROBS: probs, schema.VOTES: votes,
-        schema.N_INVALID: pa.array(n_invalid, pa.int32()), schema.N_SAMPLES: pa.array(n_samples, pa.int32()),
-        schema.ERROR: pa.array(errors, pa.string()), schema.WARNING: pa.array(warnings, pa.string()),
-    }, schema=schema.ANNOTATION_SCHEMA)
+def _rows(
+    annotator: str,
+    ids: list[str],
+    probs: pa.Array,
+    votes: pa.Array,
+    n_invalid: Any,
+    n_samples: Any,
+    errors: list[str | None],
+    warnings: list[str | None],
+) -> pa.Table:
+    return pa.table(
+        {
+            schema.SAMPLE_ID: pa.array(ids, pa.string()),
+            schema.ANNOTATOR: pa.array([annotator] * len(ids), pa.string()),
+            schema.PROBS: probs,
+            schema.VOTES: votes,
+            schema.N_INVALID: pa.array(n_invalid, pa.int32()),
+            schema.N_SAMPLES: pa.array(n_samples, pa.int32()),
+            schema.ERROR: pa.array(errors, pa.string()),
+            schema.WARNING: pa.array(warnings, pa.string()),
+        },
+        schema=schema.ANNOTATION_SCHEMA,
+    )
 
 
-def annotation_rows(annotator: str, ids: list[str], payload: dict[str, Any],
-                    pool_warnings: list[str | None]) -> pa.Table:
+def annotation_rows(
+    annotator: str, ids: list[str], payload: dict[str, Any], pool_warnings: list[str | None]
+) -> pa.Table:
     """Table rows of one annotator's answer to a batch (a deployment's payload)."""
     errors = list(payload["error"])
     ok = np.array([e is None for e in errors], dtype=bool)
     warns = [_join(pw, ew) for pw, ew in zip(pool_warnings, payload["warning"])]
-    return _rows(annotator, ids, _vectors(np.asarray(payload["probs"]), ok), _vectors(np.asarray(payload["votes"]), ok),
-                 payload["n_invalid"], payload["n_samples"], errors, warns)
+    return _rows(
+        annotator,
+        ids,
+        _vectors(np.asarray(payload["probs"]), ok),
+        _vectors(np.asarray(payload["votes"]), ok),
+        payload["n_invalid"],
+        payload["n_samples"],
+        errors,
+        warns,
+    )
 
 
 def error_rows(annotator: str, ids: list[str], errors: list[str], warnings: list[str | None]) -> pa.Table:
@@ -73,18 +104,27 @@ def error_rows(annotator: str, ids: list[str], errors: list[str], warnings: list
     return _rows(annotator, ids, empty, empty, zeros, zeros, list(errors), warnings)
 
 
-def stage_options(cfg: Any, parts_dir: Location | str, done: DoneIndex,
-                  stages: list[list[str]] | None = None) -> dict[str, Any]:
+def stage_options(
+    cfg: Any, parts_dir: Location | str, done: DoneIndex, stages: list[list[str]] | None = None
+) -> dict[str, Any]:
     """The :class:`AnnotateStage` arguments of a job (a label job's or a loop's config: its Serve
     application, annotators, pipeline settings and cascade rule), writing into ``parts_dir``:
     for the label job's stream actors, its cascade ranking and the loop's round calls alike."""
     pl = cfg.pipeline
-    return {"app_name": cfg.ray.serve_app_name, "annotators": [a.name for a in cfg.annotators],
-            "parts_dir": parts_dir, "done": done, "max_retries": pl.max_retries,
-            "retry_backoff_s": pl.retry_backoff_s, "request_timeout_s": pl.request_timeout_s,
-            "batch_size": pl.batch_size, "in_flight": pl.in_flight, "stages": stages or cfg.stages(),
-            "num_classes": len(cfg.task.labels),
-            "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0}
+    return {
+        "app_name": cfg.ray.serve_app_name,
+        "annotators": [a.name for a in cfg.annotators],
+        "parts_dir": parts_dir,
+        "done": done,
+        "max_retries": pl.max_retries,
+        "retry_backoff_s": pl.retry_backoff_s,
+        "request_timeout_s": pl.request_timeout_s,
+        "batch_size": pl.batch_size,
+        "in_flight": pl.in_flight,
+        "stages": stages or cfg.stages(),
+        "num_classes": len(cfg.task.labels),
+        "min_vote_share": cfg.cascade.min_vote_share if cfg.cascade else 1.0,
+    }
 
 
 @dataclass
@@ -98,9 +138,14 @@ class _Batch:
     buckets: np.ndarray
 
     @classmethod
-    def of(cls, table: pa.Table) -> "_Batch":
-        return cls(table, table.column(schema.SAMPLE_ID).to_pylist(), table.column(schema.TEXT).to_pylist(),
-                   table.column(schema.POOL_WARNING).to_pylist(), table.column(BUCKET).to_numpy())
+    def of(cls, table: pa.Table) -> _Batch:
+        return cls(
+            table,
+            table.column(schema.SAMPLE_ID).to_pylist(),
+            table.column(schema.TEXT).to_pylist(),
+            table.column(schema.POOL_WARNING).to_pylist(),
+            table.column(BUCKET).to_numpy(),
+        )
 
 
 @dataclass
@@ -124,10 +169,16 @@ def stage_batch(keys: np.ndarray, ids: list[str], texts: list[str]) -> pa.Table:
 
     n = len(ids)
     keys = np.asarray(keys, dtype=np.int64)
-    return pa.table({schema.SAMPLE_ID: pa.array(ids, pa.string()), schema.TEXT: pa.array(texts, pa.string()),
-                     schema.POOL_ERROR: pa.nulls(n, pa.string()), schema.POOL_WARNING: pa.nulls(n, pa.string()),
-                     ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
-                     BUCKET: pa.array(split_row_keys(keys)[0].astype(np.int32))})
+    return pa.table(
+        {
+            schema.SAMPLE_ID: pa.array(ids, pa.string()),
+            schema.TEXT: pa.array(texts, pa.string()),
+            schema.POOL_ERROR: pa.nulls(n, pa.string()),
+            schema.POOL_WARNING: pa.nulls(n, pa.string()),
+            ID_HASH: pa.array(hash_ids(ids), pa.uint64()),
+            BUCKET: pa.array(split_row_keys(keys)[0].astype(np.int32)),
+        }
+    )
 
 
 class AnnotateStage:
@@ -136,10 +187,22 @@ class AnnotateStage:
     Also called directly, on one small batch, by the loop's coordinator (the light annotate call
     of a round): same retries, same flagged rows, same exactly-once parts."""
 
-    def __init__(self, app_name: str, annotators: list[str], parts_dir: Location | str, done: DoneIndex,
-                 max_retries: int, retry_backoff_s: float, request_timeout_s: float, batch_size: int = 256,
-                 in_flight: int = 1, stages: list[list[str]] | None = None, num_classes: int = 0,
-                 min_vote_share: float = 0.8, handles: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        app_name: str,
+        annotators: list[str],
+        parts_dir: Location | str,
+        done: DoneIndex,
+        max_retries: int,
+        retry_backoff_s: float,
+        request_timeout_s: float,
+        batch_size: int = 256,
+        in_flight: int = 1,
+        stages: list[list[str]] | None = None,
+        num_classes: int = 0,
+        min_vote_share: float = 0.8,
+        handles: dict[str, Any] | None = None,
+    ) -> None:
         self.batch_size = batch_size
         self.in_flight = max(1, in_flight)
         # A cascade: each batch goes to the first stage; the rows the stages so far leave
@@ -174,8 +237,14 @@ class AnnotateStage:
             except Exception as exc:  # noqa: BLE001 - any failure of a remote call is retried
                 if attempt == self.max_retries:
                     raise
-                logger.warning("annotator %s failed a batch of %d (attempt %d/%d): %s; retrying",
-                               annotator, len(ids), attempt + 1, self.max_retries + 1, exc)
+                logger.warning(
+                    "annotator %s failed a batch of %d (attempt %d/%d): %s; retrying",
+                    annotator,
+                    len(ids),
+                    attempt + 1,
+                    self.max_retries + 1,
+                    exc,
+                )
                 time.sleep(wait)
                 wait *= 2
                 response = self._request(annotator, ids, texts)
@@ -205,12 +274,20 @@ class AnnotateStage:
                 need &= rows
             flagged = np.flatnonzero(need & bad)
             if flagged.size:
-                send.ready.append((error_rows(a, [batch.ids[i] for i in flagged], [pool_err[i] for i in flagged],
-                                              [batch.warnings[i] for i in flagged]), batch.buckets[flagged]))
+                send.ready.append(
+                    (
+                        error_rows(
+                            a,
+                            [batch.ids[i] for i in flagged],
+                            [pool_err[i] for i in flagged],
+                            [batch.warnings[i] for i in flagged],
+                        ),
+                        batch.buckets[flagged],
+                    )
+                )
             todo = np.flatnonzero(need & ~bad)
             if todo.size:
-                send.pending[a] = (todo, self._request(a, [batch.ids[i] for i in todo],
-                                                       [batch.texts[i] for i in todo]))
+                send.pending[a] = (todo, self._request(a, [batch.ids[i] for i in todo], [batch.texts[i] for i in todo]))
         return send
 
     def _finish(self, send: _Send) -> pa.Table | None:
@@ -238,7 +315,7 @@ class AnnotateStage:
         parts = [t.filter(pc.is_in(t.column(schema.ANNOTATOR), value_set=want)) for t in fresh]
         if not self.done.empty:
             # every annotator before the last stage, so that one read per bucket serves each stage
-            before_last = self.annotators[:-len(self.stages[-1])]
+            before_last = self.annotators[: -len(self.stages[-1])]
             for b in np.unique(batch.buckets):
                 old = self.done.rows(int(b), before_last)
                 old = old.filter(pc.is_in(old.column(schema.ANNOTATOR), value_set=want))
@@ -291,11 +368,23 @@ class AnnotateStage:
 def batch_stats(table: pa.Table) -> pa.Table:
     """Per-annotator counts of a batch's rows."""
     has_err = pc.is_valid(table.column(schema.ERROR))
-    t = pa.table({"annotator": table.column(schema.ANNOTATOR), "err": pc.cast(has_err, pa.int64()),
-                  "inv": pc.cast(table.column(schema.N_INVALID), pa.int64()),
-                  "ns": pc.cast(table.column(schema.N_SAMPLES), pa.int64())})
+    t = pa.table(
+        {
+            "annotator": table.column(schema.ANNOTATOR),
+            "err": pc.cast(has_err, pa.int64()),
+            "inv": pc.cast(table.column(schema.N_INVALID), pa.int64()),
+            "ns": pc.cast(table.column(schema.N_SAMPLES), pa.int64()),
+        }
+    )
     g = t.group_by("annotator").aggregate([("annotator", "count"), ("err", "sum"), ("inv", "sum"), ("ns", "sum")])
     g = g.sort_by("annotator")
-    return pa.table({"annotator": g.column("annotator"), "rows": g.column("annotator_count"),
-                     "errors": g.column("err_sum"), "n_invalid": g.column("inv_sum"),
-                     "n_samples": g.column("ns_sum")}, schema=STATS_SCHEMA)
+    return pa.table(
+        {
+            "annotator": g.column("annotator"),
+            "rows": g.column("annotator_count"),
+            "errors": g.column("err_sum"),
+            "n_invalid": g.column("inv_sum"),
+            "n_samples": g.column("ns_sum"),
+        },
+        schema=STATS_SCHEMA,
+    )

@@ -81,13 +81,23 @@ class EmbedBuckets:
     """``map_batches`` UDF (an actor: the encoder loads once): ``bucket`` numbers -> their embed
     files written, one row group at a time (memory stays flat), and their row counts."""
 
-    def __init__(self, pool_folder: Location, out: Location, backbone: str, max_length: int, device: str,
-                 threads: int | None, batch_size: int, first_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        pool_folder: Location,
+        out: Location,
+        backbone: str,
+        max_length: int,
+        device: str,
+        threads: int | None,
+        batch_size: int,
+        first_tokens: int = 0,
+    ) -> None:
         from molal_ray.training.encoder import FrozenEncoder
 
         self.pool_folder, self.out = pool_folder, out
-        self.encoder = FrozenEncoder(backbone, max_length, device=device, threads=threads, batch_size=batch_size,
-                                     first_tokens=first_tokens)
+        self.encoder = FrozenEncoder(
+            backbone, max_length, device=device, threads=threads, batch_size=batch_size, first_tokens=first_tokens
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         done = []
@@ -97,15 +107,20 @@ class EmbedBuckets:
             rows = 0
             if not dst.exists():  # resumed: a file that exists is whole
                 sch = embed_schema(self.encoder.dim)
-                with src.fs.open_input_file(src.path) as fin, dst.open_write() as fout, \
-                        pq.ParquetWriter(fout, sch) as w:
+                with (
+                    src.fs.open_input_file(src.path) as fin,
+                    dst.open_write() as fout,
+                    pq.ParquetWriter(fout, sch) as w,
+                ):
                     pf = pq.ParquetFile(fin)
                     for g in range(pf.num_row_groups):
                         t = pf.read_row_group(g, columns=[ROW, schema.SAMPLE_ID, schema.TEXT])
                         emb = self.encoder(t.column(schema.TEXT).to_pylist())
                         vals = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1])
-                        w.write_table(pa.table([t.column(ROW), t.column(schema.SAMPLE_ID), vals], schema=sch),
-                                      row_group_size=ROW_GROUP_ROWS)
+                        w.write_table(
+                            pa.table([t.column(ROW), t.column(schema.SAMPLE_ID), vals], schema=sch),
+                            row_group_size=ROW_GROUP_ROWS,
+                        )
                         rows += t.num_rows
             done.append({"bucket": b, "rows": rows, "dim": self.encoder.dim})
         return pa.Table.from_pylist(done)
@@ -124,11 +139,13 @@ class EmbeddingStore:
     def fingerprint(pool: PreparedPool, cfg: ClassifierConfig) -> dict[str, Any]:
         from molal_ray.training.encoder import encoder_fingerprint
 
-        return {"pool": pool.manifest.key(),
-                "encoder": encoder_fingerprint(cfg.backbone, cfg.max_length, cfg.first_tokens)}
+        return {
+            "pool": pool.manifest.key(),
+            "encoder": encoder_fingerprint(cfg.backbone, cfg.max_length, cfg.first_tokens),
+        }
 
     @classmethod
-    def open(cls, folder: str | Location, pool: PreparedPool, cfg: ClassifierConfig) -> "EmbeddingStore | None":
+    def open(cls, folder: str | Location, pool: PreparedPool, cfg: ClassifierConfig) -> EmbeddingStore | None:
         loc = resolve(folder)
         m = loc.join(MANIFEST)
         if not m.exists():
@@ -137,7 +154,7 @@ class EmbeddingStore:
         return cls(loc, pool, d) if d.get("fingerprint") == cls.fingerprint(pool, cfg) else None
 
     @classmethod
-    def build(cls, pool: PreparedPool, folder: str | Location, cfg: ClassifierConfig) -> "EmbeddingStore":
+    def build(cls, pool: PreparedPool, folder: str | Location, cfg: ClassifierConfig) -> EmbeddingStore:
         """Embed every usable row of ``pool`` into ``folder`` (reused when it holds this pool's
         embeddings by this encoder; finished buckets of an interrupted build are kept)."""
         import ray.data
@@ -159,13 +176,25 @@ class EmbeddingStore:
         if buckets:
             with actor_options_accepted():
                 ds = ray.data.from_items(buckets, override_num_blocks=len(buckets)).map_batches(
-                    EmbedBuckets, fn_constructor_kwargs={
-                        "pool_folder": pool.folder, "out": loc, "backbone": cfg.backbone, "max_length": cfg.max_length,
-                        "device": "cuda" if cfg.use_gpu else "cpu", "threads": cfg.threads,
-                        "batch_size": cfg.inference_batch_size, "first_tokens": cfg.first_tokens},
-                    batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
+                    EmbedBuckets,
+                    fn_constructor_kwargs={
+                        "pool_folder": pool.folder,
+                        "out": loc,
+                        "backbone": cfg.backbone,
+                        "max_length": cfg.max_length,
+                        "device": "cuda" if cfg.use_gpu else "cpu",
+                        "threads": cfg.threads,
+                        "batch_size": cfg.inference_batch_size,
+                        "first_tokens": cfg.first_tokens,
+                    },
+                    batch_size=1,
+                    batch_format="pyarrow",
+                    num_cpus=cfg.cpus_per_worker,
+                    num_gpus=1 if cfg.use_gpu else 0,
                     compute=ray.data.ActorPoolStrategy(size=min(cfg.inference_concurrency, len(buckets))),
-                    max_restarts=0, max_task_retries=0)  # see NO_RESTARTS
+                    max_restarts=0,
+                    max_task_retries=0,
+                )  # see NO_RESTARTS
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 dim = int(pa.table(batch).column("dim")[0].as_py())
         manifest = {"fingerprint": fp, "dim": dim}
@@ -190,8 +219,12 @@ class EmbeddingStore:
         if not items:
             return ray.data.from_arrow(embed_schema(self.dim).empty_table())
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            read_row_groups, fn_kwargs={"folder": self.folder, "columns": cols}, batch_size=1,  # type: ignore[arg-type]  # Ray's stubs: no fn_kwargs
-            batch_format="pyarrow", num_cpus=num_cpus)
+            read_row_groups,  # type: ignore[arg-type]  # Ray's stubs: no fn_kwargs
+            fn_kwargs={"folder": self.folder, "columns": cols},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=num_cpus,
+        )
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids (N,), embeddings (N, dim)) of every usable row, in row-key order (read in
@@ -209,14 +242,14 @@ class EmbeddingStore:
         if keys.size == 0:
             return np.zeros((0, self.dim), np.float32)
         items = self.read_items(keys)
-        t = pa.concat_tables([read_row_groups(pa.Table.from_pylist([it]), self.folder, [ROW, EMBEDDING])
-                              for it in items]).sort_by(ROW)
+        t = pa.concat_tables(
+            [read_row_groups(pa.Table.from_pylist([it]), self.folder, [ROW, EMBEDDING]) for it in items]
+        ).sort_by(ROW)
         rows = t.column(ROW).to_numpy()
         at = np.searchsorted(rows, keys)
         if (at >= len(rows)).any() or (rows[np.minimum(at, len(rows) - 1)] != keys).any():
             raise SchemaError("embeddings: some row keys have no embedding")
         return as_matrix(t.column(EMBEDDING))[at]
-
 
 
 def cache_root(out: Location, cfg: ClassifierConfig) -> Location:
@@ -235,8 +268,9 @@ def store_folder(root: Location, pool: PreparedPool, cfg: ClassifierConfig) -> L
     return root.join(f"{fp['pool']}-{enc}")
 
 
-def shared_store(pool: PreparedPool, root: Location, cfg: ClassifierConfig, *,
-                 wait_s: float = 3600.0) -> EmbeddingStore:
+def shared_store(
+    pool: PreparedPool, root: Location, cfg: ClassifierConfig, *, wait_s: float = 3600.0
+) -> EmbeddingStore:
     """This pool's embeddings by this encoder under ``root``: reused when there, else built
     under a lock; a job that finds another building them waits for it (up to ``wait_s``), then
     reuses them (or finishes the build, when the other died)."""
@@ -265,8 +299,9 @@ def shared_store(pool: PreparedPool, root: Location, cfg: ClassifierConfig, *,
 POOLS_DIR = "_pools"  # prepared pools of `molal-ray aggregate --pool`, under the cache, by fingerprint
 
 
-def pool_embeddings(pool_cfg: PoolConfig, cfg: ClassifierConfig, root: Location, ray: RayConfig,
-                    num_cpus: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def pool_embeddings(
+    pool_cfg: PoolConfig, cfg: ClassifierConfig, root: Location, ray: RayConfig, num_cpus: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Every usable row's (sample id, embedding) of the pool ``pool_cfg``, prepared and embedded
     (Ray Data, on the runtime ``ray`` names) once under ``root`` and reused by later calls on the
     same files and encoder; returns (ids (N,), embeddings (N, D) float32). Raises
@@ -280,12 +315,18 @@ def pool_embeddings(pool_cfg: PoolConfig, cfg: ClassifierConfig, root: Location,
         raise ConfigError("; ".join(problems))
     check_encoder(cfg.backbone, field="--encoder")
     ensure_ray(ray)
-    prepared = root.join(POOLS_DIR, hashlib.blake2b(json.dumps(pool_cfg.model_dump(mode="json"), sort_keys=True)
-                                                   .encode(), digest_size=8).hexdigest())
+    prepared = root.join(
+        POOLS_DIR,
+        hashlib.blake2b(
+            json.dumps(pool_cfg.model_dump(mode="json"), sort_keys=True).encode(), digest_size=8
+        ).hexdigest(),
+    )
     pool = PreparedPool.build(pool_cfg, prepared, num_cpus=num_cpus)
     if pool.n_usable == 0:
         kinds = ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items()))
-        raise ConfigError(f"--pool: none of its {pool.n_flagged} rows is usable ({kinds}); is the id or text "
-                          "column another one (--id-column, --text-column)?")
+        raise ConfigError(
+            f"--pool: none of its {pool.n_flagged} rows is usable ({kinds}); is the id or text "
+            "column another one (--id-column, --text-column)?"
+        )
     store = shared_store(pool, root, cfg)
     return store.read_all()

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+
 import numpy as np
 
 from molal_ray import schema
+from molal_ray.aggregation.cascade import CascadePlan, everyone, needs_ranking, plan_for, rank
 from molal_ray.config import LabelJobConfig
 from molal_ray.engines.base import Engine
-from molal_ray.aggregation.cascade import CascadePlan, everyone, needs_ranking, plan_for, rank
+from molal_ray.lock import OutputLock
 from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage, stage_batch, stage_options
 from molal_ray.pipeline.output import (
     DoneIndex,
@@ -31,7 +33,6 @@ from molal_ray.pipeline.output import (
 )
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.summary import LabelSummary, summarise_table
-from molal_ray.lock import OutputLock
 from molal_ray.preflight import check_files
 from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
 
@@ -41,8 +42,9 @@ ProgressFn = Callable[[dict[str, int], int], None]
 """Called with the rows written so far per annotator (this run) and the rows expected per annotator."""
 
 
-def plan_cascade(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir,
-                 written: dict[str, int]) -> CascadePlan | None:
+def plan_cascade(
+    cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, written: dict[str, int]
+) -> CascadePlan | None:
     """The stages of this run, kept in ``OUT/cascade.json`` (which ``molal-ray aggregate`` reads):
     as configured, or (``order: gold``) refilled by each annotator's accuracy on the rows of
     ``cascade.gold``, which every annotator labels first, into the table. A resumed run keeps the
@@ -74,8 +76,9 @@ def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, writte
     gold_df = load_gold(cfg.cascade.gold, labels)
     found = pool.find(gold_df["sample_id"].tolist())
     if not found.num_rows:
-        raise ConfigError(f"cascade.gold: none of its {len(gold_df)} ids is a usable row of the pool; the annotators "
-                          "cannot be ranked")
+        raise ConfigError(
+            f"cascade.gold: none of its {len(gold_df)} ids is a usable row of the pool; the annotators cannot be ranked"
+        )
     keys = found.column(ROW).to_numpy()
     ids = found.column(schema.SAMPLE_ID).to_pylist()
     texts = pool.fetch(keys, columns=(schema.TEXT,)).column(schema.TEXT).to_pylist()
@@ -90,8 +93,7 @@ def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, writte
     return plan
 
 
-def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig,
-                     stages: list[list[str]] | None = None):
+def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig, stages: list[list[str]] | None = None):
     """The lazy Ray Dataset of per-batch counts: every prepared row (usable and flagged) through
     the annotate actors (in ``stages``; None: the configured ones)."""
     import ray.data
@@ -103,10 +105,14 @@ def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig,
     stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS, num_cpus=pl.stage_num_cpus)
     return stream.map_batches(
         AnnotateStage,
-        fn_constructor_kwargs=stage_options(cfg, out.parts, DoneIndex(out.parts, empty=first_run),
-                                            stages or cfg.stages()),
-        batch_size=None, batch_format="pyarrow", num_cpus=pl.stage_num_cpus,
-        compute=ray.data.ActorPoolStrategy(size=pl.concurrency))
+        fn_constructor_kwargs=stage_options(
+            cfg, out.parts, DoneIndex(out.parts, empty=first_run), stages or cfg.stages()
+        ),
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=pl.stage_num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=pl.concurrency),
+    )
 
 
 def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
@@ -117,8 +123,13 @@ def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
     return sum(ray.get([task.remote(out.parts, k) for k in range(buckets)]))
 
 
-def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None,
-                  progress: ProgressFn | None = None, deploy: bool = True) -> LabelSummary:
+def run_label_job(
+    cfg: LabelJobConfig,
+    *,
+    engine_cls: type[Engine] | None = None,
+    progress: ProgressFn | None = None,
+    deploy: bool = True,
+) -> LabelSummary:
     """Label the pool; resumes from what the output folder already holds. The annotators are the
     application running under ``cfg.ray.serve_app_name`` when it matches the job, else deployed
     (and deleted at the end); ``deploy=False`` uses the running one without checking it."""
@@ -127,28 +138,34 @@ def run_label_job(cfg: LabelJobConfig, *, engine_cls: type[Engine] | None = None
         return _label(cfg, engine_cls, progress, deploy)
 
 
-def _label(cfg: LabelJobConfig, engine_cls: type[Engine] | None, progress: ProgressFn | None,
-           deploy: bool) -> LabelSummary:
+def _label(
+    cfg: LabelJobConfig, engine_cls: type[Engine] | None, progress: ProgressFn | None, deploy: bool
+) -> LabelSummary:
     t0 = time.monotonic()
     labels = cfg.task.labels
     names = [a.name for a in cfg.annotators]
     ensure_ray(cfg.ray)
-    check_paths_reach_every_node([("output.path", cfg.output.path, cfg.output.shared),
-                                  ("pool.path", cfg.pool.path, cfg.pool.shared)])
+    check_paths_reach_every_node(
+        [("output.path", cfg.output.path, cfg.output.shared), ("pool.path", cfg.pool.path, cfg.pool.shared)]
+    )
     out = open_output(cfg.output.path, cfg.output.mode, labels, names)
     pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus, buckets=out.buckets)
     if out.buckets is None:
         out = pin_buckets(out, pool.manifest.buckets)
     if pool.n_flagged:
-        logger.warning("%d of %d pool rows are flagged (%s); they get error rows", pool.n_flagged, pool.n_rows,
-                       ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())))
+        logger.warning(
+            "%d of %d pool rows are flagged (%s); they get error rows",
+            pool.n_flagged,
+            pool.n_rows,
+            ", ".join(f"{k}={v}" for k, v in sorted(pool.manifest.flagged_by_kind.items())),
+        )
     ours = start_annotators(cfg.app_config(), cfg.ray.serve_app_name, engine_cls) if deploy else False
     written = dict.fromkeys(names, 0)
     t_annotate = time.monotonic()
     try:
         plan = plan_cascade(cfg, pool, out, written)
         results = annotate_dataset(pool, out, cfg, plan.stages if plan else None)
-        for stats in (results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []):
+        for stats in results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []:
             for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):
                 written[a] = written.get(a, 0) + int(r)
             if progress is not None:
@@ -163,33 +180,43 @@ def _label(cfg: LabelJobConfig, engine_cls: type[Engine] | None, progress: Progr
     # Each flagged pool row has an error row per annotator (never settled, it reaches every stage);
     # every other row of the table is one LLM call.
     calls = n_rows - pool.n_flagged * len(names)
-    summary = LabelSummary(output=str(out.root), pool_rows=pool.n_rows, table_rows=n_rows,
-                           llm_calls_per_text=round(calls / pool.n_usable, 4) if pool.n_usable else 0.0,
-                           rows_written_this_run=this_run, wall_time_s=round(wall, 3),
-                           rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,
-                           annotate_s=round(annotate_s, 3),
-                           errors_by_kind=err_kinds, warnings_by_kind=warn_kinds, annotators=per,
-                           cascade=plan.to_dict() if plan else None)
+    summary = LabelSummary(
+        output=str(out.root),
+        pool_rows=pool.n_rows,
+        table_rows=n_rows,
+        llm_calls_per_text=round(calls / pool.n_usable, 4) if pool.n_usable else 0.0,
+        rows_written_this_run=this_run,
+        wall_time_s=round(wall, 3),
+        rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,
+        annotate_s=round(annotate_s, 3),
+        errors_by_kind=err_kinds,
+        warnings_by_kind=warn_kinds,
+        annotators=per,
+        cascade=plan.to_dict() if plan else None,
+    )
     out.summary.write_json(summary.to_dict())
     return summary
 
 
 def summary_lines(s: LabelSummary) -> list[str]:
     """A short human-readable closing summary."""
-    lines = [f"annotation table: {s.output}",
-             f"pool rows: {s.pool_rows}; table rows: {s.table_rows}; written this run: "
-             f"{s.rows_written_this_run} in {s.wall_time_s:.1f}s ({s.rows_per_s:.1f} rows/s)",
-             f"LLM calls per text: {s.llm_calls_per_text:.2f}"]
+    lines = [
+        f"annotation table: {s.output}",
+        f"pool rows: {s.pool_rows}; table rows: {s.table_rows}; written this run: "
+        f"{s.rows_written_this_run} in {s.wall_time_s:.1f}s ({s.rows_per_s:.1f} rows/s)",
+        f"LLM calls per text: {s.llm_calls_per_text:.2f}",
+    ]
     if s.cascade:
-        lines.append("cascade stages: " + " -> ".join("[" + ", ".join(st) + "]" for st in s.cascade["stages"])
-                     + (f" (by accuracy on {s.cascade['gold_rows']} gold rows)" if s.cascade["order"] == "gold" else ""))
-    lines.append("errors by kind: " + (", ".join(f"{k}={v}" for k, v in sorted(s.errors_by_kind.items()))
-                                         or "none"))
+        lines.append(
+            "cascade stages: "
+            + " -> ".join("[" + ", ".join(st) + "]" for st in s.cascade["stages"])
+            + (f" (by accuracy on {s.cascade['gold_rows']} gold rows)" if s.cascade["order"] == "gold" else "")
+        )
+    lines.append("errors by kind: " + (", ".join(f"{k}={v}" for k, v in sorted(s.errors_by_kind.items())) or "none"))
     if s.warnings_by_kind:
         lines.append("warnings by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(s.warnings_by_kind.items())))
     for name, a in s.annotators.items():
-        lines.append(f"  {name:<16} rows={a.rows:<8} errors={a.errors:<6} "
-                     f"invalid votes={100 * a.invalid_vote_rate:.2f}%")
+        lines.append(
+            f"  {name:<16} rows={a.rows:<8} errors={a.errors:<6} invalid votes={100 * a.invalid_vote_rate:.2f}%"
+        )
     return lines
-
-

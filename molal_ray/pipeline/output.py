@@ -60,8 +60,10 @@ def open_output(path: str | Location, mode: str, labels: list[str], annotators: 
     out = OutputDir(root)
     if not root.is_empty():
         if mode == "error":
-            raise ConfigError(f"output.path: {root} exists and output.mode is 'error'; "
-                              "expected a new folder (or mode 'resume' / 'overwrite')")
+            raise ConfigError(
+                f"output.path: {root} exists and output.mode is 'error'; "
+                "expected a new folder (or mode 'resume' / 'overwrite')"
+            )
         if mode == "overwrite":
             root.delete_dir()
     out.parts.mkdirs()
@@ -69,17 +71,20 @@ def open_output(path: str | Location, mode: str, labels: list[str], annotators: 
     if manifest.exists():
         old = manifest.read_json()
         if old.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"output.path: {root} holds a table of format {old.get('format_version')}; this version "
-                              f"writes format {FORMAT_VERSION}. Use another folder or output.mode: overwrite")
+            raise ConfigError(
+                f"output.path: {root} holds a table of format {old.get('format_version')}; this version "
+                f"writes format {FORMAT_VERSION}. Use another folder or output.mode: overwrite"
+            )
         if old.get("labels") != labels:
-            raise ConfigError(f"output.path: {root} holds a table for labels {old.get('labels')}; "
-                              f"the config has {labels}. Use another folder or output.mode: overwrite")
+            raise ConfigError(
+                f"output.path: {root} holds a table for labels {old.get('labels')}; "
+                f"the config has {labels}. Use another folder or output.mode: overwrite"
+            )
         names = sorted(set(old.get("annotators", [])) | set(annotators))
         buckets = old.get("buckets")
     else:
         names, buckets = list(annotators), None
-    manifest.write_json({"format_version": FORMAT_VERSION, "labels": labels, "annotators": names,
-                         "buckets": buckets})
+    manifest.write_json({"format_version": FORMAT_VERSION, "labels": labels, "annotators": names, "buckets": buckets})
     out = OutputDir(root, buckets)
     out.parts.delete_stale_temporaries()  # parts of an interrupted run that never landed
     set_aside_unreadable(out)
@@ -151,8 +156,13 @@ def set_aside_unreadable(out: OutputDir) -> list[str]:
         name = path.rstrip("/").rsplit("/", 1)[-1]
         out.parts.fs.move(path, aside.join(name).path)
         names.append(name)
-        logging.getLogger("molal_ray").warning("annotation table %s: %s cannot be read (%s); moved to %s, its pairs "
-                                               "will be asked again", out.root, name, why, aside)
+        logging.getLogger("molal_ray").warning(
+            "annotation table %s: %s cannot be read (%s); moved to %s, its pairs will be asked again",
+            out.root,
+            name,
+            why,
+            aside,
+        )
     return names
 
 
@@ -162,8 +172,11 @@ def _unreadable_error(loc: Location, files: list[str], exc: BaseException) -> Sc
         return SchemaError(f"annotation table {loc}: cannot be read: {one_line(exc)}")
     shown = "; ".join(f"{p.rsplit('/', 1)[-1]} ({w})" for p, w in bad[:3])
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    hint = (". Resuming the label job (output.mode: resume) sets them aside and asks their pairs again"
-            if loc.is_dir() else "")
+    hint = (
+        ". Resuming the label job (output.mode: resume) sets them aside and asks their pairs again"
+        if loc.is_dir()
+        else ""
+    )
     return SchemaError(f"annotation table {loc}: {len(bad)} file(s) cannot be read: {shown}{more}{hint}")
 
 
@@ -185,8 +198,9 @@ def table_files(parts_dir: Location, bucket: int | None = None) -> tuple[list[Lo
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable_error(parts_dir, [i.path], exc) from None
         members.update(json.loads(meta.get(MEMBERS_KEY, b"[]")))
-    parts = [i for i in infos if i.base_name.startswith("part" + pre if pre else "part-")
-             and i.base_name not in members]
+    parts = [
+        i for i in infos if i.base_name.startswith("part" + pre if pre else "part-") and i.base_name not in members
+    ]
     return [parts_dir.join(i.base_name) for i in (*data, *parts)], members
 
 
@@ -195,8 +209,9 @@ def _dataset(path: str | Location) -> pads.Dataset:
     layout = LabelLayout(loc)
     if layout.holds_table():
         files, _ = table_files(layout.parts)
-        return pads.dataset([f.path for f in files], format="parquet", filesystem=loc.fs,
-                            schema=schema.ANNOTATION_SCHEMA)
+        return pads.dataset(
+            [f.path for f in files], format="parquet", filesystem=loc.fs, schema=schema.ANNOTATION_SCHEMA
+        )
     if loc.is_file():
         try:
             return pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
@@ -226,7 +241,9 @@ def read_annotation_table(path: str | Location, columns: list[str] | None = None
 def check_answer_columns(t: pa.Table, where: str, columns: list[str] | None = None) -> None:
     """The columns an aggregator reads (those of ``columns`` when given) are there, probabilities
     and votes as lists of numbers (a Parquet file a user made may hold anything)."""
-    needed = [c for c in (schema.SAMPLE_ID, schema.ANNOTATOR, schema.PROBS, schema.VOTES) if columns is None or c in columns]
+    needed = [
+        c for c in (schema.SAMPLE_ID, schema.ANNOTATOR, schema.PROBS, schema.VOTES) if columns is None or c in columns
+    ]
     missing = [c for c in needed if c not in t.column_names]
     if missing:
         raise SchemaError(f"annotations {where}: missing columns {missing}; got {t.column_names}")
@@ -234,8 +251,9 @@ def check_answer_columns(t: pa.Table, where: str, columns: list[str] | None = No
         if c not in needed:
             continue
         typ = t.schema.field(c).type
-        if not (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) or \
-                not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
+        if not (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) or not (
+            pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)
+        ):
             raise SchemaError(f"annotations {where}: column {c!r} is {typ}; expected a list of numbers per row")
 
 
@@ -252,8 +270,9 @@ def read_cascade(path: str | Location) -> dict[str, Any] | None:
     return f.read_json() if loc.is_dir() and f.exists() else None
 
 
-def iter_annotation_table(path: str | Location, columns: list[str] | None = None,
-                          batch_size: int = 16384) -> Iterator[pa.RecordBatch]:
+def iter_annotation_table(
+    path: str | Location, columns: list[str] | None = None, batch_size: int = 16384
+) -> Iterator[pa.RecordBatch]:
     """The table batch by batch, one file at a time (memory stays flat whatever its size)."""
     loc = resolve(path)
     layout = LabelLayout(loc)
@@ -290,8 +309,9 @@ class DoneIndex:
             return None
         paths = [f.path for f in files]
         try:
-            return pads.dataset(paths, format="parquet", filesystem=self.parts_dir.fs,
-                                schema=schema.ANNOTATION_SCHEMA).to_table(columns=columns, filter=expr)
+            return pads.dataset(
+                paths, format="parquet", filesystem=self.parts_dir.fs, schema=schema.ANNOTATION_SCHEMA
+            ).to_table(columns=columns, filter=expr)
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable_error(self.parts_dir, paths, exc) from None
 
@@ -377,8 +397,9 @@ def compact_bucket(parts_dir: Location | str, bucket: int, target_bytes: int = C
         with target.open_write() as f, pq.ParquetWriter(f, sch, compression="zstd") as writer:
             for i in group:  # one part at a time: memory stays flat
                 with parts_dir.fs.open_input_file(i.path) as src:
-                    writer.write_table(pq.read_table(src, schema=schema.ANNOTATION_SCHEMA).replace_schema_metadata(
-                        sch.metadata))
+                    writer.write_table(
+                        pq.read_table(src, schema=schema.ANNOTATION_SCHEMA).replace_schema_metadata(sch.metadata)
+                    )
         for i in group:
             parts_dir.join(i.base_name).delete_file()
         merged += len(group)

@@ -23,8 +23,9 @@ RAW_ID = "_raw_id"
 RAW_TEXT = "_raw_text"
 SOURCE = "_source"
 READ_ERROR = "_read_error"
-RAW_SCHEMA = pa.schema([(RAW_ID, pa.binary()), (RAW_TEXT, pa.binary()), (SOURCE, pa.string()),
-                        (READ_ERROR, pa.string())])
+RAW_SCHEMA = pa.schema(
+    [(RAW_ID, pa.binary()), (RAW_TEXT, pa.binary()), (SOURCE, pa.string()), (READ_ERROR, pa.string())]
+)
 
 EXTENSIONS = {
     "parquet": ["parquet"],
@@ -45,8 +46,10 @@ def detect_format(path: str) -> str:
         for fmt, exts in EXTENSIONS.items():
             if any(c.endswith("." + e) for e in exts):
                 return fmt
-    raise ConfigError(f"pool.format: cannot tell the format of {path!r} from its extension; "
-                      f"expected one of {sorted(EXTENSIONS)} (set pool.format)")
+    raise ConfigError(
+        f"pool.format: cannot tell the format of {path!r} from its extension; "
+        f"expected one of {sorted(EXTENSIONS)} (set pool.format)"
+    )
 
 
 def _as_bytes(v: Any) -> bytes | None:
@@ -102,8 +105,9 @@ def _read_jsonl(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Ta
             if not isinstance(obj, dict):
                 rows.add(None, None, src, "bad_json: a line is not a JSON object")
                 continue
-            rows.add(obj.get(id_col), obj.get(text_col), src,
-                     None if text_col in obj else f"missing_column: {text_col!r}")
+            rows.add(
+                obj.get(id_col), obj.get(text_col), src, None if text_col in obj else f"missing_column: {text_col!r}"
+            )
             if len(rows) >= ROWS_PER_BLOCK:
                 yield rows.flush()
         if not chunk:
@@ -121,16 +125,24 @@ def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Tabl
     skipped: list[tuple[int | None, str, str]] = []
 
     def skip(row: Any) -> str:
-        skipped.append((row.number, row.text, f"{schema.ERR_BAD_ROW}: {row.actual_columns} field(s) where the header "
-                                              f"has {row.expected_columns}"))
+        skipped.append(
+            (
+                row.number,
+                row.text,
+                f"{schema.ERR_BAD_ROW}: {row.actual_columns} field(s) where the header has {row.expected_columns}",
+            )
+        )
         return "skip"
 
     # Read every column as bytes, so a bad UTF-8 cell flags one row instead of failing the file.
     reader = csv.open_csv(
-        f, read_options=csv.ReadOptions(use_threads=False, block_size=1 << 22),
+        f,
+        read_options=csv.ReadOptions(use_threads=False, block_size=1 << 22),
         parse_options=csv.ParseOptions(invalid_row_handler=skip),
-        convert_options=csv.ConvertOptions(column_types={id_col: pa.binary(), text_col: pa.binary()},
-                                           strings_can_be_null=False))
+        convert_options=csv.ConvertOptions(
+            column_types={id_col: pa.binary(), text_col: pa.binary()}, strings_can_be_null=False
+        ),
+    )
     taken: set[int] = set()  # numbers of skipped records: the good rows are numbered around them
     unnumbered = 0
 
@@ -174,7 +186,9 @@ def _read_parquet(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.
         done = 0
         try:
             for batch in pf.iter_batches(batch_size=ROWS_PER_BLOCK, row_groups=[group], columns=present):
-                yield _from_columns(batch, name, id_col, text_col, range(row0 + done + 1, row0 + done + 1 + batch.num_rows))
+                yield _from_columns(
+                    batch, name, id_col, text_col, range(row0 + done + 1, row0 + done + 1 + batch.num_rows)
+                )
                 done += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
             # A damaged row group: its rows that were not read are flagged, one each, in their place.
@@ -207,8 +221,15 @@ def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, 
 
     sources = [f"{name}:{i}" for i in numbers]
     err = None if text_col in names else f"missing_column: {text_col!r}"
-    return pa.table({RAW_ID: col(id_col), RAW_TEXT: col(text_col), SOURCE: pa.array(sources, pa.string()),
-                     READ_ERROR: pa.array([err] * n, pa.string())}, schema=RAW_SCHEMA)
+    return pa.table(
+        {
+            RAW_ID: col(id_col),
+            RAW_TEXT: col(text_col),
+            SOURCE: pa.array(sources, pa.string()),
+            READ_ERROR: pa.array([err] * n, pa.string()),
+        },
+        schema=RAW_SCHEMA,
+    )
 
 
 _READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
@@ -254,7 +275,7 @@ def texts_of_ids(cfg: PoolConfig, ids: list[str]) -> dict[str, str]:
     reader = _READERS[fmt]
     for info in files:
         # Parquet needs random access; the stream of the other formats is decompressed by extension.
-        with (fs.open_input_file(info.path) if fmt == "parquet" else fs.open_input_stream(info.path)) as f:
+        with fs.open_input_file(info.path) if fmt == "parquet" else fs.open_input_stream(info.path) as f:
             for table in reader(f, info.base_name, cfg.id_column, cfg.text_column):
                 for raw_id, raw_text in zip(table.column(RAW_ID).to_pylist(), table.column(RAW_TEXT).to_pylist()):
                     if raw_id is None or raw_text is None:

@@ -79,26 +79,36 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
     # A URI's options (?endpoint_override=...) are not wildcards: look for those in its path only.
     target, q, query = path.partition("?") if is_uri(path) else (path, "", "")
     wild = [i for i, ch in enumerate(target) if ch in "*?["]
-    base = target if not wild else (target[:wild[0]].rsplit("/", 1)[0] or "/")
+    base = target if not wild else (target[: wild[0]].rsplit("/", 1)[0] or "/")
     loc = resolve(base + q + query, field="pool.path")
     info = loc.info()
     if info.type == pafs.FileType.File and not wild:
         files = [info]
     else:
         sel = pafs.FileSelector(loc.path, allow_not_found=True, recursive=True)
-        files = [i for i in loc.fs.get_file_info(sel) if i.type == pafs.FileType.File
-                 and not any(part.startswith((".", "_")) for part in i.path[len(loc.path):].split("/") if part)]
+        files = [
+            i
+            for i in loc.fs.get_file_info(sel)
+            if i.type == pafs.FileType.File
+            and not any(part.startswith((".", "_")) for part in i.path[len(loc.path) :].split("/") if part)
+        ]
         if wild:
-            pattern = loc.path.rstrip("/") + "/" + target[len(base.rstrip("/")) + 1:] if is_uri(path) \
+            pattern = (
+                loc.path.rstrip("/") + "/" + target[len(base.rstrip("/")) + 1 :]
+                if is_uri(path)
                 else os.path.abspath(path)
+            )
             files = [i for i in files if fnmatch.fnmatch(i.path, pattern)]
     if not files:
         raise ConfigError(f"pool.path: got {path!r}; expected an existing file, a folder or a glob of pool files")
     fmt: str = cfg.format
     if fmt == "auto":
         named = [f.base_name for f in files]
-        found = [detect_format(n) for n in named if any(n.lower().endswith("." + e) for es in EXTENSIONS.values()
-                                                        for e in es)]
+        found = [
+            detect_format(n)
+            for n in named
+            if any(n.lower().endswith("." + e) for es in EXTENSIONS.values() for e in es)
+        ]
         fmt = found[0] if found else detect_format(path)
     exts = tuple("." + e for e in EXTENSIONS[fmt])
     kept = [f for f in files if f.base_name.lower().endswith(exts)] if len(files) > 1 or wild else files
@@ -109,9 +119,15 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
 
 def fingerprint(cfg: PoolConfig, files: Sequence[pafs.FileInfo], buckets: int) -> dict[str, Any]:
     """What the prepared pool was made from: if any of it changes, the pool is prepared again."""
-    return {"files": [[f.path, f.size, f.mtime_ns] for f in files], "format": cfg.format,
-            "id_column": cfg.id_column, "text_column": cfg.text_column, "max_text_chars": cfg.max_text_chars,
-            "buckets": buckets, "format_version": FORMAT_VERSION}
+    return {
+        "files": [[f.path, f.size, f.mtime_ns] for f in files],
+        "format": cfg.format,
+        "id_column": cfg.id_column,
+        "text_column": cfg.text_column,
+        "max_text_chars": cfg.max_text_chars,
+        "buckets": buckets,
+        "format_version": FORMAT_VERSION,
+    }
 
 
 def choose_buckets(cfg: PoolConfig, files: Sequence[pafs.FileInfo]) -> int:
@@ -128,8 +144,9 @@ def prepare_with_bucket(raw: pa.Table, max_text_chars: int, buckets: int) -> pa.
     return t.append_column(BUCKET, pa.array(bucket_of(t.column(ID_HASH).to_numpy(), buckets), pa.int32()))
 
 
-COUNTS_SCHEMA = pa.schema([(BUCKET, pa.int32()), ("usable", pa.int64()), ("flagged", pa.int64()),
-                           ("kinds", pa.string())])
+COUNTS_SCHEMA = pa.schema(
+    [(BUCKET, pa.int32()), ("usable", pa.int64()), ("flagged", pa.int64()), ("kinds", pa.string())]
+)
 
 
 def write_bucket(rows: pa.Table, folder: Location) -> pa.Table:
@@ -146,8 +163,10 @@ def write_bucket(rows: pa.Table, folder: Location) -> pa.Table:
     for e in flagged.column(schema.POOL_ERROR).to_pylist():
         kind = schema.error_kind(e) or "unknown"
         kinds[kind] = kinds.get(kind, 0) + 1
-    return pa.table({BUCKET: [k], "usable": [usable.num_rows], "flagged": [flagged.num_rows],
-                     "kinds": [json.dumps(kinds)]}, schema=COUNTS_SCHEMA)
+    return pa.table(
+        {BUCKET: [k], "usable": [usable.num_rows], "flagged": [flagged.num_rows], "kinds": [json.dumps(kinds)]},
+        schema=COUNTS_SCHEMA,
+    )
 
 
 def read_row_groups(items: pa.Table, folder: Location, columns: list[str]) -> pa.Table:
@@ -190,7 +209,7 @@ class PreparedPool:
 
     # construction -------------------------------------------------------------------------
     @classmethod
-    def open(cls, folder: str | Location) -> "PreparedPool | None":
+    def open(cls, folder: str | Location) -> PreparedPool | None:
         """The pool prepared in ``folder``, or None when it holds no finished one."""
         loc = resolve(folder)
         m = loc.join(MANIFEST)
@@ -199,12 +218,17 @@ class PreparedPool:
         d = m.read_json()
         if d.get("fingerprint", {}).get("format_version") != FORMAT_VERSION:
             return None
-        return cls(loc, PoolManifest(d["fingerprint"], int(d["buckets"]), list(d["usable"]), list(d["flagged"]),
-                                     dict(d["flagged_by_kind"])))
+        return cls(
+            loc,
+            PoolManifest(
+                d["fingerprint"], int(d["buckets"]), list(d["usable"]), list(d["flagged"]), dict(d["flagged_by_kind"])
+            ),
+        )
 
     @classmethod
-    def build(cls, cfg: PoolConfig, folder: str | Location, *, num_cpus: float = 0.25,
-              buckets: int | None = None) -> "PreparedPool":
+    def build(
+        cls, cfg: PoolConfig, folder: str | Location, *, num_cpus: float = 0.25, buckets: int | None = None
+    ) -> PreparedPool:
         """Prepare ``cfg``'s pool into ``folder`` (reused when a finished one matches it);
         ``buckets`` pins the bucket count (an annotation table is written per bucket, so a table
         keeps the count it was started with)."""
@@ -213,8 +237,10 @@ class PreparedPool:
         loc = resolve(folder)
         fs, files, fmt = list_pool_files(cfg)
         if buckets is not None and cfg.buckets is not None and cfg.buckets != buckets:
-            raise ConfigError(f"pool.buckets: got {cfg.buckets}; expected {buckets} or unset: the output holds a "
-                              f"table written with {buckets} buckets (or use another output folder)")
+            raise ConfigError(
+                f"pool.buckets: got {cfg.buckets}; expected {buckets} or unset: the output holds a "
+                f"table written with {buckets} buckets (or use another output folder)"
+            )
         buckets = buckets or choose_buckets(cfg, files)
         fp = fingerprint(cfg, files, buckets)
         old = cls.open(loc)
@@ -224,10 +250,15 @@ class PreparedPool:
         loc.delete_dir()
         loc.mkdirs()
         prepared = read_pool(cfg, fs, [f.path for f in files], fmt, num_cpus=num_cpus).map_batches(
-            prepare_with_bucket, fn_kwargs={"max_text_chars": cfg.max_text_chars, "buckets": buckets},
-            batch_format="pyarrow", batch_size=None, num_cpus=num_cpus)
+            prepare_with_bucket,
+            fn_kwargs={"max_text_chars": cfg.max_text_chars, "buckets": buckets},
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=num_cpus,
+        )
         counts = prepared.groupby(BUCKET, num_partitions=min(buckets, 64)).map_groups(
-            write_bucket, fn_kwargs={"folder": loc}, batch_format="pyarrow", num_cpus=num_cpus)
+            write_bucket, fn_kwargs={"folder": loc}, batch_format="pyarrow", num_cpus=num_cpus
+        )
         usable, flagged, kinds = [0] * buckets, [0] * buckets, {}  # type: ignore[var-annotated]
         for batch in counts.iter_batches(batch_format="pyarrow", batch_size=None):
             for k, u, f, kj in zip(*(batch.column(c).to_pylist() for c in COUNTS_SCHEMA.names)):
@@ -235,8 +266,9 @@ class PreparedPool:
                 for kind, n in json.loads(kj).items():
                     kinds[kind] = kinds.get(kind, 0) + n
         manifest = PoolManifest(fp, buckets, usable, flagged, kinds)
-        loc.join(MANIFEST).write_json({"fingerprint": fp, "buckets": buckets, "usable": usable,
-                                       "flagged": flagged, "flagged_by_kind": kinds})
+        loc.join(MANIFEST).write_json(
+            {"fingerprint": fp, "buckets": buckets, "usable": usable, "flagged": flagged, "flagged_by_kind": kinds}
+        )
         return cls(loc, manifest)
 
     # geometry ---------------------------------------------------------------------------------
@@ -271,7 +303,9 @@ class PreparedPool:
         return [self.folder.join(bucket_file(kind, k)) for k, n in enumerate(counts) if n]
 
     # reads ------------------------------------------------------------------------------------
-    def fetch(self, keys: Sequence[int] | np.ndarray, columns: Sequence[str] = (schema.SAMPLE_ID, schema.TEXT)) -> pa.Table:
+    def fetch(
+        self, keys: Sequence[int] | np.ndarray, columns: Sequence[str] = (schema.SAMPLE_ID, schema.TEXT)
+    ) -> pa.Table:
         """The usable rows with these keys, in the order asked, with ``_row`` and ``columns``
         (in this process; reads only the row groups that hold them)."""
         keys = np.asarray(keys, dtype=np.int64)
@@ -279,11 +313,13 @@ class PreparedPool:
         if keys.size == 0:
             return USABLE_SCHEMA.empty_table().select(cols)
         bucket, pos = split_row_keys(keys)
-        bad = (bucket >= self.manifest.buckets) | (pos >= np.asarray(self.manifest.usable + [0])[np.minimum(
-            bucket, self.manifest.buckets)])
+        bad = (bucket >= self.manifest.buckets) | (
+            pos >= np.asarray(self.manifest.usable + [0])[np.minimum(bucket, self.manifest.buckets)]
+        )
         if bad.any():
-            raise SchemaError(f"prepared pool: {int(bad.sum())} row keys are not usable rows "
-                              f"(first: {int(keys[bad][0])})")
+            raise SchemaError(
+                f"prepared pool: {int(bad.sum())} row keys are not usable rows (first: {int(keys[bad][0])})"
+            )
         parts = []
         for b in np.unique(bucket):
             p = np.unique(pos[bucket == b])
@@ -308,12 +344,13 @@ class PreparedPool:
                 p = pos[bucket == b]
                 groups = np.unique(p // ROW_GROUP_ROWS)
                 for chunk in range(0, len(groups), GROUPS_PER_KEYED_READ):
-                    gs = groups[chunk:chunk + GROUPS_PER_KEYED_READ]
+                    gs = groups[chunk : chunk + GROUPS_PER_KEYED_READ]
                     sel = p[np.isin(p // ROW_GROUP_ROWS, gs)]
                     # Row groups hold ROW_GROUP_ROWS rows (a file's last one fewer, and it comes last).
                     at = np.searchsorted(gs, sel // ROW_GROUP_ROWS) * ROW_GROUP_ROWS + sel % ROW_GROUP_ROWS
-                    items.append({"file": bucket_file("bucket", int(b)), "row_groups": gs.tolist(),
-                                  "positions": at.tolist()})
+                    items.append(
+                        {"file": bucket_file("bucket", int(b)), "row_groups": gs.tolist(), "positions": at.tolist()}
+                    )
             return items
         for kind in kinds:
             counts = self.manifest.usable if kind == "bucket" else self.manifest.flagged
@@ -322,8 +359,13 @@ class PreparedPool:
                     items.append({"file": bucket_file(kind, k), "row_groups": [g], "positions": None})
         return items
 
-    def dataset(self, kinds: Sequence[str] = ("bucket",), columns: Sequence[str] = (ROW, schema.SAMPLE_ID, schema.TEXT),
-                keys: np.ndarray | None = None, num_cpus: float = 0.25):
+    def dataset(
+        self,
+        kinds: Sequence[str] = ("bucket",),
+        columns: Sequence[str] = (ROW, schema.SAMPLE_ID, schema.TEXT),
+        keys: np.ndarray | None = None,
+        num_cpus: float = 0.25,
+    ):
         """A Ray Dataset of the prepared rows (of ``kinds``, or the usable rows with ``keys``),
         read by Ray tasks one row group at a time: ``columns`` only, the wanted rows only."""
         import ray.data
@@ -332,8 +374,12 @@ class PreparedPool:
         if not items:
             return ray.data.from_arrow(USABLE_SCHEMA.empty_table().select(list(columns)))
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            read_row_groups, fn_kwargs={"folder": self.folder, "columns": list(columns)}, batch_size=1,  # type: ignore[arg-type]  # Ray's stubs: no fn_kwargs
-            batch_format="pyarrow", num_cpus=num_cpus)
+            read_row_groups,  # type: ignore[arg-type]  # Ray's stubs: no fn_kwargs
+            fn_kwargs={"folder": self.folder, "columns": list(columns)},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=num_cpus,
+        )
 
     def iter_flagged(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The flagged rows, file by file (memory stays flat)."""
@@ -357,10 +403,13 @@ class PreparedPool:
                 continue
             f = self.folder.join(bucket_file("bucket", int(k)))
             want = pa.array(arr[b == k].tolist(), pa.string())
-            t = pq.read_table(f.path, filesystem=f.fs, columns=[ROW, schema.SAMPLE_ID],
-                              filters=pc.is_in(pc.field(schema.SAMPLE_ID), value_set=want))
+            t = pq.read_table(
+                f.path,
+                filesystem=f.fs,
+                columns=[ROW, schema.SAMPLE_ID],
+                filters=pc.is_in(pc.field(schema.SAMPLE_ID), value_set=want),
+            )
             out.append(t)
         if not out:
             return pa.table({ROW: pa.array([], pa.int64()), schema.SAMPLE_ID: pa.array([], pa.string())})
         return pa.concat_tables(out)
-

@@ -17,10 +17,16 @@ from molal_ray.pipeline.pool import RAW_ID, RAW_TEXT, READ_ERROR, SOURCE
 
 ID_HASH = "_id_hash"
 ROW = "_row"
-PREPARED_SCHEMA = pa.schema([
-    (schema.SAMPLE_ID, pa.string()), (schema.TEXT, pa.string()), (schema.POOL_ERROR, pa.string()),
-    (schema.POOL_WARNING, pa.string()), (SOURCE, pa.string()), (ID_HASH, pa.uint64()),
-])
+PREPARED_SCHEMA = pa.schema(
+    [
+        (schema.SAMPLE_ID, pa.string()),
+        (schema.TEXT, pa.string()),
+        (schema.POOL_ERROR, pa.string()),
+        (schema.POOL_WARNING, pa.string()),
+        (SOURCE, pa.string()),
+        (ID_HASH, pa.uint64()),
+    ]
+)
 
 
 def _decode(raw: bytes | None) -> tuple[str | None, bool]:
@@ -63,14 +69,17 @@ def prepare_batch(raw: pa.Table, max_text_chars: int) -> pa.Table:
         out_texts.append(text if error is None else None)
         errors.append(error)
         warnings.append(warning)
-    return pa.table({
-        schema.SAMPLE_ID: pa.array(out_ids, pa.string()),
-        schema.TEXT: pa.array(out_texts, pa.string()),
-        schema.POOL_ERROR: pa.array(errors, pa.string()),
-        schema.POOL_WARNING: pa.array(warnings, pa.string()),
-        SOURCE: pa.array(sources, pa.string()),
-        ID_HASH: pa.array(hash_ids(out_ids), pa.uint64()),
-    }, schema=PREPARED_SCHEMA)
+    return pa.table(
+        {
+            schema.SAMPLE_ID: pa.array(out_ids, pa.string()),
+            schema.TEXT: pa.array(out_texts, pa.string()),
+            schema.POOL_ERROR: pa.array(errors, pa.string()),
+            schema.POOL_WARNING: pa.array(warnings, pa.string()),
+            SOURCE: pa.array(sources, pa.string()),
+            ID_HASH: pa.array(hash_ids(out_ids), pa.uint64()),
+        },
+        schema=PREPARED_SCHEMA,
+    )
 
 
 def _source_key(source: str) -> tuple[str, int]:
@@ -108,8 +117,9 @@ def resolve_duplicates(rows: pa.Table) -> pa.Table:
             r = dict(r)
             r[schema.SAMPLE_ID] = f"{sid}#dup{k}"
             r[schema.TEXT] = None
-            r[schema.POOL_ERROR] = (f"{schema.ERR_DUPLICATE_ID}: id {sid!r} at {r[SOURCE]} is also at "
-                                    f"{winner[SOURCE]}, which keeps it")
+            r[schema.POOL_ERROR] = (
+                f"{schema.ERR_DUPLICATE_ID}: id {sid!r} at {r[SOURCE]} is also at {winner[SOURCE]}, which keeps it"
+            )
             r[ID_HASH] = int(hash_ids([r[schema.SAMPLE_ID]])[0])
             out.append(r)
     return pa.concat_tables([keep, pa.Table.from_pylist(out, schema=rows.schema)])

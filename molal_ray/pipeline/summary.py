@@ -31,7 +31,9 @@ class LabelSummary:
     wall_time_s: float
     rows_per_s: float
     annotate_s: float = 0.0  # the part of wall_time_s spent streaming rows through the annotators
-    llm_calls_per_text: float = 0.0  # (sample, annotator) pairs sent to an LLM per usable text (a cascade: < annotators)
+    llm_calls_per_text: float = (
+        0.0  # (sample, annotator) pairs sent to an LLM per usable text (a cascade: < annotators)
+    )
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     warnings_by_kind: dict[str, int] = field(default_factory=dict)
     annotators: dict[str, AnnotatorSummary] = field(default_factory=dict)
@@ -67,16 +69,25 @@ def summarise_table(path: str | Location) -> tuple[int, dict[str, int], dict[str
         n_rows += t.num_rows
         err_kinds += _kinds(t.column(schema.ERROR), split_parts=False)
         warn_kinds += _kinds(t.column(schema.WARNING), split_parts=True)
-        g = pa.table({"a": t.column(schema.ANNOTATOR),
-                      "e": pc.cast(pc.is_valid(t.column(schema.ERROR)), pa.int64()),
-                      "w": pc.cast(pc.is_valid(t.column(schema.WARNING)), pa.int64()),
-                      "i": pc.cast(t.column(schema.N_INVALID), pa.int64()),
-                      "n": pc.cast(t.column(schema.N_SAMPLES), pa.int64())}) \
-            .group_by("a").aggregate([("a", "count"), ("e", "sum"), ("w", "sum"), ("i", "sum"), ("n", "sum")])
+        g = (
+            pa.table(
+                {
+                    "a": t.column(schema.ANNOTATOR),
+                    "e": pc.cast(pc.is_valid(t.column(schema.ERROR)), pa.int64()),
+                    "w": pc.cast(pc.is_valid(t.column(schema.WARNING)), pa.int64()),
+                    "i": pc.cast(t.column(schema.N_INVALID), pa.int64()),
+                    "n": pc.cast(t.column(schema.N_SAMPLES), pa.int64()),
+                }
+            )
+            .group_by("a")
+            .aggregate([("a", "count"), ("e", "sum"), ("w", "sum"), ("i", "sum"), ("n", "sum")])
+        )
         for row in g.to_pylist():
             acc = per.setdefault(row["a"], [0, 0, 0, 0, 0])
             for j, k in enumerate(("a_count", "e_sum", "w_sum", "i_sum", "n_sum")):
                 acc[j] += int(row[k] or 0)
-    summaries = {name: AnnotatorSummary(rows=v[0], errors=v[1], invalid_vote_rate=v[3] / v[4] if v[4] else 0.0,
-                                        warnings=v[2]) for name, v in sorted(per.items())}
+    summaries = {
+        name: AnnotatorSummary(rows=v[0], errors=v[1], invalid_vote_rate=v[3] / v[4] if v[4] else 0.0, warnings=v[2])
+        for name, v in sorted(per.items())
+    }
     return n_rows, dict(err_kinds), dict(warn_kinds), summaries

@@ -31,6 +31,24 @@ from molal_ray.review.selection import (
     uncertainty,
 )
 
-__all__ = ["CSV_COLUMNS", "ReviewItem", "agreement", "matrix_answers", "answers_by_sample", "check_labelstudio_config", "checked_labels", "csv_text",
-           "gold_csv", "labelstudio_answers", "labelstudio_config", "labelstudio_tasks",
-           "least_certain", "read_review", "spreadsheet_safe", "review_items", "texts_for_review", "to_review", "uncertainty"]
+__all__ = [
+    "CSV_COLUMNS",
+    "ReviewItem",
+    "agreement",
+    "matrix_answers",
+    "answers_by_sample",
+    "check_labelstudio_config",
+    "checked_labels",
+    "csv_text",
+    "gold_csv",
+    "labelstudio_answers",
+    "labelstudio_config",
+    "labelstudio_tasks",
+    "least_certain",
+    "read_review",
+    "spreadsheet_safe",
+    "review_items",
+    "texts_for_review",
+    "to_review",
+    "uncertainty",
+]

@@ -81,8 +81,9 @@ class FileReview:
         from molal_ray.review.files import csv_text, labelstudio_config, labelstudio_tasks
 
         self.folder.mkdirs()
-        self.folder.join(f"{name}.labelstudio.json").write_text(json.dumps(labelstudio_tasks(items, batch=name),
-                                                                           indent=1))
+        self.folder.join(f"{name}.labelstudio.json").write_text(
+            json.dumps(labelstudio_tasks(items, batch=name), indent=1)
+        )
         self.folder.join(self.CONFIG).write_text(labelstudio_config(self.labels))
         target = self.sent(name)
         if not target.exists():  # never overwrite labels a reviewer may be filling in
@@ -116,9 +117,17 @@ def make_backend(cfg: Any, folder: Any, labels: Sequence[str], token: str | None
     return FileReview(folder, labels)
 
 
-def wait_for_people(backend: ReviewBackend, name: str, ids: Sequence[str], *, poll_s: float, wait_s: float,
-                    status: Callable[[str], None] = lambda s: None, sleep: Callable[[float], None] = time.sleep,
-                    clock: Callable[[], float] = time.monotonic) -> ReviewProgress:
+def wait_for_people(
+    backend: ReviewBackend,
+    name: str,
+    ids: Sequence[str],
+    *,
+    poll_s: float,
+    wait_s: float,
+    status: Callable[[str], None] = lambda s: None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> ReviewProgress:
     """Pull until every sample of ``ids`` is labelled or skipped, or ``wait_s`` seconds passed;
     returns the last progress (complete or not). ``status`` gets a line after every look
     ("3/10 labelled in ..."). A server that cannot be reached raises (the caller pauses)."""
@@ -131,8 +140,13 @@ def wait_for_people(backend: ReviewBackend, name: str, ids: Sequence[str], *, po
         sleep(poll_s)
 
 
-def review_round(backend: ReviewBackend, cfg: Any, round_: int, items: Sequence[ReviewItem],
-                 status: Callable[[str], None] | None = None) -> ReviewProgress:
+def review_round(
+    backend: ReviewBackend,
+    cfg: Any,
+    round_: int,
+    items: Sequence[ReviewItem],
+    status: Callable[[str], None] | None = None,
+) -> ReviewProgress:
     """People's labels of a loop round's routed ``items``: pulled from ``backend``; when some are
     missing, pushed there and (``label_studio``) waited for, ``cfg.poll_s`` apart up to
     ``cfg.wait_s`` (``cfg``: :class:`~molal_ray.config.review.ReviewConfig`). Raises
@@ -148,10 +162,13 @@ def review_round(backend: ReviewBackend, cfg: Any, round_: int, items: Sequence[
         where = backend.push(name, items)
         if cfg.backend == "files":
             raise ReviewPending(round_, len(ids), where)
-        got = wait_for_people(backend, name, ids, poll_s=cfg.poll_s, wait_s=cfg.wait_s,
-                              status=status or (lambda line: None))
+        got = wait_for_people(
+            backend, name, ids, poll_s=cfg.poll_s, wait_s=cfg.wait_s, status=status or (lambda line: None)
+        )
     except ReviewServerError as exc:
         raise ReviewPending(round_, len(ids), backend.where, f"the loop stopped waiting: {exc}") from None
     if not got.complete(ids):
-        raise ReviewPending(round_, len(ids), where, f"{got.done(ids)}/{len(ids)} labelled after waiting {cfg.wait_s:g} s")
+        raise ReviewPending(
+            round_, len(ids), where, f"{got.done(ids)}/{len(ids)} labelled after waiting {cfg.wait_s:g} s"
+        )
     return got

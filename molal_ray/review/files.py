@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-
 from molal_ray.exceptions import ReviewError
 
 CSV_COLUMNS = ("sample_id", "text", "suggested", "confidence", "label")
@@ -66,25 +65,44 @@ def csv_text(items: Sequence[ReviewItem]) -> str:
     return buf.getvalue()
 
 
-def labelstudio_tasks(items: Sequence[ReviewItem], model_version: str = "molal_ray",
-                      batch: str = "") -> list[dict[str, Any]]:
+def labelstudio_tasks(
+    items: Sequence[ReviewItem], model_version: str = "molal_ray", batch: str = ""
+) -> list[dict[str, Any]]:
     """Label Studio import tasks, the aggregated label as each task's pre-annotation (its
     confidence as the prediction's score) and each LLM's answer shown beside the text; ``batch``
     (e.g. ``round-3``) is kept in the task's data."""
-    return [{"data": {LS_TO: it.text, "sample_id": it.sample_id, LS_ANSWERS: it.answers_text(), "batch": batch},
-             "predictions": [{"model_version": model_version, "score": round(float(it.confidence), 4),
-                              "result": [{"from_name": LS_FROM, "to_name": LS_TO, "type": "choices",
-                                          "value": {"choices": [it.suggested]}}]}]} for it in items]
+    return [
+        {
+            "data": {LS_TO: it.text, "sample_id": it.sample_id, LS_ANSWERS: it.answers_text(), "batch": batch},
+            "predictions": [
+                {
+                    "model_version": model_version,
+                    "score": round(float(it.confidence), 4),
+                    "result": [
+                        {
+                            "from_name": LS_FROM,
+                            "to_name": LS_TO,
+                            "type": "choices",
+                            "value": {"choices": [it.suggested]},
+                        }
+                    ],
+                }
+            ],
+        }
+        for it in items
+    ]
 
 
 def labelstudio_config(labels: Sequence[str]) -> str:
     """The labeling config of a Label Studio project for these tasks."""
     choices = "\n".join(f"    <Choice value={quoteattr(lab)}/>" for lab in labels)
-    return (f'<View>\n  <Text name="{LS_TO}" value="${LS_TO}"/>\n'
-            f'  <Choices name="{LS_FROM}" toName="{LS_TO}" choice="single" showInline="true">\n{choices}\n'
-            "  </Choices>\n"
-            f'  <Header value="What the LLMs answered" size="6"/>\n  <Text name="{LS_ANSWERS}" value="${LS_ANSWERS}"/>\n'
-            "</View>\n")
+    return (
+        f'<View>\n  <Text name="{LS_TO}" value="${LS_TO}"/>\n'
+        f'  <Choices name="{LS_FROM}" toName="{LS_TO}" choice="single" showInline="true">\n{choices}\n'
+        "  </Choices>\n"
+        f'  <Header value="What the LLMs answered" size="6"/>\n  <Text name="{LS_ANSWERS}" value="${LS_ANSWERS}"/>\n'
+        "</View>\n"
+    )
 
 
 def check_labelstudio_config(config: str, labels: Sequence[str], source: str) -> None:
@@ -97,19 +115,25 @@ def check_labelstudio_config(config: str, labels: Sequence[str], source: str) ->
         raise ReviewError(f"{source}: its labeling config is not valid XML ({exc})") from None
     texts = [t for t in root.iter("Text") if t.get("name") == LS_TO]
     if not texts or texts[0].get("value") != f"${LS_TO}":
-        raise ReviewError(f'{source}: its labeling config has no <Text name="{LS_TO}" value="${LS_TO}"/>; '
-                          "expected the config molal-ray makes (review push creates it in a new project)")
+        raise ReviewError(
+            f'{source}: its labeling config has no <Text name="{LS_TO}" value="${LS_TO}"/>; '
+            "expected the config molal-ray makes (review push creates it in a new project)"
+        )
     boxes = [c for c in root.iter("Choices") if c.get("name") == LS_FROM]
     if not boxes or boxes[0].get("toName") != LS_TO:
-        raise ReviewError(f'{source}: its labeling config has no <Choices name="{LS_FROM}" toName="{LS_TO}">; '
-                          "expected the config molal-ray makes (review push creates it in a new project)")
+        raise ReviewError(
+            f'{source}: its labeling config has no <Choices name="{LS_FROM}" toName="{LS_TO}">; '
+            "expected the config molal-ray makes (review push creates it in a new project)"
+        )
     if boxes[0].get("choice", "single") != "single":
-        raise ReviewError(f"{source}: its <Choices name=\"{LS_FROM}\"> allows several choices; expected choice=\"single\"")
+        raise ReviewError(f'{source}: its <Choices name="{LS_FROM}"> allows several choices; expected choice="single"')
     have = [c.get("value") for c in boxes[0].iter("Choice")]
     if sorted(str(v) for v in have) != sorted(labels):
         missing, extra = sorted(set(labels) - set(have)), sorted(str(v) for v in set(have) - set(labels))
-        raise ReviewError(f"{source}: its labeling config's choices differ from the task's labels (missing: "
-                          f"{missing}, not in the task: {extra}); fix the project's config or name another project")
+        raise ReviewError(
+            f"{source}: its labeling config's choices differ from the task's labels (missing: "
+            f"{missing}, not in the task: {extra}); fix the project's config or name another project"
+        )
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -155,8 +179,9 @@ def _read_labelstudio(data: Any, source: str) -> list[tuple[str, str]]:
     return [(sid, label) for sid, label, _ in labelstudio_answers(data, source)]
 
 
-def read_review(path: str, labels: Sequence[str], expected_ids: Sequence[str] | None = None,
-                require_all: bool = False) -> dict[str, str]:
+def read_review(
+    path: str, labels: Sequence[str], expected_ids: Sequence[str] | None = None, require_all: bool = False
+) -> dict[str, str]:
     """The reviewed labels of a CSV or a Label Studio JSON export: ``{sample_id: label}`` (rows
     left empty are not reviewed and left out). Raises :class:`ReviewError`, before anything is
     used, for a label outside ``labels``, an id outside ``expected_ids``, an id given twice with
@@ -177,8 +202,13 @@ def read_review(path: str, labels: Sequence[str], expected_ids: Sequence[str] | 
     return checked_labels(pairs, labels, expected_ids, require_all, path)
 
 
-def checked_labels(pairs: Sequence[tuple[str, str]], labels: Sequence[str], expected_ids: Sequence[str] | None,
-                   require_all: bool, path: str) -> dict[str, str]:
+def checked_labels(
+    pairs: Sequence[tuple[str, str]],
+    labels: Sequence[str],
+    expected_ids: Sequence[str] | None,
+    require_all: bool,
+    path: str,
+) -> dict[str, str]:
     """``{sample_id: label}`` of reviewed ``(sample_id, label)`` pairs ("" : not reviewed), every
     one checked as :func:`read_review` says; ``path`` names their source in errors."""
     allowed = set(labels)
@@ -196,18 +226,23 @@ def checked_labels(pairs: Sequence[tuple[str, str]], labels: Sequence[str], expe
             clash.append(sid)
         out[sid] = lab
     if bad_label:
-        raise ReviewError(f"{path}: {len(bad_label)} labels are not in the label set (first: {bad_label[0][1]!r} for "
-                          f"{bad_label[0][0]!r}); expected one of {list(labels)}")
+        raise ReviewError(
+            f"{path}: {len(bad_label)} labels are not in the label set (first: {bad_label[0][1]!r} for "
+            f"{bad_label[0][0]!r}); expected one of {list(labels)}"
+        )
     if unknown:
-        raise ReviewError(f"{path}: {len(unknown)} ids are not among the samples sent for review "
-                          f"(first: {unknown[0]!r})")
+        raise ReviewError(
+            f"{path}: {len(unknown)} ids are not among the samples sent for review (first: {unknown[0]!r})"
+        )
     if clash:
         raise ReviewError(f"{path}: {len(clash)} ids have two different labels (first: {clash[0]!r})")
     if require_all and known is not None:
         missing = sorted(known - set(out))
         if missing:
-            raise ReviewError(f"{path}: {len(missing)} of {len(known)} samples are not reviewed yet "
-                              f"(first: {missing[0]!r}); fill their label")
+            raise ReviewError(
+                f"{path}: {len(missing)} of {len(known)} samples are not reviewed yet "
+                f"(first: {missing[0]!r}); fill their label"
+            )
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from molal_ray.config.review import ReviewConfig
 from molal_ray.exceptions import ConfigError, ReviewError, ReviewServerError
+from molal_ray.review.backend import ReviewProgress
 from molal_ray.review.files import (
     ReviewItem,
     check_labelstudio_config,
@@ -29,7 +30,6 @@ from molal_ray.review.files import (
     labelstudio_config,
     labelstudio_tasks,
 )
-from molal_ray.review.backend import ReviewProgress
 
 PAGE = 100  # tasks per page when listing a project
 IMPORT_CHUNK = 500  # tasks per import request
@@ -42,8 +42,15 @@ def _is_jwt(token: str) -> bool:
 class LabelStudio:
     """One Label Studio server. ``token_source`` names where the token came from (for errors)."""
 
-    def __init__(self, url: str, token: str, token_source: str = "the token", timeout_s: float = 30.0,
-                 retries: int = 2, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        token_source: str = "the token",
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 1.0,
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
@@ -81,25 +88,29 @@ class LabelStudio:
                 r = self.http.request(method, path, headers=self._auth() if auth else None, **kwargs)
             except httpx.TransportError as exc:
                 if last:
-                    raise ReviewServerError(f"Label Studio at {self.url}: cannot reach it ({type(exc).__name__}: "
-                                            f"{exc})") from None
-                time.sleep(self.backoff_s * 2 ** attempt)
+                    raise ReviewServerError(
+                        f"Label Studio at {self.url}: cannot reach it ({type(exc).__name__}: {exc})"
+                    ) from None
+                time.sleep(self.backoff_s * 2**attempt)
                 continue
             if r.status_code == 401 and auth and self._access is not None and not renewed:
                 self._access, renewed = None, True  # the access token expired: renew it once
                 continue
             if r.status_code in (401, 403):
-                raise ReviewServerError(f"Label Studio at {self.url} refused {self.token_source} "
-                                        f"({r.status_code} on {method} {path})")
+                raise ReviewServerError(
+                    f"Label Studio at {self.url} refused {self.token_source} ({r.status_code} on {method} {path})"
+                )
             if r.status_code >= 500:
                 if last:
-                    raise ReviewServerError(f"Label Studio at {self.url}: {method} {path} failed "
-                                            f"({r.status_code}: {_detail(r)})")
-                time.sleep(self.backoff_s * 2 ** attempt)
+                    raise ReviewServerError(
+                        f"Label Studio at {self.url}: {method} {path} failed ({r.status_code}: {_detail(r)})"
+                    )
+                time.sleep(self.backoff_s * 2**attempt)
                 continue
             if r.status_code >= 400:
-                raise ReviewError(f"Label Studio at {self.url}: {method} {path} was refused "
-                                  f"({r.status_code}: {_detail(r)})")
+                raise ReviewError(
+                    f"Label Studio at {self.url}: {method} {path} was refused ({r.status_code}: {_detail(r)})"
+                )
             return r.json() if r.content else None
         raise ReviewServerError(f"Label Studio at {self.url}: {method} {path}: no answer")  # pragma: no cover
 
@@ -125,13 +136,17 @@ class LabelStudio:
         title; an existing project's config is checked, never replaced."""
         found = self.find_project(project)
         if found is not None:
-            check_labelstudio_config(str(found.get("label_config", "")), labels,
-                                     f"Label Studio project {found.get('title')!r} ({self.project_url(found)})")
+            check_labelstudio_config(
+                str(found.get("label_config", "")),
+                labels,
+                f"Label Studio project {found.get('title')!r} ({self.project_url(found)})",
+            )
             return found
         if isinstance(project, int):
             raise ReviewError(f"Label Studio at {self.url}: no project with id {project} (give a title to create one)")
-        return dict(self.request("POST", "/api/projects", json={"title": project,
-                                                                 "label_config": labelstudio_config(labels)}))
+        return dict(
+            self.request("POST", "/api/projects", json={"title": project, "label_config": labelstudio_config(labels)})
+        )
 
     def tasks(self, project_id: int) -> list[dict[str, Any]]:
         """Every task of the project, with its data and annotations."""
@@ -139,8 +154,11 @@ class LabelStudio:
         page = 1
         while True:
             try:
-                got = self.request("GET", "/api/tasks", params={"project": project_id, "page": page,
-                                                                "page_size": PAGE, "fields": "all"})
+                got = self.request(
+                    "GET",
+                    "/api/tasks",
+                    params={"project": project_id, "page": page, "page_size": PAGE, "fields": "all"},
+                )
             except ReviewServerError:
                 raise
             except ReviewError:
@@ -156,7 +174,7 @@ class LabelStudio:
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> int:
         for i in range(0, len(tasks), IMPORT_CHUNK):
-            self.request("POST", f"/api/projects/{project_id}/import", json=tasks[i:i + IMPORT_CHUNK])
+            self.request("POST", f"/api/projects/{project_id}/import", json=tasks[i : i + IMPORT_CHUNK])
         return len(tasks)
 
 
@@ -174,8 +192,10 @@ def token_from_env(cfg: ReviewConfig) -> str:
     """The access token from the environment variable ``review.token_env`` names."""
     token = os.environ.get(cfg.token_env)
     if not token:
-        raise ConfigError(f"review.token_env: the environment variable {cfg.token_env!r} is not set (it should "
-                          "hold a Label Studio access token)")
+        raise ConfigError(
+            f"review.token_env: the environment variable {cfg.token_env!r} is not set (it should "
+            "hold a Label Studio access token)"
+        )
     return token
 
 
@@ -216,11 +236,13 @@ class LabelStudioReview:
         label set is an error naming the task), and the samples they skipped."""
         project = self.project()
         wanted = set(ids)
-        tasks = [t for t in self.client.tasks(int(project["id"]))
-                 if str((t.get("data") or {}).get("sample_id")) in wanted]
+        tasks = [
+            t for t in self.client.tasks(int(project["id"])) if str((t.get("data") or {}).get("sample_id")) in wanted
+        ]
         answers = labelstudio_answers(tasks, f"Label Studio project {self.where}")
-        labels = checked_labels([(sid, lab) for sid, lab, _ in answers], self.labels, None, False,
-                                f"Label Studio project {self.where}")
+        labels = checked_labels(
+            [(sid, lab) for sid, lab, _ in answers], self.labels, None, False, f"Label Studio project {self.where}"
+        )
         skipped = {sid for sid, lab, skip in answers if skip and sid not in labels}
         return ReviewProgress(labels, skipped)
 

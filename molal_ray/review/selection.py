@@ -13,6 +13,7 @@ from molal_ray import schema
 from molal_ray.exceptions import ReviewError
 from molal_ray.review.files import ReviewItem
 
+
 def uncertainty(probs: np.ndarray, rule: str, votes: np.ndarray | None = None) -> np.ndarray:
     """How unsure the aggregated label of each row is (higher: less sure). ``rule``: ``margin``
     (1 - (p1 - p2)), ``entropy``, ``confidence`` (1 - p1), ``disagreement`` (the share of
@@ -37,13 +38,14 @@ def uncertainty(probs: np.ndarray, rule: str, votes: np.ndarray | None = None) -
     raise ReviewError(f"routing rule: got {rule!r}; expected margin, entropy, confidence or disagreement")
 
 
-def least_certain(probs: np.ndarray, n: int, rule: str = "margin", votes: np.ndarray | None = None,
-                  ids: Sequence[str] | None = None) -> np.ndarray:
+def least_certain(
+    probs: np.ndarray, n: int, rule: str = "margin", votes: np.ndarray | None = None, ids: Sequence[str] | None = None
+) -> np.ndarray:
     """Positions of the ``n`` least certain rows (ties broken by id, then position)."""
     u = uncertainty(probs, rule, votes)
     key = np.arange(len(u)) if ids is None else np.argsort(np.argsort(np.asarray(ids, dtype=object)))
     order = np.lexsort((key, -u))
-    return np.sort(order[:max(0, min(n, len(u)))])
+    return np.sort(order[: max(0, min(n, len(u)))])
 
 
 def texts_for_review(source: str, ids: list[str], id_column: str = "id", text_column: str = "text") -> dict[str, str]:
@@ -52,8 +54,8 @@ def texts_for_review(source: str, ids: list[str], id_column: str = "id", text_co
     from molal_ray.config import PoolConfig
     from molal_ray.layout import LabelLayout
     from molal_ray.pipeline.pool import texts_of_ids
-    from molal_ray.pipeline.prepare import ROW
     from molal_ray.pipeline.pool_store import PreparedPool
+    from molal_ray.pipeline.prepare import ROW
     from molal_ray.storage import resolve
 
     loc = resolve(source, field="--texts")
@@ -98,8 +100,9 @@ def to_review(aggregated: pa.Table, n: int | None, below: float | None, rule: st
     return t.take(pa.array(pos, pa.int64()))
 
 
-def review_items(chosen: pa.Table, texts: dict[str, str],
-                 answers: dict[str, dict[str, str]] | None = None) -> list[ReviewItem]:
+def review_items(
+    chosen: pa.Table, texts: dict[str, str], answers: dict[str, dict[str, str]] | None = None
+) -> list[ReviewItem]:
     """Review items of the :func:`to_review` rows, with their texts (every one needs its text)
     and each LLM's answer where ``answers`` has it."""
     ids = chosen.column("sample_id").to_pylist()
@@ -107,8 +110,10 @@ def review_items(chosen: pa.Table, texts: dict[str, str],
     if lost:
         raise ReviewError(f"review: {len(lost)} samples have no text where --texts points (first: {lost[0]!r})")
     answers = answers or {}
-    return [ReviewItem(i, texts[i], lab, float(c), answers.get(i, {}))
-            for i, lab, c in zip(ids, chosen.column("label").to_pylist(), chosen.column("confidence").to_pylist())]
+    return [
+        ReviewItem(i, texts[i], lab, float(c), answers.get(i, {}))
+        for i, lab, c in zip(ids, chosen.column("label").to_pylist(), chosen.column("confidence").to_pylist())
+    ]
 
 
 def matrix_answers(m: Any, ids: Sequence[str], labels: Sequence[str]) -> tuple[list[dict[str, str]], np.ndarray]:
@@ -138,14 +143,18 @@ def matrix_answers(m: Any, ids: Sequence[str], labels: Sequence[str]) -> tuple[l
     return shown, top
 
 
-def agreement(people: np.ndarray, mixture: np.ndarray, top: np.ndarray | None,
-              annotators: Sequence[str]) -> dict[str, Any]:
+def agreement(
+    people: np.ndarray, mixture: np.ndarray, top: np.ndarray | None, annotators: Sequence[str]
+) -> dict[str, Any]:
     """How often people confirmed the mixture's label (``mixture``), and each annotator's answer
     (``top``: (n, A), -1 where it gave none), on the samples they labelled: ``{"mixture": share,
     "annotators": {name: share or None}, "n": count}``."""
     people, mixture = np.asarray(people), np.asarray(mixture)
-    out: dict[str, Any] = {"n": int(len(people)),
-                           "mixture": float(np.mean(people == mixture)) if len(people) else None, "annotators": {}}
+    out: dict[str, Any] = {
+        "n": int(len(people)),
+        "mixture": float(np.mean(people == mixture)) if len(people) else None,
+        "annotators": {},
+    }
     if top is not None:
         for a, name in enumerate(annotators):
             asked = top[:, a] >= 0

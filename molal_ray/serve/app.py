@@ -27,8 +27,11 @@ def deployment_options(annotator: AnnotatorConfig) -> dict[str, Any]:
     res = annotator.resources
     opts: dict[str, Any] = {
         "name": annotator.name,
-        "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
-                              **({"resources": dict(res.resources)} if res.resources else {})},
+        "ray_actor_options": {
+            "num_cpus": res.num_cpus,
+            "num_gpus": res.num_gpus,
+            **({"resources": dict(res.resources)} if res.resources else {}),
+        },
         "max_ongoing_requests": res.max_ongoing_requests,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
@@ -52,13 +55,13 @@ def build_annotator_app(config: AnnotatorAppConfig, engine_cls: type[Engine] | N
     children = [
         # Replicas get everything but their resources: changing the replica count or autoscaling
         # range then changes the deployment's options only, and running replicas stay.
-        dep.options(**deployment_options(a)).bind(a.model_dump(mode="json", exclude={"resources"}),
-                                                  config.task.model_dump(mode="json"), engine_cls)
+        dep.options(**deployment_options(a)).bind(
+            a.model_dump(mode="json", exclude={"resources"}), config.task.model_dump(mode="json"), engine_cls
+        )
         for a in config.annotators
     ]
     ingress_dep: Deployment = serve.deployment(AnnotatorsIngress)  # type: ignore[assignment]  # Serve's stubs
-    ingress = ingress_dep.options(
-        name=INGRESS_NAME, ray_actor_options={"num_cpus": 0})
+    ingress = ingress_dep.options(name=INGRESS_NAME, ray_actor_options={"num_cpus": 0})
     return ingress.bind([a.name for a in config.annotators], *children)
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from molal_ray.config import AnnotatorAppConfig
@@ -88,15 +88,21 @@ def _wait_running(app_name: str, timeout_s: float) -> None:
         app = serve.status().applications.get(app_name)
         state[0] = str(app.status) if app is not None else "absent"
         if app is not None and app.status == "DEPLOY_FAILED":
-            causes = [f"annotator {name!r} could not start: {cause}" for name, d in app.deployments.items()
-                      if (cause := replica_error(d.message))]
-            raise AnnotatorError(f"annotator application {app_name!r} failed to deploy: "
-                                 + ("; ".join(causes) if causes else app.message))
+            causes = [
+                f"annotator {name!r} could not start: {cause}"
+                for name, d in app.deployments.items()
+                if (cause := replica_error(d.message))
+            ]
+            raise AnnotatorError(
+                f"annotator application {app_name!r} failed to deploy: "
+                + ("; ".join(causes) if causes else app.message)
+            )
         return True if app is not None and app.status == "RUNNING" else None
 
     if poll(running, timeout_s) is None:
-        raise AnnotatorError(f"annotator application {app_name!r} is not running after {timeout_s:.0f}s "
-                             f"(status {state[0]})")
+        raise AnnotatorError(
+            f"annotator application {app_name!r} is not running after {timeout_s:.0f}s (status {state[0]})"
+        )
 
 
 def running_annotators(app_name: str, timeout_s: float = 600.0) -> dict[str, dict[str, Any]] | None:
@@ -129,8 +135,9 @@ def _declared_apps() -> dict[str, dict[str, Any]]:
     return {name: a["deployed_app_config"] for name, a in apps.items() if a.get("deployed_app_config")}
 
 
-def deploy(app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engine] | None = None,
-           timeout_s: float = 1800.0) -> None:
+def deploy(
+    app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engine] | None = None, timeout_s: float = 1800.0
+) -> None:
     """Deploy (or update) the annotator application and wait until it runs. With ``engine_cls``
     (tests inject fake engines) it is deployed from Python with ``serve.run`` instead, and
     cannot be scaled from a config."""
@@ -163,9 +170,12 @@ def use_or_deploy(app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engin
         diff = differences(fingerprint(a, app.task), running[a.name].get("fingerprint", {}))
         problems += [f"annotator {a.name!r}: {d}" for d in diff]
     if problems:
-        raise ConfigError(f"the running annotator application {app_name!r} does not answer as this job asks:\n  "
-                          + "\n  ".join(problems) + "\nexpected the same task and engine settings: change the job, "
-                          "set ray.serve_app_name to another application, or delete the running one")
+        raise ConfigError(
+            f"the running annotator application {app_name!r} does not answer as this job asks:\n  "
+            + "\n  ".join(problems)
+            + "\nexpected the same task and engine settings: change the job, "
+            "set ray.serve_app_name to another application, or delete the running one"
+        )
     logger.info("using the running annotator application %r", app_name)
     return False
 
@@ -217,16 +227,30 @@ def status(app_name: str) -> list[AnnotatorStatus]:
             continue
         cfg = d.get("deployment_config", {})
         s = live.get(name, {})
-        out.append(AnnotatorStatus(
-            name=name, status=str(d.get("status")), target=int(d.get("target_num_replicas", 0)),
-            running=sum(1 for r in d.get("replicas", []) if r.get("state") == "RUNNING"),
-            autoscaling=cfg.get("autoscaling_config"), ongoing_requests=s.get("ongoing_requests"),
-            rows_per_s=s.get("rows_per_s"), rows=s.get("rows")))
+        out.append(
+            AnnotatorStatus(
+                name=name,
+                status=str(d.get("status")),
+                target=int(d.get("target_num_replicas", 0)),
+                running=sum(1 for r in d.get("replicas", []) if r.get("state") == "RUNNING"),
+                autoscaling=cfg.get("autoscaling_config"),
+                ongoing_requests=s.get("ongoing_requests"),
+                rows_per_s=s.get("rows_per_s"),
+                rows=s.get("rows"),
+            )
+        )
     return out
 
 
-def scale(app_name: str, annotator: str, *, replicas: int | None = None, min_replicas: int | None = None,
-          max_replicas: int | None = None, wait_s: float = 600.0) -> float:
+def scale(
+    app_name: str,
+    annotator: str,
+    *,
+    replicas: int | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    wait_s: float = 600.0,
+) -> float:
     """Set one annotator's replica count (or autoscaling range) in place; returns the seconds
     until the new target's replicas answer (0 when not waiting)."""
     from ray import serve
@@ -235,14 +259,17 @@ def scale(app_name: str, annotator: str, *, replicas: int | None = None, min_rep
         raise ConfigError("scale: expected --replicas N, or --min N and --max M (one or the other)")
     if replicas is not None and replicas < 1:
         raise ConfigError(f"scale: --replicas got {replicas}; expected at least 1")
-    if replicas is None and (min_replicas is None or max_replicas is None or not 0 <= min_replicas <= max_replicas
-                             or max_replicas < 1):
+    if replicas is None and (
+        min_replicas is None or max_replicas is None or not 0 <= min_replicas <= max_replicas or max_replicas < 1
+    ):
         raise ConfigError(f"scale: got --min {min_replicas} --max {max_replicas}; expected 0 <= min <= max, max >= 1")
     declared = _declared_apps()
     if app_name not in declared:
         if app_name in serve.status().applications:
-            raise ConfigError(f"scale: application {app_name!r} was deployed from Python code, not from a config; "
-                              "expected one deployed by `serve deploy` or by a molal_ray job")
+            raise ConfigError(
+                f"scale: application {app_name!r} was deployed from Python code, not from a config; "
+                "expected one deployed by `serve deploy` or by a molal_ray job"
+            )
         raise ConfigError(f"scale: no application {app_name!r} is running on this cluster")
     app = dict(declared[app_name])
     names = [d for d in serve.status().applications[app_name].deployments if d != INGRESS_NAME]
@@ -265,8 +292,11 @@ def scale(app_name: str, annotator: str, *, replicas: int | None = None, min_rep
     def reached() -> float | None:
         dep = app_details(app_name)["deployments"][annotator]  # type: ignore[index]
         running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
-        done = dep.get("target_num_replicas") == replicas and running == replicas and \
-            str(dep.get("status")) in ("HEALTHY", "DeploymentStatus.HEALTHY")
+        done = (
+            dep.get("target_num_replicas") == replicas
+            and running == replicas
+            and str(dep.get("status")) in ("HEALTHY", "DeploymentStatus.HEALTHY")
+        )
         return time.monotonic() - t0 if done else None
 
     seconds = poll(reached, wait_s - (time.monotonic() - t0), every_s=0.2)

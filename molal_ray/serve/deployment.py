@@ -19,9 +19,9 @@ import numpy as np
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.config.task import FewShotExample
 from molal_ray.engines.base import Engine, build_engine
+from molal_ray.exceptions import AnnotatorError, ConfigError, SchemaError
 from molal_ray.serve.fingerprint import fingerprint, fingerprint_key
 from molal_ray.serve.stats import REPORT_EVERY_S, stats_actor
-from molal_ray.exceptions import AnnotatorError, ConfigError, SchemaError
 
 logger = logging.getLogger("molal_ray.serve")
 
@@ -43,15 +43,25 @@ def pack_annotations(annotations: Sequence[Any], num_classes: int) -> dict[str, 
         n_samples[i] = a.n_samples
         errors.append(a.error)
         warnings.append(a.warning)
-    return {"probs": probs, "votes": votes, "n_invalid": n_invalid, "n_samples": n_samples,
-            "error": errors, "warning": warnings}
+    return {
+        "probs": probs,
+        "votes": votes,
+        "n_invalid": n_invalid,
+        "n_samples": n_samples,
+        "error": errors,
+        "warning": warnings,
+    }
 
 
 class AnnotatorDeployment:
     """A Serve deployment class (decorated in :mod:`molal_ray.serve.app`)."""
 
-    async def __init__(self, annotator: dict[str, Any], task: dict[str, Any],  # type: ignore[misc]  # Serve awaits it
-                       engine_cls: type[Engine] | None = None) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits it
+        self,
+        annotator: dict[str, Any],
+        task: dict[str, Any],
+        engine_cls: type[Engine] | None = None,
+    ) -> None:
         self.annotator = AnnotatorConfig.model_validate(annotator)
         self.task = TaskConfig.model_validate(task)
         self.engine = build_engine(self.annotator, self.task, engine_cls)
@@ -63,8 +73,9 @@ class AnnotatorDeployment:
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         logger.info("annotator %s ready (%s engine)", self.annotator.name, self.engine.engine_type)
 
-    async def annotate(self, sample_ids: list[str], texts: list[str],
-                       examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    async def annotate(
+        self, sample_ids: list[str], texts: list[str], examples: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """Annotate one batch; returns columns (see :func:`pack_annotations`). ``examples``
         (``sample_id, text, label`` dicts): the few-shot demonstrations to choose from, for a task
         whose ``few_shot.examples`` is ``loop`` (the loop sends its labels so far with each call)."""
@@ -78,8 +89,9 @@ class AnnotatorDeployment:
         finally:
             self.in_flight -= 1
         if len(annotations) != len(texts):
-            raise AnnotatorError(f"engine {self.engine.engine_type} returned {len(annotations)} "
-                               f"annotations for {len(texts)} texts")
+            raise AnnotatorError(
+                f"engine {self.engine.engine_type} returned {len(annotations)} annotations for {len(texts)} texts"
+            )
         self.rows += len(texts)
         return pack_annotations(annotations, self.task.num_classes)
 
@@ -119,8 +131,12 @@ class AnnotatorDeployment:
     async def info(self) -> dict[str, Any]:
         """What the replica answers with: its fingerprint (task and engine settings) and config."""
         fp = fingerprint(self.annotator, self.task)
-        return {**self.engine.info(), "labels": self.task.labels, "fingerprint": fp,
-                "fingerprint_key": fingerprint_key(fp)}
+        return {
+            **self.engine.info(),
+            "labels": self.task.labels,
+            "fingerprint": fp,
+            "fingerprint_key": fingerprint_key(fp),
+        }
 
     async def __del__(self) -> None:  # pragma: no cover - best effort on replica shutdown
         try:
@@ -143,8 +159,9 @@ class AnnotatorsIngress:
     async def annotators(self) -> list[str]:
         return list(self.handles)
 
-    async def annotate(self, annotator: str, sample_ids: list[str], texts: list[str],
-                       examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    async def annotate(
+        self, annotator: str, sample_ids: list[str], texts: list[str], examples: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         if annotator not in self.handles:
             raise ConfigError(f"annotator: got {annotator!r}; expected one of {sorted(self.handles)}")
         return await self.handles[annotator].annotate.remote(sample_ids, texts, examples)

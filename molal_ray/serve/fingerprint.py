@@ -16,8 +16,11 @@ from molal_ray.config import AnnotatorConfig, TaskConfig
 
 def fingerprint(annotator: AnnotatorConfig, task: TaskConfig) -> dict[str, Any]:
     return {
-        "task": {"labels": task.labels, "prompt_template": task.prompt_template,
-                 "use_chat_template": task.use_chat_template},
+        "task": {
+            "labels": task.labels,
+            "prompt_template": task.prompt_template,
+            "use_chat_template": task.use_chat_template,
+        },
         "engine": annotator.engine.model_dump(mode="json"),
         "sampling": annotator.sampling.model_dump(mode="json"),
     }

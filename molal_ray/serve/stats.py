@@ -60,5 +60,8 @@ def stats_actor(app_name: str, create: bool = True):
             return ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
             return None
-    return ray.remote(num_cpus=0)(AnnotatorStats).options(
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+    return (
+        ray.remote(num_cpus=0)(AnnotatorStats)
+        .options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
+        .remote()
+    )

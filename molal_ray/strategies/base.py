@@ -16,7 +16,7 @@ import pandas as pd
 
 from molal_ray.exceptions import ConfigError, PoolExhaustedError, SchemaError
 
-_REGISTRY: dict[str, type["QueryStrategy"]] = {}
+_REGISTRY: dict[str, type[QueryStrategy]] = {}
 
 
 @dataclass
@@ -45,12 +45,18 @@ class PoolView:
             raise SchemaError(f"the pool view lacks {field!r}; expected the classifier's outputs for the candidates")
         return np.asarray(value)
 
-    def take(self, idx: np.ndarray) -> "PoolView":
+    def take(self, idx: np.ndarray) -> PoolView:
         def sub(x: np.ndarray | None, axis: int = 0) -> np.ndarray | None:
             return None if x is None else np.take(x, idx, axis=axis)
 
-        return PoolView(self.ids[idx], sub(self.probs), sub(self.embeddings), self.labeled_embeddings,
-                        sub(self.noisy_probs, axis=1), sub(self.label_confidence))
+        return PoolView(
+            self.ids[idx],
+            sub(self.probs),
+            sub(self.embeddings),
+            self.labeled_embeddings,
+            sub(self.noisy_probs, axis=1),
+            sub(self.label_confidence),
+        )
 
 
 def tiebreak(ids: np.ndarray, key: int) -> np.ndarray:
@@ -109,8 +115,10 @@ class QueryStrategy(abc.ABC):
         for field in self.requires:
             value = getattr(view, field)
             if value is None:
-                raise SchemaError(f"{self.name} strategy: the pool view lacks {field!r}; expected the "
-                                 "classifier's outputs for the candidates")
+                raise SchemaError(
+                    f"{self.name} strategy: the pool view lacks {field!r}; expected the "
+                    "classifier's outputs for the candidates"
+                )
         idx = self._select(view, n, rng)
         return view.ids[idx]
 

@@ -37,7 +37,7 @@ class CoreSet(QueryStrategy):
             lab = np.asarray(lab, dtype=np.float32)
             for b in blocks:
                 for j in range(0, len(lab), 1024):
-                    nearest[b] = np.minimum(nearest[b], _sq_dist(x[b], lab[j:j + 1024]).min(1))
+                    nearest[b] = np.minimum(nearest[b], _sq_dist(x[b], lab[j : j + 1024]).min(1))
         else:
             picks.append(int(rng.integers(len(x))))
         while len(picks) < n:

@@ -28,8 +28,10 @@ class LabelableQueryStrategy(QueryStrategy):
 
     def __init__(self, base: QueryStrategy, weight: float) -> None:
         if not isinstance(base, ScoreStrategy):
-            raise ConfigError(f"loop.labelable_weight: the {base.name!r} strategy has no per-sample score to weigh; "
-                              "expected a score strategy (max-entropy, noise-stability, bemps)")
+            raise ConfigError(
+                f"loop.labelable_weight: the {base.name!r} strategy has no per-sample score to weigh; "
+                "expected a score strategy (max-entropy, noise-stability, bemps)"
+            )
         if weight <= 0:
             raise ConfigError(f"loop.labelable_weight: got {weight}; expected a positive weight")
         self.base = base
@@ -42,13 +44,15 @@ class LabelableQueryStrategy(QueryStrategy):
 
     def _select(self, view: PoolView, n: int, rng: np.random.Generator) -> np.ndarray:
         if view.label_confidence is None:
-            raise SchemaError(f"{self.name}: the pool view lacks 'label_confidence'; expected the mixture's expected "
-                              "reliability on each candidate (classifier.mode: head gives the loop the embeddings)")
+            raise SchemaError(
+                f"{self.name}: the pool view lacks 'label_confidence'; expected the mixture's expected "
+                "reliability on each candidate (classifier.mode: head gives the loop the embeddings)"
+            )
         key = int(rng.integers(2**63))
         s = np.nan_to_num(np.asarray(self.base.scores(view, rng), np.float64), nan=-np.inf)
         rank = (np.argsort(np.argsort(s, kind="stable"), kind="stable") + 1) / max(len(s), 1)
         conf = np.clip(np.nan_to_num(np.asarray(view.label_confidence, np.float64), nan=0.0), 0.0, 1.0)
-        return top_n(rank * conf ** self.weight, tiebreak(view.ids, key), n)
+        return top_n(rank * conf**self.weight, tiebreak(view.ids, key), n)
 
 
 def agreement_shares(votes: np.ndarray) -> np.ndarray:
@@ -64,8 +68,9 @@ def agreement_shares(votes: np.ndarray) -> np.ndarray:
         return np.where(n > 0, counts.max(1) / np.maximum(n, 1), np.nan)
 
 
-def expected_agreement(candidates: np.ndarray, annotated: np.ndarray, agreement: np.ndarray,
-                       k: int = 10, chunk: int = 8192) -> np.ndarray:
+def expected_agreement(
+    candidates: np.ndarray, annotated: np.ndarray, agreement: np.ndarray, k: int = 10, chunk: int = 8192
+) -> np.ndarray:
     """(N,) the annotators' expected agreement on each candidate: the similarity-weighted mean of
     ``agreement`` over its ``k`` nearest ``annotated`` texts (cosine of the embeddings); rows of
     ``annotated`` whose agreement is NaN are left out. With no annotated text, 1 (no weighing)."""
@@ -81,8 +86,8 @@ def expected_agreement(candidates: np.ndarray, annotated: np.ndarray, agreement:
     A, k = unit(A), min(k, len(A))
     out = np.empty(len(X))
     for lo in range(0, len(X), chunk):  # (chunk, M) similarities at a time
-        sims = unit(X[lo:lo + chunk]) @ A.T
+        sims = unit(X[lo : lo + chunk]) @ A.T
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         w = np.clip(np.take_along_axis(sims, nearest, 1), 1e-6, None)
-        out[lo:lo + chunk] = (w * y[nearest]).sum(1) / w.sum(1)
+        out[lo : lo + chunk] = (w * y[nearest]).sum(1) / w.sum(1)
     return out

@@ -13,8 +13,13 @@ import pyarrow as pa
 from molal_ray import schema
 
 
-def synthetic_arrays(n: int, num_classes: int = 6, accuracies: tuple[float, ...] = (0.85, 0.75, 0.7, 0.65, 0.6),
-                     n_samples: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_arrays(
+    n: int,
+    num_classes: int = 6,
+    accuracies: tuple[float, ...] = (0.85, 0.75, 0.7, 0.65, 0.6),
+    n_samples: int = 10,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(truth (S,), probs (S, A, C), votes (S, A, C)) as float32."""
     rng = np.random.default_rng(seed)
     A, C = len(accuracies), num_classes
@@ -62,14 +67,29 @@ def synthetic_table(n: int, num_classes: int = 6, seed: int = 0, **kw) -> tuple[
     zeros = pa.chunked_array([pa.array(np.zeros(n, np.int32))] * A)
     tens = pa.chunked_array([pa.array(np.full(n, 10, np.int32))] * A)
     nulls = pa.chunked_array([pa.nulls(n, pa.string())] * A)
-    table = pa.table({schema.SAMPLE_ID: sid, schema.ANNOTATOR: ann, schema.PROBS: lists(probs),
-                      schema.VOTES: lists(votes), schema.N_INVALID: zeros, schema.N_SAMPLES: tens,
-                      schema.ERROR: nulls, schema.WARNING: nulls})
+    table = pa.table(
+        {
+            schema.SAMPLE_ID: sid,
+            schema.ANNOTATOR: ann,
+            schema.PROBS: lists(probs),
+            schema.VOTES: lists(votes),
+            schema.N_INVALID: zeros,
+            schema.N_SAMPLES: tens,
+            schema.ERROR: nulls,
+            schema.WARNING: nulls,
+        }
+    )
     return table, truth
 
 
-def synthetic_embeddings(truth: np.ndarray, dim: int = 32, noise: float = 0.6, seed: int = 0,
-                         noise_seed: int | None = None, num_classes: int = 6) -> np.ndarray:
+def synthetic_embeddings(
+    truth: np.ndarray,
+    dim: int = 32,
+    noise: float = 0.6,
+    seed: int = 0,
+    noise_seed: int | None = None,
+    num_classes: int = 6,
+) -> np.ndarray:
     """(S, dim) unit vectors that carry each sample's true class: its class's random direction
     (drawn from ``seed``) plus Gaussian noise (from ``noise_seed``, by default ``seed``; its size
     sets how well a linear model separates the classes). Chunks of one pool share ``seed``."""
@@ -102,8 +122,7 @@ def write_synthetic_pool(n: int, root: str, seed: int = 0, gold_rows: int = 0) -
     truth = rng.integers(0, C, n)
     ids = pa.array([f"s{i:08d}" for i in range(n)], pa.string())
     topics = np.array(["weather", "history", "sport", "music", "science", "travel"])
-    texts = pa.array([f"question {i} about {topics[t]} and topic {i % 97}?" for i, t in enumerate(truth)],
-                     pa.string())
+    texts = pa.array([f"question {i} about {topics[t]} and topic {i % 97}?" for i, t in enumerate(truth)], pa.string())
     pq.write_table(pa.table({"id": ids, "text": texts}), out / "pool.parquet", row_group_size=50_000)
     label_names = pa.array(SYNTHETIC_LABELS, pa.string())
     with pq.ParquetWriter(out / "recording.parquet", RECORDING_SCHEMA) as writer:
@@ -113,11 +132,23 @@ def write_synthetic_pool(n: int, root: str, seed: int = 0, gold_rows: int = 0) -
             p /= p.sum(1, keepdims=True)
             draws = (p.cumsum(1)[:, None, :] > rng.random((n, 10, 1))).argmax(-1)
             probs = pa.ListArray.from_arrays(pa.array(np.arange(0, n * C + 1, C, dtype=np.int32)), pa.array(p.ravel()))
-            samples = pa.ListArray.from_arrays(pa.array(np.arange(0, n * 10 + 1, 10, dtype=np.int32)),
-                                               label_names.take(pa.array(draws.ravel())))
-            writer.write_table(pa.table({"sample_id": ids, "annotator": pa.array([a] * n, pa.string()),
-                                         "label_probs": probs, "samples": samples}, schema=RECORDING_SCHEMA))
+            samples = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * 10 + 1, 10, dtype=np.int32)), label_names.take(pa.array(draws.ravel()))
+            )
+            writer.write_table(
+                pa.table(
+                    {
+                        "sample_id": ids,
+                        "annotator": pa.array([a] * n, pa.string()),
+                        "label_probs": probs,
+                        "samples": samples,
+                    },
+                    schema=RECORDING_SCHEMA,
+                )
+            )
     if gold_rows:
         pick = np.sort(rng.choice(n, min(gold_rows, n), replace=False))
-        pq.write_table(pa.table({"sample_id": ids.take(pa.array(pick)),
-                                 "label": label_names.take(pa.array(truth[pick]))}), out / "gold.parquet")
+        pq.write_table(
+            pa.table({"sample_id": ids.take(pa.array(pick)), "label": label_names.take(pa.array(truth[pick]))}),
+            out / "gold.parquet",
+        )

@@ -24,9 +24,19 @@ _CORPUS = [
 ]
 
 
-def build_tiny_llama(folder: str | Path, *, hidden_size: int = 128, layers: int = 2, heads: int = 2,
-                     kv_heads: int = 1, intermediate_size: int = 256, vocab_size: int = 512,
-                     max_position_embeddings: int = 1024, seed: int = 0, extra_corpus: list[str] | None = None) -> Path:
+def build_tiny_llama(
+    folder: str | Path,
+    *,
+    hidden_size: int = 128,
+    layers: int = 2,
+    heads: int = 2,
+    kv_heads: int = 1,
+    intermediate_size: int = 256,
+    vocab_size: int = 512,
+    max_position_embeddings: int = 1024,
+    seed: int = 0,
+    extra_corpus: list[str] | None = None,
+) -> Path:
     """A random Llama (head_dim = hidden / heads; 64 works on vLLM's CPU backend) and tokenizer."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -38,19 +48,31 @@ def build_tiny_llama(folder: str | Path, *, hidden_size: int = 128, layers: int 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS * 20 + (extra_corpus or []), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   pad_token="<|pad|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=intermediate_size,  # type: ignore[call-arg]  # transformers' stubs omit the config's **kwargs
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                      max_position_embeddings=max_position_embeddings, bos_token_id=fast.bos_token_id,
-                      eos_token_id=fast.convert_tokens_to_ids("<|end|>"), pad_token_id=fast.pad_token_id,
-                      tie_word_embeddings=False, torch_dtype="float32")
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,  # type: ignore[call-arg]  # transformers' stubs omit the config's **kwargs
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.convert_tokens_to_ids("<|end|>"),
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # larger logits than the default init, so distributions are not flat
         model.lm_head.weight.mul_(4.0)
@@ -58,8 +80,16 @@ def build_tiny_llama(folder: str | Path, *, hidden_size: int = 128, layers: int 
     return out
 
 
-def build_tiny_bert(folder: str | Path, corpus: list[str], *, hidden_size: int = 32, layers: int = 2,
-                    heads: int = 2, num_labels: int = 2, seed: int = 0) -> Path:
+def build_tiny_bert(
+    folder: str | Path,
+    corpus: list[str],
+    *,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    num_labels: int = 2,
+    seed: int = 0,
+) -> Path:
     """A random tiny BERT and a word-level tokenizer over ``corpus`` (a classifier backbone for tests)."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -71,12 +101,25 @@ def build_tiny_bert(folder: str | Path, corpus: list[str], *, hidden_size: int =
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(fast), hidden_size=hidden_size, num_hidden_layers=layers,  # type: ignore[call-arg]  # transformers' stubs omit the config's **kwargs
-                     num_attention_heads=heads, intermediate_size=hidden_size * 2, max_position_embeddings=256,
-                     num_labels=num_labels, pad_token_id=fast.pad_token_id)
+    cfg = BertConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,  # type: ignore[call-arg]  # transformers' stubs omit the config's **kwargs
+        num_attention_heads=heads,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=256,
+        num_labels=num_labels,
+        pad_token_id=fast.pad_token_id,
+    )
     BertForSequenceClassification(cfg).save_pretrained(out)
     return out

@@ -39,16 +39,43 @@ class Served:
 
 
 @contextlib.contextmanager
-def vllm_server(model: str, name: str, *, api_key: str | None = None, max_model_len: int = 2048,
-                start_timeout_s: float = 420, extra_args: tuple[str, ...] = ()) -> Iterator[Served]:
+def vllm_server(
+    model: str,
+    name: str,
+    *,
+    api_key: str | None = None,
+    max_model_len: int = 2048,
+    start_timeout_s: float = 420,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[Served]:
     """``vllm serve MODEL`` as ``name`` on a free port of 127.0.0.1 (CPU build: float32, eager, and
     chunked prefill off: with it, a request carrying its own seed stops the CPU build's engine
     when a prompt is split across steps, as ``per_request_seed`` requests do)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w", prefix="vllm-serve-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name,
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", str(max_model_len),
-           "--enforce-eager", "--max-logprobs", "50", "--no-enable-chunked-prefill", *(["--api-key", api_key] if api_key else []), *extra_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        str(max_model_len),
+        "--enforce-eager",
+        "--max-logprobs",
+        "50",
+        "--no-enable-chunked-prefill",
+        *(["--api-key", api_key] if api_key else []),
+        *extra_args,
+    ]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     served = Served(f"http://127.0.0.1:{port}/v1", proc, log.name)
@@ -57,12 +84,15 @@ def vllm_server(model: str, name: str, *, api_key: str | None = None, max_model_
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         while True:
             try:
-                urllib.request.urlopen(urllib.request.Request(served.url + "/models", headers=headers), timeout=5).read()
+                urllib.request.urlopen(
+                    urllib.request.Request(served.url + "/models", headers=headers), timeout=5
+                ).read()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"vllm serve did not start (exit code {proc.poll()}); its log: {log.name}") \
-                        from None
+                    raise RuntimeError(
+                        f"vllm serve did not start (exit code {proc.poll()}); its log: {log.name}"
+                    ) from None
                 time.sleep(2)
         yield served
     finally:

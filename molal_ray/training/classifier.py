@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from molal_ray.training.losses import robust_loss
 from molal_ray.exceptions import SchemaError
+from molal_ray.training.losses import robust_loss
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -23,17 +23,28 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: torch.de
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def train_epoch(model: Any, tokenizer: Any, batches: Iterable[dict[str, np.ndarray]], optimizer: Any, lam: float,
-                max_length: int, device: torch.device) -> float:
+def train_epoch(
+    model: Any,
+    tokenizer: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    optimizer: Any,
+    lam: float,
+    max_length: int,
+    device: torch.device,
+) -> float:
     """One pass; returns the mean loss. Each batch holds its rows' own weights and negatives."""
     model.train()
     total, n = 0.0, 0
     for batch in batches:
         inputs = tokenize(tokenizer, batch["text"].tolist(), max_length, device)
         logits = model(**inputs).logits
-        loss = robust_loss(logits, torch.as_tensor(batch["label"], device=device).long(),
-                           torch.as_tensor(batch["weight"], device=device).float(),
-                           torch.as_tensor(np.stack(list(batch["negatives"])), device=device).float(), lam)
+        loss = robust_loss(
+            logits,
+            torch.as_tensor(batch["label"], device=device).long(),
+            torch.as_tensor(batch["weight"], device=device).float(),
+            torch.as_tensor(np.stack(list(batch["negatives"])), device=device).float(),
+            lam,
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -43,8 +54,14 @@ def train_epoch(model: Any, tokenizer: Any, batches: Iterable[dict[str, np.ndarr
 
 
 @torch.inference_mode()
-def evaluate(model: Any, tokenizer: Any, batches: Iterable[dict[str, np.ndarray]], max_length: int,
-             device: torch.device, all_reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    max_length: int,
+    device: torch.device,
+    all_reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> float:
     """Accuracy on labelled batches (``all_reduce`` sums [hits, rows] over data-parallel workers,
     so that every worker sees the same accuracy and takes the same early-stopping decision)."""
     model.eval()
@@ -72,12 +89,21 @@ def check_frames(train: Any, val: Any) -> None:
             raise SchemaError(f"{split} rows: missing columns {sorted(missing)}")
 
 
-def fit_epochs(model: Any, tokenizer: Any, optimizer: Any, *, epochs: int, patience: int, lam: float,
-               max_length: int, device: torch.device,
-               train_batches: Callable[[int], Iterable[dict[str, np.ndarray]]],
-               val_batches: Callable[[], Iterable[dict[str, np.ndarray]]],
-               on_epoch: Callable[[dict[str, float], bool], None],
-               all_reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> int:
+def fit_epochs(
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    *,
+    epochs: int,
+    patience: int,
+    lam: float,
+    max_length: int,
+    device: torch.device,
+    train_batches: Callable[[int], Iterable[dict[str, np.ndarray]]],
+    val_batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+    on_epoch: Callable[[dict[str, float], bool], None],
+    all_reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> int:
     """Train epoch by epoch with early stopping on validation accuracy; ``on_epoch(metrics,
     improved)`` keeps the best model. Stops after ``patience`` epochs without improvement; returns
     the epochs run."""
@@ -100,7 +126,7 @@ def frame_batches(df: Any, batch_size: int, seed: int | None = None) -> Iterator
     """Batches of a pandas frame as dicts of numpy columns (shuffled with ``seed`` unless None)."""
     order = np.arange(len(df)) if seed is None else np.random.default_rng(seed).permutation(len(df))
     for i in range(0, len(df), batch_size):
-        part = df.iloc[order[i:i + batch_size]]
+        part = df.iloc[order[i : i + batch_size]]
         yield {c: part[c].to_numpy() for c in part.columns}
 
 
@@ -127,8 +153,7 @@ class ClassifierPredictor:
         self.max_length = max_length
 
     @torch.inference_mode()
-    def predict(self, texts: list[str], noise: float = 0.0, copies: int = 0,
-                seed: int = 0) -> dict[str, np.ndarray]:
+    def predict(self, texts: list[str], noise: float = 0.0, copies: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
         """``probs`` (N, C), ``embeddings`` (N, H); with ``copies`` > 0 also ``noisy_probs``
         (copies, N, C) from copies of the model with Gaussian weight noise of relative scale
         ``noise`` (noise stability, BEMPS)."""
@@ -151,8 +176,9 @@ class ClassifierPredictor:
 
 
 @torch.inference_mode()
-def perturbed_probs(model: torch.nn.Module, forward: Callable[[], torch.Tensor], noise: float, copies: int,
-                    seed: int) -> np.ndarray:
+def perturbed_probs(
+    model: torch.nn.Module, forward: Callable[[], torch.Tensor], noise: float, copies: int, seed: int
+) -> np.ndarray:
     """(copies, N, C) softmax of ``forward()`` with ``model``'s weights perturbed by Gaussian
     noise of relative scale ``noise`` (each tensor's RMS), restored afterwards."""
     params = [p for p in model.parameters() if p.dtype.is_floating_point]

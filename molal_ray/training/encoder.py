@@ -25,8 +25,15 @@ class FrozenEncoder:
     regression on 450 gold labels reached 0.88 test accuracy with ``first_tokens: 2`` against 0.74
     with the mean alone (1,000 test questions, one draw; ``benchmarks/frozen_features.py``)."""
 
-    def __init__(self, backbone: str, max_length: int = 128, device: str = "cpu", threads: int | None = None,
-                 batch_size: int = 128, first_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        max_length: int = 128,
+        device: str = "cpu",
+        threads: int | None = None,
+        batch_size: int = 128,
+        first_tokens: int = 0,
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         if threads:
@@ -48,9 +55,10 @@ class FrozenEncoder:
         # Texts of similar length share a batch: less padding, same result.
         order = np.argsort([len(t) for t in texts], kind="stable")
         for i in range(0, len(texts), self.batch_size):
-            idx = order[i:i + self.batch_size]
-            enc = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt").to(self.device)
+            idx = order[i : i + self.batch_size]
+            enc = self.tokenizer(
+                [texts[j] for j in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
             hidden = self.model(**enc).last_hidden_state.float()
             mask = enc["attention_mask"].unsqueeze(-1).float()
             parts = [(hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)]
@@ -65,8 +73,12 @@ def encoder_fingerprint(backbone: str, max_length: int, first_tokens: int = 0) -
     """What the embeddings depend on (a stored set is reused only when this matches)."""
     from pathlib import Path
 
-    ident: dict[str, Any] = {"backbone": backbone, "max_length": max_length, "pooling": "mean-l2",
-                             "first_tokens": first_tokens}
+    ident: dict[str, Any] = {
+        "backbone": backbone,
+        "max_length": max_length,
+        "pooling": "mean-l2",
+        "first_tokens": first_tokens,
+    }
     weights = [p for p in (Path(backbone) / n for n in ("model.safetensors", "pytorch_model.bin")) if p.is_file()]
     if weights:  # a local folder: its weights' size and start, so a retrained model is noticed
         with open(weights[0], "rb") as f:

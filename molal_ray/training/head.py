@@ -30,8 +30,12 @@ class Head(torch.nn.Module):
         super().__init__()
         if hidden:
             self.net: torch.nn.Module = torch.nn.Sequential(
-                torch.nn.Dropout(dropout), torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Dropout(dropout),
-                torch.nn.Linear(hidden, num_labels))
+                torch.nn.Dropout(dropout),
+                torch.nn.Linear(dim, hidden),
+                torch.nn.GELU(),
+                torch.nn.Dropout(dropout),
+                torch.nn.Linear(hidden, num_labels),
+            )
         else:
             self.net = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(dim, num_labels))
 
@@ -56,9 +60,21 @@ def _val(model: Head, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return acc, loss
 
 
-def fit_head(train: dict[str, np.ndarray], val: dict[str, np.ndarray], num_labels: int, *, hidden: int,
-             epochs: int, patience: int, learning_rate: float, weight_decay: float, batch_size: int, lam: float,
-             seed: int, device: str = "cpu") -> HeadFit:
+def fit_head(
+    train: dict[str, np.ndarray],
+    val: dict[str, np.ndarray],
+    num_labels: int,
+    *,
+    hidden: int,
+    epochs: int,
+    patience: int,
+    learning_rate: float,
+    weight_decay: float,
+    batch_size: int,
+    lam: float,
+    seed: int,
+    device: str = "cpu",
+) -> HeadFit:
     """Train a head on ``train`` (``embedding`` (N, H), ``label``, ``weight``, ``negatives`` (N, C))
     and keep the epoch with the lowest validation cross-entropy (steadier than accuracy on the
     few validation rows of the first rounds). Stops after ``patience`` epochs without one."""
@@ -100,8 +116,18 @@ def fit_head(train: dict[str, np.ndarray], val: dict[str, np.ndarray], num_label
 def save_head(folder: str, fit: HeadFit, dim: int, num_labels: int, hidden: int, encoder: dict[str, Any]) -> None:
     torch.save(fit.state, f"{folder}/{HEAD_WEIGHTS}")
     with open(f"{folder}/{HEAD_META}", "w", encoding="utf-8") as f:
-        json.dump({"dim": dim, "num_labels": num_labels, "hidden": hidden, "encoder": encoder,
-                   "val_accuracy": fit.val_accuracy, "epochs_run": fit.epochs_run}, f, indent=2)
+        json.dump(
+            {
+                "dim": dim,
+                "num_labels": num_labels,
+                "hidden": hidden,
+                "encoder": encoder,
+                "val_accuracy": fit.val_accuracy,
+                "epochs_run": fit.epochs_run,
+            },
+            f,
+            indent=2,
+        )
 
 
 def is_head(model_dir: str) -> bool:

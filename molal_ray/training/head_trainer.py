@@ -59,7 +59,7 @@ class RoundBoard:
         """The result of job ``i``, or None when none came within ``timeout_s``."""
         try:
             await asyncio.wait_for(self._result(i), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         return self.results.pop(i)
 
@@ -87,18 +87,34 @@ def _session_loop(config: dict[str, Any]) -> None:
         if job is None:
             return
         try:
-            fit = fit_head(job["train"], job["val"], config["num_labels"], hidden=config["hidden"],
-                           epochs=config["epochs"], patience=config["patience"],
-                           learning_rate=config["learning_rate"], weight_decay=config["weight_decay"],
-                           batch_size=config["batch_size"], lam=job["lam"], seed=config["seed"], device=device)
+            fit = fit_head(
+                job["train"],
+                job["val"],
+                config["num_labels"],
+                hidden=config["hidden"],
+                epochs=config["epochs"],
+                patience=config["patience"],
+                learning_rate=config["learning_rate"],
+                weight_decay=config["weight_decay"],
+                batch_size=config["batch_size"],
+                lam=job["lam"],
+                seed=config["seed"],
+                device=device,
+            )
         except Exception as exc:  # noqa: BLE001 - bad rows fail this round, not the worker group
             ray.get(board.post_result.remote(i, {"error": f"{type(exc).__name__}: {exc}"}))
             i += 1
             continue
         metrics = {"val_accuracy": fit.val_accuracy, "val_loss": fit.val_loss, "epochs_run": fit.epochs_run}
         with tempfile.TemporaryDirectory() as tmp:
-            save_head(tmp, fit, int(np.asarray(job["train"]["embedding"]).shape[1]), config["num_labels"],
-                      config["hidden"], config["encoder"])
+            save_head(
+                tmp,
+                fit,
+                int(np.asarray(job["train"]["embedding"]).shape[1]),
+                config["num_labels"],
+                config["hidden"],
+                config["encoder"],
+            )
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=job["name"])
         ray.get(board.post_result.remote(i, metrics))
         i += 1
@@ -106,11 +122,16 @@ def _session_loop(config: dict[str, Any]) -> None:
 
 def frame_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """A training frame (``embedding, label, weight, negatives``) as the worker's arrays."""
-    return {"embedding": np.stack(df["embedding"].to_numpy()).astype(np.float32) if len(df) else
-            np.zeros((0, 0), np.float32),
-            "label": df["label"].to_numpy(np.int64), "weight": df["weight"].to_numpy(np.float32),
-            "negatives": np.stack(df["negatives"].to_numpy()).astype(np.float32) if len(df) else
-            np.zeros((0, 0), np.float32)}
+    return {
+        "embedding": np.stack(df["embedding"].to_numpy()).astype(np.float32)
+        if len(df)
+        else np.zeros((0, 0), np.float32),
+        "label": df["label"].to_numpy(np.int64),
+        "weight": df["weight"].to_numpy(np.float32),
+        "negatives": np.stack(df["negatives"].to_numpy()).astype(np.float32)
+        if len(df)
+        else np.zeros((0, 0), np.float32),
+    }
 
 
 class HeadTrainingSession:
@@ -118,7 +139,9 @@ class HeadTrainingSession:
 
     POLL_S = 2.0
 
-    def __init__(self, cfg: ClassifierConfig, num_labels: int, storage: str | Location, encoder: dict[str, Any]) -> None:
+    def __init__(
+        self, cfg: ClassifierConfig, num_labels: int, storage: str | Location, encoder: dict[str, Any]
+    ) -> None:
         self.cfg = cfg
         self.num_labels = num_labels
         self.storage = resolve(storage, field="output.path")
@@ -146,15 +169,31 @@ class HeadTrainingSession:
         self.run_name = name
         trainer = TorchTrainer(
             _session_loop,
-            train_loop_config={"board": self.board, "first_job": self.jobs, "num_labels": self.num_labels,
-                               "hidden": c.head_hidden, "epochs": c.epochs, "patience": c.patience,
-                               "learning_rate": c.learning_rate, "weight_decay": c.weight_decay,
-                               "batch_size": c.batch_size, "seed": c.seed, "threads": c.threads,
-                               "use_gpu": c.use_gpu, "encoder": self.encoder},
-            scaling_config=ScalingConfig(num_workers=1, use_gpu=c.use_gpu, resources_per_worker={"CPU": c.cpus_per_worker}),
-            run_config=RunConfig(name=name, storage_path=self.storage.path,
-                                 storage_filesystem=None if self.storage.is_local else self.storage.fs,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=None)))
+            train_loop_config={
+                "board": self.board,
+                "first_job": self.jobs,
+                "num_labels": self.num_labels,
+                "hidden": c.head_hidden,
+                "epochs": c.epochs,
+                "patience": c.patience,
+                "learning_rate": c.learning_rate,
+                "weight_decay": c.weight_decay,
+                "batch_size": c.batch_size,
+                "seed": c.seed,
+                "threads": c.threads,
+                "use_gpu": c.use_gpu,
+                "encoder": self.encoder,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=1, use_gpu=c.use_gpu, resources_per_worker={"CPU": c.cpus_per_worker}
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=self.storage.path,
+                storage_filesystem=None if self.storage.is_local else self.storage.fs,
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
+            ),
+        )
         self._error = None
 
         def fit() -> None:
@@ -192,8 +231,11 @@ class HeadTrainingSession:
                 continue
             if "error" in res:
                 raise TrainingError(f"training {name}: {res['error']}")
-            return TrainResult(model_dir=self.storage.join(self.run_name, name).uri,
-                               val_accuracy=float(res["val_accuracy"]), epochs_run=int(res["epochs_run"]))
+            return TrainResult(
+                model_dir=self.storage.join(self.run_name, name).uri,
+                val_accuracy=float(res["val_accuracy"]),
+                epochs_run=int(res["epochs_run"]),
+            )
         raise AssertionError("unreachable")
 
     def close(self, timeout_s: float = 60.0) -> None:

@@ -14,8 +14,15 @@ from molal_ray.storage import Location, resolve
 from molal_ray.training.classifier import TrainResult
 
 
-def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: ClassifierConfig, lam: float,
-                storage_path: str | Location, name: str) -> TrainResult:
+def train_local(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    num_labels: int,
+    cfg: ClassifierConfig,
+    lam: float,
+    storage_path: str | Location,
+    name: str,
+) -> TrainResult:
     """The same training as :func:`train_classifier`, in this process (``classifier.trainer:
     local``): no Ray Train workers to start each round. The best epoch's weights are kept in
     memory and saved to ``storage_path/name``."""
@@ -32,8 +39,9 @@ def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: Cl
         torch.manual_seed(cfg.seed)
         device = torch.device("cuda" if cfg.use_gpu else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(cfg.backbone)
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.backbone, num_labels=num_labels,
-                                                                   ignore_mismatched_sizes=True).to(device)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            cfg.backbone, num_labels=num_labels, ignore_mismatched_sizes=True
+        ).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         best: dict[str, Any] = {}
 
@@ -42,10 +50,19 @@ def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: Cl
                 best["state"] = copy.deepcopy(model.state_dict())
                 best["val_accuracy"] = metrics["val_accuracy"]
 
-        epochs = fit_epochs(model, tokenizer, optimizer, epochs=cfg.epochs, patience=cfg.patience, lam=lam,
-                            max_length=cfg.max_length, device=device,
-                            train_batches=lambda epoch: frame_batches(train, cfg.batch_size, cfg.seed + epoch),
-                            val_batches=lambda: frame_batches(val, cfg.batch_size), on_epoch=on_epoch)
+        epochs = fit_epochs(
+            model,
+            tokenizer,
+            optimizer,
+            epochs=cfg.epochs,
+            patience=cfg.patience,
+            lam=lam,
+            max_length=cfg.max_length,
+            device=device,
+            train_batches=lambda epoch: frame_batches(train, cfg.batch_size, cfg.seed + epoch),
+            val_batches=lambda: frame_batches(val, cfg.batch_size),
+            on_epoch=on_epoch,
+        )
         model.load_state_dict(best["state"])
         out = resolve(storage_path, field="output.path").join(name, "best")
         with tempfile.TemporaryDirectory() as tmp:
@@ -59,8 +76,16 @@ def train_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: Cl
     return TrainResult(model_dir=out.uri, val_accuracy=float(best["val_accuracy"]), epochs_run=epochs)
 
 
-def train_head_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: ClassifierConfig, lam: float,
-                     storage_path: str | Location, name: str, encoder: dict[str, Any]) -> TrainResult:
+def train_head_local(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    num_labels: int,
+    cfg: ClassifierConfig,
+    lam: float,
+    storage_path: str | Location,
+    name: str,
+    encoder: dict[str, Any],
+) -> TrainResult:
     """A head (``mode: head``) fitted in this process and saved to ``storage_path/name``."""
     import numpy as np
 
@@ -68,9 +93,20 @@ def train_head_local(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cf
     from molal_ray.training.head_trainer import frame_arrays
 
     tr, va = frame_arrays(train), frame_arrays(val)
-    fit = fit_head(tr, va, num_labels, hidden=cfg.head_hidden, epochs=cfg.epochs, patience=cfg.patience,
-                   learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                   lam=lam, seed=cfg.seed, device="cuda" if cfg.use_gpu else "cpu")
+    fit = fit_head(
+        tr,
+        va,
+        num_labels,
+        hidden=cfg.head_hidden,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        lam=lam,
+        seed=cfg.seed,
+        device="cuda" if cfg.use_gpu else "cpu",
+    )
     out = resolve(storage_path, field="output.path").join(name, "best")
     with tempfile.TemporaryDirectory() as tmp:
         save_head(tmp, fit, int(np.asarray(tr["embedding"]).shape[1]), num_labels, cfg.head_hidden, encoder)

@@ -45,8 +45,9 @@ def negative_mask(negatives: list[list[int]], num_classes: int) -> np.ndarray:
     return m
 
 
-def robust_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, negatives: torch.Tensor,
-                lam: float) -> torch.Tensor:
+def robust_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, negatives: torch.Tensor, lam: float
+) -> torch.Tensor:
     """Weighted cross-entropy + lam x negative-learning loss, averaged over the batch."""
     ce = F.cross_entropy(logits, targets, reduction="none")
     p = torch.softmax(logits, dim=-1)

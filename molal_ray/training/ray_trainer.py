@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from molal_ray.config.training import ClassifierConfig
+from molal_ray.exceptions import TrainingError
 from molal_ray.storage import Location, resolve
 from molal_ray.training.classifier import TrainResult, check_frames
-from molal_ray.exceptions import TrainingError
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -28,8 +28,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     tokenizer = AutoTokenizer.from_pretrained(config["backbone"])
     # A backbone saved with another head size gets a new head (ignore_mismatched_sizes).
-    hf_model = AutoModelForSequenceClassification.from_pretrained(config["backbone"], num_labels=config["num_labels"],
-                                                                  ignore_mismatched_sizes=True)
+    hf_model = AutoModelForSequenceClassification.from_pretrained(
+        config["backbone"], num_labels=config["num_labels"], ignore_mismatched_sizes=True
+    )
     model: Any = ray.train.torch.prepare_model(hf_model)  # the model, or it wrapped in DDP
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
     train_shard = ray.train.get_dataset_shard("train")
@@ -53,13 +54,25 @@ def _train_loop(config: dict[str, Any]) -> None:
             unwrapped = model.module if hasattr(model, "module") else model
             best.update(metrics, state={k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()})
 
-    epochs = fit_epochs(model, tokenizer, optimizer, epochs=config["epochs"], patience=config["patience"],
-                        lam=config["lam"], max_length=config["max_length"], device=ray.train.torch.get_device(),
-                        train_batches=lambda epoch: train_shard.iter_batches(
-                            batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=1024,
-                            local_shuffle_seed=config["seed"] + epoch),
-                        val_batches=lambda: val_shard.iter_batches(batch_size=bs, batch_format="numpy"),
-                        on_epoch=on_epoch, all_reduce=all_reduce)
+    epochs = fit_epochs(
+        model,
+        tokenizer,
+        optimizer,
+        epochs=config["epochs"],
+        patience=config["patience"],
+        lam=config["lam"],
+        max_length=config["max_length"],
+        device=ray.train.torch.get_device(),
+        train_batches=lambda epoch: train_shard.iter_batches(
+            batch_size=bs,
+            batch_format="numpy",
+            local_shuffle_buffer_size=1024,
+            local_shuffle_seed=config["seed"] + epoch,
+        ),
+        val_batches=lambda: val_shard.iter_batches(batch_size=bs, batch_format="numpy"),
+        on_epoch=on_epoch,
+        all_reduce=all_reduce,
+    )
     state = best.pop("state")
     final = {**best, "epochs_run": epochs}
     if ctx.get_world_rank() != 0:  # rank 0 writes the model; the others report the same metrics
@@ -73,8 +86,15 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report(final, checkpoint=Checkpoint.from_directory(tmp))
 
 
-def train_classifier(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cfg: ClassifierConfig, lam: float,
-                     storage_path: str | Location, name: str) -> TrainResult:
+def train_classifier(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    num_labels: int,
+    cfg: ClassifierConfig,
+    lam: float,
+    storage_path: str | Location,
+    name: str,
+) -> TrainResult:
     """Fit on ``train`` (columns text, label, weight, negatives) and keep the best checkpoint by
     accuracy on ``val``; returns where the best model is (a local folder, or a URI when
     ``storage_path`` is one: checkpoints then go to shared storage, which every node reads)."""
@@ -86,28 +106,50 @@ def train_classifier(train: pd.DataFrame, val: pd.DataFrame, num_labels: int, cf
     storage = resolve(storage_path, field="output.path")
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"backbone": cfg.backbone, "num_labels": num_labels, "learning_rate": cfg.learning_rate,
-                           "weight_decay": cfg.weight_decay, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                           "max_length": cfg.max_length, "patience": cfg.patience, "lam": lam, "seed": cfg.seed,
-                           "threads": cfg.threads},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage.path,
-                             storage_filesystem=None if storage.is_local else storage.fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_accuracy",
-                                                                checkpoint_score_order="max")),
+        train_loop_config={
+            "backbone": cfg.backbone,
+            "num_labels": num_labels,
+            "learning_rate": cfg.learning_rate,
+            "weight_decay": cfg.weight_decay,
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "max_length": cfg.max_length,
+            "patience": cfg.patience,
+            "lam": lam,
+            "seed": cfg.seed,
+            "threads": cfg.threads,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage.path,
+            storage_filesystem=None if storage.is_local else storage.fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
+            ),
+        ),
         datasets={"train": ray.data.from_pandas(train), "val": ray.data.from_pandas(val)},
     )
     result = trainer.fit()
     if not result.best_checkpoints:
         raise TrainingError(f"training {name}: no checkpoint was saved")
     ckpt, metrics = result.best_checkpoints[0]
-    return TrainResult(model_dir=storage.at(ckpt.path).uri, val_accuracy=float(metrics["val_accuracy"]),
-                       epochs_run=int(metrics["epochs_run"]))
+    return TrainResult(
+        model_dir=storage.at(ckpt.path).uri,
+        val_accuracy=float(metrics["val_accuracy"]),
+        epochs_run=int(metrics["epochs_run"]),
+    )
 
 
 def rows_frame(texts: list[str], labels: np.ndarray, weights: np.ndarray, negatives: np.ndarray) -> pd.DataFrame:
     """The training table: every row carries its own weight and negative mask."""
-    return pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64),
-                         "weight": np.asarray(weights, dtype=np.float32), "negatives": list(np.asarray(negatives,
-                                                                                                  dtype=np.float32))})
+    return pd.DataFrame(
+        {
+            "text": texts,
+            "label": np.asarray(labels, dtype=np.int64),
+            "weight": np.asarray(weights, dtype=np.float32),
+            "negatives": list(np.asarray(negatives, dtype=np.float32)),
+        }
+    )

@@ -15,10 +15,34 @@ from click.testing import CliRunner
 from molal_ray.cli import main
 from tests.conftest import ROOT, TREC
 
-BASES = {"label": TREC / "label.yaml", "run": TREC / "loop.yaml", "serve-app": ROOT / "serve_configs" / "annotators-cpu.yaml"}
+BASES = {
+    "label": TREC / "label.yaml",
+    "run": TREC / "loop.yaml",
+    "serve-app": ROOT / "serve_configs" / "annotators-cpu.yaml",
+}
 CASES_PER_KIND = 60
-ODD_VALUES: list[Any] = [None, True, 0, -1, 2**63, 1e308, float("nan"), "", "x" * 300, "-1", "1e9", [], {}, [1, "a"],
-                         {"a": 1}, "../../../../etc/passwd", "/dev/null", "s3://", "package:", "package:no_such_pkg/x"]
+ODD_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -1,
+    2**63,
+    1e308,
+    float("nan"),
+    "",
+    "x" * 300,
+    "-1",
+    "1e9",
+    [],
+    {},
+    [1, "a"],
+    {"a": 1},
+    "../../../../etc/passwd",
+    "/dev/null",
+    "s3://",
+    "package:",
+    "package:no_such_pkg/x",
+]
 
 
 def _absolute(data: Any, base: Path) -> Any:
@@ -27,8 +51,13 @@ def _absolute(data: Any, base: Path) -> Any:
         return {k: _absolute(v, base) for k, v in data.items()}
     if isinstance(data, list):
         return [_absolute(v, base) for v in data]
-    if isinstance(data, str) and 0 < len(data) < 200 and "\n" not in data and not data.startswith(("/", "package:")) \
-            and (base / data).exists():
+    if (
+        isinstance(data, str)
+        and 0 < len(data) < 200
+        and "\n" not in data
+        and not data.startswith(("/", "package:"))
+        and (base / data).exists()
+    ):
         return str((base / data).resolve())
     return data
 
@@ -69,9 +98,15 @@ def _cases(kind: str) -> list[tuple[str, bytes]]:
     data = _absolute(yaml.safe_load(base.read_text()), base.parent)
     rng = random.Random(f"fuzz-{kind}")
     text = yaml.safe_dump(data, sort_keys=False)
-    cases = [("empty", b""), ("binary", bytes(rng.randrange(256) for _ in range(300))), ("a list", b"- 1\n- 2\n"),
-             ("a scalar", b"42\n"), ("tabs", text.replace("  ", "\t", 3).encode()),
-             ("cut", text[: len(text) // 2].encode() + b"\n  : ]["), ("utf-16", text.encode("utf-16"))]
+    cases = [
+        ("empty", b""),
+        ("binary", bytes(rng.randrange(256) for _ in range(300))),
+        ("a list", b"- 1\n- 2\n"),
+        ("a scalar", b"42\n"),
+        ("tabs", text.replace("  ", "\t", 3).encode()),
+        ("cut", text[: len(text) // 2].encode() + b"\n  : ]["),
+        ("utf-16", text.encode("utf-16")),
+    ]
     for i in range(CASES_PER_KIND):
         mutated = _mutate(data, rng)
         cases.append((f"mutation {i}", yaml.safe_dump(mutated, sort_keys=False, allow_unicode=True).encode()))

@@ -61,7 +61,7 @@ def _corrupt(raw: bytes, rng: random.Random) -> tuple[str, bytes]:
         k = rng.randrange(len(lines))
         return op, b"\n".join(lines[: k + 1] + lines[k:])
     if op == "drop-head":
-        return op, bytes(b[rng.randint(1, 40):])
+        return op, bytes(b[rng.randint(1, 40) :])
     if op == "other-format":
         return op, _encode(rng.choice(["jsonl", "csv", "parquet"]), _good_rows())
     if op == "gzip":
@@ -91,7 +91,7 @@ def test_bad_pool_files_are_a_clear_error_or_every_row_flagged_or_read(fmt, tmp_
             outcomes["refused"] += 1
             continue
         try:
-            with (fs.open_input_file(str(path)) if fmt == "parquet" else fs.open_input_stream(str(path))) as f:
+            with fs.open_input_file(str(path)) if fmt == "parquet" else fs.open_input_stream(str(path)) as f:
                 tables = list(_READERS[fmt](f, path.name, "id", "text"))
         except MolalError as exc:  # a file that cannot be read past its head: one clear line
             assert path.name in str(exc) and "\n" not in str(exc), case
@@ -106,10 +106,22 @@ def test_bad_pool_files_are_a_clear_error_or_every_row_flagged_or_read(fmt, tmp_
     assert outcomes["refused"] and outcomes["read"], outcomes
 
 
-GOLD_CASES = [b"", b"sample_id,label\n", b"label,sample_id\nentity,x\n", b"id,label\nx,entity\n", b"sample_id\nx\n",
-              b"sample_id,label\nx,not-a-label\n", b"sample_id,label\nx,\n", b"sample_id,label\n,entity\n",
-              b"\xef\xbb\xbfsample_id,label\ns00000001,a\n", b"sample_id,label\nx,entity,extra\n", b"\x00\x01\x02\xff" * 50,
-              b"sample_id,label\nx,entity\nx,human\n", b'sample_id,label\n"x,entity\n', b"PAR1....PAR1"]
+GOLD_CASES = [
+    b"",
+    b"sample_id,label\n",
+    b"label,sample_id\nentity,x\n",
+    b"id,label\nx,entity\n",
+    b"sample_id\nx\n",
+    b"sample_id,label\nx,not-a-label\n",
+    b"sample_id,label\nx,\n",
+    b"sample_id,label\n,entity\n",
+    b"\xef\xbb\xbfsample_id,label\ns00000001,a\n",
+    b"sample_id,label\nx,entity,extra\n",
+    b"\x00\x01\x02\xff" * 50,
+    b"sample_id,label\nx,entity\nx,human\n",
+    b'sample_id,label\n"x,entity\n',
+    b"PAR1....PAR1",
+]
 
 
 def test_bad_gold_files_are_clear_errors_or_read(tmp_path):
@@ -118,8 +130,9 @@ def test_bad_gold_files_are_clear_errors_or_read(tmp_path):
     rng = random.Random("gold")
     cases = list(GOLD_CASES)
     for _ in range(30):
-        raw = bytearray(b"sample_id,label\n" + b"".join(b"s%08d,%s\n" % (i, rng.choice([b"a", b"b", b"c"]))
-                                                        for i in range(10)))
+        raw = bytearray(
+            b"sample_id,label\n" + b"".join(b"s%08d,%s\n" % (i, rng.choice([b"a", b"b", b"c"])) for i in range(10))
+        )
         for _ in range(rng.randint(1, 4)):
             raw[rng.randrange(len(raw))] = rng.choice(b',"\n\x00x\xe9')
         cases.append(bytes(raw))
@@ -143,8 +156,9 @@ def test_bad_annotation_tables_are_clear_errors_or_aggregate(tmp_path):
     labels = [f"c{k}" for k in range(n_classes)]
     import pandas as pd
 
-    gold = pd.DataFrame({"sample_id": table.column("sample_id").unique().to_pylist()[:20],
-                         "y": [int(t) for t in truth[:20]]})
+    gold = pd.DataFrame(
+        {"sample_id": table.column("sample_id").unique().to_pylist()[:20], "y": [int(t) for t in truth[:20]]}
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     good = buf.getvalue()
@@ -155,12 +169,28 @@ def test_bad_annotation_tables_are_clear_errors_or_aggregate(tmp_path):
         variants.append((f"bytes {i} ({op})", raw))
     variants += [
         ("no probs column", table.drop(["probs"])),
-        ("probs too short", table.set_column(table.schema.get_field_index("probs"), "probs",
-                                             pa.array([p[:1] for p in table.column("probs").to_pylist()]))),
-        ("probs as text", table.set_column(table.schema.get_field_index("probs"), "probs",
-                                           pa.array([str(p) for p in table.column("probs").to_pylist()]))),
-        ("nan probs", table.set_column(table.schema.get_field_index("probs"), "probs",
-                                       pa.array([[float("nan")] * n_classes] * table.num_rows))),
+        (
+            "probs too short",
+            table.set_column(
+                table.schema.get_field_index("probs"),
+                "probs",
+                pa.array([p[:1] for p in table.column("probs").to_pylist()]),
+            ),
+        ),
+        (
+            "probs as text",
+            table.set_column(
+                table.schema.get_field_index("probs"),
+                "probs",
+                pa.array([str(p) for p in table.column("probs").to_pylist()]),
+            ),
+        ),
+        (
+            "nan probs",
+            table.set_column(
+                table.schema.get_field_index("probs"), "probs", pa.array([[float("nan")] * n_classes] * table.num_rows)
+            ),
+        ),
         ("empty", table.slice(0, 0)),
     ]
     for case, v in variants:

@@ -18,8 +18,12 @@ def ray_local():
     # Workers import test helpers (fake engines) from the repository.
     from molal_ray.runtime import init_local
 
-    init_local(num_cpus=2, include_dashboard=False, log_to_driver=False,  # listening on 127.0.0.1 only
-               runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    init_local(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,  # listening on 127.0.0.1 only
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -75,8 +79,12 @@ def s3():
 
     port = free_port()
     server = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -118,12 +126,32 @@ class LabelStudioServer:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir), "DJANGO_DEBUG": "0"}
-        cmd = [str(LABEL_STUDIO_VENV / "bin" / "label-studio"), "start", "--no-browser",
-               "--data-dir", str(self.data_dir), "--internal-host", "127.0.0.1", "-p", str(self.port),
-               "--username", "reviewer@example.org", "--password", "reviewer-password",
-               "--user-token", self.LEGACY_TOKEN, "--enable-legacy-api-token"]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=self.data_dir, start_new_session=True,
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        cmd = [
+            str(LABEL_STUDIO_VENV / "bin" / "label-studio"),
+            "start",
+            "--no-browser",
+            "--data-dir",
+            str(self.data_dir),
+            "--internal-host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--username",
+            "reviewer@example.org",
+            "--password",
+            "reviewer-password",
+            "--user-token",
+            self.LEGACY_TOKEN,
+            "--enable-legacy-api-token",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=self.data_dir,
+            start_new_session=True,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -158,8 +186,9 @@ class LabelStudioServer:
         """A request as the reviewer (the legacy token)."""
         import httpx
 
-        r = httpx.request(method, self.url + path, headers={"Authorization": f"Token {self.LEGACY_TOKEN}"},
-                          timeout=30, **kwargs)
+        r = httpx.request(
+            method, self.url + path, headers={"Authorization": f"Token {self.LEGACY_TOKEN}"}, timeout=30, **kwargs
+        )
         r.raise_for_status()
         return r
 
@@ -168,14 +197,20 @@ class LabelStudioServer:
         return got["tasks"]
 
     def project_id(self, title: str) -> int | None:
-        found = [p for p in self.api("GET", "/api/projects", params={"title": title}).json()["results"]
-                 if p["title"] == title]
+        found = [
+            p
+            for p in self.api("GET", "/api/projects", params={"title": title}).json()["results"]
+            if p["title"] == title
+        ]
         return found[0]["id"] if found else None
 
     def annotate(self, task_id: int, label: str | None) -> None:
         """A reviewer's annotation: choose ``label``, or skip the task (None)."""
-        result = [] if label is None else [{"from_name": "label", "to_name": "text", "type": "choices",
-                                            "value": {"choices": [label]}}]
+        result = (
+            []
+            if label is None
+            else [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
+        )
         self.api("POST", f"/api/tasks/{task_id}/annotations", json={"result": result, "was_cancelled": label is None})
 
 

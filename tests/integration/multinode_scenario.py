@@ -26,10 +26,22 @@ SLOT = "annotator_slot"
 
 
 def annotators() -> list[dict]:
-    out = [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-            "resources": {"num_gpus": 1, "num_cpus": 0.1, "resources": {SLOT: 1}}} for n in GPU_ANNOTATORS]
-    out += [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-             "resources": {"num_cpus": 0.1}} for n in CPU_ANNOTATORS]
+    out = [
+        {
+            "name": n,
+            "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+            "resources": {"num_gpus": 1, "num_cpus": 0.1, "resources": {SLOT: 1}},
+        }
+        for n in GPU_ANNOTATORS
+    ]
+    out += [
+        {
+            "name": n,
+            "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+            "resources": {"num_cpus": 0.1},
+        }
+        for n in CPU_ANNOTATORS
+    ]
     return out
 
 
@@ -40,8 +52,15 @@ def placement(app_name: str) -> dict[str, list[dict]]:
 
     nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
     details = _get_global_client().get_serve_details()["applications"][app_name]["deployments"]
-    return {name: [{"node": r["node_id"], "resources": nodes.get(r["node_id"], {})} for r in d["replicas"]
-                   if r["state"] == "RUNNING"] for name, d in details.items() if name != "AnnotatorsIngress"}
+    return {
+        name: [
+            {"node": r["node_id"], "resources": nodes.get(r["node_id"], {})}
+            for r in d["replicas"]
+            if r["state"] == "RUNNING"
+        ]
+        for name, d in details.items()
+        if name != "AnnotatorsIngress"
+    }
 
 
 def main(out: Path, backbone: str) -> None:
@@ -63,10 +82,14 @@ def main(out: Path, backbone: str) -> None:
     try:
         pool = pq.read_table(TREC / "pool.parquet").slice(0, 300)
         pq.write_table(pool, out / "pool.parquet")
-        label = {"task": {"labels": TREC_LABELS}, "annotators": annotators(),
-                 "pool": {"path": str(out / "pool.parquet"), "shared": True, "buckets": 2},
-                 "output": {"path": str(out / "label")}, "pipeline": {"batch_size": 32},
-                 "ray": {"address": cluster.address, "keep_serve_running": True}}
+        label = {
+            "task": {"labels": TREC_LABELS},
+            "annotators": annotators(),
+            "pool": {"path": str(out / "pool.parquet"), "shared": True, "buckets": 2},
+            "output": {"path": str(out / "label")},
+            "pipeline": {"batch_size": 32},
+            "ray": {"address": cluster.address, "keep_serve_running": True},
+        }
         try:  # a plain local output on a cluster of several nodes is refused, naming the fix
             run_label_job(LabelJobConfig.from_dict(label))
             result["local_output_refused"] = None
@@ -76,14 +99,30 @@ def main(out: Path, backbone: str) -> None:
         summary = run_label_job(LabelJobConfig.from_dict(label))
         result["label_rows"] = summary.table_rows
         result["placement"] = placement("annotators")
-        loop = {"task": {"labels": TREC_LABELS}, "annotators": annotators(),
-                "pool": {"path": str(out / "pool.parquet"), "shared": True}, "gold": str(TREC / "gold.csv"),
-                "loop": {"initial_gold": 20, "rounds": 2, "query_size": 20, "strategy": "max-entropy",
-                         "subsample": 120, "test_fraction": 0.25, "test_max": 60},
-                "classifier": {"backbone": backbone, "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
-                               "cpus_per_worker": 0.5},
-                "output": {"path": str(out / "loop"), "shared": True},
-                "ray": {"address": cluster.address}}
+        loop = {
+            "task": {"labels": TREC_LABELS},
+            "annotators": annotators(),
+            "pool": {"path": str(out / "pool.parquet"), "shared": True},
+            "gold": str(TREC / "gold.csv"),
+            "loop": {
+                "initial_gold": 20,
+                "rounds": 2,
+                "query_size": 20,
+                "strategy": "max-entropy",
+                "subsample": 120,
+                "test_fraction": 0.25,
+                "test_max": 60,
+            },
+            "classifier": {
+                "backbone": backbone,
+                "epochs": 2,
+                "batch_size": 16,
+                "learning_rate": 3e-3,
+                "cpus_per_worker": 0.5,
+            },
+            "output": {"path": str(out / "loop"), "shared": True},
+            "ray": {"address": cluster.address},
+        }
         report = run_loop(LoopJobConfig.from_dict(loop))
         result["loop_labelled"] = [r["n_labeled"] for r in report["rounds"]]
     finally:

@@ -24,13 +24,30 @@ def test_aggregate_embeds_the_pool_once_and_reads_the_texts(tmp_path, ray_local)
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
     texts = [f"question {words[t]} number {i}" for i, t in enumerate(truth)]
     pd.DataFrame({"id": ids + ["extra-1"], "text": texts + ["a pool row no annotator saw"]}).to_parquet(
-        tmp_path / "pool.parquet")
+        tmp_path / "pool.parquet"
+    )
     pd.DataFrame({"sample_id": ids[:40], "label": [SYNTHETIC_LABELS[t] for t in truth[:40]]}).to_csv(
-        tmp_path / "gold.csv", index=False)
+        tmp_path / "gold.csv", index=False
+    )
     encoder = build_tiny_bert(tmp_path / "bert", texts[:50])
-    args = ["aggregate", "--annotations", str(tmp_path / "table.parquet"), "--gold", str(tmp_path / "gold.csv"),
-            "--labels", ",".join(SYNTHETIC_LABELS), "--pool", str(tmp_path / "pool.parquet"), "--encoder", str(encoder),
-            "--first-tokens", "0", "--max-length", "16", "--no-validate"]
+    args = [
+        "aggregate",
+        "--annotations",
+        str(tmp_path / "table.parquet"),
+        "--gold",
+        str(tmp_path / "gold.csv"),
+        "--labels",
+        ",".join(SYNTHETIC_LABELS),
+        "--pool",
+        str(tmp_path / "pool.parquet"),
+        "--encoder",
+        str(encoder),
+        "--first-tokens",
+        "0",
+        "--max-length",
+        "16",
+        "--no-validate",
+    ]
 
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a.parquet"), "--report", str(tmp_path / "a.json")])
     assert r.exit_code == 0, r.output

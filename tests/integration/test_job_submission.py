@@ -21,8 +21,7 @@ import pytest
 import yaml
 
 from molal_ray.pipeline.output import read_annotation_table
-from tests.conftest import (ROOT, TREC, assert_rows_are_the_recordings,
-                            replay_label_config, table_pairs)
+from tests.conftest import ROOT, TREC, assert_rows_are_the_recordings, replay_label_config, table_pairs
 from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -38,28 +37,53 @@ class RayHead:
         self.home.mkdir()
         self.dashboard = free_port()
         bin_dir = str(Path(sys.executable).parent)
-        self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "HOME": str(self.home),
-                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-                    "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{self.dashboard}"}
+        self.env = {
+            **os.environ,
+            "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+            "HOME": str(self.home),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token",
+            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{self.dashboard}",
+        }
         self.env.pop("RAY_ADDRESS", None)
         self.port = free_port()
-        ports = {"--port": self.port, "--dashboard-port": self.dashboard, "--dashboard-agent-listen-port": free_port(),
-                 "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
-                 "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port(),
-                 "--node-manager-port": free_port(), "--object-manager-port": free_port()}
-        token = subprocess.run(["ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, text=True,
-                               timeout=60)
+        ports = {
+            "--port": self.port,
+            "--dashboard-port": self.dashboard,
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--ray-client-server-port": free_port(),
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+        }
+        token = subprocess.run(
+            ["ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, text=True, timeout=60
+        )
         assert token.returncode == 0, token.stderr[-2000:]
-        self.cmd = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-                    "--num-cpus", "2", "--disable-usage-stats", *[x for k, v in ports.items() for x in (k, str(v))]]
+        self.cmd = [
+            "ray",
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+            *[x for k, v in ports.items() for x in (k, str(v))],
+        ]
         self.address = f"127.0.0.1:{self.port}"
 
     def start(self, attempts: int = 2) -> None:
         """``ray start``; on a loaded machine the head's start-up can time out (the GCS does not
         answer in time): its processes are stopped and it is started once more."""
-        for attempt in range(1, attempts + 1):
-            out = subprocess.run([*self.cmd, "--temp-dir", str(self.temp_dir)], env=self.env, capture_output=True,
-                                 text=True, timeout=180)
+        for _attempt in range(1, attempts + 1):
+            out = subprocess.run(
+                [*self.cmd, "--temp-dir", str(self.temp_dir)], env=self.env, capture_output=True, text=True, timeout=180
+            )
             if out.returncode == 0:
                 return
             self.stop()
@@ -74,8 +98,14 @@ class RayHead:
 
     def molal(self, *args: str) -> subprocess.CompletedProcess:
         env = {**self.env, "RAY_ADDRESS": self.address}
-        out = subprocess.run([sys.executable, "-m", "molal_ray.cli", *args], env=env, cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "molal_ray.cli", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, (args, out.stdout[-2000:], out.stderr[-3000:])
         return out
 
@@ -160,11 +190,20 @@ def test_jobs_submitted_to_a_ray_head_use_the_operators_annotators(head, tmp_pat
     from molal_ray.testing.tiny_models import build_tiny_bert
 
     backbone = build_tiny_bert(tmp_path / "bert", pq.read_table(tmp_path / "pool.parquet").column("text").to_pylist())
-    loop = {**yaml.safe_load(cfg.read_text()), "gold": str(TREC / "gold.csv"),
-            "loop": {"initial_gold": 20, "rounds": 1, "query_size": 20, "strategy": "random", "test_fraction": 0.25,
-                     "test_max": 60},
-            "classifier": {"backbone": str(backbone), "epochs": 1, "batch_size": 16, "cpus_per_worker": 0.5},
-            "output": {"path": str(tmp_path / "loop")}}
+    loop = {
+        **yaml.safe_load(cfg.read_text()),
+        "gold": str(TREC / "gold.csv"),
+        "loop": {
+            "initial_gold": 20,
+            "rounds": 1,
+            "query_size": 20,
+            "strategy": "random",
+            "test_fraction": 0.25,
+            "test_max": 60,
+        },
+        "classifier": {"backbone": str(backbone), "epochs": 1, "batch_size": 16, "cpus_per_worker": 0.5},
+        "output": {"path": str(tmp_path / "loop")},
+    }
     loop.pop("pipeline")
     loop_cfg = tmp_path / "loop.yaml"
     loop_cfg.write_text(yaml.safe_dump(loop))
@@ -190,5 +229,6 @@ def test_a_job_stopped_part_way_and_submitted_again_writes_each_pair_once(head, 
     head.submit("stopped-2", "python", "jobs/label.py", str(cfg))
     assert head.wait("stopped-2") == "SUCCEEDED", head.logs("stopped-2")
     # Every pair once, each what the recording says (what an uninterrupted run writes).
-    assert_rows_are_the_recordings(table_pairs(tmp_path / "stopped"),
-                                   pq.read_table(tmp_path / "pool.parquet").column("id").to_pylist())
+    assert_rows_are_the_recordings(
+        table_pairs(tmp_path / "stopped"), pq.read_table(tmp_path / "pool.parquet").column("id").to_pylist()
+    )

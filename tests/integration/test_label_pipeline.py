@@ -19,8 +19,15 @@ from molal_ray import schema
 from molal_ray.config import LabelJobConfig
 from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table
-from tests.conftest import (ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings, recorded_answers,
-                            replay_label_config)
+from tests.conftest import (
+    ROOT,
+    TREC,
+    TREC_ANNOTATORS,
+    TREC_LABELS,
+    assert_rows_are_the_recordings,
+    recorded_answers,
+    replay_label_config,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -87,8 +94,14 @@ def test_bad_input_rows_are_flagged_and_counted(ray_local, tmp_path):
     long = table[(good[1]["id"] + "-long", "yi")]
     assert long["error"] == "unknown_sample: 'trec-00001-long' is not in the recording"
     assert long["warning"].startswith("truncated")
-    assert summary.errors_by_kind == {"empty_text": 10, "invalid_utf8": 5, "missing_id": 5, "duplicate_id": 5,
-                                      "unknown_sample": 10, "bad_json": 5}
+    assert summary.errors_by_kind == {
+        "empty_text": 10,
+        "invalid_utf8": 5,
+        "missing_id": 5,
+        "duplicate_id": 5,
+        "unknown_sample": 10,
+        "bad_json": 5,
+    }
     assert summary.warnings_by_kind == {"truncated": 5}
 
 
@@ -130,8 +143,7 @@ def test_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "molal_ray.cli", "label", str(cfg_path)]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "out" / "parts"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -166,10 +178,14 @@ def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
     gold_all = pd.read_csv(TREC / "gold.csv").set_index("sample_id")
     gold = gold_all.loc[ids[:40]].reset_index()
     pd.concat([gold, pd.DataFrame({"sample_id": ["not-in-the-pool"], "label": ["human"]})]).to_csv(
-        tmp_path / "gold.csv", index=False)
+        tmp_path / "gold.csv", index=False
+    )
     data = _config(tmp_path, tmp_path / "pool.parquet", tmp_path / "out")
-    data["cascade"] = {"stages": [["gemma", "llama"], ["mistral", "qwen", "yi"]], "order": "gold",
-                       "gold": str(tmp_path / "gold.csv")}
+    data["cascade"] = {
+        "stages": [["gemma", "llama"], ["mistral", "qwen", "yi"]],
+        "order": "gold",
+        "gold": str(tmp_path / "gold.csv"),
+    }
     summary = run_label_job(LabelJobConfig.from_dict(data))
     plan = read_cascade(tmp_path / "out")
     assert plan is not None and plan == summary.cascade and plan["gold_rows"] == 40
@@ -197,8 +213,13 @@ def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
     assert again.rows_written_this_run == 0 and read_cascade(tmp_path / "out") == plan
     assert molal_ray.read_annotations(tmp_path / "out").num_rows == summary.table_rows
     # molal-ray aggregate reads the plan: the gold rows' later-stage answers are hidden where stage one settled.
-    res = aggregate(read_annotation_table(tmp_path / "out"), load_gold(tmp_path / "gold.csv", TREC_LABELS), TREC_LABELS,
-                    validate=False, cascade=plan)
+    res = aggregate(
+        read_annotation_table(tmp_path / "out"),
+        load_gold(tmp_path / "gold.csv", TREC_LABELS),
+        TREC_LABELS,
+        validate=False,
+        cascade=plan,
+    )
     g = m.votes[:40][:, cols]
     g_sure = (g.argmax(2) == g.argmax(2)[:, :1]).all(1) & (g.max(2) / np.maximum(g.sum(2), 1e-12) >= 0.8).all(1)
     assert res.report["cascade"]["answers_hidden"] == 3 * int(g_sure.sum()) > 0

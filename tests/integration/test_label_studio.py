@@ -25,8 +25,9 @@ def aggregated(tmp_path):
     table, truth = synthetic_table(300, seed=5)
     pq.write_table(table, tmp_path / "ann.parquet")
     ids = [f"s{i:08d}" for i in range(300)]
-    pd.DataFrame({"sample_id": ids[:40], "label": [LABELS[k] for k in truth[:40]]}).to_csv(tmp_path / "gold.csv",
-                                                                                          index=False)
+    pd.DataFrame({"sample_id": ids[:40], "label": [LABELS[k] for k in truth[:40]]}).to_csv(
+        tmp_path / "gold.csv", index=False
+    )
     res = aggregate(table, load_gold(tmp_path / "gold.csv", LABELS), LABELS, validate=False)
     pq.write_table(res.table, tmp_path / "agg.parquet")
     pd.DataFrame({"id": ids, "text": [f"=question {i}?" for i in range(300)]}).to_parquet(tmp_path / "pool.parquet")
@@ -34,10 +35,29 @@ def aggregated(tmp_path):
 
 
 def _push(root, server, project, token_env="MOLAL_TEST_LS_TOKEN", n=8):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(main, ["review", "push", "--aggregated", str(root / "agg.parquet"), "--labels",
-                                     ",".join(LABELS), "--texts", str(root / "pool.parquet"), "--n", str(n),
-                                     "--annotations", str(root / "ann.parquet"), "--url", server.url,
-                                     "--project", project, "--token-env", token_env])
+    return CliRunner().invoke(
+        main,
+        [
+            "review",
+            "push",
+            "--aggregated",
+            str(root / "agg.parquet"),
+            "--labels",
+            ",".join(LABELS),
+            "--texts",
+            str(root / "pool.parquet"),
+            "--n",
+            str(n),
+            "--annotations",
+            str(root / "ann.parquet"),
+            "--url",
+            server.url,
+            "--project",
+            project,
+            "--token-env",
+            token_env,
+        ],
+    )
 
 
 def test_push_review_and_pull(label_studio, aggregated, monkeypatch):
@@ -76,8 +96,23 @@ def test_push_review_and_pull(label_studio, aggregated, monkeypatch):
     want[ids[1]] = "l5"
     server.annotate(by_id[ids[9]]["id"], None)  # skipped
     out = root / "reviewed.csv"
-    r = CliRunner().invoke(main, ["review", "pull", "--url", server.url, "--project", "push-pull", "--labels",
-                                  ",".join(LABELS), "--token-env", "MOLAL_TEST_LS_TOKEN", "--out", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "review",
+            "pull",
+            "--url",
+            server.url,
+            "--project",
+            "push-pull",
+            "--labels",
+            ",".join(LABELS),
+            "--token-env",
+            "MOLAL_TEST_LS_TOKEN",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0 and "9 reviewed labels of 10 tasks (1 skipped)" in r.output, r.output
     got = {row["sample_id"]: row["label"] for row in csv.DictReader(out.open())}
     assert got == want
@@ -85,8 +120,23 @@ def test_push_review_and_pull(label_studio, aggregated, monkeypatch):
     # a reviewer's label outside the label set (made through the API): nothing is written
     out.unlink()
     server.annotate(by_id[ids[0]]["id"], "not-a-label")
-    r = CliRunner().invoke(main, ["review", "pull", "--url", server.url, "--project", str(pid), "--labels",
-                                  ",".join(LABELS), "--token-env", "MOLAL_TEST_LS_TOKEN", "--out", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "review",
+            "pull",
+            "--url",
+            server.url,
+            "--project",
+            str(pid),
+            "--labels",
+            ",".join(LABELS),
+            "--token-env",
+            "MOLAL_TEST_LS_TOKEN",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 2 and "not in the label set (first: 'not-a-label'" in r.output and not out.exists()
 
 
@@ -98,10 +148,14 @@ def test_server_mistakes_are_one_line(label_studio, aggregated, monkeypatch):
 
     other = labelstudio_config(["yes", "no"])
     server.api("POST", "/api/projects", json={"title": "other labels", "label_config": other})
-    cases = [(("other labels", "MOLAL_TEST_LS_TOKEN"), "its labeling config's choices differ from the task's labels"),
-             (("push-pull-none", "MOLAL_TEST_NO_SUCH_VAR"), "review.token_env: the environment variable "
-                                                            "'MOLAL_TEST_NO_SUCH_VAR' is not set"),
-             (("999", "MOLAL_TEST_LS_TOKEN"), "no project with id 999")]
+    cases = [
+        (("other labels", "MOLAL_TEST_LS_TOKEN"), "its labeling config's choices differ from the task's labels"),
+        (
+            ("push-pull-none", "MOLAL_TEST_NO_SUCH_VAR"),
+            "review.token_env: the environment variable 'MOLAL_TEST_NO_SUCH_VAR' is not set",
+        ),
+        (("999", "MOLAL_TEST_LS_TOKEN"), "no project with id 999"),
+    ]
     for (project, env), expected in cases:
         r = _push(root, server, project, env)
         assert r.exit_code == 2 and expected in r.output and "Traceback" not in r.output, r.output

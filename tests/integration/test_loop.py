@@ -33,18 +33,41 @@ HEAD = {"mode": "head", "epochs": 30, "patience": 5, "learning_rate": 1e-2}
 
 
 def _cfg(root, backbone, out, rounds=2, trainer="ray", classifier=None, task=None, **loop):
-    return LoopJobConfig.from_dict({
-        "task": {"labels": TREC_LABELS, **(task or {})},
-        "annotators": [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-                        "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
-        "pool": {"path": str(root / "pool.parquet")},
-        "gold": str(TREC / "gold.csv"),
-        "loop": {"initial_gold": 20, "rounds": rounds, "query_size": 20, "strategy": "max-entropy",
-                 "subsample": 150, "test_fraction": 0.25, "test_max": 80, **loop},
-        "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
-                       "cpus_per_worker": 0.5, "trainer": trainer, **(classifier or {})},
-        "output": {"path": str(out)},
-    })
+    return LoopJobConfig.from_dict(
+        {
+            "task": {"labels": TREC_LABELS, **(task or {})},
+            "annotators": [
+                {
+                    "name": n,
+                    "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+                    "resources": {"num_cpus": 0.1},
+                }
+                for n in TREC_ANNOTATORS
+            ],
+            "pool": {"path": str(root / "pool.parquet")},
+            "gold": str(TREC / "gold.csv"),
+            "loop": {
+                "initial_gold": 20,
+                "rounds": rounds,
+                "query_size": 20,
+                "strategy": "max-entropy",
+                "subsample": 150,
+                "test_fraction": 0.25,
+                "test_max": 80,
+                **loop,
+            },
+            "classifier": {
+                "backbone": str(backbone),
+                "epochs": 2,
+                "batch_size": 16,
+                "learning_rate": 3e-3,
+                "cpus_per_worker": 0.5,
+                "trainer": trainer,
+                **(classifier or {}),
+            },
+            "output": {"path": str(out)},
+        }
+    )
 
 
 def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
@@ -113,8 +136,9 @@ def test_model_based_strategies_run_in_the_loop(ray_local, setup, tmp_path, stra
     out = tmp_path / strategy
     report = run_loop(_cfg(root, backbone, out, rounds=1, trainer="local", strategy=strategy, noise_copies=2))
     if strategy == "coreset":
-        report = run_loop(_cfg(root, backbone, out, rounds=2, trainer="local", strategy=strategy, noise_copies=2),
-                          resume=True)
+        report = run_loop(
+            _cfg(root, backbone, out, rounds=2, trainer="local", strategy=strategy, noise_copies=2), resume=True
+        )
     n = 20 * len(report["rounds"])
     assert [r["n_labeled"] for r in report["rounds"]] == list(range(20, n + 1, 20))
     state = LoopState.load(out / "state")
@@ -133,8 +157,16 @@ def test_gold_mode_needs_no_annotator_and_flagged_rows_stay_out(ray_local, setup
     ids = pool.column("id").to_pylist()
     bad = pa.table({"id": [ids[0], "empty-one", None], "text": ["a second row with the first id", "", "no id"]})
     pq.write_table(pa.concat_tables([pool, bad.cast(pool.schema)]), tmp_path / "pool.parquet")
-    cfg = _cfg(root, backbone, tmp_path / "gold", rounds=1, annotation="gold", strategy="random", query_size=400,
-               subsample=None)
+    cfg = _cfg(
+        root,
+        backbone,
+        tmp_path / "gold",
+        rounds=1,
+        annotation="gold",
+        strategy="random",
+        query_size=400,
+        subsample=None,
+    )
     cfg = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"path": str(tmp_path / "pool.parquet")})})
     with caplog.at_level(logging.WARNING, logger="molal_ray"):
         report = run_loop(cfg)
@@ -182,8 +214,7 @@ def test_a_killed_loop_resumes_to_the_rounds_of_an_uninterrupted_one(setup, tmp_
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "molal_ray.cli", "run", str(config(killed))]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "state" / "state.json"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
@@ -197,8 +228,13 @@ def test_a_killed_loop_resumes_to_the_rounds_of_an_uninterrupted_one(setup, tmp_
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     straight = tmp_path / "straight"
-    ref = subprocess.run([sys.executable, "-m", "molal_ray.cli", "run", str(config(straight))], env=env,
-                         capture_output=True, text=True, timeout=900)
+    ref = subprocess.run(
+        [sys.executable, "-m", "molal_ray.cli", "run", str(config(straight))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     a = json.loads((killed / "report.json").read_text())["rounds"]
     b = json.loads((straight / "report.json").read_text())["rounds"]
@@ -206,16 +242,18 @@ def test_a_killed_loop_resumes_to_the_rounds_of_an_uninterrupted_one(setup, tmp_
     for x, y in zip(a, b, strict=True):
         assert x["n_labeled"] == y["n_labeled"] and x["annotation_accuracy"] == y["annotation_accuracy"]
         assert x["test_accuracy"] == pytest.approx(y["test_accuracy"], abs=1e-9)
-    assert [r.sample_id for r in LoopState.load(killed / "state").labeled] == \
-        [r.sample_id for r in LoopState.load(straight / "state").labeled]
+    assert [r.sample_id for r in LoopState.load(killed / "state").labeled] == [
+        r.sample_id for r in LoopState.load(straight / "state").labeled
+    ]
     from molal_ray.pipeline.output import read_annotation_table
 
     t = read_annotation_table(killed / "annotations").to_pandas()
     assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 60 * 5
 
 
-def test_a_loop_waits_for_people_in_label_studio_and_pauses_when_it_stops(ray_local, setup, label_studio, tmp_path,
-                                                                            monkeypatch):
+def test_a_loop_waits_for_people_in_label_studio_and_pauses_when_it_stops(
+    ray_local, setup, label_studio, tmp_path, monkeypatch
+):
     """Two rounds route 4 samples each to people in Label Studio. Round 1: a reviewer labels them
     while the loop waits. Round 2: the server stops while the loop waits; the loop pauses with
     nothing of the round saved, and --resume finishes once the server is back and labelled."""
@@ -236,8 +274,14 @@ def test_a_loop_waits_for_people_in_label_studio_and_pauses_when_it_stops(ray_lo
     out = tmp_path / "run"
     c = _cfg(root, backbone, out, rounds=2, classifier=HEAD, human_per_round=4).model_dump(mode="json")
     c["gold"] = str(tmp_path / "gold.csv")
-    c["review"] = {"backend": "label_studio", "url": server.url, "project": "loop", "token_env": "MOLAL_TEST_LS_TOKEN",
-                   "poll_s": 0.5, "wait_s": 300}
+    c["review"] = {
+        "backend": "label_studio",
+        "url": server.url,
+        "project": "loop",
+        "token_env": "MOLAL_TEST_LS_TOKEN",
+        "poll_s": 0.5,
+        "wait_s": 300,
+    }
     cfg = LoopJobConfig.from_dict(c)
 
     stop = threading.Event()

@@ -25,8 +25,14 @@ def test_annotators_land_on_gpu_nodes_and_jobs_run_across_nodes(tmp_path):
     backbone = build_tiny_bert(tmp_path / "bert", texts)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    run = subprocess.run([sys.executable, "-m", "tests.integration.multinode_scenario", str(tmp_path), str(backbone)],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.integration.multinode_scenario", str(tmp_path), str(backbone)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["nodes"] == 3

@@ -37,13 +37,23 @@ def server(smollm2):
 
 
 def _engine(url: str, **engine):
-    ann = AnnotatorConfig(name="smol", engine={"type": "openai", "base_url": url, "model": "smollm2",
-                                               "api_key_env": KEY_ENV, "max_retries": 0, **engine})
+    ann = AnnotatorConfig(
+        name="smol",
+        engine={
+            "type": "openai",
+            "base_url": url,
+            "model": "smollm2",
+            "api_key_env": KEY_ENV,
+            "max_retries": 0,
+            **engine,
+        },
+    )
     return build_engine(ann, TaskConfig(labels=TREC_LABELS, prompt_template=PROMPT))
 
 
 def _annotate(eng, ids, texts, before=None):
     """start, (before), annotate and stop in one event loop, as a Serve replica runs an engine."""
+
     async def go():
         await eng.start()
         try:
@@ -52,6 +62,7 @@ def _annotate(eng, ids, texts, before=None):
             return await eng.annotate(ids, texts)
         finally:
             await eng.stop()
+
     return asyncio.run(go())
 
 
@@ -66,9 +77,12 @@ def test_chat_first_token_answers_are_labels(server):
 
 def test_completions_exact_equal_the_hf_engine_on_the_same_model(server):
     eng = _engine(server["url"], api="completions", label_probs="exact", tokenizer=server["model_dir"])
-    hf = build_engine(AnnotatorConfig(name="smol", engine={"type": "hf", "model": server["model_dir"],
-                                                           "dtype": "float32", "device": "cpu"}),
-                      TaskConfig(labels=TREC_LABELS, prompt_template=PROMPT))
+    hf = build_engine(
+        AnnotatorConfig(
+            name="smol", engine={"type": "hf", "model": server["model_dir"], "dtype": "float32", "device": "cpu"}
+        ),
+        TaskConfig(labels=TREC_LABELS, prompt_template=PROMPT),
+    )
 
     async def both():
         await eng.start()
@@ -77,6 +91,7 @@ def test_completions_exact_equal_the_hf_engine_on_the_same_model(server):
             return await eng.annotate(["a", "b", "c"], TEXTS), await hf.annotate(["a", "b", "c"], TEXTS)
         finally:
             await eng.stop()
+
     served, local = asyncio.run(both())
     assert eng.forms == list(zip(hf.spellings.texts, hf.trie.seq_labels.tolist()))
     for a, b in zip(served, local):
@@ -90,8 +105,16 @@ def test_bad_key_unknown_model_and_no_server_are_clear_errors_at_start(server, m
         asyncio.run(_engine(server["url"]).start())
     assert "wrong-key" not in str(err.value)
     monkeypatch.setenv(KEY_ENV, KEY)
-    ann = AnnotatorConfig(name="smol", engine={"type": "openai", "base_url": server["url"], "model": "gpt-9",
-                                               "api_key_env": KEY_ENV, "max_retries": 0})
+    ann = AnnotatorConfig(
+        name="smol",
+        engine={
+            "type": "openai",
+            "base_url": server["url"],
+            "model": "gpt-9",
+            "api_key_env": KEY_ENV,
+            "max_retries": 0,
+        },
+    )
     with pytest.raises(ConfigError, match=r"got 'gpt-9'; .* serves \['smollm2'\]"):
         asyncio.run(build_engine(ann, TaskConfig(labels=TREC_LABELS)).start())
     with pytest.raises(ServerUnavailable, match="cannot reach"):

@@ -38,8 +38,9 @@ def data(tmp_path_factory):
 
 def test_train_keeps_the_best_checkpoint_and_predicts(ray_local, data, tmp_path):
     backbone, train, val, vtexts, vy = data
-    cfg = ClassifierConfig(backbone=str(backbone), epochs=6, patience=2, batch_size=16, learning_rate=3e-3,
-                           cpus_per_worker=0.5)
+    cfg = ClassifierConfig(
+        backbone=str(backbone), epochs=6, patience=2, batch_size=16, learning_rate=3e-3, cpus_per_worker=0.5
+    )
     res = train_classifier(train, val, 2, cfg, lam=0.4, storage_path=str(tmp_path / "ray"), name="r0")
     assert res.val_accuracy >= 0.9 and 1 <= res.epochs_run <= 6
     predictor = ClassifierPredictor(res.model_dir)
@@ -56,11 +57,19 @@ def test_train_keeps_the_best_checkpoint_and_predicts(ray_local, data, tmp_path)
 def test_local_trainer_matches_ray_train(ray_local, data, tmp_path):
     """``trainer: local`` runs the same epochs, loss and early stopping in the driver."""
     backbone, train, val, vtexts, vy = data
-    cfg = ClassifierConfig(backbone=str(backbone), epochs=3, patience=1, batch_size=16, learning_rate=1e-3,
-                           cpus_per_worker=0.5, threads=1)
+    cfg = ClassifierConfig(
+        backbone=str(backbone), epochs=3, patience=1, batch_size=16, learning_rate=1e-3, cpus_per_worker=0.5, threads=1
+    )
     on_ray = train_classifier(train, val, 2, cfg, lam=0.4, storage_path=str(tmp_path / "ray"), name="r")
-    local = train_local(train, val, 2, cfg.model_copy(update={"trainer": "local"}), lam=0.4,
-                        storage_path=str(tmp_path / "local"), name="l")
+    local = train_local(
+        train,
+        val,
+        2,
+        cfg.model_copy(update={"trainer": "local"}),
+        lam=0.4,
+        storage_path=str(tmp_path / "local"),
+        name="l",
+    )
     assert local.val_accuracy >= 0.9 and on_ray.val_accuracy >= 0.9
     pa = ClassifierPredictor(on_ray.model_dir).predict(vtexts)["probs"].argmax(1)
     pl = ClassifierPredictor(local.model_dir).predict(vtexts)["probs"].argmax(1)
@@ -71,8 +80,15 @@ def test_two_data_parallel_workers_agree_on_early_stopping(ray_local, data, tmp_
     """With two workers each sees half of the validation rows; the accuracy is summed over both,
     so both stop at the same epoch (otherwise their report calls would not pair up)."""
     backbone, train, val, vtexts, vy = data
-    cfg = ClassifierConfig(backbone=str(backbone), epochs=4, patience=0, batch_size=16, learning_rate=3e-3,
-                           num_workers=2, cpus_per_worker=0.5)
+    cfg = ClassifierConfig(
+        backbone=str(backbone),
+        epochs=4,
+        patience=0,
+        batch_size=16,
+        learning_rate=3e-3,
+        num_workers=2,
+        cpus_per_worker=0.5,
+    )
     res = train_classifier(train, val, 2, cfg, lam=0.4, storage_path=str(tmp_path / "ddp"), name="d")
     assert res.val_accuracy >= 0.8
     pred = ClassifierPredictor(res.model_dir).predict(vtexts)["probs"].argmax(1)
@@ -83,5 +99,12 @@ def test_missing_columns_are_refused(tmp_path):
     import pandas as pd
 
     with pytest.raises(ValueError, match="missing columns"):
-        train_classifier(pd.DataFrame({"text": ["a"]}), pd.DataFrame({"text": ["a"]}), 2,
-                         ClassifierConfig(backbone="x"), 0.4, str(tmp_path), "x")
+        train_classifier(
+            pd.DataFrame({"text": ["a"]}),
+            pd.DataFrame({"text": ["a"]}),
+            2,
+            ClassifierConfig(backbone="x"),
+            0.4,
+            str(tmp_path),
+            "x",
+        )

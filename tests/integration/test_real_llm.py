@@ -26,7 +26,9 @@ def test_the_smollm2_example_labels_a_pool(ray_local, smollm2, tmp_path):
     pool = pq.read_table(TREC / "pool.parquet").to_pandas()
     gold = pd.read_csv(TREC / "gold-50.csv", dtype=str).head(8)
     gold.to_csv(tmp_path / "examples.csv", index=False)
-    sub = pd.concat([pool[pool["id"].isin(set(gold["sample_id"]))], pool[~pool["id"].isin(set(gold["sample_id"]))].head(8)])
+    sub = pd.concat(
+        [pool[pool["id"].isin(set(gold["sample_id"]))], pool[~pool["id"].isin(set(gold["sample_id"]))].head(8)]
+    )
     pq.write_table(pa.Table.from_pandas(sub, preserve_index=False), tmp_path / "pool.parquet")
     data["pool"]["path"] = str(tmp_path / "pool.parquet")
     data["output"]["path"] = str(tmp_path / "out")

@@ -21,8 +21,9 @@ def test_the_local_runtime_listens_on_loopback_only_with_token_authentication(ra
 
     assert ray.get(ping.remote()) == 1  # workers up, so that their servers listen too
     procs = psutil.Process().children(recursive=True)
-    listening = [(p.name(), c.laddr) for p in procs for c in p.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        (p.name(), c.laddr) for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+    ]
     names = {n for n, _ in listening}
     assert {"gcs_server", "raylet"} <= names, names
     assert [(n, a) for n, a in listening if a.ip not in LOOPBACK] == []
@@ -40,11 +41,20 @@ def test_an_annotator_that_cannot_start_names_its_own_error(ray_local, tmp_path)
     from tests.conftest import TREC_LABELS
 
     (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
-    cfg = LabelJobConfig.from_dict({
-        "task": {"labels": TREC_LABELS},
-        "annotators": [{"name": "ghost", "engine": {"type": "replay", "path": str(tmp_path / "gone.parquet")},
-                        "resources": {"num_cpus": 0.1}}],
-        "pool": {"path": str(tmp_path / "pool.jsonl")}, "output": {"path": str(tmp_path / "out")}})
+    cfg = LabelJobConfig.from_dict(
+        {
+            "task": {"labels": TREC_LABELS},
+            "annotators": [
+                {
+                    "name": "ghost",
+                    "engine": {"type": "replay", "path": str(tmp_path / "gone.parquet")},
+                    "resources": {"num_cpus": 0.1},
+                }
+            ],
+            "pool": {"path": str(tmp_path / "pool.jsonl")},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
     t0 = time.monotonic()
     with pytest.raises(AnnotatorError) as err:
         start_annotators(cfg.app_config(), "ghost-app")

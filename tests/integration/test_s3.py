@@ -22,8 +22,15 @@ from molal_ray.loop.state import LoopState
 from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table
 from molal_ray.storage import resolve
-from tests.conftest import (ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, assert_rows_are_the_recordings,
-                            replay_label_config, table_pairs)
+from tests.conftest import (
+    ROOT,
+    TREC,
+    TREC_ANNOTATORS,
+    TREC_LABELS,
+    assert_rows_are_the_recordings,
+    replay_label_config,
+    table_pairs,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -34,10 +41,13 @@ def data(s3, tmp_path_factory):
     pool = pq.read_table(TREC / "pool.parquet").slice(0, 300)
     pq.write_table(pool, root / "pool.parquet")
     bucket = s3.bucket("molal-test")
-    return {"root": root, "bucket": bucket,
-            "pool": s3.upload(root / "pool.parquet", bucket, "in/pool.parquet"),
-            "recording": s3.upload(TREC / "recording.parquet", bucket, "in/recording.parquet"),
-            "gold": s3.upload(TREC / "gold.csv", bucket, "in/gold.csv")}
+    return {
+        "root": root,
+        "bucket": bucket,
+        "pool": s3.upload(root / "pool.parquet", bucket, "in/pool.parquet"),
+        "recording": s3.upload(TREC / "recording.parquet", bucket, "in/recording.parquet"),
+        "gold": s3.upload(TREC / "gold.csv", bucket, "in/gold.csv"),
+    }
 
 
 def _label_cfg(pool: str, recording: str, out: str, latency: float = 0.0, in_flight: int = 4) -> dict:
@@ -48,8 +58,11 @@ def test_label_job_on_s3_writes_the_rows_of_a_local_run(ray_local, s3, data, tmp
     out = s3.uri(data["bucket"], "label-a")
     summary = run_label_job(LabelJobConfig.from_dict(_label_cfg(data["pool"], data["recording"], out)))
     local = tmp_path / "local"
-    run_label_job(LabelJobConfig.from_dict(_label_cfg(str(data["root"] / "pool.parquet"),
-                                                      str(TREC / "recording.parquet"), str(local))))
+    run_label_job(
+        LabelJobConfig.from_dict(
+            _label_cfg(str(data["root"] / "pool.parquet"), str(TREC / "recording.parquet"), str(local))
+        )
+    )
     remote, here = table_pairs(out), table_pairs(local)
     assert len(remote) == 300 * 5 and remote == here
     assert summary.table_rows == 1500 and summary.output == out
@@ -65,8 +78,7 @@ def test_a_killed_label_job_on_s3_resumes_to_the_rows_of_an_uninterrupted_one(ra
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "molal_ray.cli", "label", str(cfg)]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = resolve(out).join("parts")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -80,34 +92,66 @@ def test_a_killed_label_job_on_s3_resumes_to_the_rows_of_an_uninterrupted_one(ra
     assert 0 < partial < 1500
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_rows_are_the_recordings(table_pairs(out), pq.read_table(data["root"] / "pool.parquet").column("id").to_pylist())
+    assert_rows_are_the_recordings(
+        table_pairs(out), pq.read_table(data["root"] / "pool.parquet").column("id").to_pylist()
+    )
 
 
 def test_a_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_path):
     from molal_ray.testing.tiny_models import build_tiny_bert
 
-    backbone = build_tiny_bert(tmp_path / "bert", pq.read_table(data["root"] / "pool.parquet").column("text").to_pylist())
+    backbone = build_tiny_bert(
+        tmp_path / "bert", pq.read_table(data["root"] / "pool.parquet").column("text").to_pylist()
+    )
 
     def cfg(pool, recording, gold, out):
-        return LoopJobConfig.from_dict({
-            "task": {"labels": TREC_LABELS},
-            "annotators": [{"name": n, "engine": {"type": "replay", "path": recording},
-                            "resources": {"num_cpus": 0.1}} for n in TREC_ANNOTATORS],
-            "pool": {"path": pool}, "gold": gold,
-            "loop": {"initial_gold": 20, "rounds": 1, "query_size": 20, "strategy": "max-entropy", "subsample": 120,
-                     "test_fraction": 0.25, "test_max": 60},
-            "classifier": {"backbone": str(backbone), "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
-                           "cpus_per_worker": 0.5},
-            "output": {"path": out}})
+        return LoopJobConfig.from_dict(
+            {
+                "task": {"labels": TREC_LABELS},
+                "annotators": [
+                    {"name": n, "engine": {"type": "replay", "path": recording}, "resources": {"num_cpus": 0.1}}
+                    for n in TREC_ANNOTATORS
+                ],
+                "pool": {"path": pool},
+                "gold": gold,
+                "loop": {
+                    "initial_gold": 20,
+                    "rounds": 1,
+                    "query_size": 20,
+                    "strategy": "max-entropy",
+                    "subsample": 120,
+                    "test_fraction": 0.25,
+                    "test_max": 60,
+                },
+                "classifier": {
+                    "backbone": str(backbone),
+                    "epochs": 2,
+                    "batch_size": 16,
+                    "learning_rate": 3e-3,
+                    "cpus_per_worker": 0.5,
+                },
+                "output": {"path": out},
+            }
+        )
 
     out = s3.uri(data["bucket"], "loop")
     remote = run_loop(cfg(data["pool"], data["recording"], data["gold"], out))
-    local = run_loop(cfg(str(data["root"] / "pool.parquet"), str(TREC / "recording.parquet"), str(TREC / "gold.csv"),
-                         str(tmp_path / "loop")))
+    local = run_loop(
+        cfg(
+            str(data["root"] / "pool.parquet"),
+            str(TREC / "recording.parquet"),
+            str(TREC / "gold.csv"),
+            str(tmp_path / "loop"),
+        )
+    )
     assert [r["n_labeled"] for r in remote["rounds"]] == [20, 40]  # round 1 scored with round 0's model from S3
     a, b = LoopState.load(resolve(out).join("state")), LoopState.load(tmp_path / "loop" / "state")
-    assert [(x.sample_id, x.label, x.weight) for x in a.labeled] == [(x.sample_id, x.label, x.weight) for x in b.labeled]
-    assert [r["test_accuracy"] for r in remote["rounds"]] == pytest.approx([r["test_accuracy"] for r in local["rounds"]])
+    assert [(x.sample_id, x.label, x.weight) for x in a.labeled] == [
+        (x.sample_id, x.label, x.weight) for x in b.labeled
+    ]
+    assert [r["test_accuracy"] for r in remote["rounds"]] == pytest.approx(
+        [r["test_accuracy"] for r in local["rounds"]]
+    )
     assert all(h["model_dir"].startswith("s3://") for h in a.history)  # checkpoints on the object store
     assert json.loads(resolve(out).join("report.json").read_text())["rounds"] == remote["rounds"]
     t = read_annotation_table(resolve(out).join("annotations")).to_pandas()

@@ -21,15 +21,26 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_an_annotator_scaled_from_1_to_3_and_back_while_a_job_runs_loses_no_pair(ray_local, tmp_path):
     pool = pq.read_table(TREC / "pool.parquet").slice(0, 600)
     pq.write_table(pool, tmp_path / "pool.parquet")
-    annotators = [{"name": n, "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-                   "resources": {"num_cpus": 0.05}} for n in TREC_ANNOTATORS]
+    annotators = [
+        {
+            "name": n,
+            "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+            "resources": {"num_cpus": 0.05},
+        }
+        for n in TREC_ANNOTATORS
+    ]
     # yi is the slow one: one batch at a time per replica, 50 ms a text.
     annotators[-1]["engine"]["latency_s_per_text"] = 0.05
     annotators[-1]["resources"]["max_ongoing_requests"] = 1
-    cfg = LabelJobConfig.from_dict({"task": {"labels": TREC_LABELS}, "annotators": annotators,
-                                    "pool": {"path": str(tmp_path / "pool.parquet")},
-                                    "output": {"path": str(tmp_path / "out")},
-                                    "pipeline": {"batch_size": 16, "concurrency": 3, "stage_num_cpus": 0.1}})
+    cfg = LabelJobConfig.from_dict(
+        {
+            "task": {"labels": TREC_LABELS},
+            "annotators": annotators,
+            "pool": {"path": str(tmp_path / "pool.parquet")},
+            "output": {"path": str(tmp_path / "out")},
+            "pipeline": {"batch_size": 16, "concurrency": 3, "stage_num_cpus": 0.1},
+        }
+    )
     result: dict = {}
 
     def job() -> None:

@@ -15,8 +15,12 @@ from tests.conftest import ENGINE_LABELS, reference_label_probs
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-TEXTS = ["What is the capital of France ?", "Who wrote Hamlet ?", "How many feet are in a mile ?",
-         "Why is the sky blue ?"]
+TEXTS = [
+    "What is the capital of France ?",
+    "Who wrote Hamlet ?",
+    "How many feet are in a mile ?",
+    "Why is the sky blue ?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +32,17 @@ def loop():
 
 
 def _start(loop, model_dir, seed=0):
-    ann = AnnotatorConfig(name="tiny", engine={"type": "vllm", "model": str(model_dir), "dtype": "float32",
-                                               "max_model_len": 256, "enforce_eager": True},
-                          sampling={"seed": seed})
+    ann = AnnotatorConfig(
+        name="tiny",
+        engine={
+            "type": "vllm",
+            "model": str(model_dir),
+            "dtype": "float32",
+            "max_model_len": 256,
+            "enforce_eager": True,
+        },
+        sampling={"seed": seed},
+    )
     eng = build_engine(ann, TaskConfig(labels=ENGINE_LABELS))
     loop.run_until_complete(eng.start())
     return eng
@@ -67,8 +79,7 @@ def test_free_answers_are_parsed_and_probs_stay_exact(engine, loop, tiny_llama):
         engine.sampling = SamplingConfig()
     a = out[0]
     ids, _ = engine.prompts.build(TEXTS[0])
-    np.testing.assert_allclose(a.probs, reference_label_probs(model, engine.tokenizer, ids, ENGINE_LABELS),
-                               atol=1e-4)
+    np.testing.assert_allclose(a.probs, reference_label_probs(model, engine.tokenizer, ids, ENGINE_LABELS), atol=1e-4)
     # A random tiny model rarely spells a label unconstrained: invalid votes are counted, not dropped.
     assert a.n_samples == 10 and a.n_invalid + round(a.votes.sum() * 10) == 10
 
@@ -99,10 +110,18 @@ def test_a_fixed_seed_repeats_whatever_the_batch(loop, tiny_llama):
 def test_chunked_prefill_with_per_request_seeds_is_refused_on_cpu(loop, tiny_llama):
     from molal_ray.exceptions import ConfigError
 
-    ann = AnnotatorConfig(name="tiny", engine={"type": "vllm", "model": str(tiny_llama), "dtype": "float32",
-                                               "max_model_len": 256, "enforce_eager": True,
-                                               "engine_kwargs": {"enable_chunked_prefill": True}},
-                          sampling={"seed": 1})
+    ann = AnnotatorConfig(
+        name="tiny",
+        engine={
+            "type": "vllm",
+            "model": str(tiny_llama),
+            "dtype": "float32",
+            "max_model_len": 256,
+            "enforce_eager": True,
+            "engine_kwargs": {"enable_chunked_prefill": True},
+        },
+        sampling={"seed": 1},
+    )
     eng = build_engine(ann, TaskConfig(labels=ENGINE_LABELS))
     with pytest.raises(ConfigError, match="chunked_prefill"):
         loop.run_until_complete(eng.start())

@@ -1,5 +1,6 @@
 """Static checks of the code (not unit tests): mypy with the settings of pyproject.toml (the
-package ships ``py.typed``) and ruff's error rules over the package, tests and benchmarks."""
+package ships ``py.typed``), ruff's rules (pyproject.toml) and its formatting over the package,
+tests, benchmarks and scripts."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ def test_mypy_finds_no_errors(monkeypatch):
     assert (ROOT / "molal_ray" / "py.typed").is_file()
 
 
-def test_ruff_finds_no_errors():
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "molal_ray", "tests", "benchmarks", "scripts"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+FOLDERS = ["molal_ray", "tests", "benchmarks", "scripts"]
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check", "--diff"]], ids=["rules", "format"])
+def test_ruff_finds_nothing(command):
+    done = subprocess.run([sys.executable, "-m", "ruff", *command, *FOLDERS], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr

@@ -104,14 +104,41 @@ def test_load_labels(tmp_path):
 
 def test_cli_aggregate(data, tmp_path):
     root, *_ = data
-    r = CliRunner().invoke(main, ["aggregate", "--annotations", str(root / "ann.parquet"), "--gold",
-                                  str(root / "gold.csv"), "--labels", ",".join(LABELS), "--out",
-                                  str(tmp_path / "o.parquet"), "--method", "dawid-skene", "--folds", "3"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "aggregate",
+            "--annotations",
+            str(root / "ann.parquet"),
+            "--gold",
+            str(root / "gold.csv"),
+            "--labels",
+            ",".join(LABELS),
+            "--out",
+            str(tmp_path / "o.parquet"),
+            "--method",
+            "dawid-skene",
+            "--folds",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "dawid-skene" in r.output and "<- chosen" in r.output
     assert pq.read_table(tmp_path / "o.parquet").num_rows == 1500
-    bad = CliRunner().invoke(main, ["aggregate", "--annotations", str(root / "ann.parquet"), "--gold",
-                                    str(root / "gold.csv"), "--labels", "a,b", "--out", str(tmp_path / "x.parquet")])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "aggregate",
+            "--annotations",
+            str(root / "ann.parquet"),
+            "--gold",
+            str(root / "gold.csv"),
+            "--labels",
+            "a,b",
+            "--out",
+            str(tmp_path / "x.parquet"),
+        ],
+    )
     assert bad.exit_code == 2 and "error: gold" in bad.output and "Traceback" not in bad.output
 
 
@@ -123,11 +150,22 @@ def test_aggregate_pool_mistakes_are_one_line_before_ray_starts(data, tmp_path, 
     monkeypatch.setattr(molal_ray.runtime, "ensure_ray", lambda cfg: started.append(cfg))
     pq.write_table(table, tmp_path / "t.parquet")
     pd.DataFrame({"id": ["s00000000"], "text": ["a question"]}).to_parquet(tmp_path / "pool.parquet")
-    base = ["aggregate", "--annotations", str(tmp_path / "t.parquet"), "--gold", str(root / "gold.csv"),
-            "--labels", ",".join(LABELS), "--out", str(tmp_path / "o.parquet")]
-    cases = [(["--pool", str(tmp_path / "missing.parquet")], "expected an existing file"),
-             (["--pool", str(tmp_path / "pool.parquet"), "--text-column", "question"], "no column ['question']"),
-             (["--pool", str(tmp_path / "pool.parquet"), "--encoder", str(tmp_path / "no-model")], "--encoder: cannot load")]
+    base = [
+        "aggregate",
+        "--annotations",
+        str(tmp_path / "t.parquet"),
+        "--gold",
+        str(root / "gold.csv"),
+        "--labels",
+        ",".join(LABELS),
+        "--out",
+        str(tmp_path / "o.parquet"),
+    ]
+    cases = [
+        (["--pool", str(tmp_path / "missing.parquet")], "expected an existing file"),
+        (["--pool", str(tmp_path / "pool.parquet"), "--text-column", "question"], "no column ['question']"),
+        (["--pool", str(tmp_path / "pool.parquet"), "--encoder", str(tmp_path / "no-model")], "--encoder: cannot load"),
+    ]
     for extra, expected in cases:
         r = CliRunner().invoke(main, base + extra)
         assert r.exit_code == 2 and expected in r.output and "Traceback" not in r.output, r.output

@@ -79,8 +79,11 @@ def test_dawid_skene_undoes_a_systematic_confusion():
         else:
             ans = np.where(rng.random(S) < 0.5, truth, rng.integers(0, C, S))
         v = np.eye(C)[ans]
-        rows.append(pd.DataFrame({"sample_id": [f"s{i}" for i in range(S)], "annotator": f"a{a}",
-                                  "probs": list(v), "votes": list(v)}))
+        rows.append(
+            pd.DataFrame(
+                {"sample_id": [f"s{i}" for i in range(S)], "annotator": f"a{a}", "probs": list(v), "votes": list(v)}
+            )
+        )
     m = build_matrix(pa.Table.from_pandas(pd.concat(rows), preserve_index=False), C)
     order = np.argsort([int(s[1:]) for s in m.sample_ids])
     t = truth[[int(s[1:]) for s in m.sample_ids]]
@@ -97,12 +100,15 @@ def test_unknown_aggregator_lists_the_known_ones():
 
 
 def test_matrix_flags_bad_rows_as_absent_and_rejects_wrong_lengths():
-    t = pa.table({
-        "sample_id": ["a", "a", "b", "b"], "annotator": ["x", "y", "x", "y"],
-        "probs": [[0.5, 0.5], [float("nan"), 1.0], [1.0, 0.0], [0.2, -0.1]],
-        "votes": [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
-        "error": [None, None, "empty_text", None],
-    })
+    t = pa.table(
+        {
+            "sample_id": ["a", "a", "b", "b"],
+            "annotator": ["x", "y", "x", "y"],
+            "probs": [[0.5, 0.5], [float("nan"), 1.0], [1.0, 0.0], [0.2, -0.1]],
+            "votes": [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+            "error": [None, None, "empty_text", None],
+        }
+    )
     m = build_matrix(t, 2)
     assert m.present.tolist() == [[True, False], [False, False]]
     bad = t.set_column(2, "probs", pa.array([[0.5, 0.5], [1.0], [1.0, 0.0], [0.2, 0.8]]))
@@ -154,7 +160,9 @@ def test_the_gold_only_models_weight_grows_with_the_gold(synth):
     assert gold_exponent(50, 0.0) == 1.0
     _, _, m, gold = synth
     assert PooledAggregator(calibrate=False).fit(m, gold).gold_exponent_ == pytest.approx(0.5)
-    assert PooledAggregator(calibrate=False, gold_half_weight_rows=150).fit(m, gold).gold_exponent_ == pytest.approx(0.25)
+    assert PooledAggregator(calibrate=False, gold_half_weight_rows=150).fit(m, gold).gold_exponent_ == pytest.approx(
+        0.25
+    )
     with pytest.raises(ConfigError, match="gold_half_weight_rows"):
         PooledAggregator(gold_half_weight_rows=-1)
 
@@ -257,7 +265,7 @@ def test_self_training_repeats_until_the_pool_labels_settle(synth):
     # Without the stop (tol 0) it runs on, and its first passes are the same passes.
     again = PooledAggregator(calibrate=False, max_passes=many.passes_ + 1, tol=0.0).fit(m, gold)
     assert again.passes_ == many.passes_ + 1
-    np.testing.assert_allclose(again.label_changes_[:many.passes_], many.label_changes_)
+    np.testing.assert_allclose(again.label_changes_[: many.passes_], many.label_changes_)
     with pytest.raises(ConfigError, match="max_passes"):
         PooledAggregator(max_passes=0)
     with pytest.raises(ConfigError, match="tol"):

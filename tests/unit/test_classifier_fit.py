@@ -16,9 +16,19 @@ def _fit(monkeypatch, accs, patience, epochs=10):
     monkeypatch.setattr(classifier, "train_epoch", lambda *a, **k: 0.1)
     monkeypatch.setattr(classifier, "evaluate", lambda *a, **k: next(it))
     seen = []
-    n = classifier.fit_epochs(None, None, None, epochs=epochs, patience=patience, lam=0.4, max_length=8, device=None,
-                              train_batches=lambda e: [], val_batches=lambda: [],
-                              on_epoch=lambda m, improved: seen.append((m["epoch"], improved)))
+    n = classifier.fit_epochs(
+        None,
+        None,
+        None,
+        epochs=epochs,
+        patience=patience,
+        lam=0.4,
+        max_length=8,
+        device=None,
+        train_batches=lambda e: [],
+        val_batches=lambda: [],
+        on_epoch=lambda m, improved: seen.append((m["epoch"], improved)),
+    )
     return n, seen
 
 
@@ -35,8 +45,13 @@ def test_patience_zero_stops_at_the_first_worse_epoch_and_all_epochs_otherwise(m
 
 
 def test_frame_batches_shuffle_rows_whole():
-    df = pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": np.arange(10),
-                       "negatives": [np.eye(10, dtype=np.float32)[i] for i in range(10)]})
+    df = pd.DataFrame(
+        {
+            "text": [f"t{i}" for i in range(10)],
+            "label": np.arange(10),
+            "negatives": [np.eye(10, dtype=np.float32)[i] for i in range(10)],
+        }
+    )
     batches = list(classifier.frame_batches(df, 4, seed=3))
     assert [len(b["label"]) for b in batches] == [4, 4, 2]
     labels = np.concatenate([b["label"] for b in batches])

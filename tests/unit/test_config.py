@@ -23,8 +23,11 @@ def test_example_config_loads_and_resolves_paths():
     assert cfg.pool.path == str(TREC / "pool.parquet")
     assert cfg.annotators[0].engine.path == str(TREC / "recording.parquet")
     assert cfg.annotators[0].sampling == SamplingConfig()  # paper defaults: T=10, 0.7, 0.9
-    assert (cfg.annotators[0].sampling.n_samples, cfg.annotators[0].sampling.temperature,
-            cfg.annotators[0].sampling.top_p) == (10, 0.7, 0.9)
+    assert (
+        cfg.annotators[0].sampling.n_samples,
+        cfg.annotators[0].sampling.temperature,
+        cfg.annotators[0].sampling.top_p,
+    ) == (10, 0.7, 0.9)
 
 
 def test_relative_paths_follow_the_config_file(tmp_path):
@@ -36,19 +39,27 @@ def test_relative_paths_follow_the_config_file(tmp_path):
     assert cfg.output.path == str(tmp_path / "out")
 
 
-@pytest.mark.parametrize("patch, where, expected", [
-    (lambda d: d["annotators"][0].update(sampling={"temperature": -1}), "annotators.0.sampling.temperature",
-     "greater than or equal to 0"),
-    (lambda d: d["annotators"][0]["engine"].update(type="gpt"), "annotators.0.engine",
-     "'replay', 'hf', 'vllm'"),
-    (lambda d: d["task"].update(labels=["a", "A"]), "task.labels", "distinct labels"),
-    (lambda d: d["task"].update(prompt_template="no placeholder"), "task", "{text}"),
-    (lambda d: d["pool"].update(format="xlsx"), "pool.format", "'auto', 'parquet', 'jsonl' or 'csv'"),
-    (lambda d: d.update(colour="red"), "colour", "unknown field"),
-    (lambda d: d["annotators"].append(dict(d["annotators"][0])), "annotators", "unique annotator names"),
-    (lambda d: d["annotators"][0].update(resources={"autoscaling": {"min_replicas": 3, "max_replicas": 2}}),
-     "annotators.0.resources.autoscaling", "min_replicas <= max_replicas"),
-])
+@pytest.mark.parametrize(
+    "patch, where, expected",
+    [
+        (
+            lambda d: d["annotators"][0].update(sampling={"temperature": -1}),
+            "annotators.0.sampling.temperature",
+            "greater than or equal to 0",
+        ),
+        (lambda d: d["annotators"][0]["engine"].update(type="gpt"), "annotators.0.engine", "'replay', 'hf', 'vllm'"),
+        (lambda d: d["task"].update(labels=["a", "A"]), "task.labels", "distinct labels"),
+        (lambda d: d["task"].update(prompt_template="no placeholder"), "task", "{text}"),
+        (lambda d: d["pool"].update(format="xlsx"), "pool.format", "'auto', 'parquet', 'jsonl' or 'csv'"),
+        (lambda d: d.update(colour="red"), "colour", "unknown field"),
+        (lambda d: d["annotators"].append(dict(d["annotators"][0])), "annotators", "unique annotator names"),
+        (
+            lambda d: d["annotators"][0].update(resources={"autoscaling": {"min_replicas": 3, "max_replicas": 2}}),
+            "annotators.0.resources.autoscaling",
+            "min_replicas <= max_replicas",
+        ),
+    ],
+)
 def test_bad_values_name_field_value_and_what_is_allowed(tmp_path, patch, where, expected):
     data = _base(tmp_path)
     patch(data)
@@ -103,8 +114,9 @@ def test_trust_remote_code_only_through_its_own_field():
     from molal_ray.config import AnnotatorConfig
 
     with pytest.raises(ConfigError, match="engine_kwargs without trust_remote_code"):
-        AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "vllm", "model": "m",
-                                                           "engine_kwargs": {"trust_remote_code": True}}})
+        AnnotatorConfig.from_dict(
+            {"name": "a", "engine": {"type": "vllm", "model": "m", "engine_kwargs": {"trust_remote_code": True}}}
+        )
     ann = AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "vllm", "model": "m", "trust_remote_code": True}})
     assert ann.engine.trust_remote_code
     assert not AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "hf", "model": "m"}}).engine.trust_remote_code
@@ -127,8 +139,11 @@ def test_labelable_weighing_and_the_review_backend_are_checked_with_the_loop():
     base = yaml.safe_load((TREC / "loop.yaml").read_text())
 
     def cfg(loop=None, classifier=None, review=None):  # type: ignore[no-untyped-def]
-        data = {**base, "loop": {**base.get("loop", {}), **(loop or {})},
-                "classifier": {**base["classifier"], **(classifier or {})}}
+        data = {
+            **base,
+            "loop": {**base.get("loop", {}), **(loop or {})},
+            "classifier": {**base["classifier"], **(classifier or {})},
+        }
         if review is not None:
             data["review"] = review
         return LoopJobConfig.from_dict(data, base_dir=TREC)
@@ -141,10 +156,14 @@ def test_labelable_weighing_and_the_review_backend_are_checked_with_the_loop():
     assert cfg().review.backend == "files"
     ok = cfg(review={"backend": "label_studio", "url": "http://127.0.0.1:8080/", "project": "trec"})
     assert ok.review.url == "http://127.0.0.1:8080" and ok.review.token_env == "LABEL_STUDIO_API_KEY"
-    for bad, message in [({"backend": "label_studio"}, "needs url and project"),
-                         ({"backend": "label_studio", "url": "127.0.0.1:8080", "project": 3}, "expected an http"),
-                         ({"backend": "label_studio", "url": "http://h", "project": 3, "token_env": "tok-123.x"},
-                          "not the token itself"),
-                         ({"backend": "s3"}, "review.backend")]:
+    for bad, message in [
+        ({"backend": "label_studio"}, "needs url and project"),
+        ({"backend": "label_studio", "url": "127.0.0.1:8080", "project": 3}, "expected an http"),
+        (
+            {"backend": "label_studio", "url": "http://h", "project": 3, "token_env": "tok-123.x"},
+            "not the token itself",
+        ),
+        ({"backend": "s3"}, "review.backend"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             cfg(review=bad)

@@ -66,9 +66,12 @@ class FakeServices:
         self.pool = pool  # _row, sample_id, text
         self.by_key = {k: i for i, k in enumerate(pool.column(ROW).to_pylist())}
         task = TaskConfig(labels=TREC_LABELS)
-        self.engines = {a: build_engine(AnnotatorConfig(name=a, engine={"type": "replay",
-                                                                     "path": str(TREC / "recording.parquet")}), task)
-                        for a in TREC_ANNOTATORS}
+        self.engines = {
+            a: build_engine(
+                AnnotatorConfig(name=a, engine={"type": "replay", "path": str(TREC / "recording.parquet")}), task
+            )
+            for a in TREC_ANNOTATORS
+        }
         for e in self.engines.values():
             asyncio.run(e.start())
         self.tables: list[pa.Table] = []
@@ -112,7 +115,9 @@ class FakeServices:
         from molal_ray.review.backend import FileReview, review_round
         from molal_ray.storage import resolve
 
-        return review_round(FileReview(resolve(str(self.review_dir)), TREC_LABELS), ReviewConfig(), round_, items, status)
+        return review_round(
+            FileReview(resolve(str(self.review_dir)), TREC_LABELS), ReviewConfig(), round_, items, status
+        )
 
     def annotations(self):  # type: ignore[no-untyped-def]
         return pa.concat_tables(self.tables)
@@ -134,8 +139,13 @@ class FakeServices:
 @pytest.fixture(scope="module")
 def trec():
     pool = pq.read_table(TREC / "pool.parquet").slice(0, N).sort_by("id")
-    table = pa.table({ROW: pa.array(np.arange(N, dtype=np.int64) + 1000), schema.SAMPLE_ID: pool.column("id"),
-                      "text": pool.column("text")})
+    table = pa.table(
+        {
+            ROW: pa.array(np.arange(N, dtype=np.int64) + 1000),
+            schema.SAMPLE_ID: pool.column("id"),
+            "text": pool.column("text"),
+        }
+    )
     gold_df = load_gold(TREC / "gold.csv", TREC_LABELS)
     gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
     return table, gold
@@ -143,15 +153,27 @@ def trec():
 
 def _coordinator(trec, tmp_path, cascade=None, examples_from_labels=False, **settings):
     table, gold = trec
-    s = LoopSettings(**{"initial_gold": 20, "rounds": 2, "query_size": 15, "strategy": "max-entropy",
-                        "subsample": 100, "test_fraction": 0.2, "test_max": 40, "seed": 1, **settings})
+    s = LoopSettings(
+        **{
+            "initial_gold": 20,
+            "rounds": 2,
+            "query_size": 15,
+            "strategy": "max-entropy",
+            "subsample": 100,
+            "test_fraction": 0.2,
+            "test_max": 40,
+            "seed": 1,
+            **settings,
+        }
+    )
     found = table.select([ROW, schema.SAMPLE_ID])
     split = Split.make(found, gold, s.test_fraction, s.test_max, s.seed)
     services = FakeServices(table)
     services.review_dir = tmp_path / "review"
     state = LoopState(labels=TREC_LABELS, seed=s.seed)
-    return Coordinator(state, s, Geometry(N), split, services, tmp_path / "state", cascade,
-                       examples_from_labels=examples_from_labels), services
+    return Coordinator(
+        state, s, Geometry(N), split, services, tmp_path / "state", cascade, examples_from_labels=examples_from_labels
+    ), services
 
 
 def _run(coord):
@@ -187,8 +209,7 @@ def test_rounds_query_annotate_aggregate_and_keep_only_labelled_rows_in_the_stat
     probs = stage.predictor.predict(services.texts(req.candidates))["probs"]
     entropy = -(probs * np.log(probs)).sum(1)
     picked = {x.row for x in state.labeled[20:35]}
-    assert min(entropy[[k in picked for k in req.candidates.tolist()]]) >= \
-        np.sort(entropy)[-15] - 1e-12
+    assert min(entropy[[k in picked for k in req.candidates.tolist()]]) >= np.sort(entropy)[-15] - 1e-12
 
 
 def test_a_resumed_coordinator_repeats_an_uninterrupted_one(trec, tmp_path):
@@ -232,14 +253,19 @@ def test_few_shot_examples_from_the_loop_are_the_peoples_labels_so_far(trec, tmp
     # Round 0: the gold rows; round r: also the rows people labelled in rounds before it (a round's
     # routed rows reach people after the LLMs answered them).
     assert [len(e) for e in sent] == [20, 20, 25]
-    texts = {sid: services.pool.column("text")[i].as_py()
-             for i, sid in enumerate(services.pool.column("sample_id").to_pylist())}
+    texts = {
+        sid: services.pool.column("text")[i].as_py()
+        for i, sid in enumerate(services.pool.column("sample_id").to_pylist())
+    }
     people = {x.sample_id: TREC_LABELS[x.label] for x in coord.state.labeled if x.source in ("gold", "human")}
     for batch in sent:
         assert all(e["label"] == people[e["sample_id"]] and e["text"] == texts[e["sample_id"]] for e in batch)
     test_keys = set(coord.split.test_rows.tolist())
-    test_ids = {sid for key, sid in zip(services.pool.column(ROW).to_pylist(),
-                                        services.pool.column("sample_id").to_pylist()) if key in test_keys}
+    test_ids = {
+        sid
+        for key, sid in zip(services.pool.column(ROW).to_pylist(), services.pool.column("sample_id").to_pylist())
+        if key in test_keys
+    }
     assert test_ids and not {e["sample_id"] for e in sent[-1]} & test_ids
     plain, services = _coordinator(trec, tmp_path / "plain", rounds=1)
     _run(plain)
@@ -382,7 +408,7 @@ def test_routed_samples_get_peoples_labels_and_join_the_aggregators_gold(trec, t
     gold = coord.split.gold
     for r in (1, 2):
         ids, probs = seen[r]
-        human = {x.sample_id for x in coord.state.labeled[20 + 15 * (r - 1):20 + 15 * r] if x.source == "human"}
+        human = {x.sample_id for x in coord.state.labeled[20 + 15 * (r - 1) : 20 + 15 * r] if x.source == "human"}
         assert len(human) == 5
         u = dict(zip(ids, uncertainty(probs, "margin")))
         assert min(u[i] for i in human) >= max(u[i] for i in ids if i not in human)  # the least certain went
@@ -406,7 +432,8 @@ def test_without_gold_labels_the_loop_waits_for_the_review_file(trec, tmp_path):
     table = trec[0]
     test_keys = set(coord.split.test_rows.tolist())
     keep = {x.sample_id for x in coord.state.labeled} | {
-        i for i, k in zip(table.column(schema.SAMPLE_ID).to_pylist(), table.column(ROW).to_pylist()) if k in test_keys}
+        i for i, k in zip(table.column(schema.SAMPLE_ID).to_pylist(), table.column(ROW).to_pylist()) if k in test_keys
+    }
     coord.split.gold = {k: v for k, v in coord.split.gold.items() if k in keep}  # a real pool: nobody knows
     with pytest.raises(ReviewPending, match="round 1: 5 samples need a person's label") as err:
         coord.run_round()
@@ -422,7 +449,7 @@ def test_without_gold_labels_the_loop_waits_for_the_review_file(trec, tmp_path):
         return Coordinator(state, coord.settings, coord.pool, coord.split, services, tmp_path / "state")
 
     filled = [r + ("entity" if i else "") for i, r in enumerate(rows)]
-    review.write_text("\n".join(filled[:-1] + [filled[-1][:-len("entity")] + "no-such-label"]) + "\n")
+    review.write_text("\n".join(filled[:-1] + [filled[-1][: -len("entity")] + "no-such-label"]) + "\n")
     again = resumed()
     with pytest.raises(ReviewError, match="not in the label set"):
         again.run_round()
@@ -456,6 +483,7 @@ def test_a_cascade_ordered_on_gold_ranks_on_round_0_then_asks_the_best_first(tre
     # Later rounds: the best annotator on every queried row, the others only where it was unsure.
     j = m.annotators.index(first[0])
     queried = np.array([at[x.sample_id] for x in state.labeled if x.source == "molal"])
+
     def sure_of(rows):  # type: ignore[no-untyped-def]  # the rule: its top label has 0.8 of its valid votes
         v = m.votes[rows, j]
         return v.max(1) / np.maximum(v.sum(1), 1e-12) >= 0.8
@@ -473,7 +501,9 @@ def test_a_cascade_ordered_on_gold_ranks_on_round_0_then_asks_the_best_first(tre
     coord.cascade = CascadeConfig(stages=[["gemma", "llama"], ["mistral", "qwen", "yi"]], order="gold")
     coord.settings = coord.settings.model_copy(update={"rounds": 3})
     coord.run_round()
-    assert [len(st) for st in state.cascade["stages"]] == [2, 3] and state.cascade["accuracy_on_gold"] == pytest.approx(acc)
+    assert [len(st) for st in state.cascade["stages"]] == [2, 3] and state.cascade["accuracy_on_gold"] == pytest.approx(
+        acc
+    )
     assert sorted(acc[a] for a in state.cascade["stages"][0]) == sorted(acc.values())[-2:]
 
 

@@ -67,8 +67,11 @@ def test_cluster_yaml_passes_rays_schema_and_has_gpu_workers():
     assert any("molal" in c and "vllm" in c for c in cfg["setup_commands"])
 
 
-@pytest.mark.parametrize("path", sorted([*ROOT.glob("examples/*/*.yaml"), *ROOT.glob("serve_configs/*.yaml")]),
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    sorted([*ROOT.glob("examples/*/*.yaml"), *ROOT.glob("serve_configs/*.yaml")]),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_every_shipped_config_passes_check_config(path):
     from click.testing import CliRunner
 
@@ -77,8 +80,9 @@ def test_every_shipped_config_passes_check_config(path):
     result = CliRunner().invoke(main, ["check-config", str(path)])
     assert result.exit_code == 0, result.output
     kind = result.output.splitlines()[0].rsplit(" a valid ", 1)[1].removesuffix(" config")
-    assert kind == ("serve-app" if path.parent.name == "serve_configs" else
-                    "run" if path.name == "loop.yaml" else "label")
+    assert kind == (
+        "serve-app" if path.parent.name == "serve_configs" else "run" if path.name == "loop.yaml" else "label"
+    )
 
 
 def test_check_config_names_the_bad_field(tmp_path):
@@ -87,7 +91,10 @@ def test_check_config_names_the_bad_field(tmp_path):
     from molal_ray.cli import main
 
     bad = tmp_path / "loop.yaml"
-    bad.write_text((ROOT / "examples/trec/loop.yaml").read_text().replace("strategy: max-entropy",
-                                                                         "strategy: max-entropy\n  aggregator: poold"))
+    bad.write_text(
+        (ROOT / "examples/trec/loop.yaml")
+        .read_text()
+        .replace("strategy: max-entropy", "strategy: max-entropy\n  aggregator: poold")
+    )
     result = CliRunner().invoke(main, ["check-config", str(bad)])
     assert result.exit_code == 2 and "aggregator" in result.output and "poold" in result.output

@@ -31,27 +31,55 @@ def test_sample_id_examples_take_their_texts_from_the_pool(tmp_path, trec_dir):
     assert items[0].text == "What were the trials called which followed World War II ?"
 
 
-@pytest.mark.parametrize("rows, k, match", [
-    ("sample_id,label\ntrec-00000,entity\ntrec-00001,colour\n", 1, r"1 labels not in the label set \(first at line 3: 'colour'\)"),
-    ("sample_id,label\ntrec-00000,entity\nnot-an-id,human\n", 1, r"1 of 2 ids are not in the pool .* \(first: 'not-an-id'\)"),
-    ("sample_id,label\ntrec-00000,entity\n", 2, r"few_shot.k: got 2; .* holds 1 examples"),
-    ("sample_id,label\n", 1, "holds no examples"),
-    ("id;label\nx;y\n", 1, "expected sample_id,label or text,label"),
-])
+@pytest.mark.parametrize(
+    "rows, k, match",
+    [
+        (
+            "sample_id,label\ntrec-00000,entity\ntrec-00001,colour\n",
+            1,
+            r"1 labels not in the label set \(first at line 3: 'colour'\)",
+        ),
+        (
+            "sample_id,label\ntrec-00000,entity\nnot-an-id,human\n",
+            1,
+            r"1 of 2 ids are not in the pool .* \(first: 'not-an-id'\)",
+        ),
+        ("sample_id,label\ntrec-00000,entity\n", 2, r"few_shot.k: got 2; .* holds 1 examples"),
+        ("sample_id,label\n", 1, "holds no examples"),
+        ("id;label\nx;y\n", 1, "expected sample_id,label or text,label"),
+    ],
+)
 def test_bad_example_files_are_clear_errors(tmp_path, trec_dir, rows, k, match):
     with pytest.raises(ConfigError, match=match):
         with_examples(_task(tmp_path, rows, k=k), PoolConfig(path=str(trec_dir / "pool.parquet")))
 
 
-EXAMPLES = [FewShotExample(sample_id=f"e{i}", text=t, label=lab) for i, (t, lab) in enumerate([
-    ("What is the capital of Italy ?", "location"), ("How many feet are in a yard ?", "numeric"),
-    ("Who painted the Mona Lisa ?", "human"), ("What does CPU stand for ?", "abbreviation"),
-    ("In which city is the Eiffel Tower ?", "location"), ("How tall is Mount Everest ?", "numeric")])]
+EXAMPLES = [
+    FewShotExample(sample_id=f"e{i}", text=t, label=lab)
+    for i, (t, lab) in enumerate(
+        [
+            ("What is the capital of Italy ?", "location"),
+            ("How many feet are in a yard ?", "numeric"),
+            ("Who painted the Mona Lisa ?", "human"),
+            ("What does CPU stand for ?", "abbreviation"),
+            ("In which city is the Eiffel Tower ?", "location"),
+            ("How tall is Mount Everest ?", "numeric"),
+        ]
+    )
+]
 
 
 def _selector(select: str, k: int = 2, seed: int = 0) -> ExampleSelector:
-    task = TaskConfig(labels=TREC_LABELS, few_shot={"examples": "unused.csv", "k": k, "select": select,
-                                                    "seed": seed, "items": [e.model_dump() for e in EXAMPLES]})
+    task = TaskConfig(
+        labels=TREC_LABELS,
+        few_shot={
+            "examples": "unused.csv",
+            "k": k,
+            "select": select,
+            "seed": seed,
+            "items": [e.model_dump() for e in EXAMPLES],
+        },
+    )
     return ExampleSelector(task.few_shot, task.labels)
 
 
@@ -85,8 +113,13 @@ def test_random_repeats_per_id_and_varies_across_ids_and_seeds():
 
 def test_demonstrations_as_chat_turns_placeholder_or_completed_prompts():
     demos = EXAMPLES[:2]
-    task = TaskConfig(labels=TREC_LABELS, prompt_template="Q: {text}\nA:", instructions="Label questions.",
-                      label_descriptions={"human": "a person"}, few_shot={"examples": "x.csv", "k": 2})
+    task = TaskConfig(
+        labels=TREC_LABELS,
+        prompt_template="Q: {text}\nA:",
+        instructions="Label questions.",
+        label_descriptions={"human": "a person"},
+        few_shot={"examples": "x.csv", "k": 2},
+    )
     msgs = PromptMessages(task).messages("Who is it ?", demos)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert msgs[0]["content"] == "Label questions.\n\nLabels:\n- human: a person"
@@ -96,8 +129,10 @@ def test_demonstrations_as_chat_turns_placeholder_or_completed_prompts():
     filled = task.model_copy(update={"prompt_template": "{descriptions}\n{examples}Text: {text}\nLabel:"})
     msgs = PromptMessages(filled).messages("Who is it ?", demos)
     assert [m["role"] for m in msgs] == ["system", "user"]  # descriptions in the template, not the system
-    assert msgs[1]["content"] == ("- human: a person\nText: What is the capital of Italy ?\nLabel: location\n\n"
-                                  "Text: How many feet are in a yard ?\nLabel: numeric\n\nText: Who is it ?\nLabel:")
+    assert msgs[1]["content"] == (
+        "- human: a person\nText: What is the capital of Italy ?\nLabel: location\n\n"
+        "Text: How many feet are in a yard ?\nLabel: numeric\n\nText: Who is it ?\nLabel:"
+    )
 
 
 def test_label_descriptions_name_labels_of_the_set():
@@ -109,8 +144,10 @@ def test_the_hf_engine_scores_few_shot_prompts_and_drops_demonstrations_to_fit(t
     f = tmp_path / "ex.csv"
     f.write_text("text,label\n" + "\n".join(f'"{e.text}",{e.label}' for e in EXAMPLES) + "\n")
     task = TaskConfig(labels=ENGINE_LABELS, few_shot={"examples": str(f), "k": 3, "select": "fixed"})
-    ann = AnnotatorConfig(name="tiny", engine={"type": "hf", "model": str(tiny_llama), "dtype": "float32",
-                                               "device": "cpu", "max_model_len": 1024})
+    ann = AnnotatorConfig(
+        name="tiny",
+        engine={"type": "hf", "model": str(tiny_llama), "dtype": "float32", "device": "cpu", "max_model_len": 1024},
+    )
     eng = build_engine(ann, task)
     asyncio.run(eng.start())
     (a,) = asyncio.run(eng.annotate(["q"], ["Who wrote Hamlet ?"]))
@@ -131,8 +168,10 @@ def test_examples_from_the_loop_reach_the_engine_through_the_deployment(tiny_lla
     from molal_ray.serve.deployment import AnnotatorDeployment
 
     task = TaskConfig(labels=ENGINE_LABELS, few_shot={"examples": "loop", "k": 2, "select": "fixed"})
-    ann = AnnotatorConfig(name="tiny", engine={"type": "hf", "model": str(tiny_llama), "dtype": "float32",
-                                               "device": "cpu", "max_model_len": 1024})
+    ann = AnnotatorConfig(
+        name="tiny",
+        engine={"type": "hf", "model": str(tiny_llama), "dtype": "float32", "device": "cpu", "max_model_len": 1024},
+    )
     eng = build_engine(ann, task)
     asyncio.run(eng.start())
     assert eng.demonstrations(["q"], ["Who wrote Hamlet ?"]) == [[]]
@@ -143,13 +182,20 @@ def test_examples_from_the_loop_reach_the_engine_through_the_deployment(tiny_lla
     out = asyncio.run(dep.annotate(["q", EXAMPLES[0].sample_id or "x"], ["Who wrote Hamlet ?", EXAMPLES[0].text], sent))
     assert [len(d) for d in eng.demonstrations(["q"], ["Who wrote Hamlet ?"])] == [2]
     ids, _ = eng.prompts.build("Who wrote Hamlet ?", EXAMPLES[:2])
-    np.testing.assert_allclose(out["probs"][0], reference_label_probs(eng.model, eng.tokenizer, ids, ENGINE_LABELS),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        out["probs"][0], reference_label_probs(eng.model, eng.tokenizer, ids, ENGINE_LABELS), atol=1e-4
+    )
     own = eng.demonstrations([EXAMPLES[0].sample_id or "x"], [EXAMPLES[0].text])[0]
     assert EXAMPLES[0].text not in [e.text for e in own]  # never its own demonstration
     before = eng.selector.examples
     asyncio.run(dep.annotate(["q"], ["Who wrote Hamlet ?"], sent))
     assert eng.selector.examples is before  # the same set: not replaced again
     with pytest.raises(ConfigError, match="'loop' takes the loop's own labels"):
-        LabelJobConfig.from_dict({"task": task.model_dump(), "annotators": [ann.model_dump()],
-                                  "pool": {"path": "p.jsonl"}, "output": {"path": "o"}})
+        LabelJobConfig.from_dict(
+            {
+                "task": task.model_dump(),
+                "annotators": [ann.model_dump()],
+                "pool": {"path": "p.jsonl"},
+                "output": {"path": "o"},
+            }
+        )

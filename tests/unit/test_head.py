@@ -102,15 +102,14 @@ def test_frozen_encoder_is_unit_length_and_batch_independent(tiny_bert, first_to
 
 
 def test_embedding_files_align_with_the_pool_and_fetch_by_key(tmp_path, tiny_bert):
-    from molal_ray.pipeline.embeddings import EMBEDDING, EmbedBuckets, EmbeddingStore, as_matrix
     from molal_ray.pipeline import pool_store
+    from molal_ray.pipeline.embeddings import EMBEDDING, EmbedBuckets, EmbeddingStore, as_matrix
     from molal_ray.storage import resolve
     from molal_ray.training.encoder import FrozenEncoder
     from tests.unit.test_pool_store import _pool
 
     n = 50
-    pool = _pool(tmp_path, [(f"q{i:03d}", f"question number {i} about hamlet", f"f:{i}") for i in range(n)],
-                 buckets=2)
+    pool = _pool(tmp_path, [(f"q{i:03d}", f"question number {i} about hamlet", f"f:{i}") for i in range(n)], buckets=2)
     usable = pool.manifest.usable
     out = resolve(tmp_path / "emb")
     out.mkdirs()
@@ -124,8 +123,12 @@ def test_embedding_files_align_with_the_pool_and_fetch_by_key(tmp_path, tiny_ber
     got = store.fetch(keys)
     assert np.allclose(got, FrozenEncoder(str(tiny_bert), max_length=16)(texts), atol=1e-5)
     # read units of the embed files hold the same rows as the pool's, in the same places
-    rows = pa.concat_tables([pool_store.read_row_groups(pa.Table.from_pylist([it]), out, ["_row", EMBEDDING])
-                             for it in store.read_items(keys)])
+    rows = pa.concat_tables(
+        [
+            pool_store.read_row_groups(pa.Table.from_pylist([it]), out, ["_row", EMBEDDING])
+            for it in store.read_items(keys)
+        ]
+    )
     assert sorted(rows.column("_row").to_pylist()) == sorted(keys.tolist())
     assert as_matrix(rows.column(EMBEDDING)).shape == (4, udf.encoder.dim)
 
@@ -134,8 +137,15 @@ def test_head_config_fields_are_checked():
     with pytest.raises(ConfigError):
         from molal_ray.config.loop import LoopJobConfig
 
-        LoopJobConfig.from_dict({"task": {"labels": ["a", "b"]}, "annotators": [], "pool": {"path": "p"},
-                                 "classifier": {"backbone": "x", "mode": "frozen"}, "output": {"path": "o"}})
+        LoopJobConfig.from_dict(
+            {
+                "task": {"labels": ["a", "b"]},
+                "annotators": [],
+                "pool": {"path": "p"},
+                "classifier": {"backbone": "x", "mode": "frozen"},
+                "output": {"path": "o"},
+            }
+        )
 
 
 def test_a_head_fitted_in_this_process_is_saved_where_the_round_says(tmp_path):
@@ -144,12 +154,26 @@ def test_a_head_fitted_in_this_process_is_saved_where_the_round_says(tmp_path):
     from molal_ray.training.local_trainer import train_head_local
 
     def frame(d):  # type: ignore[no-untyped-def]
-        return pd.DataFrame({"embedding": list(d["embedding"]), "label": d["label"], "weight": d["weight"],
-                             "negatives": list(d["negatives"])})
+        return pd.DataFrame(
+            {
+                "embedding": list(d["embedding"]),
+                "label": d["label"],
+                "weight": d["weight"],
+                "negatives": list(d["negatives"]),
+            }
+        )
 
     cfg = ClassifierConfig(backbone="x", mode="head", trainer="local", epochs=20, learning_rate=1e-2)
     for _ in range(2):  # a rerun of the round replaces its head
-        res = train_head_local(frame(_blobs(120, 0)), frame(_blobs(30, 1)), C, cfg, 0.4, str(tmp_path / "train"),
-                               "round-0", {"backbone": "x"})
+        res = train_head_local(
+            frame(_blobs(120, 0)),
+            frame(_blobs(30, 1)),
+            C,
+            cfg,
+            0.4,
+            str(tmp_path / "train"),
+            "round-0",
+            {"backbone": "x"},
+        )
     assert res.model_dir == str(tmp_path / "train" / "round-0" / "best") and is_head(res.model_dir)
     assert HeadPredictor(res.model_dir).predict(_blobs(10, 2)["embedding"])["probs"].shape == (10, C)

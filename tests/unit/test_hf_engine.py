@@ -11,15 +11,28 @@ from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.engines import build_engine
 from tests.conftest import ENGINE_LABELS, reference_label_probs
 
-TEXTS = ["What is the capital of France ?", "Who wrote Hamlet ?", "How many feet are in a mile ?",
-         "Why is the sky blue ?", "What does NASA stand for ?"]
+TEXTS = [
+    "What is the capital of France ?",
+    "Who wrote Hamlet ?",
+    "How many feet are in a mile ?",
+    "Why is the sky blue ?",
+    "What does NASA stand for ?",
+]
 
 
 def _engine(model_dir, seed=0, batch_size=2, max_model_len=256, **sampling):
-    ann = AnnotatorConfig(name="tiny", engine={"type": "hf", "model": str(model_dir), "dtype": "float32",
-                                               "device": "cpu", "batch_size": batch_size,
-                                               "max_model_len": max_model_len},
-                          sampling={"seed": seed, **sampling})
+    ann = AnnotatorConfig(
+        name="tiny",
+        engine={
+            "type": "hf",
+            "model": str(model_dir),
+            "dtype": "float32",
+            "device": "cpu",
+            "batch_size": batch_size,
+            "max_model_len": max_model_len,
+        },
+        sampling={"seed": seed, **sampling},
+    )
     eng = build_engine(ann, TaskConfig(labels=ENGINE_LABELS))
     asyncio.run(eng.start())
     return eng

@@ -12,8 +12,9 @@ from molal_ray.engines.label_trie import LabelTrie
 LABELS = ["entity", "human"]
 
 
-@pytest.mark.parametrize("prompt, space", [("Text: x\n\nLabel:", " "), ("Output:\n", ""),
-                                           ("<|assistant|>\n", ""), ("", "")])
+@pytest.mark.parametrize(
+    "prompt, space", [("Text: x\n\nLabel:", " "), ("Output:\n", ""), ("<|assistant|>\n", ""), ("", "")]
+)
 def test_auto_space_follows_the_prompt_end(prompt, space):
     forms = spellings(TaskConfig(labels=LABELS), prompt)
     assert forms == [(space + "entity", 0), (space + "Entity", 0), (space + "human", 1), (space + "Human", 1)]
@@ -22,8 +23,18 @@ def test_auto_space_follows_the_prompt_end(prompt, space):
 def test_cases_and_spaces_are_configurable_and_deduplicated():
     task = TaskConfig(labels=["Entity", "human"], label_case=["as_given", "lower", "upper"], label_space="both")
     forms = dict(spellings(task, "x:"))
-    assert forms == {"Entity": 0, " Entity": 0, "entity": 0, " entity": 0, "ENTITY": 0, " ENTITY": 0,
-                     "human": 1, " human": 1, "HUMAN": 1, " HUMAN": 1}
+    assert forms == {
+        "Entity": 0,
+        " Entity": 0,
+        "entity": 0,
+        " entity": 0,
+        "ENTITY": 0,
+        " ENTITY": 0,
+        "human": 1,
+        " human": 1,
+        "HUMAN": 1,
+        " HUMAN": 1,
+    }
 
 
 def test_tokens_are_those_after_the_prompt(tiny_llama):

@@ -32,14 +32,23 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("held, heartbeat_age_s, why", [  # ages, not times: collection may be long before the call
-    ({"host": socket.gethostname(), "pid": None}, 0, "no longer exists"),
-    ({"host": "other-node", "pid": 1}, 600, "last heartbeat is 600 s old"),
-])
+@pytest.mark.parametrize(
+    "held, heartbeat_age_s, why",
+    [  # ages, not times: collection may be long before the call
+        ({"host": socket.gethostname(), "pid": None}, 0, "no longer exists"),
+        ({"host": "other-node", "pid": 1}, 600, "last heartbeat is 600 s old"),
+    ],
+)
 def test_a_lock_left_by_a_dead_job_is_taken_over_with_a_warning(tmp_path, caplog, held, heartbeat_age_s, why):
     now = time.time()
-    held = {**held, "pid": held["pid"] or _dead_pid(), "command": "label", "started": now - 700, "token": "x",
-            "heartbeat": now - heartbeat_age_s}
+    held = {
+        **held,
+        "pid": held["pid"] or _dead_pid(),
+        "command": "label",
+        "started": now - 700,
+        "token": "x",
+        "heartbeat": now - heartbeat_age_s,
+    }
     (tmp_path / "out.lock").write_text(json.dumps(held))
     with caplog.at_level(logging.WARNING, logger="molal_ray"):
         with OutputLock(tmp_path / "out", "run"):
@@ -48,8 +57,18 @@ def test_a_lock_left_by_a_dead_job_is_taken_over_with_a_warning(tmp_path, caplog
 
 
 def test_a_live_lock_elsewhere_is_respected_and_the_heartbeat_keeps_it_fresh(tmp_path):
-    (tmp_path / "out.lock").write_text(json.dumps({"host": "other-node", "pid": 1, "command": "run", "token": "x",
-                                                   "started": time.time(), "heartbeat": time.time()}))
+    (tmp_path / "out.lock").write_text(
+        json.dumps(
+            {
+                "host": "other-node",
+                "pid": 1,
+                "command": "run",
+                "token": "x",
+                "started": time.time(),
+                "heartbeat": time.time(),
+            }
+        )
+    )
     with pytest.raises(OutputLocked, match="other-node"):
         OutputLock(tmp_path / "out", "label").acquire()
     (tmp_path / "out.lock").unlink()
@@ -65,12 +84,11 @@ def test_lock_locations_of_paths_and_uris(tmp_path):
 
 
 def test_label_and_run_refuse_a_folder_in_use_before_ray_starts(tmp_path, ray_must_not_start):
+    import yaml
     from click.testing import CliRunner
 
     from molal_ray.cli import main
     from tests.conftest import TREC
-
-    import yaml
 
     cfg = yaml.safe_load((TREC / "label.yaml").read_text())
     cfg["pool"]["path"] = str(TREC / "pool.parquet")

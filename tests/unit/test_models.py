@@ -25,8 +25,7 @@ def test_engine_configs_check_the_model_file(tmp_path):
     with pytest.raises(ConfigError, match="engine.hf.model: got 'package:absent_pkg/m.gguf'; expected an installed"):
         AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "hf", "model": "package:absent_pkg/m.gguf"}})
     with pytest.raises(ConfigError, match="an existing GGUF file"):
-        AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "vllm", "model": "missing.gguf"}},
-                                  base_dir=tmp_path)
+        AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "vllm", "model": "missing.gguf"}}, base_dir=tmp_path)
     ann = AnnotatorConfig.from_dict({"name": "a", "engine": {"type": "hf", "model": "org/name"}})
     assert ann.engine.model == "org/name"  # hub names pass untouched
 
@@ -58,7 +57,11 @@ def test_smollm2_is_converted_once_and_answers(smollm2):
     tok = AutoTokenizer.from_pretrained(smollm2)
     model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
     assert model.config.tie_word_embeddings and tok.chat_template
-    enc = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])

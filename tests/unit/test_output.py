@@ -8,6 +8,7 @@ import pytest
 
 from molal_ray import schema
 from molal_ray.exceptions import ConfigError
+from molal_ray.ids import hash_ids
 from molal_ray.pipeline.annotate_stage import error_rows
 from molal_ray.pipeline.output import (
     DoneIndex,
@@ -19,7 +20,6 @@ from molal_ray.pipeline.output import (
     table_files,
     write_part,
 )
-from molal_ray.ids import hash_ids
 from molal_ray.storage import resolve
 
 
@@ -158,8 +158,11 @@ def test_an_unreadable_part_is_a_clear_error_and_a_reopened_folder_sets_it_aside
     bad = write_part(out.parts, _rows(["c", "d"]), bucket=1)
     _truncate(tmp_path / "o" / "parts" / bad.name)
     name = bad.name
-    for read in (lambda: read_annotation_table(tmp_path / "o"), lambda: list(iter_annotation_table(tmp_path / "o")),
-                 lambda: DoneIndex(out.parts).mask("m", hash_ids(["c"]), bucket=1)):
+    for read in (
+        lambda: read_annotation_table(tmp_path / "o"),
+        lambda: list(iter_annotation_table(tmp_path / "o")),
+        lambda: DoneIndex(out.parts).mask("m", hash_ids(["c"]), bucket=1),
+    ):
         with pytest.raises(SchemaError, match=rf"1 file\(s\) cannot be read: {name} \(.*\)\. Resuming the label job"):
             read()
     with caplog.at_level(logging.WARNING, logger="molal_ray"):
@@ -183,12 +186,36 @@ def test_an_unreadable_table_file_is_a_clear_error_from_aggregate(tmp_path):
     assert compact_target.name not in [p.name for p in (tmp_path / "o" / "parts").iterdir()]
     _truncate(data)  # a compacted file: its footer lists the parts it holds
     (tmp_path / "gold.csv").write_text("sample_id,label\na,x\n")
-    r = CliRunner().invoke(main, ["aggregate", "--annotations", str(tmp_path / "o"), "--gold", str(tmp_path / "gold.csv"),
-                                  "--labels", "x,y", "--out", str(tmp_path / "agg.parquet")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "aggregate",
+            "--annotations",
+            str(tmp_path / "o"),
+            "--gold",
+            str(tmp_path / "gold.csv"),
+            "--labels",
+            "x,y",
+            "--out",
+            str(tmp_path / "agg.parquet"),
+        ],
+    )
     assert r.exit_code == 2 and f"{data.name} (" in r.output and "cannot be read" in r.output, r.output
     assert "Traceback" not in r.output
     single = tmp_path / "one.parquet"
     single.write_bytes(b"PAR1 not really")
-    r = CliRunner().invoke(main, ["aggregate", "--annotations", str(single), "--gold", str(tmp_path / "gold.csv"),
-                                  "--labels", "x,y", "--out", str(tmp_path / "agg.parquet")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "aggregate",
+            "--annotations",
+            str(single),
+            "--gold",
+            str(tmp_path / "gold.csv"),
+            "--labels",
+            "x,y",
+            "--out",
+            str(tmp_path / "agg.parquet"),
+        ],
+    )
     assert r.exit_code == 2 and "one.parquet" in r.output and "Traceback" not in r.output, r.output

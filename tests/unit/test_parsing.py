@@ -8,18 +8,38 @@ from tests.conftest import TREC_LABELS
 P = AnswerParser(TREC_LABELS)
 
 
-@pytest.mark.parametrize("answer, label", [
-    ("entity", "entity"), ("Entity", "entity"), ('"entity"', "entity"), ("  ENTITY.\n", "entity"),
-    ("'numeric'", "numeric"), ("numeric (year)", "numeric"), ("human, human", "human"),
-    ("Label: Location", "location"), ("**description**", "description"),
-])
+@pytest.mark.parametrize(
+    "answer, label",
+    [
+        ("entity", "entity"),
+        ("Entity", "entity"),
+        ('"entity"', "entity"),
+        ("  ENTITY.\n", "entity"),
+        ("'numeric'", "numeric"),
+        ("numeric (year)", "numeric"),
+        ("human, human", "human"),
+        ("Label: Location", "location"),
+        ("**description**", "description"),
+    ],
+)
 def test_valid_answers(answer, label):
     assert P.parse(answer) == TREC_LABELS.index(label)
 
 
-@pytest.mark.parametrize("answer", [
-    "human, entity", "location, human (implied)", "date", "", "   ", None, "humanity", "entities", '""',
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "human, entity",
+        "location, human (implied)",
+        "date",
+        "",
+        "   ",
+        None,
+        "humanity",
+        "entities",
+        '""',
+    ],
+)
 def test_invalid_answers(answer):
     assert P.parse(answer) is None
 

@@ -12,8 +12,8 @@ import pytest
 
 from molal_ray.config import PoolConfig
 from molal_ray.exceptions import ConfigError
-from molal_ray.pipeline.pool import _read_csv, _read_jsonl, _read_parquet, detect_format
 from molal_ray.ids import hash_ids
+from molal_ray.pipeline.pool import _read_csv, _read_jsonl, _read_parquet, detect_format
 from molal_ray.pipeline.prepare import PREPARED_SCHEMA, prepare_batch, resolve_duplicates
 
 
@@ -102,16 +102,22 @@ def test_csv_bad_records_across_read_blocks_keep_every_row_number():
 def test_a_damaged_parquet_row_group_flags_its_rows_and_keeps_the_others():
     buf = io.BytesIO()
     texts = [f"question number {i} " * 4 for i in range(60)]
-    pq.write_table(pa.table({"id": [f"q{i}" for i in range(60)], "text": texts}), buf, row_group_size=30,
-                   compression="none", use_dictionary=False)
+    pq.write_table(
+        pa.table({"id": [f"q{i}" for i in range(60)], "text": texts}),
+        buf,
+        row_group_size=30,
+        compression="none",
+        use_dictionary=False,
+    )
     raw = bytearray(buf.getvalue())
     chunk = pq.ParquetFile(io.BytesIO(bytes(raw))).metadata.row_group(1).column(1)  # row group 1's texts
     start = chunk.data_page_offset
-    raw[start:start + 40] = b"\xff" * 40  # its page header: unreadable
+    raw[start : start + 40] = b"\xff" * 40  # its page header: unreadable
     rows = _prepared(_read_parquet(pa.BufferReader(bytes(raw)), "p.parquet", "id", "text"))
     assert [r["_source"] for r in rows] == [f"p.parquet:{i}" for i in range(1, 61)]  # every row, in its place
-    assert all(r["pool_error"] is None for r in rows[:30]) and [r["sample_id"] for r in rows[:30]] == \
-        [f"q{i}" for i in range(30)]
+    assert all(r["pool_error"] is None for r in rows[:30]) and [r["sample_id"] for r in rows[:30]] == [
+        f"q{i}" for i in range(30)
+    ]
     assert all(r["pool_error"].startswith("bad_row: row group 1 cannot be read (") for r in rows[30:])
 
 
@@ -130,9 +136,24 @@ def test_parquet_integer_ids():
 
 
 def test_duplicates_resolved_deterministically_first_in_file_order_wins():
-    table = prepare_batch(pa.concat_tables(list(_read_jsonl(io.BytesIO(b"\n".join(
-        json.dumps({"id": i, "text": t}).encode() for i, t in
-        [("a", "one"), ("b", "two"), ("a", "three"), ("a", "one")])), "p", "id", "text"))), 100)
+    table = prepare_batch(
+        pa.concat_tables(
+            list(
+                _read_jsonl(
+                    io.BytesIO(
+                        b"\n".join(
+                            json.dumps({"id": i, "text": t}).encode()
+                            for i, t in [("a", "one"), ("b", "two"), ("a", "three"), ("a", "one")]
+                        )
+                    ),
+                    "p",
+                    "id",
+                    "text",
+                )
+            )
+        ),
+        100,
+    )
     dup_rows = table.filter(pa.array([i == "a" for i in table.column("sample_id").to_pylist()]))
     # Whatever order the rows arrive in, the result is the same.
     fwd = resolve_duplicates(dup_rows).to_pylist()

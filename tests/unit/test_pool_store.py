@@ -25,9 +25,15 @@ from molal_ray.storage import resolve
 
 def _raw(rows):
     ids, texts, sources = zip(*rows)
-    return pa.table({"_raw_id": [None if i is None else i.encode() for i in ids],
-                     "_raw_text": [None if t is None else t.encode() for t in texts],
-                     "_source": list(sources), "_read_error": [None] * len(rows)}, schema=RAW_SCHEMA)
+    return pa.table(
+        {
+            "_raw_id": [None if i is None else i.encode() for i in ids],
+            "_raw_text": [None if t is None else t.encode() for t in texts],
+            "_source": list(sources),
+            "_read_error": [None] * len(rows),
+        },
+        schema=RAW_SCHEMA,
+    )
 
 
 def test_a_repeated_id_keeps_its_first_usable_copy_rows_compared_as_numbers():
@@ -60,8 +66,15 @@ def _pool(tmp_path, rows, buckets=3):
         if part.num_rows:
             c = write_bucket(part, folder).to_pylist()[0]
             usable[k], flagged[k] = c["usable"], c["flagged"]
-    folder.join(MANIFEST).write_json({"fingerprint": {"format_version": 2}, "buckets": buckets, "usable": usable,
-                                      "flagged": flagged, "flagged_by_kind": {}})
+    folder.join(MANIFEST).write_json(
+        {
+            "fingerprint": {"format_version": 2},
+            "buckets": buckets,
+            "usable": usable,
+            "flagged": flagged,
+            "flagged_by_kind": {},
+        }
+    )
     return PreparedPool.open(folder)
 
 
@@ -79,8 +92,10 @@ def test_keys_numbers_and_fetches(tmp_path):
     assert pool.fetch([keys[3], keys[3]]).num_rows == 2
     found = pool.find(["id7", "id3", "bad", "nope"])
     assert sorted(found.column("sample_id").to_pylist()) == ["id3", "id7"]
-    assert pool.fetch(found.column("_row").to_numpy()).column("sample_id").to_pylist() == \
-        found.column("sample_id").to_pylist()
+    assert (
+        pool.fetch(found.column("_row").to_numpy()).column("sample_id").to_pylist()
+        == found.column("sample_id").to_pylist()
+    )
     flagged = pa.Table.from_batches(list(pool.iter_flagged()))
     assert sorted(flagged.column("sample_id").to_pylist()) == ["bad", "id3#dup1"]
     with pytest.raises(SchemaError, match="not usable rows"):

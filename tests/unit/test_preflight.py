@@ -17,9 +17,12 @@ from tests.conftest import TREC, TREC_LABELS
 
 
 def _cfg(tmp_path, pool_name: str, **over) -> LabelJobConfig:
-    data = {"task": {"labels": TREC_LABELS},
-            "annotators": [{"name": "gemma", "engine": {"type": "replay", "path": str(TREC / "recording.parquet")}}],
-            "pool": {"path": str(tmp_path / pool_name)}, "output": {"path": str(tmp_path / "out")}}
+    data = {
+        "task": {"labels": TREC_LABELS},
+        "annotators": [{"name": "gemma", "engine": {"type": "replay", "path": str(TREC / "recording.parquet")}}],
+        "pool": {"path": str(tmp_path / pool_name)},
+        "output": {"path": str(tmp_path / "out")},
+    }
     for key, value in over.items():
         data[key] = value
     return LabelJobConfig.from_dict(data)
@@ -33,16 +36,19 @@ def _csv(path, header="id,text"):
     path.write_text(f"{header}\na,hello\n")
 
 
-@pytest.mark.parametrize("name, write, expected", [
-    ("pool.parquet", _csv, "not a Parquet file"),
-    ("pool.csv", _parquet, "a Parquet file (it starts with PAR1)"),
-    ("pool.jsonl", _parquet, "a Parquet file (it starts with PAR1)"),
-    ("pool.csv", lambda p: _csv(p, "id,body"), "no column ['text'] in its header line ['id', 'body']"),
-    ("pool.parquet", lambda p: _parquet(p, ("id", "body")), "no column ['text'] (it has ['id', 'body'])"),
-    ("pool.jsonl", lambda p: p.write_text('{"id": "a", "body": "x"}\n'), "with the column 'text'"),
-    ("pool.jsonl.gz", lambda p: p.write_text('{"id": "a", "text": "x"}\n'), "not gzip-compressed"),
-    ("pool.csv", lambda p: p.write_bytes(b"id,text\n\x00\x01\x02"), "binary"),
-])
+@pytest.mark.parametrize(
+    "name, write, expected",
+    [
+        ("pool.parquet", _csv, "not a Parquet file"),
+        ("pool.csv", _parquet, "a Parquet file (it starts with PAR1)"),
+        ("pool.jsonl", _parquet, "a Parquet file (it starts with PAR1)"),
+        ("pool.csv", lambda p: _csv(p, "id,body"), "no column ['text'] in its header line ['id', 'body']"),
+        ("pool.parquet", lambda p: _parquet(p, ("id", "body")), "no column ['text'] (it has ['id', 'body'])"),
+        ("pool.jsonl", lambda p: p.write_text('{"id": "a", "body": "x"}\n'), "with the column 'text'"),
+        ("pool.jsonl.gz", lambda p: p.write_text('{"id": "a", "text": "x"}\n'), "not gzip-compressed"),
+        ("pool.csv", lambda p: p.write_bytes(b"id,text\n\x00\x01\x02"), "binary"),
+    ],
+)
 def test_a_pool_file_of_another_format_or_without_its_columns_is_refused(tmp_path, name, write, expected):
     write(tmp_path / name)
     with pytest.raises(ConfigError) as err:
@@ -64,11 +70,16 @@ def test_every_problem_is_listed_at_once(tmp_path):
     (tmp_path / "rec.csv").write_text("sample_id,annotator\n")
     gold = tmp_path / "gold.csv"
     gold.write_text("sample_id,label\ns1,colour\n")
-    cfg = _cfg(tmp_path, "pool.parquet", annotators=[
-        {"name": "a", "engine": {"type": "replay", "path": str(tmp_path / "missing.parquet")}},
-        {"name": "b", "engine": {"type": "replay", "path": str(tmp_path / "rec.csv")}},
-        {"name": "c", "engine": {"type": "hf", "model": str(tmp_path / "no-model")}}],
-        cascade={"stages": [["a"], ["b", "c"]], "order": "gold", "gold": str(gold)})
+    cfg = _cfg(
+        tmp_path,
+        "pool.parquet",
+        annotators=[
+            {"name": "a", "engine": {"type": "replay", "path": str(tmp_path / "missing.parquet")}},
+            {"name": "b", "engine": {"type": "replay", "path": str(tmp_path / "rec.csv")}},
+            {"name": "c", "engine": {"type": "hf", "model": str(tmp_path / "no-model")}},
+        ],
+        cascade={"stages": [["a"], ["b", "c"]], "order": "gold", "gold": str(gold)},
+    )
     with pytest.raises(ConfigError) as err:
         check_files(cfg)
     msg = str(err.value)
@@ -91,7 +102,6 @@ def test_label_refuses_a_bad_pool_before_ray_starts(tmp_path, ray_must_not_start
     assert result.exit_code == 2 and "not a Parquet file" in result.output and "Traceback" not in result.output
 
 
-
 def test_an_error_of_ours_raised_in_a_ray_task_is_printed_as_itself(monkeypatch):
     """A Ray Data stage or an actor that raises one of our errors: the driver gets it wrapped in
     a RayTaskError whose text holds the remote traceback; the CLI prints our message only."""
@@ -103,8 +113,11 @@ def test_an_error_of_ours_raised_in_a_ray_task_is_printed_as_itself(monkeypatch)
     from molal_ray.exceptions import SchemaError
     from tests.conftest import TREC
 
-    wrapped = RayTaskError("AnnotateStage.__call__", "Traceback (most recent call last):\n  File ...\nSchemaError: x",
-                           SchemaError("pool.parquet: row 7 is not what it should be")).as_instanceof_cause()
+    wrapped = RayTaskError(
+        "AnnotateStage.__call__",
+        "Traceback (most recent call last):\n  File ...\nSchemaError: x",
+        SchemaError("pool.parquet: row 7 is not what it should be"),
+    ).as_instanceof_cause()
 
     def raise_it(*args, **kwargs):
         raise wrapped

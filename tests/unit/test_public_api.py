@@ -27,8 +27,9 @@ def test_the_package_exports_its_front_and_imports_nothing_heavy():
 def test_aggregate_from_a_table_or_a_file_and_gold_from_a_frame_or_a_file(tmp_path):
     table, truth = synthetic_table(400, seed=2)
     pq.write_table(table, tmp_path / "ann.parquet")
-    gold = pd.DataFrame({"sample_id": [f"s{i:08d}" for i in range(40)],
-                         "label": [SYNTHETIC_LABELS[k].upper() for k in truth[:40]]})  # any case
+    gold = pd.DataFrame(
+        {"sample_id": [f"s{i:08d}" for i in range(40)], "label": [SYNTHETIC_LABELS[k].upper() for k in truth[:40]]}
+    )  # any case
     gold.to_csv(tmp_path / "gold.csv", index=False)
     a = molal_ray.aggregate(table, gold, SYNTHETIC_LABELS, validate=False)
     b = molal_ray.aggregate(tmp_path / "ann.parquet", tmp_path / "gold.csv", SYNTHETIC_LABELS, validate=False)

@@ -53,8 +53,14 @@ def test_jsonl_and_parquet_recordings_agree(tmp_path):
     import gzip
     import json
 
-    rows = [{"id": "s1", "text": "q", "gold": "entity",
-             "annotators": {"yi": {"label_probs": [0, 2, 0, 0, 0, 2], "samples": ["entity"] * 9 + ["date"]}}}]
+    rows = [
+        {
+            "id": "s1",
+            "text": "q",
+            "gold": "entity",
+            "annotators": {"yi": {"label_probs": [0, 2, 0, 0, 0, 2], "samples": ["entity"] * 9 + ["date"]}},
+        }
+    ]
     p = tmp_path / "r.jsonl.gz"
     with gzip.open(p, "wt") as f:
         f.write(json.dumps(rows[0]) + "\n")

@@ -19,12 +19,12 @@ from molal_ray.review import (
     ReviewItem,
     agreement,
     check_labelstudio_config,
-    labelstudio_answers,
-    matrix_answers,
     csv_text,
+    labelstudio_answers,
     labelstudio_config,
     labelstudio_tasks,
     least_certain,
+    matrix_answers,
     read_review,
     uncertainty,
 )
@@ -72,16 +72,24 @@ def _ls_export(choices):
     tasks = labelstudio_tasks(ITEMS)
     for t, c in zip(tasks, choices):
         t["id"] = 1
-        t["annotations"] = [{"id": 7, "was_cancelled": c is None, "result": [] if c is None else [
-            {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [c]}}]}]
+        t["annotations"] = [
+            {
+                "id": 7,
+                "was_cancelled": c is None,
+                "result": []
+                if c is None
+                else [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [c]}}],
+            }
+        ]
     return tasks
 
 
 def test_labelstudio_tasks_config_and_export(tmp_path):
     tasks = labelstudio_tasks(ITEMS, batch="round-2")
     assert tasks[0]["data"] == {"text": "great, thanks", "sample_id": "s1", "llm_answers": "(none)", "batch": "round-2"}
-    shown = labelstudio_tasks([ReviewItem("s3", "ok", "pos", 0.6, {"llama": "pos (70% of its answers)",
-                                                                  "qwen": "neg (p=0.55)"})])
+    shown = labelstudio_tasks(
+        [ReviewItem("s3", "ok", "pos", 0.6, {"llama": "pos (70% of its answers)", "qwen": "neg (p=0.55)"})]
+    )
     assert shown[0]["data"]["llm_answers"] == "llama: pos (70% of its answers); qwen: neg (p=0.55)"
     assert tasks[0]["predictions"][0]["result"][0]["value"] == {"choices": ["pos"]}
     assert tasks[0]["predictions"][0]["score"] == 0.55
@@ -94,10 +102,13 @@ def test_labelstudio_tasks_config_and_export(tmp_path):
     assert read_review(str(path), LABELS, ["s1", "s2"]) == {"s1": "neg"}
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["pos", "positive"], "not in the label set"),
-    (["pos", "neg"], "not among the samples"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["pos", "positive"], "not in the label set"),
+        (["pos", "neg"], "not among the samples"),
+    ],
+)
 def test_a_bad_review_file_is_refused_whole(tmp_path, bad, message):
     path = tmp_path / "export.json"
     tasks = _ls_export(bad)
@@ -116,41 +127,113 @@ def test_a_bad_review_file_is_refused_whole(tmp_path, bad, message):
 
 def test_review_commands_export_then_import_into_gold(tmp_path):
     ids = [f"s{i}" for i in range(6)]
-    probs = [[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.5, 0.45, 0.05], [0.8, 0.1, 0.1], [0.34, 0.33, 0.33],
-             [1.0, 0.0, 0.0]]
-    pq.write_table(pa.table({
-        "sample_id": ids, "label": [LABELS[int(np.argmax(p))] for p in probs],
-        "probs": pa.array(probs, pa.list_(pa.float32())), "confidence": pa.array([max(p) for p in probs], pa.float32()),
-        "negatives": pa.array([[]] * 6, pa.list_(pa.string())), "is_gold": [False] * 5 + [True]}),
-        tmp_path / "labels.parquet")
+    probs = [
+        [0.9, 0.05, 0.05],
+        [0.4, 0.35, 0.25],
+        [0.5, 0.45, 0.05],
+        [0.8, 0.1, 0.1],
+        [0.34, 0.33, 0.33],
+        [1.0, 0.0, 0.0],
+    ]
+    pq.write_table(
+        pa.table(
+            {
+                "sample_id": ids,
+                "label": [LABELS[int(np.argmax(p))] for p in probs],
+                "probs": pa.array(probs, pa.list_(pa.float32())),
+                "confidence": pa.array([max(p) for p in probs], pa.float32()),
+                "negatives": pa.array([[]] * 6, pa.list_(pa.string())),
+                "is_gold": [False] * 5 + [True],
+            }
+        ),
+        tmp_path / "labels.parquet",
+    )
     pq.write_table(pa.table({"id": ids, "text": [f"text {i}" for i in range(6)]}), tmp_path / "pool.parquet")
     run = CliRunner().invoke
-    out = run(main, ["review", "export", "--aggregated", str(tmp_path / "labels.parquet"), "--labels", ",".join(LABELS),
-                     "--texts", str(tmp_path / "pool.parquet"), "--n", "3", "--out", str(tmp_path / "r.csv"),
-                     "--labelstudio", str(tmp_path / "r.json")])
+    out = run(
+        main,
+        [
+            "review",
+            "export",
+            "--aggregated",
+            str(tmp_path / "labels.parquet"),
+            "--labels",
+            ",".join(LABELS),
+            "--texts",
+            str(tmp_path / "pool.parquet"),
+            "--n",
+            "3",
+            "--out",
+            str(tmp_path / "r.csv"),
+            "--labelstudio",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert out.exit_code == 0, out.output
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert [r["sample_id"] for r in rows] == ["s4", "s1", "s2"]  # least sure first; the gold row s5 never
     assert rows[0]["text"] == "text 4" and (tmp_path / "r.xml").read_text().count("<Choice ") == 3
     assert len(json.loads((tmp_path / "r.json").read_text())) == 3
-    below = run(main, ["review", "export", "--aggregated", str(tmp_path / "labels.parquet"), "--labels", "pos,neg,neutral",
-                       "--texts", str(tmp_path / "pool.parquet"), "--below", "0.45", "--out", str(tmp_path / "b.csv")])
-    assert below.exit_code == 0 and [r["sample_id"] for r in csv.DictReader((tmp_path / "b.csv").open())] == ["s4", "s1"]
+    below = run(
+        main,
+        [
+            "review",
+            "export",
+            "--aggregated",
+            str(tmp_path / "labels.parquet"),
+            "--labels",
+            "pos,neg,neutral",
+            "--texts",
+            str(tmp_path / "pool.parquet"),
+            "--below",
+            "0.45",
+            "--out",
+            str(tmp_path / "b.csv"),
+        ],
+    )
+    assert below.exit_code == 0 and [r["sample_id"] for r in csv.DictReader((tmp_path / "b.csv").open())] == [
+        "s4",
+        "s1",
+    ]
     # the reviewers' Label Studio export comes back as gold labels
     export = json.loads((tmp_path / "r.json").read_text())
     for t, c in zip(export, ["neutral", "neg", "pos"]):
         t["annotations"] = [{"result": [{"type": "choices", "value": {"choices": [c]}}], "was_cancelled": False}]
     (tmp_path / "done.json").write_text(json.dumps(export))
-    imp = run(main, ["review", "import", str(tmp_path / "done.json"), "--labels", "pos,neg,neutral",
-                     "--known", str(tmp_path / "r.csv"), "--out", str(tmp_path / "reviewed.csv")])
+    imp = run(
+        main,
+        [
+            "review",
+            "import",
+            str(tmp_path / "done.json"),
+            "--labels",
+            "pos,neg,neutral",
+            "--known",
+            str(tmp_path / "r.csv"),
+            "--out",
+            str(tmp_path / "reviewed.csv"),
+        ],
+    )
     assert imp.exit_code == 0, imp.output
     assert (tmp_path / "reviewed.csv").read_text().splitlines() == ["sample_id,label", "s4,neutral", "s1,neg", "s2,pos"]
     # a bad export changes nothing
     export[0]["annotations"][0]["result"][0]["value"]["choices"] = ["happy"]
     (tmp_path / "bad.json").write_text(json.dumps(export))
     (tmp_path / "reviewed.csv").unlink()
-    bad = run(main, ["review", "import", str(tmp_path / "bad.json"), "--labels", "pos,neg,neutral",
-                     "--known", str(tmp_path / "r.csv"), "--out", str(tmp_path / "reviewed.csv")])
+    bad = run(
+        main,
+        [
+            "review",
+            "import",
+            str(tmp_path / "bad.json"),
+            "--labels",
+            "pos,neg,neutral",
+            "--known",
+            str(tmp_path / "r.csv"),
+            "--out",
+            str(tmp_path / "reviewed.csv"),
+        ],
+    )
     assert bad.exit_code == 2 and "'happy'" in bad.output and not (tmp_path / "reviewed.csv").exists()
 
 
@@ -199,22 +282,32 @@ def test_the_loops_stop_and_pool_errors_survive_pickling():
 def test_review_csv_text_cells_never_start_a_formula():
     from molal_ray.review import ReviewItem, csv_text
 
-    text = csv_text([ReviewItem("s1", "=HYPERLINK(\"http://x\")", "human", 0.5),
-                     ReviewItem("s2", "+1 is a number", "numeric", 0.5), ReviewItem("s3", "plain", "human", 0.5)])
+    text = csv_text(
+        [
+            ReviewItem("s1", '=HYPERLINK("http://x")', "human", 0.5),
+            ReviewItem("s2", "+1 is a number", "numeric", 0.5),
+            ReviewItem("s3", "plain", "human", 0.5),
+        ]
+    )
     rows = text.splitlines()[1:]
     assert rows[0].split(",", 2)[1].startswith("\"'=HYPERLINK") and ",'+1 is a number," in rows[1]
     assert ",plain," in rows[2]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda c: c.replace('<Choice value="neutral"/>', ""), r"missing: \['neutral'\]"),
-    (lambda c: c.replace('<Choice value="neutral"/>', '<Choice value="neutral"/><Choice value="mixed"/>'),
-     r"not in the task: \['mixed'\]"),
-    (lambda c: c.replace('name="label"', 'name="sentiment"'), 'no <Choices name="label"'),
-    (lambda c: c.replace('choice="single"', 'choice="multiple"'), "allows several choices"),
-    (lambda c: c.replace('value="$text"', 'value="$body"'), 'no <Text name="text"'),
-    (lambda c: c[:-10], "not valid XML"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.replace('<Choice value="neutral"/>', ""), r"missing: \['neutral'\]"),
+        (
+            lambda c: c.replace('<Choice value="neutral"/>', '<Choice value="neutral"/><Choice value="mixed"/>'),
+            r"not in the task: \['mixed'\]",
+        ),
+        (lambda c: c.replace('name="label"', 'name="sentiment"'), 'no <Choices name="label"'),
+        (lambda c: c.replace('choice="single"', 'choice="multiple"'), "allows several choices"),
+        (lambda c: c.replace('value="$text"', 'value="$body"'), 'no <Text name="text"'),
+        (lambda c: c[:-10], "not valid XML"),
+    ],
+)
 def test_a_labeling_config_that_cannot_hold_the_labels_is_refused(edit, message):
     config = labelstudio_config(LABELS)
     with pytest.raises(ReviewError, match=message):
@@ -225,18 +318,33 @@ def test_a_labeling_config_that_cannot_hold_the_labels_is_refused(edit, message)
 
 def test_the_latest_annotation_that_was_not_cancelled_is_the_label():
     def ann(label, at, cancelled=False, id_=1):  # type: ignore[no-untyped-def]
-        return {"id": id_, "was_cancelled": cancelled, "updated_at": at,
-                "result": [] if cancelled else [{"from_name": "label", "to_name": "text", "type": "choices",
-                                                 "value": {"choices": [label]}}]}
+        return {
+            "id": id_,
+            "was_cancelled": cancelled,
+            "updated_at": at,
+            "result": []
+            if cancelled
+            else [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}],
+        }
 
-    tasks = [{"data": {"sample_id": "a"}, "annotations": [ann("neg", "2026-12-03T10:00:02Z", id_=2),
-                                                          ann("pos", "2026-12-03T10:00:01Z", id_=1)]},
-             {"data": {"sample_id": "b"}, "annotations": [ann("pos", "2026-12-03T10:00:00Z"),
-                                                          ann("", "2026-12-03T10:00:05Z", cancelled=True)]},
-             {"data": {"sample_id": "c"}, "annotations": [ann("", "2026-12-03T10:00:05Z", cancelled=True)]},
-             {"data": {"sample_id": "d"}, "annotations": []}]
-    assert labelstudio_answers(tasks, "x") == [("a", "neg", False), ("b", "pos", False), ("c", "", True),
-                                               ("d", "", False)]
+    tasks = [
+        {
+            "data": {"sample_id": "a"},
+            "annotations": [ann("neg", "2026-12-03T10:00:02Z", id_=2), ann("pos", "2026-12-03T10:00:01Z", id_=1)],
+        },
+        {
+            "data": {"sample_id": "b"},
+            "annotations": [ann("pos", "2026-12-03T10:00:00Z"), ann("", "2026-12-03T10:00:05Z", cancelled=True)],
+        },
+        {"data": {"sample_id": "c"}, "annotations": [ann("", "2026-12-03T10:00:05Z", cancelled=True)]},
+        {"data": {"sample_id": "d"}, "annotations": []},
+    ]
+    assert labelstudio_answers(tasks, "x") == [
+        ("a", "neg", False),
+        ("b", "pos", False),
+        ("c", "", True),
+        ("d", "", False),
+    ]
 
 
 def test_agreement_of_people_with_the_mixture_and_each_annotator():
@@ -245,11 +353,12 @@ def test_agreement_of_people_with_the_mixture_and_each_annotator():
     nan = [np.nan] * 3
     votes = np.array([[[1, 0, 0], [0, 1, 0]], [[0, 0.7, 0.3], nan], [[0.2, 0.8, 0], [0, 0, 1]]], np.float32)
     probs = np.where(np.isnan(votes), np.nan, 0.5).astype(np.float32)
-    m = AnnotationMatrix(np.array(["x", "y", "z"], dtype=object), ["a1", "a2"], probs, votes,
-                         ~np.isnan(votes).any(2))
+    m = AnnotationMatrix(np.array(["x", "y", "z"], dtype=object), ["a1", "a2"], probs, votes, ~np.isnan(votes).any(2))
     shown, top = matrix_answers(m, ["z", "y"], LABELS)
-    assert shown == [{"a1": "neg (80% of its answers)", "a2": "neutral (100% of its answers)"},
-                     {"a1": "neg (70% of its answers)"}]
+    assert shown == [
+        {"a1": "neg (80% of its answers)", "a2": "neutral (100% of its answers)"},
+        {"a1": "neg (70% of its answers)"},
+    ]
     assert top.tolist() == [[1, 2], [1, -1]]
     got = agreement(np.array([1, 0]), np.array([1, 1]), top, ["a1", "a2"])
     assert got == {"n": 2, "mixture": 0.5, "annotators": {"a1": 0.5, "a2": 0.0}}
@@ -276,8 +385,9 @@ def test_waiting_for_people_polls_until_all_are_in_or_the_wait_runs_out():
         t[0] += s
 
     b = Backend([([], []), (["a"], []), (["a"], ["b"])])
-    got = wait_for_people(b, "round-1", ["a", "b"], poll_s=5, wait_s=60, status=lines.append, sleep=sleep,
-                          clock=lambda: t[0])
+    got = wait_for_people(
+        b, "round-1", ["a", "b"], poll_s=5, wait_s=60, status=lines.append, sleep=sleep, clock=lambda: t[0]
+    )
     assert got.complete(["a", "b"]) and got.skipped == {"b"} and b.pulls == 3 and t[0] == 10
     assert lines[-1] == "waiting for people: 2/2 labelled in http://ls/projects/1"
     b, t[0] = Backend([(["a"], [])]), 0.0

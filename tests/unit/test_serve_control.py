@@ -20,8 +20,9 @@ def test_fingerprints_ignore_resources_and_name_what_differs():
     scaled = a.model_copy(update={"resources": a.resources.model_copy(update={"num_replicas": 4})})
     assert fingerprint(a, TASK) == fingerprint(scaled, TASK)  # scaling does not change the answers
     hotter = a.model_copy(update={"sampling": a.sampling.model_copy(update={"temperature": 0.2})})
-    assert differences(fingerprint(hotter, TASK), fingerprint(a, TASK)) == \
-        ["sampling.temperature: 0.2 in the job, 0.7 running"]
+    assert differences(fingerprint(hotter, TASK), fingerprint(a, TASK)) == [
+        "sampling.temperature: 0.2 in the job, 0.7 running"
+    ]
     other_task = TaskConfig(labels=["a", "b"], prompt_template="Label {text}")
     diff = differences(fingerprint(a, other_task), fingerprint(a, TASK))
     assert len(diff) == 1 and diff[0].startswith("task.prompt_template: 'Label {text}' in the job")
@@ -53,8 +54,11 @@ def test_local_paths_are_refused_on_a_cluster_of_several_nodes(monkeypatch):
     from molal_ray.runtime import check_paths_reach_every_node
 
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
-    with pytest.raises(ConfigError, match=r"output.path: got the local path '/data/out'.*2 nodes.*"
-                                          r"output.shared: true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"output.path: got the local path '/data/out'.*2 nodes.*"
+        r"output.shared: true",
+    ):
         check_paths_reach_every_node([("output.path", "/data/out", False)])
     check_paths_reach_every_node([("output.path", "/nfs/out", True), ("pool.path", "s3://b/pool", False)])
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
@@ -64,15 +68,17 @@ def test_local_paths_are_refused_on_a_cluster_of_several_nodes(monkeypatch):
 def test_a_replicas_own_error_is_read_from_serves_status_message():
     from molal_ray.serve.control import replica_error
 
-    message = ("The deployment failed to start 3 times in a row. This may be due to a problem with its "
-               "constructor or initial health check failing. See controller logs for details. Error:\n"
-               "Traceback (most recent call last):\n"
-               '  File "replica.py", line 10, in initialize\n'
-               "ray.exceptions.RayTaskError(AnnotatorError): ray::ServeReplica:annotators:ghost.initialize()\n"
-               "  File \"replay.py\", line 3, in start\n"
-               "FileNotFoundError: [Errno 2] No such file: 'gone.parquet'\n\n"
-               "During handling of the above exception, another exception occurred:\n\n"
-               "molal_ray.exceptions.AnnotatorError: replay engine ghost: recording not found: gone.parquet\n")
+    message = (
+        "The deployment failed to start 3 times in a row. This may be due to a problem with its "
+        "constructor or initial health check failing. See controller logs for details. Error:\n"
+        "Traceback (most recent call last):\n"
+        '  File "replica.py", line 10, in initialize\n'
+        "ray.exceptions.RayTaskError(AnnotatorError): ray::ServeReplica:annotators:ghost.initialize()\n"
+        '  File "replay.py", line 3, in start\n'
+        "FileNotFoundError: [Errno 2] No such file: 'gone.parquet'\n\n"
+        "During handling of the above exception, another exception occurred:\n\n"
+        "molal_ray.exceptions.AnnotatorError: replay engine ghost: recording not found: gone.parquet\n"
+    )
     assert replica_error(message) == "AnnotatorError: replay engine ghost: recording not found: gone.parquet"
     assert replica_error("Deploying: waiting for replicas") is None and replica_error(None) is None
 
@@ -97,28 +103,48 @@ class _FakeServe:
 
         from molal_ray.serve import INGRESS_NAME
 
-        self.declared = {"name": "annotators", "import_path": "molal_ray.serve.app:build", "route_prefix": None,
-                         "args": {}, "deployments": [
-                             {"name": "qwen", "num_replicas": 1},
-                             {"name": "yi", "num_replicas": "auto", "ray_actor_options": {"num_cpus": 2},
-                              "autoscaling_config": {"min_replicas": 1, "max_replicas": 2,
-                                                     "target_ongoing_requests": 4}}]}
+        self.declared = {
+            "name": "annotators",
+            "import_path": "molal_ray.serve.app:build",
+            "route_prefix": None,
+            "args": {},
+            "deployments": [
+                {"name": "qwen", "num_replicas": 1},
+                {
+                    "name": "yi",
+                    "num_replicas": "auto",
+                    "ray_actor_options": {"num_cpus": 2},
+                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
+                },
+            ],
+        }
         self.other = {"name": "other", "import_path": "x:y", "route_prefix": "/o", "args": {}}
         self.applied: list[list[dict]] = []
         self.reads, self.ready_after, self.target = 0, ready_after, 1
         deps = {d: None for d in (INGRESS_NAME, "qwen", "yi")}
-        self.status = SimpleNamespace(applications={"annotators": SimpleNamespace(deployments=deps),
-                                                    "other": SimpleNamespace(deployments={}),
-                                                    "from-code": SimpleNamespace(deployments={})})
+        self.status = SimpleNamespace(
+            applications={
+                "annotators": SimpleNamespace(deployments=deps),
+                "other": SimpleNamespace(deployments={}),
+                "from-code": SimpleNamespace(deployments={}),
+            }
+        )
 
     def get_serve_details(self):
         self.reads += 1
         running = self.target if self.reads > self.ready_after else 1
-        yi = {"target_num_replicas": self.target, "status": "HEALTHY" if running == self.target else "UPDATING",
-              "replicas": [{"state": "RUNNING"}] * running}
-        return {"applications": {"annotators": {"deployed_app_config": self.declared, "deployments": {"yi": yi}},
-                                 "other": {"deployed_app_config": self.other, "deployments": {}},
-                                 "from-code": {"deployed_app_config": None, "deployments": {}}}}
+        yi = {
+            "target_num_replicas": self.target,
+            "status": "HEALTHY" if running == self.target else "UPDATING",
+            "replicas": [{"state": "RUNNING"}] * running,
+        }
+        return {
+            "applications": {
+                "annotators": {"deployed_app_config": self.declared, "deployments": {"yi": yi}},
+                "other": {"deployed_app_config": self.other, "deployments": {}},
+                "from-code": {"deployed_app_config": None, "deployments": {}},
+            }
+        }
 
     def deploy_apps(self, config, _blocking=False):
         apps = [a.model_dump(exclude_unset=True) for a in config.applications]
@@ -168,8 +194,12 @@ def test_scale_refuses_what_it_cannot_do_and_says_when_replicas_never_come(monke
     from molal_ray.serve.control import scale
 
     fake = _fake_serve(monkeypatch)
-    for kwargs, match in (({}, "one or the other"), ({"replicas": 2, "min_replicas": 1}, "one or the other"),
-                          ({"replicas": 0}, "at least 1"), ({"min_replicas": 3, "max_replicas": 2}, "min <= max")):
+    for kwargs, match in (
+        ({}, "one or the other"),
+        ({"replicas": 2, "min_replicas": 1}, "one or the other"),
+        ({"replicas": 0}, "at least 1"),
+        ({"min_replicas": 3, "max_replicas": 2}, "min <= max"),
+    ):
         with pytest.raises(ConfigError, match=match):
             scale("annotators", "yi", **kwargs)
     with pytest.raises(ConfigError, match="deployed from Python code"):

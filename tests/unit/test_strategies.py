@@ -19,8 +19,13 @@ def _view(seed=0, n=N):
     noisy = np.stack([probs + rng.normal(0, 0.05, probs.shape) * probs for _ in range(K)])
     noisy = np.clip(noisy, 1e-6, None)
     noisy /= noisy.sum(2, keepdims=True)
-    return PoolView(ids=np.array([f"u{i}" for i in range(n)]), probs=probs, embeddings=rng.normal(size=(n, D)),
-                    labeled_embeddings=rng.normal(size=(10, D)), noisy_probs=noisy)
+    return PoolView(
+        ids=np.array([f"u{i}" for i in range(n)]),
+        probs=probs,
+        embeddings=rng.normal(size=(n, D)),
+        labeled_embeddings=rng.normal(size=(10, D)),
+        noisy_probs=noisy,
+    )
 
 
 @pytest.mark.parametrize("name", available())
@@ -113,8 +118,9 @@ def test_missing_inputs_and_unknown_names():
 
 def test_max_entropy_prefers_flat_predictions():
     probs = np.array([[0.97, 0.01, 0.01, 0.01], [0.25, 0.25, 0.25, 0.25], [0.6, 0.4, 0, 0]])
-    picks = get_strategy("max-entropy").select(PoolView(ids=np.array(["a", "b", "c"]), probs=probs), 2,
-                                               np.random.default_rng(0))
+    picks = get_strategy("max-entropy").select(
+        PoolView(ids=np.array(["a", "b", "c"]), probs=probs), 2, np.random.default_rng(0)
+    )
     assert picks.tolist() == ["b", "c"]
 
 
@@ -138,7 +144,7 @@ def test_bemps_prefers_samples_the_models_disagree_on():
     base = rng.dirichlet(np.ones(3), 40)
     m1, m2 = base.copy(), base.copy()
     m1[1:20], m2[1:20] = [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]  # they disagree on an estimation region
-    m1[0], m2[0] = [0.99, 0.005, 0.005], [0.005, 0.99, 0.005]   # sample 0 tells them apart
+    m1[0], m2[0] = [0.99, 0.005, 0.005], [0.005, 0.99, 0.005]  # sample 0 tells them apart
     m1[20:], m2[20:] = base[20:], base[20:]
     view = PoolView(ids=np.arange(40).astype(str), noisy_probs=np.stack([m1, m2]))
     from molal_ray.strategies.bemps import BEMPS
@@ -172,10 +178,15 @@ def test_expected_agreement_comes_from_the_nearest_annotated_texts():
     from molal_ray.strategies.labelable import agreement_shares, expected_agreement
 
     nan = [np.nan] * 3
-    votes = np.array([[[1, 0, 0], [1, 0, 0], [0.6, 0.4, 0]],  # all three agree
-                      [[1, 0, 0], [0, 1, 0], [0, 0, 1]],  # three answers, three labels
-                      [[0, 1, 0], [0, 0.8, 0.2], nan],  # two present, agree
-                      [nan, nan, nan]], np.float32)
+    votes = np.array(
+        [
+            [[1, 0, 0], [1, 0, 0], [0.6, 0.4, 0]],  # all three agree
+            [[1, 0, 0], [0, 1, 0], [0, 0, 1]],  # three answers, three labels
+            [[0, 1, 0], [0, 0.8, 0.2], nan],  # two present, agree
+            [nan, nan, nan],
+        ],
+        np.float32,
+    )
     share = agreement_shares(votes)
     assert share[:3].tolist() == pytest.approx([1.0, 1 / 3, 1.0]) and np.isnan(share[3])
     annotated = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [5.0, 5.0]])

@@ -27,8 +27,11 @@ def shared_mistake(S: int = 1500, C: int = 3, seed: int = 0):
         noisy = np.where(rng.random(S) < 0.1, rng.integers(0, C, S), answer)
         v = np.eye(C)[noisy] * 10
         p = 0.9 * np.eye(C)[noisy] + 0.1 / C
-        rows.append(pd.DataFrame({"sample_id": [f"s{i}" for i in range(S)], "annotator": f"a{a}",
-                                  "probs": list(p), "votes": list(v)}))
+        rows.append(
+            pd.DataFrame(
+                {"sample_id": [f"s{i}" for i in range(S)], "annotator": f"a{a}", "probs": list(p), "votes": list(v)}
+            )
+        )
     m = build_matrix(pa.Table.from_pandas(pd.concat(rows), preserve_index=False), C)
     t = truth[[int(s[1:]) for s in m.sample_ids]]
     emb = synthetic_embeddings(t, dim=16, noise=0.3, seed=seed)
@@ -110,13 +113,21 @@ def test_embeddings_of_another_pool_are_refused_and_a_partial_match_is_reported(
 
 def test_aggregate_reports_the_text_view_and_says_what_it_does():
     m, t, gold = shared_mistake(S=600)
-    table = pa.table({"sample_id": np.repeat(m.sample_ids, 3), "annotator": np.tile(m.annotators, len(m)),
-                      "probs": list(m.probs.reshape(-1, 3)), "votes": list(m.votes.reshape(-1, 3))})
+    table = pa.table(
+        {
+            "sample_id": np.repeat(m.sample_ids, 3),
+            "annotator": np.tile(m.annotators, len(m)),
+            "probs": list(m.probs.reshape(-1, 3)),
+            "votes": list(m.votes.reshape(-1, 3)),
+        }
+    )
     ids = m.sample_ids.copy()
     ids[:10] = [f"x{i}" for i in range(10)]
     gold_df = pd.DataFrame({"sample_id": m.sample_ids[gold.index], "y": gold.y})
     said: list[str] = []
-    res = aggregate(table, gold_df, ["a", "b", "c"], embeddings=(ids, m.embeddings), validate=False, progress=said.append)
+    res = aggregate(
+        table, gold_df, ["a", "b", "c"], embeddings=(ids, m.embeddings), validate=False, progress=said.append
+    )
     tv = res.report["text_view"]
     assert tv["used"] and tv["samples_without"] == 10 and tv["rows"] > 0
     assert any("10 of 600 samples have none" in w for w in res.report["warnings"])
