@@ -11,28 +11,23 @@ from typing import Any, NoReturn, TypeVar
 import click
 import yaml
 
-from molal_ray.exceptions import MolalError, ReviewError, ReviewPending
+from molal_ray.exceptions import MolalError, ReviewError, ReviewPending, ours_inside
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _ours(exc: BaseException) -> BaseException:
-    """The error of ours inside another: raised in a Ray task or actor (a Ray Data stage, the
-    coordinator), it reaches the driver wrapped, with the remote traceback in its text."""
-    found = exc
-    cur: BaseException | None = exc
-    seen: set[int] = set()
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError
-        cur = cause if isinstance(cause, BaseException) else cur.__cause__
-        if isinstance(cur, MolalError):
-            found = cur
-    return found
+    """The error of ours inside ``exc`` (raised in a Ray task or actor), else ``exc``."""
+    return ours_inside(exc) or exc
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    click.echo(f"error: {_ours(exc)}", err=True)
+    ours = _ours(exc)
+    text = str(ours)
+    if ours is not exc or type(exc).__name__.startswith("RayTaskError"):
+        # raised in a Ray task: our message is its first line (Ray Data appends its retry advice)
+        text = text.splitlines()[0] if text else type(ours).__name__
+    click.echo(f"error: {text}", err=True)
     sys.exit(2)
 
 
@@ -48,6 +43,10 @@ def user_errors(*also: type[BaseException]) -> Callable[[F], F]:
                 return command(*args, **kwargs)
             except caught as exc:
                 _fail(exc)
+            except Exception as exc:  # one of ours wrapped by Ray in another exception
+                if ours_inside(exc) is not None:
+                    _fail(exc)
+                raise
 
         return run  # type: ignore[return-value]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -21,6 +22,31 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "ray.air
 # replace them), and Ray Data's own actor restarts (its constructor arguments live in the object
 # store; ray-project/ray#53727).
 RAY_NOTICES = ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress")
+# Loggers that print, traceback and all, an error the driver then receives as an exception anyway
+# (a Ray Data stage that failed); for an error of ours the caller says it once (the command line:
+# one line), so :class:`OursSaidOnce` drops their records of it. Ray's own errors still show.
+RAY_REPEATS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+
+class OursSaidOnce(logging.Filter):
+    """Drops a record logged while an error of ours is raised or handled (its ``exc_info``, or
+    the exception being handled where the record is made)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from molal_ray.exceptions import ours_inside
+
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return ours_inside(exc) is None
+
+
+def said_once() -> None:
+    """Install :class:`OursSaidOnce` on Ray Data's loggers that repeat a stage's error (once)."""
+    for name in RAY_REPEATS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, OursSaidOnce) for f in log.filters):
+            log.addFilter(OursSaidOnce())
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _FORWARDED = re.compile(r"^(?:\x1b\[[0-9;]*m)*\((?:raylet|autoscaler|gcs_server|(?:\S.*? )?pid=\d+(?:, ip=[^)\s]+)?)\)")
 
@@ -36,6 +62,8 @@ def quiet_ray_loggers(level: int = logging.WARNING) -> None:
         logging.getLogger(name).setLevel(level)
     for name in RAY_NOTICES:
         logging.getLogger(name).setLevel(max(level, logging.ERROR))
+    # Ray Data's advice when a small pool gives an actor pool fewer blocks than actors.
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
 
 
 def is_forwarded(line: str) -> bool:

@@ -14,6 +14,21 @@ class MolalError(Exception):
     """Base class of every error molal_ray raises on purpose."""
 
 
+def ours_inside(exc: BaseException | None) -> MolalError | None:
+    """The error of ours inside another, or None: raised in a Ray task or actor (a Ray Data
+    stage, the coordinator), it reaches the driver wrapped (``RayTaskError.cause``, or a
+    ``__cause__``), with the remote traceback in the wrapper's text."""
+    found = exc if isinstance(exc, MolalError) else None
+    cur, seen = exc, set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError
+        cur = cause if isinstance(cause, BaseException) else cur.__cause__
+        if isinstance(cur, MolalError):
+            found = cur
+    return found
+
+
 class ConfigError(MolalError, ValueError):
     """A configuration value is wrong (raised at load time, with the field's path)."""
 
@@ -24,6 +39,11 @@ class SchemaError(MolalError, ValueError):
 
 class AnnotatorError(MolalError, RuntimeError):
     """An annotator (engine or deployment) failed to start or to answer."""
+
+
+class StorageError(MolalError, OSError):
+    """The storage an output or input lives on could not be written or listed (an object store
+    that stopped answering, a full or read-only disk); what was written before is kept."""
 
 
 class PoolExhaustedError(MolalError, ValueError):

@@ -155,7 +155,9 @@ class OutputLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             held = self._read()
-            if not held or held.get("token") != self.token:
+            if held == {}:  # unreadable now (the storage not answering): the next beat tries again
+                continue
+            if held is None or held.get("token") != self.token:
                 logger.warning("output lock %s was taken by another job; this job keeps running", self.loc)
                 return
             self.info["heartbeat"] = _now()

@@ -60,6 +60,13 @@ def ensure_ray(cfg: RayConfig) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # An error of ours in a stage (a StorageError, a SchemaError) reaches the driver as itself,
+    # not as a UserCodeException that loses it on the way (a pickled exception drops __cause__);
+    # Ray Data's own log of it is left out (the caller says it: console.said_once).
+    ctx.raise_original_map_exception = True
+    from molal_ray.console import said_once
+
+    said_once()
 
 
 def check_paths_reach_every_node(paths: list[tuple[str, str, bool]]) -> None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from molal_ray.exceptions import ConfigError
+from molal_ray.exceptions import ConfigError, StorageError, one_line
 
 TMP_PREFIX = ".tmp-"
 
@@ -114,9 +114,11 @@ class Location:
         """Files directly in this folder whose names start with ``prefix`` and end with
         ``suffix``, sorted by name (none when the folder does not exist)."""
         sel = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        with self._storage("list"):
+            infos = self.fs.get_file_info(sel)
         out = [
             i
-            for i in self.fs.get_file_info(sel)
+            for i in infos
             if i.type == pafs.FileType.File and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)
         ]
         return sorted(out, key=lambda i: i.base_name)
@@ -127,7 +129,19 @@ class Location:
 
     # -- writes ---------------------------------------------------------------------------------
     def mkdirs(self) -> None:
-        self.fs.create_dir(self.path, recursive=True)
+        with self._storage("create the folder"):
+            self.fs.create_dir(self.path, recursive=True)
+
+    @contextmanager
+    def _storage(self, doing: str) -> Iterator[None]:
+        """An error of the storage itself (unreachable, full, refused) as a :class:`StorageError`
+        naming the location; a missing file stays ``FileNotFoundError``."""
+        try:
+            yield
+        except (FileNotFoundError, StorageError):
+            raise
+        except OSError as exc:
+            raise StorageError(f"storage: could not {doing} {self.uri}: {one_line(exc)}") from None
 
     def _tmp_sibling(self) -> str:
         d, n = os.path.split(self.path)
@@ -138,15 +152,16 @@ class Location:
         """A binary output stream whose file appears whole when the block ends (and not at all
         if it raises)."""
         target = self._tmp_sibling() if self.is_local else self.path
-        try:
-            with self.fs.open_output_stream(target) as f:
-                yield f
-        except BaseException:
-            if self.is_local and os.path.exists(target):
-                os.remove(target)
-            raise
-        if self.is_local:
-            os.replace(target, self.path)
+        with self._storage("write"):
+            try:
+                with self.fs.open_output_stream(target) as f:
+                    yield f
+            except BaseException:
+                if self.is_local and os.path.exists(target):
+                    os.remove(target)
+                raise
+            if self.is_local:
+                os.replace(target, self.path)
 
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file, visible only once complete."""

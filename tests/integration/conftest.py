@@ -68,36 +68,50 @@ class S3Endpoint:
         return self.uri(bucket, path)
 
 
+class MotoServer(S3Endpoint):
+    """moto_server (an S3-compatible server, data in memory) on a free port of 127.0.0.1,
+    started here and stopped by its own process id."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        super().__init__(free_port())
+        port = int(self.endpoint.rsplit(":", 1)[1])
+        server = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(port)],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def s3():
-    """moto_server on a free port of 127.0.0.1, stopped by its own process id at the end."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    port = free_port()
-    server = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(server), "-H", "127.0.0.1", "-p", str(port)],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
-    yield S3Endpoint(port)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    """One S3-compatible server for the session."""
+    server = MotoServer()
+    yield server
+    server.stop()
 
 
 LABEL_STUDIO_VENV = ROOT / os.environ.get("MOLAL_LABEL_STUDIO_VENV", ".venv-label-studio")

@@ -1,8 +1,10 @@
 """A Ray cluster of three nodes on this machine (``ray.cluster_utils.Cluster``): a head and two
 workers that each declare one GPU and one ``annotator_slot``, as ``cluster.yaml``'s GPU workers
 do. Runs the label job and a two-round loop on it, with two annotators asking for a GPU and a
-slot per replica (as ``serve_configs/annotators-gpu.yaml`` does), and writes what happened to
-``OUT/result.json`` for the test to check.
+slot per replica (as ``serve_configs/annotators-gpu.yaml`` does), then a label job during which
+the worker node of one annotator's replica is killed without warning (a spare GPU node has
+joined, so Serve can place the replica again), and writes what happened to ``OUT/result.json``
+for the test to check.
 
     python -m tests.integration.multinode_scenario OUT BACKBONE
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,24 +29,30 @@ CPU_ANNOTATORS = ["gemma"]
 SLOT = "annotator_slot"
 
 
-def annotators() -> list[dict]:
+def annotators(latency: float = 0.0) -> list[dict]:
+    engine = {"type": "replay", "path": str(TREC / "recording.parquet"), "latency_s_per_text": latency}
     out = [
-        {
-            "name": n,
-            "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-            "resources": {"num_gpus": 1, "num_cpus": 0.1, "resources": {SLOT: 1}},
-        }
+        {"name": n, "engine": engine, "resources": {"num_gpus": 1, "num_cpus": 0.1, "resources": {SLOT: 1}}}
         for n in GPU_ANNOTATORS
     ]
-    out += [
-        {
-            "name": n,
-            "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-            "resources": {"num_cpus": 0.1},
-        }
-        for n in CPU_ANNOTATORS
-    ]
+    out += [{"name": n, "engine": engine, "resources": {"num_cpus": 0.1}} for n in CPU_ANNOTATORS]
     return out
+
+
+def kill_node_of(cluster, annotator: str, parts: Path, result: dict) -> None:
+    """Once the job has written a few parts, kill the worker node that runs ``annotator``'s
+    replica, at once (its raylet, workers and the replica die without a word)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts.glob("part*.parquet"))) < 3:
+        time.sleep(0.05)
+    (replica,) = placement("annotators")[annotator]
+    node = next(n for n in cluster.worker_nodes if n.node_id == replica["node"])
+    result["killed"] = {
+        "annotator": annotator,
+        "node": replica["node"],
+        "parts_before": len(list(parts.glob("part*.parquet"))),
+    }
+    cluster.remove_node(node, allow_graceful=False)
 
 
 def placement(app_name: str) -> dict[str, list[dict]]:
@@ -99,6 +109,31 @@ def main(out: Path, backbone: str) -> None:
         summary = run_label_job(LabelJobConfig.from_dict(label))
         result["label_rows"] = summary.table_rows
         result["placement"] = placement("annotators")
+
+        # A worker node lost in the middle of a label job (annotators slowed down so that the
+        # job is still running when it goes); a spare GPU node has joined.
+        from ray import serve
+
+        serve.delete("annotators")  # the application the first job kept answers without the delay
+        cluster.add_node(num_cpus=2, num_gpus=1, resources={SLOT: 1})
+        cluster.wait_for_nodes()
+        fault = {
+            **label,
+            "annotators": annotators(latency=0.01),
+            "output": {"path": str(out / "fault"), "shared": True},
+            "pipeline": {"batch_size": 16, "max_retries": 10, "retry_backoff_s": 0.5},
+            "ray": {"address": cluster.address},
+        }
+        killer = threading.Thread(target=kill_node_of, args=(cluster, "llama", out / "fault" / "parts", result))
+        killer.start()
+        t0 = time.monotonic()
+        summary = run_label_job(LabelJobConfig.from_dict(fault))
+        killer.join()
+        result["fault"] = {
+            "table_rows": summary.table_rows,
+            "errors": summary.errors_by_kind,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
         loop = {
             "task": {"labels": TREC_LABELS},
             "annotators": annotators(),

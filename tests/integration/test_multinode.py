@@ -1,6 +1,7 @@
 """Several nodes: a head and two GPU workers (ray.cluster_utils.Cluster, in a process of its own;
 see multinode_scenario.py). Annotator replicas land where their resources are; the label job and
-a two-round loop run end to end; every (sample, annotator) pair is written once."""
+a two-round loop run end to end; every (sample, annotator) pair is written once, also by a label
+job during which a worker node running an annotator's replica is killed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from molal_ray.pipeline.output import read_annotation_table
-from tests.conftest import ROOT, TREC
+from tests.conftest import ROOT, TREC, recorded_answers
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -48,6 +49,19 @@ def test_annotators_land_on_gpu_nodes_and_jobs_run_across_nodes(tmp_path):
     t = read_annotation_table(tmp_path / "label").to_pandas()
     assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 300 * 3 == result["label_rows"]
     assert t["error"].isna().all()
+    # The node killed mid-job: its replica came back on the spare node and the retried calls were
+    # answered; the table holds every pair once, each what the recording says, nothing flagged.
+    assert result["killed"]["annotator"] == "llama" and result["killed"]["parts_before"] >= 3
+    assert result["fault"]["errors"] == {}
+    fault = read_annotation_table(tmp_path / "fault").to_pylist()
+    got = {(r["sample_id"], r["annotator"]): r for r in fault}
+    ids = pq.read_table(tmp_path / "pool.parquet").column("id").to_pylist()
+    expected = {k: v for k, v in recorded_answers(ids).items() if k[1] in ("llama", "yi", "gemma")}
+    assert set(got) == set(expected) and len(fault) == 300 * 3 == result["fault"]["table_rows"]
+    for key, (_probs, votes, n_invalid) in expected.items():
+        row = got[key]
+        assert row["error"] is None and row["n_invalid"] == n_invalid
+        assert max(abs(a - b) for a, b in zip(row["votes"], votes)) < 1e-6
     assert result["loop_labelled"] == [20, 40, 60]
     loop = read_annotation_table(tmp_path / "loop" / "annotations").to_pandas()
     assert len(loop) == len(loop.drop_duplicates(["sample_id", "annotator"])) == 60 * 3
