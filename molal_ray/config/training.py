@@ -71,6 +71,13 @@ class ClassifierConfig(StrictModel):
         "are kept, one subfolder per pool and encoder, so that loops on the same pool embed it "
         "once. None: '_embeddings' beside the output folder.",
     )
+    score_here_rows: int = Field(
+        20_000,
+        ge=0,
+        description="mode 'head': a round whose scoring reads at most this many rows (test split, "
+        "candidates, labelled rows) scores them in the coordinator instead of Ray Data tasks, whose "
+        "fixed cost (seconds a round) is then more than the work. 0: always Ray Data.",
+    )
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
 
     @model_validator(mode="after")
