@@ -88,6 +88,7 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
     A rerun with the same output folder resumes: pairs already written are skipped.
     """
     from molal_ray.config import LabelJobConfig
+    from molal_ray.console import drop_native_log_lines
     from molal_ray.pipeline.label_job import run_label_job, summary_lines
     from molal_ray.progress import LabelProgress
 
@@ -101,6 +102,8 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
             ("ray", "log_to_driver"): True if ctx.obj.get("verbose") else None,
         },
     )
+    if not ctx.obj.get("verbose"):
+        drop_native_log_lines()  # Ray's C++ notices (Ray Data's restartable actors) off the terminal
     with LabelProgress() as progress:
         summary = run_label_job(cfg, progress=progress)
     click.echo("\n".join(summary_lines(summary)))
@@ -318,7 +321,7 @@ def run(
 ) -> None:
     """Run the active-learning loop: query, annotate with the LLMs, aggregate, train, evaluate."""
     from molal_ray.config.loop import LoopJobConfig
-    from molal_ray.console import drop_forwarded_lines, forwarded_lines_to, log_file
+    from molal_ray.console import drop_forwarded_lines, drop_native_log_lines, forwarded_lines_to, log_file
     from molal_ray.layout import LoopLayout
     from molal_ray.loop.runner import run_loop
     from molal_ray.progress import LoopProgress
@@ -340,6 +343,7 @@ def run(
     out = LoopLayout.at(cfg.output.path)
     log_path = out.log.path if out.root.is_local else None
     if not verbose:
+        drop_native_log_lines()
         drop_forwarded_lines()  # also after the run: Ray flushes its repeated warnings at exit
     try:
         with (

@@ -1,17 +1,23 @@
 """A quiet console for the command line: Ray's own chatter goes to the run's log file.
 
-Without ``-v`` a healthy run prints only our progress and results. Two things keep Ray quiet:
-its Python loggers in the driver are set to WARNING (:func:`quiet_ray_loggers`), and lines that
-Ray forwards to the driver from other processes (``(raylet) ...`` start-up notices such as "N
-worker processes have been started", ``(pid=...)`` worker output) are written to the log file
-instead of the terminal (:func:`forwarded_lines_to`). ``-v`` shows everything.
+Without ``-v`` a healthy run prints only our progress and results. Three things keep Ray quiet:
+its Python loggers in the driver are set to WARNING (:func:`quiet_ray_loggers`); lines that Ray
+forwards to the driver from other processes (``(raylet) ...`` start-up notices such as "N worker
+processes have been started", ``(pid=...)`` worker output) are written to the log file instead
+of the terminal (:func:`forwarded_lines_to`); and the log lines Ray's C++ core writes straight to
+the process's standard error (``[date time E pid tid] core_worker.cc:NNN: ...``, such as the
+notice that Ray Data's restartable actors keep their arguments in the object store), which no
+Python stream sees, are taken off the terminal too (:func:`drop_native_log_lines`; Ray's own
+session log keeps them). ``-v`` shows everything.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +55,71 @@ def said_once() -> None:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _FORWARDED = re.compile(r"^(?:\x1b\[[0-9;]*m)*\((?:raylet|autoscaler|gcs_server|(?:\S.*? )?pid=\d+(?:, ip=[^)\s]+)?)\)")
+
+
+# glog-style lines of Ray's C++ core at INFO, WARNING or ERROR (FATAL ones stay on the terminal).
+_NATIVE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [IWE] \d+ \d+\] [\w./-]+\.(?:cc|h):\d+: ")
+
+
+def is_native_log(line: str) -> bool:
+    """Whether a line is a log line of Ray's C++ core (not a fatal one)."""
+    return bool(_NATIVE.match(line))
+
+
+class _Sinks:
+    native: IO[str] | None = None  # where :func:`drop_native_log_lines` sends them (the run's log file)
+    installed = False
+
+
+def _pump_native(read_fd: int, terminal_fd: int) -> None:
+    """Copy what native code writes to file descriptor 2 to the terminal, except Ray's C++ log
+    lines (to the current sink, or dropped). A partial line that cannot be one passes at once
+    (a prompt, a progress line)."""
+    buf = b""
+    while chunk := os.read(read_fd, 65536):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if is_native_log(line):
+                sink = _Sinks.native
+                if sink is not None:
+                    try:
+                        sink.write(line + "\n")
+                        sink.flush()
+                    except (OSError, ValueError):  # the log file closed meanwhile
+                        pass
+            else:
+                os.write(terminal_fd, raw + b"\n")
+        if buf and not buf.startswith(b"["):
+            os.write(terminal_fd, buf)
+            buf = b""
+
+
+def drop_native_log_lines() -> None:
+    """From now on until the process ends, Ray's C++ log lines (written by native code to file
+    descriptor 2, past every Python stream) leave the terminal: file descriptor 2 becomes a pipe
+    read by a thread that passes everything else on, and Python's ``sys.stderr`` writes to the
+    terminal directly (so that it still looks like one to a progress display). Inside
+    :func:`forwarded_lines_to` the lines go to its sink (the run's log file); elsewhere they are
+    dropped (Ray's session log has them). Does nothing unless ``sys.stderr`` is the process's
+    own standard error (a command run inside a test runner keeps its streams)."""
+    if _Sinks.installed:
+        return
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+        sys.stderr.flush()
+        terminal = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return
+    read_fd, write_fd = os.pipe()
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    sys.stderr = open(terminal, "w", buffering=1, encoding=encoding, errors="backslashreplace", closefd=False)  # noqa: SIM115
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    threading.Thread(target=_pump_native, args=(read_fd, terminal), name="molal-native-stderr", daemon=True).start()
+    _Sinks.installed = True
 
 
 def quiet_ray_loggers(level: int = logging.WARNING) -> None:
@@ -103,18 +174,22 @@ class _Router:
 
 @contextmanager
 def forwarded_lines_to(sink: IO[str] | None, enabled: bool = True) -> Iterator[None]:
-    """While inside, Ray's forwarded lines on stdout and stderr go to ``sink`` (None: dropped)."""
+    """While inside, Ray's forwarded lines on stdout and stderr go to ``sink`` (None: dropped),
+    and so do its C++ log lines once :func:`drop_native_log_lines` is on."""
     if not enabled:
         yield
         return
     saved = sys.stdout, sys.stderr
+    saved_native = _Sinks.native
     sys.stdout, sys.stderr = _Router(sys.stdout, sink), _Router(sys.stderr, sink)
+    _Sinks.native = sink
     try:
         yield
     finally:
         for s in (sys.stdout, sys.stderr):
             s.flush()
         sys.stdout, sys.stderr = saved
+        _Sinks.native = saved_native
 
 
 def drop_forwarded_lines() -> None:

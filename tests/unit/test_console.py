@@ -68,3 +68,63 @@ def test_after_a_quiet_command_rays_late_lines_are_dropped(monkeypatch):
     sys.stderr.flush()
     assert "during the run" in sink.getvalue()
     assert err.getvalue() == "" and out.getvalue() == "report: run/report.html\n"
+
+
+NATIVE_LINE = (
+    "[2026-12-03 18:14:48,452 E 32071 32071] core_worker.cc:2465: Actor with class name: 'MapWorker' "
+    "has constructor arguments in the object store and max_restarts > 0."
+)
+
+
+def test_native_log_lines_are_recognised():
+    from molal_ray.console import is_native_log
+
+    assert is_native_log(NATIVE_LINE)
+    assert is_native_log("[2026-12-03 18:14:48,452 W 1 2] gcs_client.cc:12: lost the GCS")
+    assert not is_native_log("[2026-12-03 18:14:48,452 F 1 2] core_worker.cc:9: Check failed")  # fatal stays
+    assert not is_native_log("[1/3] round 1")
+    assert not is_native_log("error: pool.path: no such file")
+
+
+def test_native_log_lines_leave_the_terminal_and_go_to_the_runs_log(tmp_path):
+    """What native code writes to file descriptor 2 passes on, except Ray's C++ log lines, which
+    go to the sink of forwarded_lines_to (else are dropped); Python's stderr is untouched. In a
+    process of its own: the file descriptors are the process's."""
+    import subprocess
+    import textwrap
+
+    from tests.conftest import ROOT
+
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from molal_ray.console import drop_native_log_lines, forwarded_lines_to
+        drop_native_log_lines()
+        drop_native_log_lines()  # once is enough
+        os.write(2, {NATIVE_LINE!r}.encode() + b"\\n")  # no sink yet: dropped
+        os.write(2, b"a C library's own line\\n")
+        print("ours, through sys.stderr", file=sys.stderr)
+        import time; time.sleep(0.5)  # read (and dropped) before the sink is set
+        with open({str(tmp_path / "run.log")!r}, "w") as log, forwarded_lines_to(log):
+            os.write(2, {NATIVE_LINE.replace("E 32071", "W 32071")!r}.encode() + b"\\n")
+            os.write(2, b"partial ")
+            os.write(2, b"native line\\n")
+            import time; time.sleep(0.5)  # the pump thread reads it while the log is open
+        sys.stderr.flush()
+        import time; time.sleep(0.3)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert "a C library's own line" in lines and "ours, through sys.stderr" in lines
+    assert "partial native line" in lines
+    assert not any("core_worker.cc" in line for line in lines), run.stderr
+    assert (tmp_path / "run.log").read_text().splitlines() == [NATIVE_LINE.replace("E 32071", "W 32071")]
