@@ -79,7 +79,7 @@ class MotoServer(S3Endpoint):
         import time
 
         super().__init__(free_port())
-        port = int(self.endpoint.rsplit(":", 1)[1])
+        self.port = port = int(self.endpoint.rsplit(":", 1)[1])
         server = Path(sys.executable).parent / "moto_server"
         self.proc = subprocess.Popen(
             [str(server), "-H", "127.0.0.1", "-p", str(port)],
@@ -104,6 +104,84 @@ class MotoServer(S3Endpoint):
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+
+
+class TcpGate:
+    """A TCP forwarder on a free port of 127.0.0.1 in front of a local server: :meth:`cut` stops
+    listening and drops every connection through it (the endpoint is unreachable, the server and
+    its data live on), :meth:`restore` listens on the same port again."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._conns: list = []
+        self._open = threading.Event()
+        self.restore()
+
+    def restore(self) -> None:
+        import socket
+        import threading
+
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(64)
+        self._listener.settimeout(0.2)
+        self._open.set()
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while self._open.is_set():
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        listener.close()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+        import time
+
+        self._open.clear()
+        time.sleep(0.5)  # the accept loop closes its listener
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
 
 
 @pytest.fixture(scope="session")

@@ -71,45 +71,52 @@ def test_label_job_on_s3_writes_the_rows_of_a_local_run(ray_local, s3, data, tmp
     assert resolve(out).join("pool", "_manifest.json").exists()
 
 
-def test_a_label_job_whose_object_store_stops_ends_with_one_clear_line(tmp_path):
-    """The S3 endpoint of the output dies in the middle of a label job: the job ends at once
-    with one ``error:`` line naming the storage, exit code 2, no traceback."""
-    from tests.integration.conftest import MotoServer
+def test_a_label_job_whose_object_store_stops_ends_with_one_clear_line_and_resumes_once_it_is_back(tmp_path):
+    """The S3 endpoint of the output becomes unreachable in the middle of a label job: the job
+    ends at once with one ``error:`` line naming the storage, exit code 2, no traceback. Once
+    the endpoint is back (the server kept its data), the same command finishes the job: every
+    pair once, each the recording's."""
+    from tests.integration.conftest import MotoServer, S3Endpoint, TcpGate
 
-    own = MotoServer()  # this test's own server: it is stopped part-way
+    own = MotoServer()  # this test's own server: the way to it is cut part-way
+    gate = TcpGate(own.port)
     try:
+        endpoint = S3Endpoint(gate.port)
         pool = tmp_path / "pool.parquet"
         pq.write_table(pq.read_table(TREC / "pool.parquet").slice(0, 300), pool)
-        out = own.uri(own.bucket("stops"), "label")
+        out = endpoint.uri(endpoint.bucket("stops"), "label")
         cfg = tmp_path / "label.yaml"
         cfg.write_text(yaml.safe_dump(replay_label_config(pool, out, latency=0.05, in_flight=1)))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
+        cmd = [sys.executable, "-m", "molal_ray.cli", "label", str(cfg)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "molal_ray.cli", "label", str(cfg)],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         parts = resolve(out).join("parts")
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None and len(parts.list(prefix="part-")) < 3:
             time.sleep(0.2)
         assert proc.poll() is None, "the run finished before the storage could stop"
-        own.stop()
+        gate.cut()
         try:
             _, err = proc.communicate(timeout=300)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1, err[-3000:]
+        assert "storage: could not" in errors[0] and "s3://stops/label" in errors[0], errors[0]
+        assert "Traceback" not in err and "Failed to apply UDF" not in err, err[-3000:]
+        assert "core_worker.cc" not in err, err[-3000:]  # Ray's C++ notices stay off the terminal
+
+        gate.restore()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert_rows_are_the_recordings(table_pairs(out), pq.read_table(pool)["id"].to_pylist())
     finally:
+        gate.cut()
         own.stop()
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1, err[-3000:]
-    assert "storage: could not" in errors[0] and "s3://stops/label" in errors[0], errors[0]
-    assert "Traceback" not in err and "Failed to apply UDF" not in err, err[-3000:]
 
 
 def test_a_killed_label_job_on_s3_resumes_to_the_rows_of_an_uninterrupted_one(ray_local, s3, data, tmp_path):
