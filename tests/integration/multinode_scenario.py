@@ -1,10 +1,10 @@
 """A Ray cluster of three nodes on this machine (``ray.cluster_utils.Cluster``): a head and two
 workers that each declare one GPU and one ``annotator_slot``, as ``cluster.yaml``'s GPU workers
-do. Runs the label job and a two-round loop on it, with two annotators asking for a GPU and a
-slot per replica (as ``serve_configs/annotators-gpu.yaml`` does), then a label job during which
-the worker node of one annotator's replica is killed without warning (a spare GPU node has
-joined, so Serve can place the replica again), and writes what happened to ``OUT/result.json``
-for the test to check.
+do. Runs the label job on it, with two annotators asking for a GPU and a slot per replica (as
+``serve_configs/annotators-gpu.yaml`` does), then a label job and a two-round loop during each
+of which the worker node of one annotator's replica is killed without warning (a spare GPU
+node has joined each time, so Serve can place the replica again), and writes what happened to
+``OUT/result.json`` for the test to check.
 
     python -m tests.integration.multinode_scenario OUT BACKBONE
 
@@ -39,20 +39,46 @@ def annotators(latency: float = 0.0) -> list[dict]:
     return out
 
 
-def kill_node_of(cluster, annotator: str, parts: Path, result: dict) -> None:
-    """Once the job has written a few parts, kill the worker node that runs ``annotator``'s
-    replica, at once (its raylet, workers and the replica die without a word)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(parts.glob("part*.parquet"))) < 3:
+def parts_written(parts: Path, at_least: int, deadline: float) -> bool:
+    while time.monotonic() < deadline and len(list(parts.glob("part*.parquet"))) < at_least:
         time.sleep(0.05)
+    return len(list(parts.glob("part*.parquet"))) >= at_least
+
+
+def kill_node_of(cluster, annotator: str, parts: Path, result: dict, key: str = "killed", after=None) -> None:
+    """Once ``after()`` says so (default: the job has written 3 parts), kill the worker node that
+    runs ``annotator``'s replica, at once (its raylet, workers and the replica die without a word)."""
+    deadline = time.monotonic() + 120
+    if after is None:
+        parts_written(parts, 3, deadline)
+    else:
+        after(deadline)
     (replica,) = placement("annotators")[annotator]
     node = next(n for n in cluster.worker_nodes if n.node_id == replica["node"])
-    result["killed"] = {
+    result[key] = {
         "annotator": annotator,
         "node": replica["node"],
         "parts_before": len(list(parts.glob("part*.parquet"))),
     }
     cluster.remove_node(node, allow_graceful=False)
+
+
+def in_round_one(loop_out: Path, parts: Path):
+    """A trigger for :func:`kill_node_of`: the loop has saved round 0 and written round 1's first
+    part (its annotators are still being asked)."""
+
+    def wait(deadline: float) -> None:
+        state = loop_out / "state" / "state.json"
+        while time.monotonic() < deadline:
+            try:
+                if json.loads(state.read_text())["round"] >= 1:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        parts_written(parts, len(list(parts.glob("part*.parquet"))) + 1, deadline)
+
+    return wait
 
 
 def placement(app_name: str) -> dict[str, list[dict]]:
@@ -134,9 +160,13 @@ def main(out: Path, backbone: str) -> None:
             "errors": summary.errors_by_kind,
             "seconds": round(time.monotonic() - t0, 1),
         }
+        # A worker node lost while a loop round asks its annotators (slowed down, in small
+        # batches); another spare GPU node has joined.
+        cluster.add_node(num_cpus=2, num_gpus=1, resources={SLOT: 1})
+        cluster.wait_for_nodes()
         loop = {
             "task": {"labels": TREC_LABELS},
-            "annotators": annotators(),
+            "annotators": annotators(latency=0.1),
             "pool": {"path": str(out / "pool.parquet"), "shared": True},
             "gold": str(TREC / "gold.csv"),
             "loop": {
@@ -156,10 +186,19 @@ def main(out: Path, backbone: str) -> None:
                 "cpus_per_worker": 0.5,
             },
             "output": {"path": str(out / "loop"), "shared": True},
+            "pipeline": {"batch_size": 4, "max_retries": 10, "retry_backoff_s": 0.5},
             "ray": {"address": cluster.address},
         }
+        loop_parts = out / "loop" / "annotations" / "parts"
+        killer = threading.Thread(
+            target=kill_node_of,
+            args=(cluster, "yi", loop_parts, result, "killed_in_loop", in_round_one(out / "loop", loop_parts)),
+        )
+        killer.start()
         report = run_loop(LoopJobConfig.from_dict(loop))
+        killer.join()
         result["loop_labelled"] = [r["n_labeled"] for r in report["rounds"]]
+        result["loop_parts"] = len(list(loop_parts.glob("part*.parquet")))
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -1,7 +1,7 @@
 """Several nodes: a head and two GPU workers (ray.cluster_utils.Cluster, in a process of its own;
 see multinode_scenario.py). Annotator replicas land where their resources are; the label job and
 a two-round loop run end to end; every (sample, annotator) pair is written once, also by a label
-job during which a worker node running an annotator's replica is killed."""
+job and a loop during which a worker node running an annotator's replica is killed."""
 
 from __future__ import annotations
 
@@ -62,6 +62,16 @@ def test_annotators_land_on_gpu_nodes_and_jobs_run_across_nodes(tmp_path):
         row = got[key]
         assert row["error"] is None and row["n_invalid"] == n_invalid
         assert max(abs(a - b) for a, b in zip(row["votes"], votes)) < 1e-6
+    # The node of yi's replica killed while round 1 asked the annotators: the loop ran to the end,
+    # its table holds every pair of its 60 rows once, each the recording's, nothing flagged.
+    assert result["killed_in_loop"]["annotator"] == "yi"
+    assert result["killed_in_loop"]["parts_before"] < result["loop_parts"]  # the loop wrote on after it
     assert result["loop_labelled"] == [20, 40, 60]
-    loop = read_annotation_table(tmp_path / "loop" / "annotations").to_pandas()
-    assert len(loop) == len(loop.drop_duplicates(["sample_id", "annotator"])) == 60 * 3
+    loop = read_annotation_table(tmp_path / "loop" / "annotations").to_pylist()
+    got = {(r["sample_id"], r["annotator"]): r for r in loop}
+    assert len(got) == len(loop) == 60 * 3
+    expected = recorded_answers(sorted({k[0] for k in got}))
+    for key, row in got.items():
+        _probs, votes, n_invalid = expected[key]
+        assert row["error"] is None and row["n_invalid"] == n_invalid
+        assert max(abs(a - b) for a, b in zip(row["votes"], votes)) < 1e-6
