@@ -448,11 +448,7 @@ class Coordinator:
         human, agreed = self.ask_people(ids, keys, probs, labels, matrix)
         source = SOURCES_OF_MODE.get(mode, "annotator")
         prev = np.array([previous_pred.get(i, -1) for i in ids])
-        weights = (
-            discrepancy_weights(labels, prev, self.settings.discrepancy_alpha)
-            if mode == "molal" and previous_pred
-            else np.ones(len(ids), np.float32)
-        )
+        weights = self.label_weights(probs, prev) if mode == "molal" else np.ones(len(ids), np.float32)
         weights[human] = 1.0
         new = [
             self.labeled_row(sid, k, lab, "human" if h else source, w, p, pp)
@@ -553,16 +549,17 @@ class Coordinator:
             changed += label != r.label
             r.label = label
             r.negatives = self.negatives(p)
-            r.weight = (
-                1.0
-                if r.previous_pred < 0
-                else float(
-                    discrepancy_weights(
-                        np.array([label]), np.array([r.previous_pred]), self.settings.discrepancy_alpha
-                    )[0]
-                )
-            )
+            r.weight = float(self.label_weights(p[None], np.array([r.previous_pred]))[0])
         return changed
+
+    def label_weights(self, probs: np.ndarray, previous_pred: np.ndarray) -> np.ndarray:
+        """Training weights of aggregator labels (``probs``: their distributions): the discrepancy
+        weight against the previous classifier's prediction (-1: none, weight 1)."""
+        labels = probs.argmax(1)
+        w = np.ones(len(labels), np.float32)
+        had = previous_pred >= 0
+        w[had] = discrepancy_weights(labels[had], previous_pred[had], self.settings.discrepancy_alpha)
+        return w
 
     def route(self, probs: np.ndarray, ids: list[str], m: Any, n: int) -> np.ndarray:
         """Positions of the queried rows that go to people: the ``n`` least certain by the rule."""

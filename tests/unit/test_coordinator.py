@@ -212,6 +212,15 @@ def test_rounds_query_annotate_aggregate_and_keep_only_labelled_rows_in_the_stat
     assert min(entropy[[k in picked for k in req.candidates.tolist()]]) >= np.sort(entropy)[-15] - 1e-12
 
 
+def test_aggregator_labels_weigh_alpha_where_they_disagree_with_the_previous_classifier(trec, tmp_path):
+    """One weight rule for new rows and relabelled ones: 1 where the label agrees with the
+    previous classifier or there was none (-1), loop.discrepancy_alpha where it disagrees."""
+    probs = np.array([[0.9, 0.1, 0.0], [0.5, 0.3, 0.2], [0.2, 0.7, 0.1], [0.6, 0.4, 0.0]])
+    prev = np.array([0, 1, 0, -1])  # agrees, disagrees, disagrees, no previous classifier
+    coord, _ = _coordinator(trec, tmp_path, discrepancy_alpha=0.3)
+    np.testing.assert_allclose(coord.label_weights(probs, prev), [1.0, 0.3, 0.3, 1.0])
+
+
 def test_a_resumed_coordinator_repeats_an_uninterrupted_one(trec, tmp_path):
     straight, _ = _coordinator(trec, tmp_path / "a")
     _run(straight)
