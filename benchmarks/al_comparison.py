@@ -102,6 +102,15 @@ def aggregator_settings(base: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    ap.add_argument(
+        "--loop-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a loop setting for every loop (repeatable; VALUE read as YAML); the records' mode names "
+        "carry them (molal@KEY=VALUE), so --resume tells the variants apart",
+    )
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--query-size", type=int, default=50)
     ap.add_argument("--strategies", nargs="*", default=["random", "max-entropy"])
@@ -129,6 +138,15 @@ def main() -> None:
         help="keep the loops already in --out (same trainer and rounds) and run only the others",
     )
     args = ap.parse_args()
+    import yaml
+
+    loop_set = {}
+    for item in args.loop_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--loop-set {item!r}: expected KEY=VALUE")
+        loop_set[key] = yaml.safe_load(value)
+    suffix = ("@" + ",".join(args.loop_set)) if args.loop_set else ""
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[int, str, str], dict] = {}
     if args.resume and Path(args.out).exists():
@@ -151,12 +169,12 @@ def main() -> None:
     curve: dict[tuple[str, str], list[float]] = {}  # mean micro-F1 over rounds 1..R (area under the curve)
     work = args.work_dir
     # every loop keeps its folder (state, report, curves) under --work-dir
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         single = best_single(seed, base["loop"]["initial_gold"]) if "single" in args.modes else None
         for strategy in args.strategies:
             for mode in args.modes:
-                if (seed, strategy, mode) in done:
-                    rec = done[(seed, strategy, mode)]
+                if (seed, strategy, mode + suffix) in done:
+                    rec = done[(seed, strategy, mode + suffix)]
                     results.setdefault((strategy, mode), []).append(rec["final_micro_f1"])
                     ann_acc.setdefault((strategy, mode), []).append(rec["mean_annotation_accuracy"])
                     if "micro_f1_by_round" in rec:  # not recorded by the first runs of this script
@@ -180,8 +198,9 @@ def main() -> None:
                         "annotation": single if kind == "single" else "molal" if routed else kind,
                         **({"human_per_round": args.human, **routed} if routed else {}),
                         **({"labelable_weight": args.labelable_weight} if extra == "labelable" else {}),
+                        **loop_set,
                     },
-                    "output": {"path": f"{work}/{seed}-{strategy}-{mode}", "mode": "overwrite"},
+                    "output": {"path": f"{work}/{seed}-{strategy}-{mode}{suffix}", "mode": "overwrite"},
                 }
                 data["classifier"] = {
                     **(data["classifier"] if args.classifier == "head" else FINETUNE),
@@ -205,7 +224,8 @@ def main() -> None:
                             {
                                 "seed": seed,
                                 "strategy": strategy,
-                                "mode": mode,
+                                "mode": mode + suffix,
+                                "loop_settings": loop_set,
                                 "annotator": single if mode == "single" else None,
                                 "aggregator": aggregator_settings(base) if kind == "molal" or routed else None,
                                 "labelable_weight": args.labelable_weight if extra == "labelable" else 0.0,

@@ -9,7 +9,8 @@ example's compact few-shot prompt with 4 nearest demonstrations, as
 printed. (b)'s texts/s counts its whole wall time (Ray start, deployment, model load, pool
 preparation) and, separately, only its annotation phase.
 
-    .venv/bin/python benchmarks/serve_overhead.py [--n 200] [--engine hf|vllm] [--serve-first]
+    .venv/bin/python benchmarks/serve_overhead.py [--n 200] [--engine hf|vllm] [--k 4] [--label-probs exact]
+        [--serve-first]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    ap.add_argument("--k", type=int, default=4, help="nearest demonstrations per prompt (0: zero-shot)")
+    ap.add_argument("--label-probs", choices=["exact", "first_token"], default="exact", help="the vllm engine's")
     ap.add_argument(
         "--serve-first", action="store_true", help="run the label job before the raw engine (a failure shows sooner)"
     )
@@ -54,6 +57,9 @@ def main() -> None:
     demos = pd.read_csv(trec / "gold-50.csv", dtype=str)
     full = pq.read_table(trec / "pool.parquet").to_pandas()
     pool = full[~full["id"].isin(set(demos["sample_id"]))].head(args.n)
+    engine = engine_config(args.engine)
+    if args.engine == "vllm":
+        engine["label_probs"] = args.label_probs
     with tempfile.TemporaryDirectory() as tmp:
         pool_path = Path(tmp) / "pool.parquet"
         pool.to_parquet(pool_path, index=False)
@@ -68,9 +74,20 @@ def main() -> None:
                 "name": "trec-coarse",
                 "labels": ["abbreviation", "entity", "description", "human", "location", "numeric"],
                 "prompt_template": COMPACT,
-                "few_shot": {"examples": str(examples), "k": 4, "select": "nearest", "example_template": EXAMPLE},
+                **(
+                    {
+                        "few_shot": {
+                            "examples": str(examples),
+                            "k": args.k,
+                            "select": "nearest",
+                            "example_template": EXAMPLE,
+                        }
+                    }
+                    if args.k
+                    else {}
+                ),
             },
-            "annotators": [{"name": "smollm2", "engine": engine_config(args.engine), "resources": {"num_cpus": 1}}],
+            "annotators": [{"name": "smollm2", "engine": engine, "resources": {"num_cpus": 1}}],
             "pool": {"path": str(pool_path)},
             "output": {"path": str(Path(tmp) / "out"), "mode": "overwrite"},
             "pipeline": {"batch_size": 32, "concurrency": 1},
@@ -79,7 +96,7 @@ def main() -> None:
 
         # (a) the raw engine, in this process
         task = with_examples(cfg.task, cfg.pool)
-        eng = build_engine(AnnotatorConfig(name="smollm2", engine=engine_config(args.engine)), task)
+        eng = build_engine(AnnotatorConfig(name="smollm2", engine=engine), task)
 
         async def raw(engine: Any) -> float:
             await engine.start()
@@ -111,7 +128,9 @@ def main() -> None:
             del eng  # the model's memory back before the label job
             summary, job_s = label_job()
     n = args.n
-    print(f"\nSmolLM2-135M-Instruct ({args.engine} engine, 4 nearest demonstrations), {n} TREC questions, this CPU")
+    shots = f"{args.k} nearest demonstrations" if args.k else "zero-shot"
+    probs = f", {args.label_probs} label probabilities" if args.engine == "vllm" else ""
+    print(f"\nSmolLM2-135M-Instruct ({args.engine} engine, {shots}{probs}), {n} TREC questions, this CPU")
     print(f"{'path':<44}{'seconds':>9}{'texts/s':>9}{'vs raw':>8}")
     print(f"{'raw engine (annotate only)':<44}{raw_s:>9.1f}{n / raw_s:>9.2f}{1.0:>8.2f}")
     print(
