@@ -35,6 +35,19 @@ def init_local(**kwargs: Any) -> None:
             services.resolve_ip_for_localhost = resolve
 
 
+def long_blocks(ds: Any) -> Any:
+    """``ds`` (a lazy Ray Dataset) without Ray Data's no-progress guard, which fails an execution
+    in which no block moved for 30 minutes (``ExecutionTimeoutError``). Our stages that work a
+    whole block before they output anything (the annotate stage waiting on LLMs, a bucket's
+    embeddings) legitimately take longer than that on slow annotators or CPUs: measured here, a
+    label job of 2,000 texts on a CPU vLLM (0.5 texts/s, one block) was stopped after 30 minutes of
+    its hour. What bounds the wait instead: each annotator call's ``pipeline.request_timeout_s``
+    and retries, after which its rows are flagged. The setting is the dataset's own (its context
+    is a copy), so other datasets keep the guard."""
+    ds.context.execution_no_progress_timeout_s = -1
+    return ds
+
+
 def ensure_ray(cfg: RayConfig) -> None:
     """Join the configured cluster, or start a local embedded runtime; no-op if Ray is up."""
     import ray

@@ -195,6 +195,9 @@ class EmbeddingStore:
                     max_restarts=0,
                     max_task_retries=0,
                 )  # see NO_RESTARTS
+            from molal_ray.runtime import long_blocks
+
+            ds = long_blocks(ds)  # a bucket is embedded whole: minutes to hours on a CPU
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 dim = int(pa.table(batch).column("dim")[0].as_py())
         manifest = {"fingerprint": fp, "dim": dim}

@@ -34,7 +34,7 @@ from molal_ray.pipeline.output import (
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.summary import LabelSummary, summarise_table
 from molal_ray.preflight import check_files
-from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, start_annotators, stop_annotators
+from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, long_blocks, start_annotators, stop_annotators
 
 logger = logging.getLogger("molal_ray.label")
 
@@ -103,7 +103,7 @@ def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig, st
         return None
     first_run = not table_files(out.parts)[0]
     stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS, num_cpus=pl.stage_num_cpus)
-    return stream.map_batches(
+    stream = stream.map_batches(
         AnnotateStage,
         fn_constructor_kwargs=stage_options(
             cfg, out.parts, DoneIndex(out.parts, empty=first_run), stages or cfg.stages()
@@ -113,6 +113,7 @@ def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig, st
         num_cpus=pl.stage_num_cpus,
         compute=ray.data.ActorPoolStrategy(size=pl.concurrency),
     )
+    return long_blocks(stream)  # a block waits on every annotator: slow ones take hours
 
 
 def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:

@@ -21,3 +21,18 @@ class DyingOnceReplayEngine(ReplayEngine):
             marker.write_text("x")
             os._exit(1)
         return await super().annotate(sample_ids, texts)
+
+
+class SlowEmbedBuckets:
+    """The embedding stage's UDF, 3 s slower per bucket (a slow encoder on a large bucket)."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        from molal_ray.pipeline.embeddings import EmbedBuckets
+
+        self.inner = EmbedBuckets(*args, **kwargs)
+
+    def __call__(self, batch):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(3.0)
+        return self.inner(batch)

@@ -74,3 +74,32 @@ def test_aggregate_embeds_the_pool_once_and_reads_the_texts(tmp_path, ray_local)
     other = [x if x != str(tmp_path / "pool.parquet") else str(tmp_path / "other.parquet") for x in args]
     r = CliRunner().invoke(main, [*other, "--out", str(tmp_path / "c.parquet")])
     assert r.exit_code == 2 and "none of the table's 400 samples" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_bucket_embedded_slower_than_ray_datas_no_progress_guard_is_kept(tmp_path, ray_local, monkeypatch):
+    """Ray Data fails an execution in which no block moved for execution_no_progress_timeout_s
+    (30 minutes by default); a bucket is embedded whole before the stage outputs anything, and a
+    large bucket on a CPU takes longer than that. Here the guard is 1 s and each bucket 3 s more:
+    every row is embedded."""
+    from ray.data import DataContext
+
+    from molal_ray.config.training import ClassifierConfig
+    from molal_ray.pipeline import embeddings
+    from molal_ray.testing.tiny_models import build_tiny_bert
+    from tests.integration.fakes import SlowEmbedBuckets
+    from tests.unit.test_pool_store import _pool
+
+    texts = [f"question number {i} about hamlet" for i in range(40)]
+    pool = _pool(tmp_path, [(f"q{i:03d}", t, f"f:{i}") for i, t in enumerate(texts)], buckets=2)
+    bert = build_tiny_bert(tmp_path / "bert", texts)
+    monkeypatch.setattr(embeddings, "EmbedBuckets", SlowEmbedBuckets)
+    ctx = DataContext.get_current()
+    saved = ctx.execution_no_progress_timeout_s
+    ctx.execution_no_progress_timeout_s = 1.0  # what a new dataset copies
+    try:
+        store = embeddings.EmbeddingStore.build(
+            pool, tmp_path / "emb", ClassifierConfig(mode="head", backbone=str(bert), max_length=16)
+        )
+    finally:
+        ctx.execution_no_progress_timeout_s = saved
+    assert store.fetch(pool.keys_of(np.arange(pool.n_usable))).shape[0] == len(texts)

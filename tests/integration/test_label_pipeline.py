@@ -64,6 +64,36 @@ def test_trec_subset_matches_the_recording_row_by_row(ray_local, tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["table_rows"] == 2000
 
 
+def test_a_block_slower_than_ray_datas_no_progress_guard_is_labelled_whole(ray_local, tmp_path, monkeypatch):
+    """Ray Data fails an execution in which no block moved for execution_no_progress_timeout_s
+    (30 minutes by default); the annotate stage outputs nothing until its block is labelled, and
+    one block of slow annotators takes longer than that. Here the guard is 2 s for the datasets
+    made from the annotate step on (the pool is prepared first, under the default) and the one
+    block takes about 8 s (4 serial calls of 2 s per annotator): the job labels every pair."""
+    from ray.data import DataContext
+
+    from molal_ray.pipeline import label_job
+
+    ctx = DataContext.get_current()
+    saved = ctx.execution_no_progress_timeout_s
+    real = label_job.annotate_dataset
+
+    def with_tight_guard(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ctx.execution_no_progress_timeout_s = 2.0  # what a new dataset copies
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(label_job, "annotate_dataset", with_tight_guard)
+    pool = pq.read_table(TREC / "pool.parquet").slice(0, 64)
+    pq.write_table(pool, tmp_path / "pool.parquet")
+    data = _config(tmp_path, tmp_path / "pool.parquet", tmp_path / "out", 0.125, batch_size=16, in_flight=1)
+    try:
+        summary = run_label_job(LabelJobConfig.from_dict(data))
+    finally:
+        ctx.execution_no_progress_timeout_s = saved
+    assert summary.annotate_s > 6.0, "the block was not slower than the guard: the test proves nothing"
+    assert len(_table_dict(tmp_path / "out")) == 64 * 5
+
+
 def test_bad_input_rows_are_flagged_and_counted(ray_local, tmp_path):
     good = pq.read_table(TREC / "pool.parquet").slice(0, 30).to_pylist()
     lines = [json.dumps(r).encode() for r in good]
