@@ -7,10 +7,12 @@ deployment of the same engine, the annotation table written. Both use the same p
 example's compact few-shot prompt with 4 nearest demonstrations, as
 ``examples/trec/label-smollm2.yaml``), T and batch size; the texts/s of each and their ratio are
 printed. (b)'s texts/s counts its whole wall time (Ray start, deployment, model load, pool
-preparation) and, separately, only its annotation phase.
+preparation) and, separately, only its annotation phase. Both sides give the engine the same
+compute: the replica reserves ``--cpus`` CPUs, and Ray runs it with that many threads
+(``OMP_NUM_THREADS``), so the raw engine runs with as many.
 
     .venv/bin/python benchmarks/serve_overhead.py [--n 200] [--engine hf|vllm] [--k 4] [--label-probs exact]
-        [--serve-first]
+        [--serve-first] [--cpus 1]
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ def main() -> None:
     ap.add_argument(
         "--serve-first", action="store_true", help="run the label job before the raw engine (a failure shows sooner)"
     )
+    ap.add_argument("--cpus", type=int, default=1, help="CPUs of the replica, and threads of the raw engine")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # The threads Ray gives a replica that reserves --cpus CPUs; vLLM's CPU worker (a process of
+    # its own) reads it too, so the raw engine computes with what the replica gets.
+    os.environ["OMP_NUM_THREADS"] = str(args.cpus)
     import pandas as pd
     import pyarrow.parquet as pq
     import torch
@@ -51,7 +57,7 @@ def main() -> None:
     from molal_ray.models import local_model, resolve_package_path
     from molal_ray.pipeline.label_job import run_label_job
 
-    torch.set_num_threads(os.cpu_count() or 2)
+    torch.set_num_threads(args.cpus)
     local_model(resolve_package_path(MODEL))  # converted before either side is timed
     trec = ROOT / "examples" / "trec"
     demos = pd.read_csv(trec / "gold-50.csv", dtype=str)
@@ -87,7 +93,7 @@ def main() -> None:
                     else {}
                 ),
             },
-            "annotators": [{"name": "smollm2", "engine": engine, "resources": {"num_cpus": 1}}],
+            "annotators": [{"name": "smollm2", "engine": engine, "resources": {"num_cpus": args.cpus}}],
             "pool": {"path": str(pool_path)},
             "output": {"path": str(Path(tmp) / "out"), "mode": "overwrite"},
             "pipeline": {"batch_size": 32, "concurrency": 1},
@@ -115,7 +121,12 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = run_label_job(cfg)
             assert summary.table_rows == args.n, summary
-            return summary, time.perf_counter() - t0
+            job_s = time.perf_counter() - t0
+            print(
+                f"label job: {args.n} texts, annotation phase {summary.annotate_s:.0f} s, whole run {job_s:.0f} s",
+                flush=True,
+            )
+            return summary, job_s
 
         if args.serve_first:
             summary, job_s = label_job()
@@ -130,7 +141,10 @@ def main() -> None:
     n = args.n
     shots = f"{args.k} nearest demonstrations" if args.k else "zero-shot"
     probs = f", {args.label_probs} label probabilities" if args.engine == "vllm" else ""
-    print(f"\nSmolLM2-135M-Instruct ({args.engine} engine, {shots}{probs}), {n} TREC questions, this CPU")
+    print(
+        f"\nSmolLM2-135M-Instruct ({args.engine} engine, {shots}{probs}), {n} TREC questions, "
+        f"{args.cpus} CPU thread(s) for the engine on each side, this {os.cpu_count()}-core CPU"
+    )
     print(f"{'path':<44}{'seconds':>9}{'texts/s':>9}{'vs raw':>8}")
     print(f"{'raw engine (annotate only)':<44}{raw_s:>9.1f}{n / raw_s:>9.2f}{1.0:>8.2f}")
     print(
