@@ -67,9 +67,12 @@ VARIANTS: dict[str, dict] = {
 
 TEXT_VARIANTS: dict[str, dict] = {
     "default": {},
-    "answers alone (text_exponent=0)": {"text_exponent": 0.0},
-    "text_exponent=2": {"text_exponent": 2.0},
-    "text_exponent=8": {"text_exponent": 8.0},
+    "answers alone (text_exponents=[0])": {"text_exponents": (0.0,)},
+    "fixed weight 2 (text_exponents=[2])": {"text_exponents": (2.0,)},
+    "fixed weight 4 (before the weight was earned)": {"text_exponents": (4.0,)},
+    "fixed weight 8 (text_exponents=[8])": {"text_exponents": (8.0,)},
+    "the best weight (text_choice_se=0)": {"text_choice_se": 0.0},
+    "one-standard-error rule (text_choice_se=1)": {"text_choice_se": 1.0},
     "text_gold_weight=20": {"text_gold_weight": 20.0},
     "text_c=300": {"text_c": 300.0},
     "text_c=1000": {"text_c": 1000.0},

@@ -66,6 +66,20 @@ def best_single(seed: int, initial_gold: int) -> str:
     return m.annotators[int(np.argmax(accs))]
 
 
+def shuffled_pool(path: str, work: Path) -> str:
+    """The pool at ``path`` with its texts permuted against its ids (seed 0), written once under
+    ``work``: the recorded answers and gold labels stay with the ids, the texts say nothing of them."""
+    import pandas as pd
+
+    out = work / "pool-shuffled-texts.parquet"
+    if not out.exists():
+        pool = pd.read_parquet(path)
+        pool["text"] = pool["text"].to_numpy()[np.random.default_rng(0).permutation(len(pool))]
+        work.mkdir(parents=True, exist_ok=True)
+        pool.to_parquet(out, index=False)
+    return str(out)
+
+
 # Modes that route some of each round's queries to people (simulated by the gold file).
 ROUTED = {
     "routed": {"routing": "margin"},
@@ -126,6 +140,14 @@ def main() -> None:
         help="finetune: MiniLM fine-tuned each round (the recorded figures); head: the example's "
         "frozen encoder and linear head",
     )
+    ap.add_argument(
+        "--texts",
+        choices=["real", "shuffled"],
+        default="real",
+        help="shuffled: the pool's texts permuted against their ids (a fixed permutation), so that the "
+        "texts carry no label signal while every id keeps its recorded answers and gold label; the "
+        "records' mode names end in ~shuffled",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "al_comparison.jsonl"))
     ap.add_argument(
         "--work-dir",
@@ -147,6 +169,7 @@ def main() -> None:
             ap.error(f"--loop-set {item!r}: expected KEY=VALUE")
         loop_set[key] = yaml.safe_load(value)
     suffix = ("@" + ",".join(args.loop_set)) if args.loop_set else ""
+    suffix += "~shuffled" if args.texts == "shuffled" else ""
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[int, str, str], dict] = {}
     if args.resume and Path(args.out).exists():
@@ -164,6 +187,8 @@ def main() -> None:
     from molal_ray.loop.runner import run_loop
 
     base = LoopJobConfig.from_file(ROOT / "examples/trec/loop.yaml").model_dump(mode="json")
+    if args.texts == "shuffled":
+        base["pool"]["path"] = shuffled_pool(base["pool"]["path"], Path(args.work_dir))
     results: dict[tuple[str, str], list[float]] = {}
     ann_acc: dict[tuple[str, str], list[float]] = {}
     curve: dict[tuple[str, str], list[float]] = {}  # mean micro-F1 over rounds 1..R (area under the curve)
@@ -226,12 +251,16 @@ def main() -> None:
                                 "strategy": strategy,
                                 "mode": mode + suffix,
                                 "loop_settings": loop_set,
+                                "texts": args.texts,
                                 "annotator": single if mode == "single" else None,
                                 "aggregator": aggregator_settings(base) if kind == "molal" or routed else None,
                                 "labelable_weight": args.labelable_weight if extra == "labelable" else 0.0,
                                 "final_micro_f1": f1,
                                 "final_macro_f1": report["rounds"][-1]["test_macro_f1"],
                                 "mean_annotation_accuracy": float(np.mean(accs)),
+                                "text_weights": [
+                                    (r.get("text_view") or {}).get("weight") for r in report["rounds"][1:]
+                                ],
                                 "micro_f1_by_round": [r["test_micro_f1"] for r in report["rounds"]],
                                 "human_labels_after_round_0": humans,
                                 "trainer": args.trainer,

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from molal_ray.aggregation.base import DEFAULT, Gold, available, get_aggregator, registered
+from molal_ray.aggregation.base import DEFAULT, Aggregator, Gold, available, get_aggregator, registered
 from molal_ray.aggregation.features import AnnotationMatrix, build_matrix, check_table
 from molal_ray.aggregation.validation import CVResult, annotator_quality, cross_validate, direct_accuracy
 from molal_ray.exceptions import AggregationError, SchemaError
@@ -153,6 +153,24 @@ def attach_embeddings(
     return out, {"dim": int(np.asarray(vectors).shape[1]), "samples_with": found, "samples_without": len(m) - found}
 
 
+def fit_aggregator(
+    m: AnnotationMatrix, gold: Gold, name: str = "default", params: dict[str, Any] | None = None, seed: int | None = None
+) -> Aggregator:
+    """The aggregator ``name`` with ``params``, fitted on ``m`` and ``gold``: the one way both
+    ``aggregate`` (and so ``molal-ray aggregate``) and the loop's rounds fit it, so that the same
+    table, labelled rows and settings give the same labels in both."""
+    settings = dict(params or {})
+    given = settings.pop("seed", None)  # a setting of the loop's config; an explicit seed wins
+    return get_aggregator(name, seed=given if seed is None else seed, **settings).fit(m, gold)
+
+
+def text_view_summary(model: Aggregator) -> dict[str, Any] | None:
+    """What a text-aware aggregator's text view did in its last fit (used or not, rows, the
+    weight chosen and its held-out evidence, a note); None for an aggregator without one."""
+    summary = getattr(model, "text_summary", None)
+    return summary() if callable(summary) else None
+
+
 def aggregate(
     table: pa.Table,
     gold_df: pd.DataFrame,
@@ -167,6 +185,7 @@ def aggregate(
     cascade: dict[str, Any] | None = None,
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> AggregationResult:
     """Fit ``method`` on the table and gold, label every sample, and report honest accuracies.
 
@@ -174,7 +193,8 @@ def aggregate(
     every row is seen as the cascade leaves it (``aggregation/cascade.py``), so that the gold rows
     every annotator labelled to rank them look like the rows the aggregator labels.
     ``embeddings``: (sample ids, (N, D) vectors) of the pool's texts, for a text-aware
-    aggregator (the default uses them; the others ignore them). ``progress`` is told each step."""
+    aggregator (the default uses them; the others ignore them). ``progress`` is told each step.
+    ``params``: the method's settings (as a loop's ``aggregator:`` gives them; defaults otherwise)."""
     say = progress or (lambda msg: None)
     C = len(labels)
     m = raw = build_matrix(table, C)
@@ -217,19 +237,18 @@ def aggregate(
         f"fitting {name} on {len(m):,} samples x {len(m.annotators)} annotators, {len(gold)} gold"
         + (", with the texts' embeddings" if text_info else "")
     )
-    model = get_aggregator(name, seed=seed).fit(m, gold)
+    model = fit_aggregator(m, gold, name, params, seed)
     if text_info is None and model.without_text:
         report["text_view"] = {
             "used": False,
             "note": f"no embeddings of the texts (--pool): {model.without_text} on the answers alone",
         }
     if text_info is not None:
+        summary = text_view_summary(model)
         text_info.update(
-            {
-                "used": bool(getattr(model, "text_used_", False)),
-                "rows": int(getattr(model, "text_rows_", 0)),
-                "note": getattr(model, "text_note_", "this aggregator does not read the texts"),
-            }
+            summary
+            if summary is not None
+            else {"used": False, "rows": 0, "note": "this aggregator does not read the texts"}
         )
         report["text_view"] = text_info
     probs = model.predict_proba(m)
@@ -260,7 +279,7 @@ def aggregate(
         report["validation"] = {}
         for i, n in enumerate(methods):
             say(f"cross-validating on the gold rows: {n} ({i + 1}/{len(methods)})")
-            agg = get_aggregator(n, seed=seed)
+            agg = get_aggregator(n, seed=seed, **((params or {}) if n == name else {}))
             # Accuracy only: the copies skip what changes confidence but never the label (a temperature).
             r = (
                 cross_validate(functools.partial(agg.unfitted_copy, **agg.label_only), m, gold, folds, seed)
@@ -288,7 +307,7 @@ def report_lines(report: dict[str, Any], labels: list[str]) -> list[str]:
     if tv is not None and "samples_with" in tv:
         lines.append(
             f"texts: embeddings of {tv['samples_with']} samples (width {tv['dim']}); "
-            + (f"text view trained on {tv['rows']} rows" if tv["used"] else tv["note"])
+            + (f"text view trained on {tv['rows']} rows; {tv['note']}" if tv.get("trained") else tv["note"])
         )
     elif tv is not None:
         lines.append(f"texts: {tv['note']}")

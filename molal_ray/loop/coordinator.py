@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from molal_ray import schema
 from molal_ray.aggregation import Gold, build_matrix, get_aggregator
+from molal_ray.aggregation.api import fit_aggregator, text_view_summary
 from molal_ray.aggregation.cascade import CascadePlan, everyone, needs_ranking, plan_for, rank
 from molal_ray.aggregation.features import AnnotationMatrix
 from molal_ray.config.job import CascadeConfig
@@ -154,12 +155,14 @@ def labels_info(
     n_relabelled: int = 0,
     text_view_rows: int = 0,
     people_agreement: dict[str, Any] | None = None,
+    text_view: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a round's metrics say of the labels it received (every round has every key;
     ``loop/report.py`` reads them): their accuracy on gold rows (all, and those from the LLMs),
     how many came from people, how many the discrepancy rule down-weighted, how many earlier labels
-    ``relabel`` changed, the rows the aggregator's text view fitted on, and people's agreement
-    with the mixture and each LLM."""
+    ``relabel`` changed, the rows the aggregator's text view fitted on, people's agreement with
+    the mixture and each LLM, and what the aggregator's text view did (``text_view``: used or
+    not, its weight and the held-out evidence it was chosen on; ``TextAwareAggregator.text_summary``)."""
     return {
         "annotation_accuracy": annotation_accuracy,
         "llm_label_accuracy": llm_label_accuracy,
@@ -168,6 +171,7 @@ def labels_info(
         "n_relabelled": n_relabelled,
         "text_view_rows": text_view_rows,
         "people_agreement": people_agreement,
+        "text_view": text_view,
     }
 
 
@@ -219,7 +223,7 @@ class Coordinator:
         self.base = self.strategy.base if isinstance(self.strategy, SubsamplingQueryStrategy) else self.strategy
         self.clock = PhaseClock()
         self.waiting: str | None = None  # a progress line while the round waits for people
-        self.text_view_rows = 0  # rows the aggregator's text view trained on in the last aggregation
+        self.text_view: dict[str, Any] | None = None  # what the text view did in the last aggregation
         # The next round's candidates, scored in the same pass as the test split after training.
         self._scored: tuple[int, ScoreRequest, ScoreResult] | None = None
         self.t0 = time.monotonic()
@@ -462,8 +466,9 @@ class Coordinator:
             n_human=int(human.sum()),
             n_down_weighted=int((weights < 1).sum()),
             n_relabelled=relabelled,
-            text_view_rows=self.text_view_rows if mode == "molal" else 0,
+            text_view_rows=int(self.text_view["rows"]) if mode == "molal" and self.text_view else 0,
             people_agreement=agreed,
+            text_view=self.text_view if mode == "molal" else None,
         )
 
     def distributions(
@@ -622,8 +627,8 @@ class Coordinator:
                 np.array([r.label for r in gold_rows], dtype=np.int64),
                 self.num_classes,
             )
-            agg = get_aggregator(self.settings.aggregator.name, **self.settings.aggregator.params()).fit(m, gold)
-            self.text_view_rows = int(getattr(agg, "text_rows_", 0))  # 0: labelled from the answers alone
+            agg = fit_aggregator(m, gold, self.settings.aggregator.name, self.settings.aggregator.params())
+            self.text_view = text_view_summary(agg)
             return agg.predict_proba(m.take(rows))
         if mode == "majority":
             return get_aggregator("majority").predict_proba(m.take(rows))

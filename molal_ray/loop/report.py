@@ -2,7 +2,8 @@
 ``report.html`` (figures embedded as PNG) with the learning curve, the accuracy of the labels each
 round received, each annotator's accuracy on the gold rows, the confusion matrix of the assigned
 labels on gold rows, how often people confirmed the mixture's label and each LLM's (rounds with
-samples routed to people), and the seconds each phase took per round."""
+samples routed to people), the seconds each phase took per round, and the weight the aggregator's
+text view earned each round and on what evidence."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ KEYS = (
     "n_down_weighted",
     "n_relabelled",
     "text_view_rows",
+    "text_view",
     "val_accuracy",
     "elapsed_s",
     "phase_s",
@@ -157,6 +159,8 @@ def _html(history: list[dict[str, Any]], meta: dict[str, Any], figs: dict[str, b
         f"<tr><td>{h['round']}</td><td>{h['n_labeled']}</td><td>{h['test_accuracy']:.3f}</td>"
         f"<td>{h['test_macro_f1']:.3f}</td><td>{_num(h.get('annotation_accuracy'))}</td>"
         f"<td>{h.get('n_human', '-')}</td><td>{h.get('llm_calls', '-')}</td>"
+        f"<td title='{html.escape((h.get('text_view') or {}).get('note', ''), quote=True)}'>"
+        f"{'-' if not h.get('text_view') else format(h['text_view']['weight'], 'g')}</td>"
         f"<td>{h.get('elapsed_s', 0):.0f}</td></tr>"
         for h in history
     )
@@ -185,7 +189,9 @@ figure{{display:inline-block;margin:.5em}}img{{max-width:600px}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head>
 <body><h1>Active learning: {html.escape(str(meta.get("task")))}</h1><p>{settings}</p>{images}
 <h2>Rounds</h2><table><tr><th>round</th><th>labelled</th><th>test acc</th><th>macro-F1</th>
-<th>labels acc</th><th>human labels</th><th>LLM calls</th><th>seconds</th></tr>{rows}</table>{people}</body></html>
+<th>labels acc</th><th>human labels</th><th>LLM calls</th><th>text weight</th><th>seconds</th></tr>{rows}</table>
+<p>Text weight: the weight the aggregator's text view earned that round on the labelled rows, out of fold
+(0: the answers alone); hover for the evidence.</p>{people}</body></html>
 """
 
 
@@ -226,6 +232,10 @@ def write_report(
         lines += ["", "| annotator | accuracy on the queried rows (gold) | rows |", "|---|---|---|"]
         for a, v in gold["annotators"].items():
             lines.append(f"| {a} | {'-' if v['accuracy'] is None else format(v['accuracy'], '.3f')} | {v['rows']} |")
+    views = [h for h in history if h.get("text_view")]
+    if views:
+        lines += ["", "The aggregator's text view (weight 0: the answers alone), chosen each round on the labelled rows:", ""]
+        lines += [f"- round {h['round']}: {h['text_view']['note']}" for h in views]
     header, agree = agreement_rows(history)
     if agree:
         lines += [

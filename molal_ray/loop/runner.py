@@ -149,6 +149,8 @@ def run_rounds(
                 {k: metrics[k] for k in ("n_labeled", "test_accuracy", "test_macro_f1")},
                 metrics["phase_s"],
             )
+            if metrics.get("text_view"):
+                logger.info("round %d: the aggregator's text view: %s", metrics["round"], metrics["text_view"]["note"])
             if on_round is not None:
                 on_round(metrics)
         history = ray.get(coord.history.remote())

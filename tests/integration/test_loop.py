@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -125,8 +127,33 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
     assert any(x.negatives for x in molal)  # implicit negative labels travel with their rows
     assert all(x.weight in (1.0, 0.5) for x in molal)
     # every queried sample was annotated exactly once by every annotator
-    t = read_annotation_table(out / "annotations").to_pandas()
+    table = read_annotation_table(out / "annotations")
+    t = table.to_pandas()
     assert len(t) == len(t.drop_duplicates(["sample_id", "annotator"])) == 60 * 5
+    # The text view's weight is chosen each round on the labelled rows and said in the report and log.
+    for r in rounds[1:]:
+        tv = r["text_view"]
+        assert tv["trained"] and tv["weight"] in tv["choice"]["exponents"] and len(tv["choice"]["held_out_nll"]) > 1
+    assert "chosen on 20 gold rows out of fold" in (out / "summary.md").read_text()
+    # The loop uses what `aggregate` would: the last round's table, the loop's people's labels and
+    # the pool's embeddings give the labels the loop assigned to that round's queries.
+    import molal_ray
+    from molal_ray.pipeline.embeddings import as_matrix
+
+    emb = pq.read_table(files, columns=["sample_id", EMBEDDING])
+    people = [x for x in state.labeled if x.source == "gold"]
+    gold_df = pd.DataFrame({"sample_id": [x.sample_id for x in people], "label": [TREC_LABELS[x.label] for x in people]})
+    res = molal_ray.aggregate(
+        table,
+        gold_df,
+        TREC_LABELS,
+        embeddings=(np.asarray(emb.column("sample_id").to_pylist(), dtype=object), as_matrix(emb.column(EMBEDDING))),
+        validate=False,
+    )
+    again = dict(zip(res.table.column("sample_id").to_pylist(), res.table.column("label").to_pylist()))
+    last = state.labeled[-20:]  # round 2's queries, labelled by the aggregator fitted on this table
+    assert [again[x.sample_id] for x in last] == [TREC_LABELS[x.label] for x in last]
+    assert res.report["text_view"]["weight"] == rounds[2]["text_view"]["weight"]
 
 
 @pytest.mark.parametrize("strategy", ["coreset", "noise-stability", "bemps"])

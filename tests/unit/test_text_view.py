@@ -141,8 +141,43 @@ def test_settings_are_validated_and_the_base_settings_stay_configurable():
     assert get_aggregator("pooled-text", seed=7).seed == 7  # a base class's setting, reached through **kwargs
     with pytest.raises(ValueError, match="text_cc"):
         parse_aggregator({"name": "pooled-text", "text_cc": 1.0})
-    with pytest.raises(ConfigError, match="text_exponent"):
-        TextAwareAggregator(text_exponent=-1)
+    for bad in [(-1.0,), ()]:
+        with pytest.raises(ConfigError, match="text_exponents"):
+            TextAwareAggregator(text_exponents=bad)
+    assert parse_aggregator({"name": "default", "text_exponents": [0, 3]}).params()["text_exponents"] == (0.0, 3.0)
+
+
+def test_texts_that_say_nothing_earn_no_weight_and_leave_the_answers_labels_exactly():
+    # The answers' shared mistake is there to be undone, but these embeddings are another
+    # sample's: held out, the text view is noise, and the weight chosen on the gold rows is 0.
+    m, t, gold = shared_mistake(seed=3)
+    shuffled = m.with_embeddings(m.sample_ids, m.embeddings[np.random.default_rng(0).permutation(len(m))])
+    agg = get_aggregator("pooled-text", seed=2).fit(shuffled, gold)
+    assert agg.text_used_ and agg.text_weight == 0.0
+    info = agg.text_summary()
+    assert not info["used"] and info["trained"] and info["choice"]["chosen"] == 0.0
+    nll = info["choice"]["held_out_nll"]
+    assert nll[0] == min(nll) and nll[-1] > nll[0]  # the evidence: every weight above 0 fits gold worse
+    assert "text weight 0 chosen on 60 gold rows out of fold" in info["note"]
+    plain = get_aggregator("pooled", seed=2).fit(shuffled, gold)
+    np.testing.assert_allclose(agg.predict_proba(shuffled), plain.predict_proba(shuffled), atol=1e-9)
+
+
+def test_texts_that_separate_the_classes_earn_their_weight_on_held_out_gold_rows():
+    m, t, gold = shared_mistake(seed=3)
+    agg = get_aggregator("pooled-text", seed=2).fit(m, gold)
+    choice = agg.text_summary()["choice"]
+    assert agg.text_weight > 0 and choice["chosen"] == agg.text_weight
+    assert choice["exponents"][int(np.argmin(choice["held_out_nll"]))] == agg.text_weight
+    fixed = TextAwareAggregator(text_exponents=(1.0,), seed=2).fit(m, gold)
+    assert fixed.text_weight == 1.0 and "(fixed;" in fixed.text_summary()["note"]  # one weight: nothing chosen
+
+
+def test_too_few_gold_rows_to_weigh_the_text_view_leave_the_answers_alone():
+    m, t, gold = shared_mistake(seed=3)
+    few = Gold(gold.index[:8], gold.y[:8], 3)
+    agg = TextAwareAggregator(seed=2).fit(m, few)
+    assert agg.text_used_ and agg.text_weight == 0.0 and "too few to weigh" in agg.text_summary()["note"]
 
 
 def test_a_fold_with_a_single_class_still_gives_valid_labels():
