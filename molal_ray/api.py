@@ -80,6 +80,10 @@ def aggregate(
     from molal_ray.aggregation.api import aggregate as run_aggregate
     from molal_ray.aggregation.api import load_gold
 
+    if not isinstance(annotations, pa.Table):  # a label output folder names its labels' order
+        from molal_ray.pipeline.output import check_table_labels
+
+        labels = check_table_labels(os.fspath(annotations), list(labels))
     table = annotations if isinstance(annotations, pa.Table) else read_annotations(annotations)
     if isinstance(gold, pd.DataFrame):
         from molal_ray.aggregation.api import check_gold_frame

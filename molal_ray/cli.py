@@ -131,8 +131,9 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
 @click.option(
     "--labels",
     "labels_spec",
-    required=True,
-    help="Labels in the order of probs/votes: 'a,b,c' or a file with one label a line.",
+    default=None,
+    help="Labels in the order of probs/votes: 'a,b,c' or a file with one label a line. Read from the "
+    "table's manifest when --annotations is a `molal-ray label` output folder (given, they must match it).",
 )
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
 @click.option(
@@ -192,7 +193,7 @@ def label(ctx: click.Context, config: str, output_path: str | None, overwrite: b
 def aggregate(
     annotations: str,
     gold: tuple[str, ...],
-    labels_spec: str,
+    labels_spec: str | None,
     out_path: str,
     method: str,
     pool_path: str | None,
@@ -213,12 +214,12 @@ def aggregate(
 
     from molal_ray.aggregation.api import aggregate as run_aggregate
     from molal_ray.aggregation.api import combine_gold, load_gold, load_labels, report_lines
-    from molal_ray.pipeline.output import read_annotation_table, read_cascade
+    from molal_ray.pipeline.output import check_table_labels, read_annotation_table, read_cascade
 
     def say(msg: str) -> None:
         click.echo(f"... {msg}", err=True)
 
-    labels = load_labels(labels_spec)
+    labels = check_table_labels(annotations, None if labels_spec is None else load_labels(labels_spec))
     gold_df = combine_gold([load_gold(g, labels) for g in gold])
     table = read_annotation_table(annotations)
     embeddings = None

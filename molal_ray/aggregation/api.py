@@ -154,7 +154,11 @@ def attach_embeddings(
 
 
 def fit_aggregator(
-    m: AnnotationMatrix, gold: Gold, name: str = "default", params: dict[str, Any] | None = None, seed: int | None = None
+    m: AnnotationMatrix,
+    gold: Gold,
+    name: str = "default",
+    params: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> Aggregator:
     """The aggregator ``name`` with ``params``, fitted on ``m`` and ``gold``: the one way both
     ``aggregate`` (and so ``molal-ray aggregate``) and the loop's rounds fit it, so that the same

@@ -320,7 +320,10 @@ def describe_choice(choice: dict[str, Any]) -> str:
         for e, nll, acc in zip(choice["exponents"], choice["held_out_nll"], choice["held_out_accuracy"])
     )
     if len(choice["exponents"]) == 1:
-        return f"text weight {choice['chosen']:g} (fixed; on {choice['gold_rows']} gold rows out of fold, log-loss/accuracy {pairs})"
+        return (
+            f"text weight {choice['chosen']:g} (fixed; on {choice['gold_rows']} gold rows out of fold, "
+            f"log-loss/accuracy {pairs})"
+        )
     return (
         f"text weight {choice['chosen']:g} chosen on {choice['gold_rows']} gold rows out of fold "
         f"(weight: log-loss/accuracy {pairs})"

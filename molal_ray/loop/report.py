@@ -234,7 +234,11 @@ def write_report(
             lines.append(f"| {a} | {'-' if v['accuracy'] is None else format(v['accuracy'], '.3f')} | {v['rows']} |")
     views = [h for h in history if h.get("text_view")]
     if views:
-        lines += ["", "The aggregator's text view (weight 0: the answers alone), chosen each round on the labelled rows:", ""]
+        lines += [
+            "",
+            "The aggregator's text view (weight 0: the answers alone), chosen each round on the labelled rows:",
+            "",
+        ]
         lines += [f"- round {h['round']}: {h['text_view']['note']}" for h in views]
     header, agree = agreement_rows(history)
     if agree:

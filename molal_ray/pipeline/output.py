@@ -263,6 +263,39 @@ def read_annotation_rows(path: str | Location, sample_ids: list[str]) -> pa.Tabl
     return _read(path, filter=pc.is_in(pc.field(schema.SAMPLE_ID), value_set=want))
 
 
+def read_table_labels(path: str | Location) -> list[str] | None:
+    """The label set a label output folder's table was written for (its manifest: the order of
+    every ``probs`` and ``votes`` list), or None for a single Parquet file or a folder without one."""
+    loc = resolve(path)
+    f = LabelLayout(loc).manifest
+    if not (loc.is_dir() and f.exists()):
+        return None
+    labels = f.read_json().get("labels")
+    return [str(x) for x in labels] if isinstance(labels, list) else None
+
+
+def check_table_labels(path: str | Location, given: list[str] | None) -> list[str]:
+    """The label set to read the table at ``path`` with: its manifest's; ``given`` (``--labels``)
+    must then be the same labels in the same order (the lists' positions are the labels); a table
+    without a manifest needs ``given``. Raises :class:`ConfigError` saying which and why."""
+    written = read_table_labels(path)
+    if written is None:
+        if given is None:
+            raise ConfigError(
+                f"--labels: {path} has no manifest naming its labels (a single Parquet file?); give the labels "
+                "in the order of its probs and votes ('a,b,c' or a file with one a line)"
+            )
+        return given
+    if given is not None and given != written:
+        same_set = sorted(given) == sorted(written)
+        raise ConfigError(
+            f"--labels: got {given}; the table in {path} was written for {written}"
+            + (" (the same labels in another order: its probs and votes follow the manifest's)" if same_set else "")
+            + "; leave --labels out to use the manifest's"
+        )
+    return written
+
+
 def read_cascade(path: str | Location) -> dict[str, Any] | None:
     """The cascade a label output folder was written with (its ``cascade.json``), or None."""
     loc = resolve(path)

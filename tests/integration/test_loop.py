@@ -142,7 +142,9 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
 
     emb = pq.read_table(files, columns=["sample_id", EMBEDDING])
     people = [x for x in state.labeled if x.source == "gold"]
-    gold_df = pd.DataFrame({"sample_id": [x.sample_id for x in people], "label": [TREC_LABELS[x.label] for x in people]})
+    gold_df = pd.DataFrame(
+        {"sample_id": [x.sample_id for x in people], "label": [TREC_LABELS[x.label] for x in people]}
+    )
     res = molal_ray.aggregate(
         table,
         gold_df,

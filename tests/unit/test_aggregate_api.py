@@ -170,3 +170,33 @@ def test_aggregate_pool_mistakes_are_one_line_before_ray_starts(data, tmp_path, 
         r = CliRunner().invoke(main, base + extra)
         assert r.exit_code == 2 and expected in r.output and "Traceback" not in r.output, r.output
     assert started == []  # every one was refused before Ray was asked for
+
+
+def test_cli_aggregate_reads_the_labels_from_the_tables_manifest(data, tmp_path):
+    """A label output folder names its labels in its manifest, in the order of probs and votes:
+    --labels is then optional, and a --labels in another order (which would swap the classes
+    silently) or of other labels is one error line."""
+    from molal_ray.pipeline.output import open_output, write_part
+
+    root, table, truth, gold = data
+    out = open_output(tmp_path / "ann", "overwrite", LABELS, sorted(set(table.column("annotator").to_pylist())))
+    write_part(out.parts, table)
+    base = ["aggregate", "--annotations", str(tmp_path / "ann"), "--gold", str(root / "gold.csv"), "--no-validate"]
+    r = CliRunner().invoke(main, [*base, "--method", "majority", "--out", str(tmp_path / "a.parquet")])
+    assert r.exit_code == 0, r.output
+    same = CliRunner().invoke(
+        main, [*base, "--method", "majority", "--labels", ",".join(LABELS), "--out", str(tmp_path / "b.parquet")]
+    )
+    assert same.exit_code == 0, same.output
+    assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
+    swapped = [LABELS[1], LABELS[0], *LABELS[2:]]
+    for given, expected in [(swapped, "the same labels in another order"), (["x", "y"], "was written for")]:
+        bad = CliRunner().invoke(main, [*base, "--labels", ",".join(given), "--out", str(tmp_path / "c.parquet")])
+        assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
+        assert bad.output.count("\n") == 1 and not (tmp_path / "c.parquet").exists()
+    loose = CliRunner().invoke(
+        main,
+        ["aggregate", "--annotations", str(root / "ann.parquet"), "--gold", str(root / "gold.csv")]
+        + ["--out", str(tmp_path / "d.parquet")],
+    )
+    assert loose.exit_code == 2 and "has no manifest naming its labels" in loose.output
