@@ -77,7 +77,7 @@ def check_pool_file(fs: Any, path: str, fmt: str, id_col: str, text_col: str) ->
     if fmt == "csv":
         import csv
 
-        header = next(csv.reader(io.StringIO(text.decode("utf-8", "replace").split("\n", 1)[0])), [])
+        header = next(csv.reader(io.StringIO(text.decode("utf-8-sig", "replace").split("\n", 1)[0])), [])
         missing = [c for c in (id_col, text_col) if c not in header]
         if missing:
             raise ValueError(f"no column {missing} in its header line {header[:10]}")

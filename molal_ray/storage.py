@@ -188,7 +188,8 @@ class Location:
             return f.read()
 
     def read_text(self) -> str:
-        return self.read_bytes().decode("utf-8")
+        """The file as UTF-8 text; a byte-order mark (spreadsheets write one) is not part of it."""
+        return self.read_bytes().decode("utf-8-sig")
 
     def read_json(self) -> Any:
         return json.loads(self.read_text())

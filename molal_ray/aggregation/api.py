@@ -36,7 +36,7 @@ OUTPUT_SCHEMA = pa.schema(
 def load_labels(spec: str) -> list[str]:
     """Labels from 'a,b,c' or from a file with one label a line."""
     if os.path.isfile(spec):
-        labels = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        labels = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     else:
         labels = [x.strip() for x in spec.split(",") if x.strip()]
     if len(labels) < 2:

@@ -1,0 +1,52 @@
+"""Files people really have: what a spreadsheet writes (a UTF-8 byte-order mark before the header)
+is read as the same file without it, everywhere a user's file comes in."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from molal_ray.aggregation.api import load_gold, load_labels
+from molal_ray.preflight import check_files
+from molal_ray.review.files import read_review
+from tests.conftest import TREC_LABELS
+from tests.unit.test_pool_and_prepare import _prepared
+from tests.unit.test_preflight import _cfg
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_a_pool_csv_with_a_byte_order_mark_passes_the_checks_and_keeps_its_ids(tmp_path):
+    from molal_ray.pipeline.pool import _read_csv
+
+    data = BOM + b"id,text\nq1,What is it?\nq2,Who was he?\n"
+    (tmp_path / "pool.csv").write_bytes(data)
+    check_files(_cfg(tmp_path, "pool.csv"))  # the header's first column is 'id', not '\ufeffid'
+    rows = _prepared(_read_csv(pa.BufferReader(data), "pool.csv", "id", "text"))
+    assert [r["sample_id"] for r in rows] == ["q1", "q2"] and all(r["pool_error"] is None for r in rows)
+
+
+def test_gold_review_label_and_known_files_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "gold.csv").write_bytes(BOM + b"sample_id,label\nq1,human\nq2,location\n")
+    assert load_gold(tmp_path / "gold.csv", TREC_LABELS)["y"].tolist() == [3, 4]
+    (tmp_path / "labels.txt").write_bytes(BOM + "\n".join(TREC_LABELS).encode() + b"\n")
+    assert load_labels(str(tmp_path / "labels.txt")) == TREC_LABELS
+    (tmp_path / "review.csv").write_bytes(BOM + b"sample_id,text,label\nq1,Who?,human\nq2,Where?,\n")
+    assert read_review(str(tmp_path / "review.csv"), TREC_LABELS, ["q1", "q2"]) == {"q1": "human"}
+    answer = {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["human"]}}
+    export = [{"id": 1, "data": {"sample_id": "q1"}, "annotations": [{"id": 7, "result": [answer]}]}]
+    (tmp_path / "export.json").write_bytes(BOM + json.dumps(export).encode())
+    assert read_review(str(tmp_path / "export.json"), TREC_LABELS, ["q1"]) == {"q1": "human"}
+
+
+@pytest.mark.parametrize("header", [b"sample_id,label", b"\xef\xbb\xbf\xef\xbb\xbfsample_id,label"])
+def test_only_one_leading_mark_is_dropped(tmp_path, header):
+    # A second mark is content (a column named '\ufeffsample_id'): a clear error, not a guess.
+    (tmp_path / "gold.csv").write_bytes(header + b"\nq1,human\n")
+    if header.startswith(BOM * 2):
+        with pytest.raises(Exception, match="missing columns"):
+            load_gold(tmp_path / "gold.csv", TREC_LABELS)
+    else:
+        assert len(load_gold(tmp_path / "gold.csv", TREC_LABELS)) == 1
