@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -139,6 +139,19 @@ class TaskConfig(StrictModel):
         "in whitespace (a chat template's assistant header, 'Output:\\n'), a leading space "
         "otherwise (a prompt ending in 'Label:').",
     )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_are_text(cls, v: Any) -> Any:
+        # YAML reads yes/no/on/off/true/false as booleans, ~ and null as nothing, 1 and 2.5 as numbers.
+        if isinstance(v, list):
+            odd = [x for x in v if x is None or isinstance(x, bool | int | float)]
+            if odd:
+                raise ValueError(
+                    f"labels as text; YAML read {odd} as {'/'.join(sorted({type(x).__name__ for x in odd}))}: "
+                    "quote each label in the file, e.g. labels: [\"yes\", \"no\"]"
+                )
+        return v
 
     @field_validator("labels")
     @classmethod

@@ -50,3 +50,29 @@ def test_only_one_leading_mark_is_dropped(tmp_path, header):
             load_gold(tmp_path / "gold.csv", TREC_LABELS)
     else:
         assert len(load_gold(tmp_path / "gold.csv", TREC_LABELS)) == 1
+
+
+@pytest.mark.parametrize(
+    "labels, read_as",
+    [("[yes, no]", "bool"), ("[on, off, maybe]", "bool"), ("[1, 2, 3]", "int"), ("[a, ~]", "NoneType")],
+)
+def test_labels_yaml_reads_as_values_get_a_message_that_says_to_quote_them(tmp_path, labels, read_as):
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.exceptions import ConfigError
+
+    (tmp_path / "c.yaml").write_text(
+        f"task: {{labels: {labels}}}\nannotators: [{{name: a, engine: {{type: replay, path: r.parquet}}}}]\n"
+        "pool: {path: p.parquet}\noutput: {path: out}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        LabelJobConfig.from_file(tmp_path / "c.yaml")
+    assert (
+        "task.labels" in str(err.value) and f"as {read_as}" in str(err.value) and "quote each label" in str(err.value)
+    )
+    (tmp_path / "c.yaml").write_text(
+        (tmp_path / "c.yaml")
+        .read_text()
+        .replace(labels, "[" + ", ".join(f'"{x.strip()}"' for x in labels[1:-1].split(",")) + "]")
+    )
+    quoted = LabelJobConfig.from_file(tmp_path / "c.yaml").task.labels  # quoted, each one is a label
+    assert quoted == [x.strip() for x in labels[1:-1].split(",")]
