@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 from typing import Any
 
@@ -124,6 +125,9 @@ def check_files(cfg: Any) -> None:
     pool = getattr(cfg, "pool", None)
     if pool is not None:
         problems += pool_problems(pool)
+        output = getattr(getattr(cfg, "output", None), "path", None)
+        if output is not None:
+            problems += nesting_problems(pool.path, output)
     task = cfg.task
     gold = getattr(cfg, "gold", None) or (cfg.cascade.gold if getattr(cfg, "cascade", None) else None)
     if gold:
@@ -161,14 +165,59 @@ def check_files(cfg: Any) -> None:
         raise ConfigError(f"{len(problems)} problem(s) with the files the config names:\n  " + "\n  ".join(problems))
 
 
+def nesting_problems(pool_path: str, output_path: str) -> list[str]:
+    """An output folder inside the pool's folder (the next run would read the output's own files
+    as pool rows) or a pool inside the output folder (a rerun with ``overwrite`` deletes it): one
+    line each; [] when they are apart. A pool that is one file may sit beside the output."""
+    from molal_ray.storage import is_uri, resolve
+
+    target = pool_path.partition("?")[0] if is_uri(pool_path) else pool_path
+    wild = [i for i, ch in enumerate(target) if ch in "*?["]
+    try:
+        pool = resolve(target[: wild[0]].rsplit("/", 1)[0] or "/" if wild else pool_path)
+        out = resolve(output_path)
+        pool_is_folder = bool(wild) or pool.is_dir()
+    except (MolalError, ValueError, OSError):
+        return []  # a pool or output that cannot be reached is reported by its own check
+
+    def inside(a: Any, b: Any) -> bool:  # a is b or under it
+        same_fs = type(a.fs).__name__ == type(b.fs).__name__
+        pa_, pb = a.path.rstrip("/"), b.path.rstrip("/")
+        return same_fs and (pa_ == pb or pa_.startswith(pb + "/"))
+
+    if pool_is_folder and inside(out, pool):
+        return [
+            f"output.path: {output_path!r} is inside the pool's folder {pool_path!r}; a later run would "
+            "read the output's files as pool rows: put the output elsewhere"
+        ]
+    if inside(pool, out):
+        return [
+            f"pool.path: {pool_path!r} is inside the output folder {output_path!r}, which a run may "
+            "overwrite: keep the pool elsewhere"
+        ]
+    return []
+
+
 def pool_problems(pool: Any, field: str = "pool.path") -> list[str]:
-    """What is wrong with a pool's files (a ``PoolConfig``), one line each; [] when nothing."""
-    from molal_ray.pipeline.pool_store import list_pool_files
+    """What is wrong with a pool's files (a ``PoolConfig``), one line each; [] when nothing. Files of
+    a pool folder that are not of the pool's format are left out, and a warning names them."""
+    from molal_ray.pipeline.pool_store import list_pool_files, skipped_pool_files
 
     try:
         fs, files, fmt = list_pool_files(pool)
+        skipped = skipped_pool_files(pool)
     except (MolalError, ValueError, OSError) as exc:
-        return [f"{field}: {one_line(exc)}"]
+        msg = one_line(exc)
+        return [msg if msg.startswith(f"{field}: ") else f"{field}: {msg}"]
+    if skipped:
+        logging.getLogger("molal_ray.pool").warning(
+            "%s: %d file(s) that are not %s files are left out of the pool: %s%s",
+            field,
+            len(skipped),
+            fmt,
+            ", ".join(skipped[:10]),
+            f" and {len(skipped) - 10} more" if len(skipped) > 10 else "",
+        )
     problems = []
     for info in files[:MAX_FILES_CHECKED]:
         try:

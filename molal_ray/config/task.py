@@ -149,7 +149,7 @@ class TaskConfig(StrictModel):
             if odd:
                 raise ValueError(
                     f"labels as text; YAML read {odd} as {'/'.join(sorted({type(x).__name__ for x in odd}))}: "
-                    "quote each label in the file, e.g. labels: [\"yes\", \"no\"]"
+                    'quote each label in the file, e.g. labels: ["yes", "no"]'
                 )
         return v
 

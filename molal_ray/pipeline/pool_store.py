@@ -104,17 +104,46 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
     fmt: str = cfg.format
     if fmt == "auto":
         named = [f.base_name for f in files]
-        found = [
-            detect_format(n)
-            for n in named
-            if any(n.lower().endswith("." + e) for es in EXTENSIONS.values() for e in es)
-        ]
+        found = [format_of(n) for n in named if format_of(n)]
+        if len(set(found)) > 1:
+            listed = sorted(f"{f.base_name} ({format_of(f.base_name) or 'no pool format'})" for f in files)
+            raise ConfigError(
+                f"pool.path: {path!r} holds files of {len(set(found))} formats: {', '.join(listed[:10])}"
+                + (f" and {len(listed) - 10} more" if len(listed) > 10 else "")
+                + "; keep one format there, or set pool.format to read the files of one (the others are skipped)"
+            )
         fmt = found[0] if found else detect_format(path)
     exts = tuple("." + e for e in EXTENSIONS[fmt])
     kept = [f for f in files if f.base_name.lower().endswith(exts)] if len(files) > 1 or wild else files
     if not kept:
         raise ConfigError(f"pool.path: got {path!r}; expected {fmt} files ({', '.join(exts)}) there")
     return loc.fs, sorted(kept, key=lambda i: i.path), fmt
+
+
+def format_of(name: str) -> str | None:
+    """The pool format a file's name says (its extension), or None."""
+    low = name.lower()
+    return next((fmt for fmt, exts in EXTENSIONS.items() if any(low.endswith("." + e) for e in exts)), None)
+
+
+def skipped_pool_files(cfg: PoolConfig) -> list[str]:
+    """The files of a pool folder that the pool leaves out (not of its format), relative to the
+    folder; [] for a file or a glob (a glob names what it wants). Hidden files (``.`` or ``_``
+    first) are not counted."""
+    target = cfg.path.partition("?")[0] if is_uri(cfg.path) else cfg.path
+    loc = resolve(cfg.path, field="pool.path")
+    if any(ch in "*?[" for ch in target) or loc.info().type != pafs.FileType.Directory:
+        return []
+    _, kept, _ = list_pool_files(cfg)
+    have = {k.path for k in kept}
+    sel = pafs.FileSelector(loc.path, allow_not_found=True, recursive=True)
+    return sorted(
+        rel
+        for i in loc.fs.get_file_info(sel)
+        if i.type == pafs.FileType.File and i.path not in have
+        for rel in [i.path[len(loc.path) :].lstrip("/")]
+        if not any(part.startswith((".", "_")) for part in rel.split("/"))
+    )
 
 
 def fingerprint(cfg: PoolConfig, files: Sequence[pafs.FileInfo], buckets: int) -> dict[str, Any]:

@@ -125,3 +125,35 @@ def test_an_error_of_ours_raised_in_a_ray_task_is_printed_as_itself(monkeypatch)
     monkeypatch.setattr(molal_ray.pipeline.label_job, "run_label_job", raise_it)
     r = CliRunner().invoke(main, ["label", str(TREC / "label.yaml")])
     assert r.exit_code == 2 and r.output == "error: pool.parquet: row 7 is not what it should be\n", r.output
+
+
+def test_an_output_inside_the_pool_folder_or_a_pool_inside_the_output_is_refused(tmp_path):
+    (tmp_path / "pool").mkdir()
+    _parquet(tmp_path / "pool" / "a.parquet")
+    cases = [
+        ("pool", "pool/out", "is inside the pool's folder"),
+        ("pool/a.parquet", "pool", "is inside the output folder"),
+        ("pool/*.parquet", "pool/runs/x", "is inside the pool's folder"),
+    ]
+    for pool, out, expected in cases:
+        with pytest.raises(ConfigError, match=expected):
+            check_files(_cfg(tmp_path, pool, output={"path": str(tmp_path / out)}))
+    check_files(_cfg(tmp_path, "pool/a.parquet", output={"path": str(tmp_path / "pool-out")}))  # apart: fine
+    (tmp_path / "one").mkdir()
+    _parquet(tmp_path / "one" / "p.parquet")
+    check_files(_cfg(tmp_path, "one/p.parquet", output={"path": str(tmp_path / "one" / "out")}))  # a file's neighbour
+
+
+def test_a_pool_folder_of_mixed_formats_is_refused_with_each_files_format(tmp_path, caplog):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    _parquet(folder / "a.parquet")
+    _csv(folder / "b.csv")
+    (folder / "notes.json").write_text('{"id": "x", "text": "y"}\n')
+    with pytest.raises(ConfigError) as err:
+        check_files(_cfg(tmp_path, "pool"))
+    msg = str(err.value)
+    assert "3 formats" in msg and "a.parquet (parquet), b.csv (csv), notes.json (jsonl)" in msg and "pool.format" in msg
+    with caplog.at_level("WARNING", logger="molal_ray.pool"):
+        check_files(_cfg(tmp_path, "pool", pool={"path": str(folder), "format": "csv"}))
+    assert "2 file(s) that are not csv files are left out of the pool: a.parquet, notes.json" in caplog.text
