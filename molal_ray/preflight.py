@@ -67,12 +67,21 @@ def check_pool_file(fs: Any, path: str, fmt: str, id_col: str, text_col: str) ->
 
         with fs.open_input_file(path) as f:
             try:
-                names = pq.ParquetFile(f).schema_arrow.names
+                arrow_schema = pq.ParquetFile(f).schema_arrow
             except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file
                 raise ValueError(f"an unreadable Parquet file ({one_line(exc)})") from None
+        names = arrow_schema.names
         missing = [c for c in (id_col, text_col) if c not in names]
         if missing:
             raise ValueError(f"no column {missing} (it has {names})")
+        from molal_ray.pipeline.pool import nested_type
+
+        for field, c in (("pool.text_column", text_col), ("pool.id_column", id_col)):
+            if nested_type(arrow_schema.field(c).type):
+                raise ValueError(
+                    f"column {c!r} ({field}) holds {arrow_schema.field(c).type}, not text: name a column of "
+                    "strings, or flatten this one into one"
+                )
         return
     text = _text_head(raw, name)
     if fmt == "csv":
@@ -92,6 +101,9 @@ def check_pool_file(fs: Any, path: str, fmt: str, id_col: str, text_col: str) ->
         except ValueError:
             continue  # a bad line becomes a flagged row
         if isinstance(obj, dict) and text_col in obj:
+            if isinstance(obj[text_col], list | dict):
+                kind = "a list" if isinstance(obj[text_col], list) else "an object"
+                raise ValueError(f"the column {text_col!r} (pool.text_column) holds {kind}, not text")
             seen_text = True
             break
     if not seen_text:

@@ -40,6 +40,7 @@ ERR_EMPTY_TEXT = "empty_text"
 ERR_INVALID_UTF8 = "invalid_utf8"
 ERR_MISSING_ID = "missing_id"
 ERR_DUPLICATE_ID = "duplicate_id"
+ERR_NOT_TEXT = "not_text"  # a text or id value that is a list or a mapping (a JSON array, a Parquet struct)
 ERR_BAD_ROW = "bad_row"  # a record the file's reader could not parse (CSV: wrong number of fields)
 ERR_UNKNOWN_SAMPLE = "unknown_sample"
 ERR_ANNOTATOR_FAILED = "annotator_failed"

@@ -52,6 +52,18 @@ def detect_format(path: str) -> str:
     )
 
 
+def nested_type(t: pa.DataType) -> bool:
+    """A list, struct or map type: values that are not text (their repr is not a text to label)."""
+    return bool(pa.types.is_nested(t))
+
+
+def _not_text(column: str, v: Any) -> str | None:
+    """The flag of a JSON value that is a list or an object where text (or an id) is expected."""
+    if isinstance(v, list | dict):
+        return f"{schema.ERR_NOT_TEXT}: column {column!r} holds {'a list' if isinstance(v, list) else 'an object'}"
+    return None
+
+
 def _as_bytes(v: Any) -> bytes | None:
     if v is None:
         return None
@@ -105,9 +117,16 @@ def _read_jsonl(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Ta
             if not isinstance(obj, dict):
                 rows.add(None, None, src, "bad_json: a line is not a JSON object")
                 continue
-            rows.add(
-                obj.get(id_col), obj.get(text_col), src, None if text_col in obj else f"missing_column: {text_col!r}"
-            )
+            odd = _not_text(text_col, obj.get(text_col)) or _not_text(id_col, obj.get(id_col))
+            if odd:
+                rows.add(None, None, src, odd)
+            else:
+                rows.add(
+                    obj.get(id_col),
+                    obj.get(text_col),
+                    src,
+                    None if text_col in obj else f"missing_column: {text_col!r}",
+                )
             if len(rows) >= ROWS_PER_BLOCK:
                 yield rows.flush()
         if not chunk:
@@ -221,6 +240,18 @@ def _from_columns(batch: pa.RecordBatch, name: str, id_col: str, text_col: str, 
 
     sources = [f"{name}:{i}" for i in numbers]
     err = None if text_col in names else f"missing_column: {text_col!r}"
+    for c in (text_col, id_col):
+        if c in names and nested_type(batch.schema.field(c).type):  # the pre-flight check refuses such a file
+            err = f"{schema.ERR_NOT_TEXT}: column {c!r} holds {batch.schema.field(c).type}"
+            return pa.table(
+                {
+                    RAW_ID: pa.nulls(n, pa.binary()),
+                    RAW_TEXT: pa.nulls(n, pa.binary()),
+                    SOURCE: pa.array(sources, pa.string()),
+                    READ_ERROR: pa.array([err] * n, pa.string()),
+                },
+                schema=RAW_SCHEMA,
+            )
     return pa.table(
         {
             RAW_ID: col(id_col),

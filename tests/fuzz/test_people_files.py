@@ -76,3 +76,34 @@ def test_labels_yaml_reads_as_values_get_a_message_that_says_to_quote_them(tmp_p
     )
     quoted = LabelJobConfig.from_file(tmp_path / "c.yaml").task.labels  # quoted, each one is a label
     assert quoted == [x.strip() for x in labels[1:-1].split(",")]
+
+
+def test_a_text_column_of_lists_or_objects_is_an_error_naming_it_or_a_flagged_row(tmp_path):
+    import pyarrow.parquet as pq
+
+    from molal_ray.exceptions import ConfigError
+    from molal_ray.pipeline.pool import _read_jsonl, _read_parquet
+
+    pq.write_table(pa.table({"id": ["a", "b"], "text": [["x", "y"], ["z"]]}), tmp_path / "lists.parquet")
+    pq.write_table(pa.table({"id": ["a"], "text": [{"q": "x"}]}), tmp_path / "structs.parquet")
+    (tmp_path / "lists.jsonl").write_text('{"id": "a", "text": ["x", "y"]}\n')
+    expected = {
+        "lists.parquet": "column 'text' (pool.text_column) holds list<element: string>, not text",
+        "structs.parquet": "column 'text' (pool.text_column) holds struct<q: string>, not text",
+        "lists.jsonl": "the column 'text' (pool.text_column) holds a list, not text",
+    }
+    for name, message in expected.items():
+        with pytest.raises(ConfigError) as err:
+            check_files(_cfg(tmp_path, name))
+        assert message in str(err.value), str(err.value)
+    # Past the first records the check reads, such a row is flagged in its place (never its repr).
+    data = b'{"id": "a", "text": "fine"}\n{"id": "b", "text": ["x"]}\n{"id": ["c"], "text": "t"}\n'
+    rows = _prepared(_read_jsonl(pa.BufferReader(data), "p.jsonl", "id", "text"))
+    assert [r["pool_error"] for r in rows][0] is None
+    assert [r["pool_error"] for r in rows][1:] == [
+        "not_text: column 'text' holds a list",
+        "not_text: column 'id' holds a list",
+    ]
+    with open(tmp_path / "lists.parquet", "rb") as f:
+        flagged = _prepared(_read_parquet(f, "lists.parquet", "id", "text"))
+    assert [r["pool_error"] for r in flagged] == ["not_text: column 'text' holds list<element: string>"] * 2
