@@ -226,6 +226,7 @@ def main() -> None:
                         **loop_set,
                     },
                     "output": {"path": f"{work}/{seed}-{strategy}-{mode}{suffix}", "mode": "overwrite"},
+                    **({"review": {"backend": "simulated"}} if routed else {}),
                 }
                 data["classifier"] = {
                     **(data["classifier"] if args.classifier == "head" else FINETUNE),

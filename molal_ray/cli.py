@@ -792,6 +792,16 @@ def check_config(config: str, kind: str) -> None:
 
         check_files(model)
     click.echo(f"# {config}: a valid {kind} config")
+    if isinstance(model, LoopJobConfig) and model.loop.n_human() and model.loop.annotation != "gold":
+        backend = model.review.backend
+        click.echo(
+            f"# people: {model.loop.n_human()} of each round's queries go to review.backend {backend!r}"
+            + (
+                " (answered from the gold file: every routed row needs a gold label)"
+                if backend == "simulated"
+                else "; the gold file never answers for them (review.backend: simulated would)"
+            )
+        )
     click.echo(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
 
 

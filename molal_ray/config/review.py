@@ -15,11 +15,13 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class ReviewConfig(StrictModel):
     """``review``: how people see the samples a loop routes to them (``loop.human_per_round``)."""
 
-    backend: Literal["files", "label_studio"] = Field(
+    backend: Literal["files", "label_studio", "simulated"] = Field(
         "files",
         description="'files': the loop writes OUT/review/round-N.csv (and a Label Studio import file) and "
         "pauses until --resume; 'label_studio': it pushes the samples to a running Label "
-        "Studio project and waits for the reviewers' labels.",
+        "Studio project and waits for the reviewers' labels; 'simulated': people are simulated "
+        "by the gold file (benchmarks, examples): every routed row must have a gold label. Only "
+        "'simulated' ever answers from the gold file.",
     )
     url: str | None = Field(None, description="label_studio: the server's address, e.g. http://127.0.0.1:8080.")
     project: str | int | None = Field(

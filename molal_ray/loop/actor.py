@@ -75,6 +75,7 @@ class CoordinatorActor:
             state_dir,
             self.cfg.cascade,
             examples_from_labels=few is not None and few.from_loop,
+            simulated_people=self.cfg.review.backend == "simulated",
         )
         self.test_rows = len(split.test_rows)
 

@@ -207,8 +207,11 @@ class Coordinator:
         state_dir: Any,
         cascade: CascadeConfig | None = None,
         examples_from_labels: bool = False,
+        simulated_people: bool = False,
     ) -> None:
         self.state = state
+        # review.backend 'simulated': the gold file answers for people (never another backend).
+        self.simulated_people = simulated_people
         # task.few_shot.examples 'loop': the annotators are shown the people's labels so far.
         self.examples_from_labels = examples_from_labels
         self.settings = settings
@@ -579,11 +582,18 @@ class Coordinator:
     def human_labels(
         self, ids: list[str], keys: np.ndarray, probs: np.ndarray, answers: list[dict[str, str]] | None = None
     ) -> dict[str, int]:
-        """People's labels of these rows: from the gold file when it has them all (simulated
-        people), else from the review backend (each row shown with the mixture's label and
-        ``answers``, what each LLM said); raises :class:`ReviewPending` while they are not in.
-        A row a reviewer skipped has no label here (it keeps the mixture's)."""
-        if all(i in self.split.gold for i in ids):
+        """People's labels of these rows: from the gold file with ``review.backend: simulated``
+        (every row must have one), else from the review backend (each row shown with the mixture's
+        label and ``answers``, what each LLM said; never from the gold file, even where it has
+        them); raises :class:`ReviewPending` while they are not in. A row a reviewer skipped has
+        no label here (it keeps the mixture's)."""
+        if self.simulated_people:
+            missing = [i for i in ids if i not in self.split.gold]
+            if missing:
+                raise SchemaError(
+                    f"review.backend 'simulated': {len(missing)} of the {len(ids)} rows routed to people have no "
+                    f"gold label (first: {missing[0]!r}); simulated people answer from the gold file only"
+                )
             return {i: self.split.gold[i] for i in ids}
         texts = self.services.texts(keys)
         answers = answers or [{} for _ in ids]

@@ -167,3 +167,28 @@ def test_labelable_weighing_and_the_review_backend_are_checked_with_the_loop():
     ]:
         with pytest.raises(ConfigError, match=message):
             cfg(review=bad)
+
+
+@pytest.mark.parametrize("backend", ["files", "simulated"])
+def test_check_config_says_who_answers_for_people(tmp_path, backend):
+    import yaml
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+
+    data = yaml.safe_load((TREC / "loop.yaml").read_text())
+    for key in ("pool",):
+        data[key]["path"] = str(TREC / data[key]["path"])
+    data["gold"] = str(TREC / data["gold"])
+    for a in data["annotators"]:
+        a["engine"]["path"] = str(TREC / a["engine"]["path"])
+    data["loop"]["human_per_round"] = 10
+    data["review"] = {"backend": backend}
+    data["output"]["path"] = str(tmp_path / "run")
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["check-config", str(tmp_path / "loop.yaml")])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("# people:"))
+    assert f"10 of each round's queries go to review.backend {backend!r}" in line
+    assert ("answered from the gold file" in line) == (backend == "simulated")
+    assert ("the gold file never answers for them" in line) == (backend != "simulated")

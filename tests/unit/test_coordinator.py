@@ -17,7 +17,7 @@ from molal_ray.aggregation.api import load_gold
 from molal_ray.config import AnnotatorConfig, TaskConfig
 from molal_ray.config.loop import LoopSettings
 from molal_ray.engines import build_engine
-from molal_ray.exceptions import PoolExhaustedError, ReviewPending
+from molal_ray.exceptions import PoolExhaustedError, ReviewPending, SchemaError
 from molal_ray.loop.coordinator import Coordinator, Split
 from molal_ray.loop.scoring import ScoreStage, collect
 from molal_ray.loop.state import LoopState
@@ -151,7 +151,7 @@ def trec():
     return table, gold
 
 
-def _coordinator(trec, tmp_path, cascade=None, examples_from_labels=False, **settings):
+def _coordinator(trec, tmp_path, cascade=None, examples_from_labels=False, simulated_people=False, **settings):
     table, gold = trec
     s = LoopSettings(
         **{
@@ -172,7 +172,15 @@ def _coordinator(trec, tmp_path, cascade=None, examples_from_labels=False, **set
     services.review_dir = tmp_path / "review"
     state = LoopState(labels=TREC_LABELS, seed=s.seed)
     return Coordinator(
-        state, s, Geometry(N), split, services, tmp_path / "state", cascade, examples_from_labels=examples_from_labels
+        state,
+        s,
+        Geometry(N),
+        split,
+        services,
+        tmp_path / "state",
+        cascade,
+        examples_from_labels=examples_from_labels,
+        simulated_people=simulated_people,
     ), services
 
 
@@ -255,7 +263,9 @@ def test_few_shot_examples_from_the_loop_are_the_peoples_labels_so_far(trec, tmp
     """task.few_shot.examples 'loop': each round's annotators get every row people labelled so
     far (round 0's gold, then also the rows routed to people), with its text and label name;
     never a test row."""
-    coord, services = _coordinator(trec, tmp_path, rounds=2, human_per_round=5, examples_from_labels=True)
+    coord, services = _coordinator(
+        trec, tmp_path, rounds=2, human_per_round=5, simulated_people=True, examples_from_labels=True
+    )
     metrics = _run(coord)
     assert len(metrics) == 3
     sent = services.examples_sent
@@ -403,7 +413,7 @@ def test_routed_samples_get_peoples_labels_and_join_the_aggregators_gold(trec, t
             fits.append(len(y))
 
     monkeypatch.setattr(mod, "Gold", RecordingGold)
-    coord, services = _coordinator(trec, tmp_path, rounds=2, human_per_round=5)
+    coord, services = _coordinator(trec, tmp_path, rounds=2, human_per_round=5, simulated_people=True)
     real_aggregate = coord.aggregate
 
     def recording_aggregate(m, ids):  # type: ignore[no-untyped-def]
@@ -432,18 +442,14 @@ def test_routed_samples_get_peoples_labels_and_join_the_aggregators_gold(trec, t
     assert metrics[2]["llm_label_accuracy"] is not None
 
 
-def test_without_gold_labels_the_loop_waits_for_the_review_file(trec, tmp_path):
+def test_people_are_asked_through_review_files_even_where_the_gold_file_knows_the_labels(trec, tmp_path):
     from molal_ray.exceptions import ReviewError
     from molal_ray.loop.state import LoopState
 
     coord, services = _coordinator(trec, tmp_path, rounds=1, human_per_round=5)
     coord.run_round()
-    table = trec[0]
-    test_keys = set(coord.split.test_rows.tolist())
-    keep = {x.sample_id for x in coord.state.labeled} | {
-        i for i, k in zip(table.column(schema.SAMPLE_ID).to_pylist(), table.column(ROW).to_pylist()) if k in test_keys
-    }
-    coord.split.gold = {k: v for k, v in coord.split.gold.items() if k in keep}  # a real pool: nobody knows
+    # Every pool row has a gold label here; people are still asked, through the review files.
+    assert set(trec[0].column(schema.SAMPLE_ID).to_pylist()) <= set(coord.split.gold)
     with pytest.raises(ReviewPending, match="round 1: 5 samples need a person's label") as err:
         coord.run_round()
     review = tmp_path / "review" / "round-1.csv"
@@ -519,7 +525,7 @@ def test_a_cascade_ordered_on_gold_ranks_on_round_0_then_asks_the_best_first(tre
 def test_relabel_gives_earlier_rows_the_labels_of_the_latest_aggregator(trec, tmp_path):
     import copy
 
-    coord, _ = _coordinator(trec, tmp_path, rounds=2, human_per_round=5, relabel=True)
+    coord, _ = _coordinator(trec, tmp_path, rounds=2, human_per_round=5, simulated_people=True, relabel=True)
     seen = {}
     real_aggregate = coord.aggregate
 
@@ -547,3 +553,11 @@ def test_relabel_gives_earlier_rows_the_labels_of_the_latest_aggregator(trec, tm
     for x in after_1:  # people's and round 0's labels stay as they were
         if x.source != "molal":
             assert now[x.sample_id] == x
+
+
+def test_simulated_people_answer_from_the_gold_file_and_only_where_it_has_every_routed_row(trec, tmp_path):
+    coord, _ = _coordinator(trec, tmp_path, rounds=1, human_per_round=5, simulated_people=True)
+    coord.run_round()
+    coord.split.gold = {x.sample_id: x.label for x in coord.state.labeled}  # none of round 1's queries
+    with pytest.raises(SchemaError, match=r"review.backend 'simulated': 5 of the 5 rows routed to people have no gold"):
+        coord.run_round()
