@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -11,7 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import yaml
 
-from molal_ray.exceptions import MolalError, ReviewError, ReviewPending, ours_inside
+from molal_ray.exceptions import ConfigError, MolalError, ReviewError, ReviewPending, ours_inside
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,6 +52,32 @@ def user_errors(*also: type[BaseException]) -> Callable[[F], F]:
         return run  # type: ignore[return-value]
 
     return wrap
+
+
+def _output_files(*outputs: tuple[str | None, str]) -> None:
+    """Before any work: each output file of ``outputs`` (``(path, option)``; None: not given) can
+    be written (``storage.write_problem``), else a ConfigError naming the option; once all pass,
+    their missing local folders are made."""
+    from molal_ray.storage import write_problem
+
+    folders = []
+    for path, option in outputs:
+        if path is None:
+            continue
+        problem = write_problem(path, folder=False)
+        if problem:
+            raise ConfigError(f"{option}: {problem}")
+        folders.append(os.path.dirname(os.path.abspath(path)))
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+
+
+def _input_file(path: str | None, option: str) -> None:
+    """Before any work: an input file ``path`` exists (local paths and URIs)."""
+    from molal_ray.storage import resolve
+
+    if path is not None and not resolve(path, field=option).is_file():
+        raise ConfigError(f"{option}: {path} does not exist (or is not a file)")
 
 
 def _overridden(model: Any, config: str, overrides: dict[tuple[str, str], Any]) -> Any:
@@ -219,6 +246,7 @@ def aggregate(
     def say(msg: str) -> None:
         click.echo(f"... {msg}", err=True)
 
+    _output_files((out_path, "--out"), (report_path, "--report"))
     labels = check_table_labels(annotations, None if labels_spec is None else load_labels(labels_spec))
     gold_df = combine_gold([load_gold(g, labels) for g in gold])
     table = read_annotation_table(annotations)
@@ -593,6 +621,7 @@ def review_export(
     from molal_ray.review import csv_text, labelstudio_config, labelstudio_tasks
     from molal_ray.storage import resolve
 
+    _output_files((out_path, "--out"), (ls_path, "--labelstudio"))
     labels = load_labels(labels_spec)
     items = _items_to_review(aggregated, labels, texts_from, n, below, rule, id_column, text_column, annotations)
     resolve(out_path).write_text(csv_text(items))
@@ -681,6 +710,8 @@ def review_pull(url: str, project: str, token_env: str, labels_spec: str, known:
     """Read the reviewers' labels back from a Label Studio project (the latest annotation of each
     task; skipped tasks are not labels), check every label and id, and write them as gold labels,
     whole or not at all."""
+    _input_file(known, "--known")
+    _output_files((out_path, "--out"))
     import csv as csv_mod
 
     from molal_ray.aggregation.api import load_labels
@@ -727,6 +758,8 @@ def review_import(
     from molal_ray.review.backend import FileReview, batch_name
     from molal_ray.storage import resolve
 
+    _input_file(known, "--known")
+    _output_files((out_path, "--out"))
     if loop_out is not None:
         from molal_ray.loop.state import LoopState
 

@@ -140,6 +140,13 @@ def check_files(cfg: Any) -> None:
         output = getattr(getattr(cfg, "output", None), "path", None)
         if output is not None:
             problems += nesting_problems(pool.path, output)
+    output_path = getattr(getattr(cfg, "output", None), "path", None)
+    if output_path is not None:
+        from molal_ray.storage import write_problem
+
+        problem = write_problem(output_path, folder=True)
+        if problem:
+            problems.append(f"output.path: {problem}")
     task = cfg.task
     gold = getattr(cfg, "gold", None) or (cfg.cascade.gold if getattr(cfg, "cascade", None) else None)
     if gold:

@@ -239,3 +239,24 @@ def resolve(path: str | os.PathLike[str] | Location, *, field: str = "path") -> 
     if isinstance(fs, pafs.LocalFileSystem):  # file:///abs/path
         return Location(fs, inner, inner)
     return Location(fs, inner.rstrip("/"), s)
+
+
+def write_problem(path: str, folder: bool) -> str | None:
+    """Why a local ``path`` cannot be written as a file (``folder`` False) or made a folder (True),
+    in a few words, or None when it can (its missing folders would be made). URIs: None (their
+    writers find out)."""
+    if is_uri(path):
+        return None
+    target = os.path.abspath(path)
+    if folder and os.path.isfile(target):
+        return f"{path} is a file; expected a folder (or a path where one can be made)"
+    if not folder and os.path.isdir(target):
+        return f"{path} is a folder; expected the path of a file to write"
+    existing = target if folder and os.path.isdir(target) else os.path.dirname(target)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{path} cannot be written: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path} cannot be written: no permission to write in {existing}"
+    return None

@@ -107,3 +107,51 @@ def test_a_text_column_of_lists_or_objects_is_an_error_naming_it_or_a_flagged_ro
     with open(tmp_path / "lists.parquet", "rb") as f:
         flagged = _prepared(_read_parquet(f, "lists.parquet", "id", "text"))
     assert [r["pool_error"] for r in flagged] == ["not_text: column 'text' holds list<element: string>"] * 2
+
+
+def test_outputs_that_cannot_be_written_and_missing_inputs_are_one_line_before_any_work(tmp_path, ray_must_not_start):
+    import os
+
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+    from tests.conftest import TREC
+
+    (tmp_path / "afile").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    ann = pa.table({"sample_id": ["q"], "annotator": ["a"], "probs": [[0.5, 0.5]], "votes": [[1.0, 0.0]]})
+    import pyarrow.parquet as pq
+
+    pq.write_table(ann, tmp_path / "ann.parquet")
+    agg = ["aggregate", "--annotations", str(tmp_path / "ann.parquet"), "--gold", str(TREC / "gold-50.csv")]
+    agg += ["--labels", "x,y", "--no-validate"]
+    cases = [
+        (agg + ["--out", str(tmp_path / "afile" / "o.parquet")], "--out: ", "is a file, not a folder"),
+        (
+            agg + ["--out", str(tmp_path / "o.parquet"), "--report", str(tmp_path / "afile/r.json")],
+            "--report: ",
+            "is a file",
+        ),
+        (agg + ["--out", str(tmp_path / "o.parquet"), "--report", str(locked)], "--report: ", "is a folder; expected"),
+        (
+            ["review", "import", str(tmp_path / "r.csv"), "--labels", "x,y", "--known", str(tmp_path / "no.csv")]
+            + ["--out", str(tmp_path / "g.csv")],
+            "--known: ",
+            "does not exist",
+        ),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((agg + ["--out", str(locked / "sub" / "o.parquet")], "--out: ", "no permission to write"))
+    for args, option, expected in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and r.output.startswith(f"error: {option}") and expected in r.output, r.output
+        assert r.output.count("\n") == 1 and not (tmp_path / "o.parquet").exists()
+    cfg = _cfg(tmp_path, "pool.csv", output={"path": str(tmp_path / "afile")})
+    (tmp_path / "pool.csv").write_text("id,text\na,hello\n")
+    with pytest.raises(Exception, match=r"output.path: .*afile is a file; expected a folder"):
+        check_files(cfg)
+    (tmp_path / "label.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
+    r = CliRunner().invoke(main, ["label", str(tmp_path / "label.yaml")])
+    assert r.exit_code == 2 and "output.path: " in r.output and "Traceback" not in r.output, r.output
