@@ -211,18 +211,31 @@ def checked_labels(
 ) -> dict[str, str]:
     """``{sample_id: label}`` of reviewed ``(sample_id, label)`` pairs ("" : not reviewed), every
     one checked as :func:`read_review` says; ``path`` names their source in errors."""
-    allowed = set(labels)
+    by_case: dict[str, list[str]] = {}
+    for name in labels:
+        by_case.setdefault(name.strip().lower(), []).append(name)
+
+    def canonical(lab: str) -> str | None:
+        """The label set's spelling of ``lab``: itself, or the one label it names with other case or
+        spaces around it ('Human ', 'HUMAN'); None when it names none, or two."""
+        if lab in labels:
+            return lab
+        same = by_case.get(lab.strip().lower(), [])
+        return same[0] if len(same) == 1 else None
+
     known = set(expected_ids) if expected_ids is not None else None
     out: dict[str, str] = {}
     bad_label, unknown, clash = [], [], []
-    for sid, lab in pairs:
+    for sid, given in pairs:
         if known is not None and sid not in known:
             unknown.append(sid)
-        if not lab:
+        if not given.strip():
             continue
-        if lab not in allowed:
-            bad_label.append((sid, lab))
-        elif out.get(sid, lab) != lab:
+        lab = canonical(given)
+        if lab is None:
+            bad_label.append((sid, given))
+            continue
+        if out.get(sid, lab) != lab:
             clash.append(sid)
         out[sid] = lab
     if bad_label:

@@ -155,3 +155,15 @@ def test_outputs_that_cannot_be_written_and_missing_inputs_are_one_line_before_a
     (tmp_path / "label.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
     r = CliRunner().invoke(main, ["label", str(tmp_path / "label.yaml")])
     assert r.exit_code == 2 and "output.path: " in r.output and "Traceback" not in r.output, r.output
+
+
+def test_review_labels_match_the_label_set_whatever_their_case_where_that_is_unambiguous(tmp_path):
+    from molal_ray.exceptions import ReviewError
+
+    (tmp_path / "r.csv").write_text("sample_id,label\nq1,Human\nq2, LOCATION \nq3,\n")
+    assert read_review(str(tmp_path / "r.csv"), TREC_LABELS, ["q1", "q2", "q3"]) == {"q1": "human", "q2": "location"}
+    (tmp_path / "two.csv").write_text("sample_id,label\nq1,POS\n")
+    with pytest.raises(ReviewError, match="not in the label set"):  # 'pos' and 'Pos' both exist: no guess
+        read_review(str(tmp_path / "two.csv"), ["pos", "Pos", "neg"], ["q1"])
+    (tmp_path / "clash.csv").write_text("sample_id,label\nq1,human\nq1,HUMAN\n")
+    assert read_review(str(tmp_path / "clash.csv"), TREC_LABELS, ["q1"]) == {"q1": "human"}  # the same label twice
