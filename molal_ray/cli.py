@@ -806,11 +806,9 @@ def check_config(config: str, kind: str) -> None:
     from molal_ray.config.loop import LoopJobConfig
 
     if kind == "auto":
-        from molal_ray.config.base import StrictModel
+        from molal_ray.config.base import StrictModel, config_kind
 
-        data = StrictModel.read_yaml(config)
-        keys = set(data) if isinstance(data, dict) else set()
-        kind = "serve-app" if "applications" in keys else "run" if keys & {"loop", "classifier", "gold"} else "label"
+        kind = config_kind(StrictModel.read_yaml(config))
     model: BaseModel
     if kind == "label":
         model = LabelJobConfig.from_file(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
@@ -19,6 +19,10 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
+    # The kind of config this model reads (``config_kind``): a file of another kind is refused with
+    # the command that runs it, not with a list of unknown and missing fields.
+    kind: ClassVar[str | None] = None
+
     @classmethod
     def from_dict(
         cls: type[M], data: Any, *, base_dir: str | os.PathLike[str] | None = None, source: str = "config"
@@ -26,6 +30,12 @@ class StrictModel(BaseModel):
         """Validate ``data``; relative paths in it are taken relative to ``base_dir``."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: got {type(data).__name__}; expected a mapping of fields")
+        found = config_kind(data)
+        if cls.kind is not None and found != cls.kind:
+            raise ConfigError(
+                f"{source}: a {found} config ({KINDS[found][1]}), not a {cls.kind} config: "
+                f"use it with `{KINDS[found][0]}`"
+            )
         context = {"base_dir": str(base_dir) if base_dir is not None else None}
         try:
             return cls.model_validate(data, context=context)
@@ -51,6 +61,21 @@ class StrictModel(BaseModel):
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         return data
+
+
+# What each kind of config is run with, and how it is told apart (``config_kind``).
+KINDS = {
+    "label": ("molal-ray label", "no loop, classifier or gold section"),
+    "run": ("molal-ray run", "it has a loop, classifier or gold section"),
+    "serve-app": ("molal-ray annotators deploy", "it has applications"),
+}
+
+
+def config_kind(data: Any) -> str:
+    """The kind of a config's data by its top-level sections: 'serve-app' (a ``serve deploy``
+    file), 'run' (a loop) or 'label'."""
+    keys = set(data) if isinstance(data, dict) else set()
+    return "serve-app" if "applications" in keys else "run" if keys & {"loop", "classifier", "gold"} else "label"
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -184,6 +184,8 @@ def check_cascade(cascade: CascadeConfig | None, annotators: list[AnnotatorConfi
 
 class LabelJobConfig(StrictModel):
     """`molal-ray label`: stream a pool through every annotator into the annotation table."""
+
+    kind: ClassVar[str | None] = "label"
 
     task: TaskConfig
     annotators: list[AnnotatorConfig] = Field(..., min_length=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
@@ -112,6 +112,8 @@ class LoopSettings(StrictModel):
 
 
 class LoopJobConfig(StrictModel):
+    kind: ClassVar[str | None] = "run"
+
     task: TaskConfig
     annotators: list[AnnotatorConfig] = Field(default_factory=list)
     pool: PoolConfig

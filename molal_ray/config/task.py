@@ -88,7 +88,9 @@ def check_placeholders(template: str, *, allowed: set[str], required: set[str], 
         raise ValueError(f"{what} containing the placeholder(s) {', '.join('{' + m + '}' for m in sorted(missing))}")
     if unknown:
         raise ValueError(
-            f"{what} placeholders among {', '.join('{' + a + '}' for a in sorted(allowed))}; got {sorted(unknown)}"
+            f"{what} placeholders among {', '.join('{' + a + '}' for a in sorted(allowed))}; got "
+            f"{', '.join('{' + u + '}' for u in sorted(unknown))} "
+            "(a brace meant as text is written twice: {{ and }})"
         )
     return names
 

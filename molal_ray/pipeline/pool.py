@@ -32,6 +32,11 @@ EXTENSIONS = {
     "jsonl": ["jsonl", "jsonl.gz", "json", "json.gz", "ndjson"],
     "csv": ["csv", "csv.gz"],
 }
+# Files people often have that the pool does not read, and what they are.
+UNREAD = {
+    ("tsv", "tab", "tsv.gz"): "tab-separated values",
+    ("xlsx", "xls", "ods", "numbers"): "a spreadsheet workbook",
+}
 ROWS_PER_BLOCK = 8192
 _READ_CHUNK = 8 << 20
 
@@ -46,6 +51,11 @@ def detect_format(path: str) -> str:
         for fmt, exts in EXTENSIONS.items():
             if any(c.endswith("." + e) for e in exts):
                 return fmt
+    for exts, what in UNREAD.items():
+        if any(c.endswith("." + e) for c in candidates for e in exts):
+            raise ConfigError(
+                f"pool.path: {path!r} is {what}, which is not read; save it as CSV (commas), JSON lines or Parquet"
+            )
     raise ConfigError(
         f"pool.format: cannot tell the format of {path!r} from its extension; "
         f"expected one of {sorted(EXTENSIONS)} (set pool.format)"

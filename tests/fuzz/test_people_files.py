@@ -167,3 +167,24 @@ def test_review_labels_match_the_label_set_whatever_their_case_where_that_is_una
         read_review(str(tmp_path / "two.csv"), ["pos", "Pos", "neg"], ["q1"])
     (tmp_path / "clash.csv").write_text("sample_id,label\nq1,human\nq1,HUMAN\n")
     assert read_review(str(tmp_path / "clash.csv"), TREC_LABELS, ["q1"]) == {"q1": "human"}  # the same label twice
+
+
+def test_messages_say_what_to_change(tmp_path):
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+    from molal_ray.config import TaskConfig
+    from molal_ray.exceptions import ConfigError
+    from tests.conftest import TREC
+
+    with pytest.raises(Exception, match=r"got \{json\} \(a brace meant as text is written twice: \{\{ and \}\}\)"):
+        TaskConfig(
+            labels=["a", "b"], prompt_template='Answer as {"label": ...}: {text}'.replace('{"label": ...}', "{json}")
+        )
+    for name, what in [("p.tsv", "tab-separated values"), ("p.xlsx", "a spreadsheet workbook")]:
+        (tmp_path / name).write_bytes(b"id\ttext\n")
+        with pytest.raises(ConfigError, match=f"is {what}, which is not read; save it as CSV"):
+            check_files(_cfg(tmp_path, name))
+    for command, config, right in [("label", "loop.yaml", "molal-ray run"), ("run", "label.yaml", "molal-ray label")]:
+        r = CliRunner().invoke(main, [command, str(TREC / config)])
+        assert r.exit_code == 2 and f"use it with `{right}`" in r.output and r.output.count("\n") == 1, r.output
