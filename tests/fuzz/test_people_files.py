@@ -178,9 +178,7 @@ def test_messages_say_what_to_change(tmp_path):
     from tests.conftest import TREC
 
     with pytest.raises(Exception, match=r"got \{json\} \(a brace meant as text is written twice: \{\{ and \}\}\)"):
-        TaskConfig(
-            labels=["a", "b"], prompt_template='Answer as {"label": ...}: {text}'.replace('{"label": ...}', "{json}")
-        )
+        TaskConfig(labels=["a", "b"], prompt_template="Answer with {json}: {text}")
     for name, what in [("p.tsv", "tab-separated values"), ("p.xlsx", "a spreadsheet workbook")]:
         (tmp_path / name).write_bytes(b"id\ttext\n")
         with pytest.raises(ConfigError, match=f"is {what}, which is not read; save it as CSV"):
