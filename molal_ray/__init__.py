@@ -8,12 +8,23 @@ The public front (:mod:`molal_ray.api`), each from a config object or a YAML pat
     table = molal_ray.read_annotations(summary.output)          # one row per (sample, annotator)
     result = molal_ray.aggregate(table, "examples/trec/gold-50.csv", labels=[...])  # `molal-ray aggregate`
     report = molal_ray.run("examples/trec/loop.yaml")           # `molal-ray run`
+    clf = molal_ray.load_classifier("runs/trec-loop/model")     # its classifier, portable
 
 Importing the package is cheap: Ray, torch and the rest load when a function is called.
 """
 
-from molal_ray.api import aggregate, label, label_config, loop_config, read_annotations, run
+from molal_ray.api import aggregate, export, label, label_config, load_classifier, loop_config, read_annotations, run
 
 __version__ = "0.1.0"
 
-__all__ = ["aggregate", "label", "label_config", "loop_config", "read_annotations", "run", "__version__"]
+__all__ = [
+    "aggregate",
+    "export",
+    "label",
+    "label_config",
+    "load_classifier",
+    "loop_config",
+    "read_annotations",
+    "run",
+    "__version__",
+]

@@ -11,6 +11,8 @@ from the file's folder), as the command line does::
                                  labels=["abbreviation", "entity", "description", "human", "location", "numeric"])
     result.table.to_pandas().head()                                     # one label per sample
     report = molal_ray.run("examples/trec/loop.yaml")                   # the active-learning loop
+    clf = molal_ray.load_classifier("runs/trec-loop/model")             # the loop's classifier
+    clf.predict(["Who wrote Hamlet?"])                                  # ['human']
 
 Everything below these functions (engines, aggregators, strategies, Ray stages) is importable
 from its module for those who need more; these names are the ones kept stable.
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from molal_ray.aggregation.api import AggregationResult
     from molal_ray.config import LabelJobConfig
     from molal_ray.config.loop import LoopJobConfig
+    from molal_ray.export import Classifier, ExportSummary
     from molal_ray.pipeline.label_job import LabelSummary
 
 PathLike = str | os.PathLike[str]
@@ -99,3 +102,19 @@ def run(config: LoopJobConfig | PathLike, resume: bool = False) -> dict[str, Any
     from molal_ray.loop.runner import run_loop
 
     return run_loop(loop_config(config), resume=resume)
+
+
+def export(loop_out: PathLike, round: int | None = None, to: PathLike | None = None) -> ExportSummary:
+    """``molal-ray export``: a loop's classifier (of ``round``, the last by default) as a portable
+    folder (``to``, by default ``LOOP_OUT/model``) and ``LOOP_OUT/labels.parquet``."""
+    from molal_ray.export import export_loop
+
+    return export_loop(os.fspath(loop_out), round, None if to is None else os.fspath(to))
+
+
+def load_classifier(path: PathLike, device: str = "cpu") -> Classifier:
+    """The classifier a loop exported (``OUT/model``, or ``molal-ray export --to``), ready for
+    ``predict_proba(texts)`` and ``predict(texts)``, with no file of the loop needed."""
+    from molal_ray.export import load_classifier as load
+
+    return load(os.fspath(path), device)

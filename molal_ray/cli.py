@@ -389,6 +389,7 @@ def run(
         f"report: {where}/{out.REPORT_HTML} (figures), {out.REPORT_JSON}, {out.SUMMARY_MD}"
         + (f"; log: {where}/{out.LOG}" if log_path else "")
     )
+    click.echo(f"classifier: {where}/{out.MODEL}/ (molal_ray.load_classifier); labels: {where}/{out.LABELS}")
 
 
 @main.group()
@@ -834,6 +835,29 @@ def check_config(config: str, kind: str) -> None:
             )
         )
     click.echo(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
+
+
+@main.command("export")
+@click.argument("loop_out")
+@click.option(
+    "--round", "round_", type=click.IntRange(0), default=None, help="The round whose classifier (default: the last)."
+)
+@click.option("--to", "to", default=None, help="Where the classifier goes (default: LOOP_OUT/model).")
+@user_errors(OSError)
+def export(loop_out: str, round_: int | None, to: str | None) -> None:
+    """Write a loop's products again: the classifier of a round as a portable folder (a Hugging
+    Face folder in finetune mode; head weights and the encoder's name in head mode) and
+    LOOP_OUT/labels.parquet (every labelled row with its source)."""
+    from molal_ray.export import export_loop
+    from molal_ray.storage import write_problem
+
+    problem = None if to is None else write_problem(to, folder=True)
+    if problem:
+        raise ConfigError(f"--to: {problem}")
+    done = export_loop(loop_out, round_, to)
+    click.echo(
+        f"classifier of round {done.round} ({done.kind}): {done.model}; {done.rows} labelled rows: {done.labels}"
+    )
 
 
 if __name__ == "__main__":

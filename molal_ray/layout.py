@@ -96,6 +96,8 @@ class LoopLayout:
     REPORT_HTML: ClassVar[str] = "report.html"
     CURVES: ClassVar[str] = "curves.png"
     SUMMARY_MD: ClassVar[str] = "summary.md"
+    MODEL: ClassVar[str] = "model"
+    LABELS: ClassVar[str] = "labels.parquet"
 
     @classmethod
     def at(cls, path: str | Location) -> LoopLayout:
@@ -133,6 +135,16 @@ class LoopLayout:
     def log(self) -> Location:
         return self.root.join(self.LOG)
 
+    @property
+    def model(self) -> Location:
+        """The exported classifier (``molal_ray.export``): a portable folder."""
+        return self.root.join(self.MODEL)
+
+    @property
+    def labels(self) -> Location:
+        """Every labelled row with its source (``molal_ray.export.products``)."""
+        return self.root.join(self.LABELS)
+
     def report(self, name: str) -> Location:
         """One of the report's files (``REPORT_JSON``, ``REPORT_HTML``, ``CURVES``, ``SUMMARY_MD``)."""
         return self.root.join(name)
@@ -141,4 +153,4 @@ class LoopLayout:
     def run_folders(self) -> tuple[str, ...]:
         """What a new loop in this folder must not inherit (removed on ``output.mode: overwrite``;
         the prepared pool is kept: it is checked against the pool and reused)."""
-        return (self.STATE, self.ANNOTATIONS, self.TRAIN, self.REVIEW)
+        return (self.STATE, self.ANNOTATIONS, self.TRAIN, self.REVIEW, self.MODEL)

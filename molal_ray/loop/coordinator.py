@@ -536,6 +536,7 @@ class Coordinator:
             float(weight),
             self.negatives(probs) if molal else [],
             int(previous_pred) if molal else -1,
+            None if source in HUMAN_SOURCES else float(probs[label]),
         )
 
     def negatives(self, probs: np.ndarray) -> list[int]:
@@ -556,6 +557,7 @@ class Coordinator:
             label = int(p.argmax())
             changed += label != r.label
             r.label = label
+            r.confidence = float(p[label])
             r.negatives = self.negatives(p)
             r.weight = float(self.label_weights(p[None], np.array([r.previous_pred]))[0])
         return changed

@@ -208,7 +208,7 @@ def _loop(
     finally:
         stop_annotators(cfg.ray.serve_app_name, ours, cfg.ray.keep_serve_running)
     phase(None, "writing the report")
-    return write_report(
+    report = write_report(
         out,
         history,
         {
@@ -226,3 +226,8 @@ def _loop(
         },
         gold,
     )
+    phase(None, "exporting the classifier and the labels")
+    from molal_ray.export import export_loop
+
+    export_loop(out.root)  # OUT/model (the last round's classifier) and OUT/labels.parquet
+    return report

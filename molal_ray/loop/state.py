@@ -34,6 +34,7 @@ class LabeledRow:
     weight: float = 1.0
     negatives: list[int] = field(default_factory=list)
     previous_pred: int = -1  # the classifier's class for the row when it was queried (-1: none); loop.relabel
+    confidence: float | None = None  # the label's probability where it came from (None: people, or not kept)
 
 
 @dataclass

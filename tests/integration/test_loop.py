@@ -156,6 +156,15 @@ def test_two_rounds_end_to_end_then_resume(ray_local, setup, tmp_path):
     last = state.labeled[-20:]  # round 2's queries, labelled by the aggregator fitted on this table
     assert [again[x.sample_id] for x in last] == [TREC_LABELS[x.label] for x in last]
     assert res.report["text_view"]["weight"] == rounds[2]["text_view"]["weight"]
+    # The loop's products: the last round's classifier, portable (the tiny encoder copied in), and
+    # every labelled row with its source.
+    clf = molal_ray.load_classifier(out / "model")
+    assert clf.labels == TREC_LABELS and (out / "model" / "encoder" / "config.json").is_file()
+    texts = pq.read_table(root / "pool.parquet").column("text").to_pylist()[:4]
+    assert len(clf.predict(texts)) == 4
+    labels = pq.read_table(out / "labels.parquet").to_pandas()
+    assert len(labels) == 60 and labels["round"].tolist() == [0] * 20 + [1] * 20 + [2] * 20
+    assert set(labels["source"]) == {"gold", "molal"} and labels["confidence"].notna().all()
 
 
 @pytest.mark.parametrize("strategy", ["coreset", "noise-stability", "bemps"])
