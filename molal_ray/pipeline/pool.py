@@ -51,8 +51,8 @@ def detect_format(path: str) -> str:
         for fmt, exts in EXTENSIONS.items():
             if any(c.endswith("." + e) for e in exts):
                 return fmt
-    for exts, what in UNREAD.items():
-        if any(c.endswith("." + e) for c in candidates for e in exts):
+    for unread, what in UNREAD.items():
+        if any(c.endswith("." + e) for c in candidates for e in unread):
             raise ConfigError(
                 f"pool.path: {path!r} is {what}, which is not read; save it as CSV (commas), JSON lines or Parquet"
             )

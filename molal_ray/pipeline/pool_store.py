@@ -104,7 +104,7 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
     fmt: str = cfg.format
     if fmt == "auto":
         named = [f.base_name for f in files]
-        found = [format_of(n) for n in named if format_of(n)]
+        found = [f for f in map(format_of, named) if f is not None]
         if len(set(found)) > 1:
             listed = sorted(f"{f.base_name} ({format_of(f.base_name) or 'no pool format'})" for f in files)
             raise ConfigError(
