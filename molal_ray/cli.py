@@ -404,8 +404,11 @@ def _connect(address: str | None) -> None:
 
     import ray
 
+    from molal_ray.runtime import check_reachable
+
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        check_reachable(address or os.environ.get("RAY_ADDRESS") or "auto", "--address")
         ray.init(
             address=address or os.environ.get("RAY_ADDRESS") or "auto",
             log_to_driver=False,

@@ -8,6 +8,7 @@ from typing import Any
 
 from molal_ray.config import AnnotatorAppConfig, RayConfig
 from molal_ray.engines.base import Engine
+from molal_ray.exceptions import ConfigError
 
 logger = logging.getLogger("molal_ray")
 
@@ -48,6 +49,27 @@ def long_blocks(ds: Any) -> Any:
     return ds
 
 
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str, field: str = "ray.address") -> None:
+    """A ConfigError within seconds when nothing answers at a cluster's ``host:port`` (Ray itself
+    keeps retrying for minutes, silently); ``auto`` and ``local`` are left to Ray."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or address in ("auto", "local"):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"{field}: nothing answers at {address} ({exc.strerror or exc}); is the Ray head running, "
+            "and does its port reach this machine?"
+        ) from None
+
+
 def ensure_ray(cfg: RayConfig) -> None:
     """Join the configured cluster, or start a local embedded runtime; no-op if Ray is up."""
     import ray
@@ -66,6 +88,8 @@ def ensure_ray(cfg: RayConfig) -> None:
     if local:  # a new embedded runtime, even when a `ray start` head runs on this machine
         init_local(num_cpus=cfg.num_cpus, include_dashboard=False, **kwargs)
     else:
+        address = cfg.address or os.environ["RAY_ADDRESS"]
+        check_reachable(address, "ray.address" if cfg.address else "RAY_ADDRESS")
         ray.init(address=cfg.address, **kwargs)
     # Our own progress display replaces Ray Data's bars.
     from ray.data import DataContext
@@ -88,7 +112,6 @@ def check_paths_reach_every_node(paths: list[tuple[str, str, bool]]) -> None:
     ``paths``: (config field, path, marked shared)."""
     import ray
 
-    from molal_ray.exceptions import ConfigError
     from molal_ray.storage import is_uri
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]

@@ -186,3 +186,19 @@ def test_messages_say_what_to_change(tmp_path):
     for command, config, right in [("label", "loop.yaml", "molal-ray run"), ("run", "label.yaml", "molal-ray label")]:
         r = CliRunner().invoke(main, [command, str(TREC / config)])
         assert r.exit_code == 2 and f"use it with `{right}`" in r.output and r.output.count("\n") == 1, r.output
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line_within_seconds(tmp_path):
+    import time
+
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+    from molal_ray.testing.vllm_server import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    for args in (["status"], ["scale", "llama", "--replicas", "2"], ["deploy", "serve_configs/annotators-cpu.yaml"]):
+        t0 = time.monotonic()
+        r = CliRunner().invoke(main, ["annotators", *args, "--address", address])
+        assert time.monotonic() - t0 < 15
+        assert r.exit_code == 2 and r.output.startswith(f"error: --address: nothing answers at {address}"), r.output
