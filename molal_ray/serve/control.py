@@ -79,10 +79,51 @@ def replica_error(message: str | None) -> str | None:
     return found
 
 
-def _wait_running(app_name: str, timeout_s: float) -> None:
+PLACEMENT_GRACE_S = 60.0  # how long a replica that fits no node is waited for (an autoscaler may add one)
+
+
+def unplaceable(request: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """Why a replica asking for ``request`` (``CPU``, ``GPU``, custom resources) fits on none of
+    ``nodes`` (each node's total resources), in a few words; None when one node can hold it."""
+    wanted = {k: v for k, v in request.items() if v > 0}
+    if any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
+        return None
+    short = [k for k, v in wanted.items() if max((n.get(k, 0.0) for n in nodes), default=0.0) < v]
+    lacking = short or list(wanted)
+    return (
+        "asks for "
+        + ", ".join(f"{wanted[k]:g} {k}" for k in lacking)
+        + " per replica; the largest node has "
+        + ", ".join(f"{max((n.get(k, 0.0) for n in nodes), default=0.0):g} {k}" for k in lacking)
+        + ("" if short else " (never all of them on one node)")
+    )
+
+
+def replica_request(annotator: Any) -> dict[str, float]:
+    """The resources one replica of an annotator (``AnnotatorConfig``) asks Ray for."""
+    res = annotator.resources
+    return {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.resources}
+
+
+def _placement_problems(app: Any) -> list[str]:
+    import ray
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return [
+        f"annotator {a.name!r} {why}"
+        for a in app.annotators
+        if (why := unplaceable(replica_request(a), nodes)) is not None
+    ]
+
+
+def _wait_running(app_name: str, timeout_s: float, config: Any = None) -> None:
+    """Until the application runs: its replicas' own errors, a replica that fits no node for
+    ``PLACEMENT_GRACE_S`` (``config``: the ``AnnotatorAppConfig`` it was deployed with) and the
+    timeout are each one :class:`AnnotatorError`."""
     from ray import serve
 
     state = ["absent"]
+    t0 = time.monotonic()
 
     def running() -> bool | None:
         app = serve.status().applications.get(app_name)
@@ -97,7 +138,17 @@ def _wait_running(app_name: str, timeout_s: float) -> None:
                 f"annotator application {app_name!r} failed to deploy: "
                 + ("; ".join(causes) if causes else app.message)
             )
-        return True if app is not None and app.status == "RUNNING" else None
+        if app is not None and app.status == "RUNNING":
+            return True
+        if config is not None and time.monotonic() - t0 > PLACEMENT_GRACE_S:
+            problems = _placement_problems(config)
+            if problems:  # Serve would wait for them silently until the timeout
+                raise AnnotatorError(
+                    f"annotator application {app_name!r} cannot start in {PLACEMENT_GRACE_S:.0f}s: "
+                    + "; ".join(problems)
+                    + ": lower its resources, or add nodes that have them"
+                )
+        return None
 
     if poll(running, timeout_s) is None:
         raise AnnotatorError(
@@ -152,7 +203,7 @@ def deploy(
         declared = _declared_apps()
         declared[app_name] = _app_schema(app, app_name)
         _apply(list(declared.values()))
-    _wait_running(app_name, timeout_s)
+    _wait_running(app_name, timeout_s, app)
 
 
 def use_or_deploy(app: AnnotatorAppConfig, app_name: str, engine_cls: type[Engine] | None = None) -> bool:

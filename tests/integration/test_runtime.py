@@ -63,3 +63,43 @@ def test_an_annotator_that_cannot_start_names_its_own_error(ray_local, tmp_path)
     assert "Traceback" not in msg and len(msg.splitlines()) == 1, msg
     assert time.monotonic() - t0 < 120
     stop_annotators("ghost-app", True, False)
+
+
+def test_an_annotator_that_asks_for_more_than_any_node_has_is_one_line_not_a_silent_wait(
+    ray_local, tmp_path, monkeypatch
+):
+    """Serve waits for resources that never come (up to the 30-minute deploy timeout); past a
+    grace for an autoscaler, the job names the annotator and what it lacks."""
+    import time
+
+    import molal_ray.serve.control as control
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.exceptions import AnnotatorError
+    from molal_ray.runtime import start_annotators, stop_annotators
+    from tests.conftest import TREC, TREC_LABELS
+
+    monkeypatch.setattr(control, "PLACEMENT_GRACE_S", 2.0)
+    (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
+    cfg = LabelJobConfig.from_dict(
+        {
+            "task": {"labels": TREC_LABELS},
+            "annotators": [
+                {
+                    "name": "greedy",
+                    "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+                    "resources": {"num_cpus": 64},
+                }
+            ],
+            "pool": {"path": str(tmp_path / "pool.jsonl")},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(AnnotatorError) as err:
+            start_annotators(cfg.app_config(), "greedy-app")
+    finally:
+        stop_annotators("greedy-app", True, False)
+    msg = str(err.value)
+    assert "annotator 'greedy' asks for 64 CPU per replica; the largest node has " in msg and len(msg.splitlines()) == 1
+    assert time.monotonic() - t0 < 60

@@ -212,3 +212,17 @@ def test_scale_refuses_what_it_cannot_do_and_says_when_replicas_never_come(monke
     fake = _fake_serve(monkeypatch, ready_after=10**9)
     with pytest.raises(AnnotatorError, match="did not reach 3 running replicas"):
         scale("annotators", "yi", replicas=3, wait_s=0.5)
+
+
+def test_a_replica_that_fits_no_node_is_named_with_what_it_lacks():
+    from molal_ray.serve.control import unplaceable
+
+    nodes = [{"CPU": 2.0, "memory": 1e9}, {"CPU": 16.0, "GPU": 1.0, "annotator_slot": 1.0}]
+    assert unplaceable({"CPU": 1.0, "GPU": 1.0, "annotator_slot": 1.0}, nodes) is None
+    assert unplaceable({"CPU": 0.1, "GPU": 0.0}, nodes) is None
+    assert unplaceable({"CPU": 1.0, "GPU": 2.0}, nodes) == "asks for 2 GPU per replica; the largest node has 1 GPU"
+    assert unplaceable({"CPU": 32.0}, nodes) == "asks for 32 CPU per replica; the largest node has 16 CPU"
+    assert unplaceable({"CPU": 1.0, "TPU": 1.0}, nodes) == "asks for 1 TPU per replica; the largest node has 0 TPU"
+    # enough of each somewhere, never together
+    split = [{"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0}]
+    assert "never all of them on one node" in unplaceable({"CPU": 4.0, "GPU": 1.0}, split)
