@@ -21,6 +21,7 @@ from molal_ray.config.task import FewShotExample
 from molal_ray.engines.base import Engine, build_engine
 from molal_ray.exceptions import AnnotatorError, ConfigError, SchemaError
 from molal_ray.serve.fingerprint import fingerprint, fingerprint_key
+from molal_ray.serve.loopback import bind_replica_servers_to_loopback
 from molal_ray.serve.stats import REPORT_EVERY_S, stats_actor
 
 logger = logging.getLogger("molal_ray.serve")
@@ -62,6 +63,7 @@ class AnnotatorDeployment:
         task: dict[str, Any],
         engine_cls: type[Engine] | None = None,
     ) -> None:
+        bind_replica_servers_to_loopback()  # the local runtime: nothing of ours listens beyond 127.0.0.1
         self.annotator = AnnotatorConfig.model_validate(annotator)
         self.task = TaskConfig.model_validate(task)
         self.engine = build_engine(self.annotator, self.task, engine_cls)
@@ -154,6 +156,7 @@ class AnnotatorsIngress:
     """
 
     def __init__(self, names: list[str], *handles: Any) -> None:
+        bind_replica_servers_to_loopback()
         self.handles = dict(zip(names, handles))
 
     async def annotators(self) -> list[str]:

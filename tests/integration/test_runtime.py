@@ -9,9 +9,15 @@ pytestmark = pytest.mark.ray
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
-def test_the_local_runtime_listens_on_loopback_only_with_token_authentication(ray_local):
+def test_the_local_runtime_listens_on_loopback_only_with_token_authentication(ray_local, tmp_path):
+    """With the annotator application deployed (Serve's controller, the replicas and their own
+    gRPC servers), no process of the local runtime listens beyond 127.0.0.1."""
     import psutil
     from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.runtime import start_annotators, stop_annotators
+    from tests.conftest import TREC, TREC_LABELS
 
     ray = ray_local
 
@@ -20,12 +26,37 @@ def test_the_local_runtime_listens_on_loopback_only_with_token_authentication(ra
         return 1
 
     assert ray.get(ping.remote()) == 1  # workers up, so that their servers listen too
-    procs = psutil.Process().children(recursive=True)
-    listening = [
-        (p.name(), c.laddr) for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
-    ]
+    (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
+    cfg = LabelJobConfig.from_dict(
+        {
+            "task": {"labels": TREC_LABELS},
+            "annotators": [
+                {
+                    "name": "gemma",
+                    "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
+                    "resources": {"num_cpus": 0.1},
+                }
+            ],
+            "pool": {"path": str(tmp_path / "pool.jsonl")},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    start_annotators(cfg.app_config(), "loopback-app")
+    try:
+        procs = psutil.Process().children(recursive=True)
+        listening = []
+        for p in procs:
+            try:
+                listening += [
+                    (p.name(), c.laddr) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+                ]
+            except psutil.NoSuchProcess:
+                continue
+    finally:
+        stop_annotators("loopback-app", True, False)
     names = {n for n, _ in listening}
     assert {"gcs_server", "raylet"} <= names, names
+    assert any("ServeReplica" in n for n in names), names  # the replicas' own servers were looked at
     assert [(n, a) for n, a in listening if a.ip not in LOOPBACK] == []
     assert get_authentication_mode() == AuthenticationMode.TOKEN
 
