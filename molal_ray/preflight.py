@@ -207,13 +207,19 @@ def gold_count_problems(n_gold: int, loop: Any) -> list[str]:
     if loop.test_max:
         n_test = min(n_test, loop.test_max)
     left = n_gold - n_test
-    if left >= loop.initial_gold:
-        return []
-    return [
-        f"loop.initial_gold: {loop.initial_gold} gold rows asked for round 0; the gold file has {n_gold} rows "
-        f"and loop.test_fraction {loop.test_fraction:g} holds {n_test} of them out as the test split, leaving "
-        f"{left}: lower initial_gold or test_fraction, or add gold rows"
-    ]
+    split = f"the gold file has {n_gold} rows and loop.test_fraction {loop.test_fraction:g} holds {n_test} of them out"
+    if left < loop.initial_gold:
+        return [
+            f"loop.initial_gold: {loop.initial_gold} gold rows asked for round 0; {split} as the test split, "
+            f"leaving {left}: lower initial_gold or test_fraction, or add gold rows"
+        ]
+    need = loop.initial_gold + loop.rounds * loop.query_size
+    if loop.annotation == "gold" and left < need:  # every query is labelled from the gold file
+        return [
+            f"loop.annotation 'gold': {need} gold rows needed ({loop.initial_gold} for round 0, {loop.rounds} rounds "
+            f"of {loop.query_size}); {split}, leaving {left}: fewer rounds, a lower test_fraction, or more gold rows"
+        ]
+    return []
 
 
 def nesting_problems(pool_path: str, output_path: str) -> list[str]:

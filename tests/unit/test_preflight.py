@@ -189,3 +189,10 @@ def test_a_loop_that_would_fail_after_ray_starts_is_refused_before(tmp_path, mon
         check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20}, annotators=[openai]))
     monkeypatch.setenv("MOLAL_TEST_KEY_NOT_SET", "sk-test")
     check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20}, annotators=[openai]))
+
+
+def test_a_gold_mode_loop_that_would_run_out_of_gold_rows_is_refused_before(tmp_path):
+    # 50 gold rows, 10 held out for testing: 20 + 2 x 10 fits, 20 + 3 x 10 does not.
+    check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20, "annotation": "gold", "rounds": 2, "query_size": 10}))
+    with pytest.raises(ConfigError, match=r"loop.annotation 'gold': 50 gold rows needed .* leaving 40"):
+        check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20, "annotation": "gold", "rounds": 3, "query_size": 10}))
