@@ -182,6 +182,8 @@ def test_detect_format(name, fmt):
 
 def test_detect_format_unknown():
     with pytest.raises(ConfigError, match="pool.format"):
+        detect_format("x.dat")
+    with pytest.raises(ConfigError, match="is a spreadsheet workbook, which is not read; save it as CSV"):
         detect_format("x.xlsx")
 
 
