@@ -157,11 +157,9 @@ def check_files(cfg: Any) -> None:
         if gold_df is not None and loop is not None:
             problems += gold_count_problems(len(gold_df), loop)
     classifier = getattr(cfg, "classifier", None)
-    if classifier is not None and _local_model(classifier.backbone) and not os.path.isdir(classifier.backbone):
-        problems.append(
-            f"classifier.backbone: got {classifier.backbone!r}; expected a model folder (with config.json), "
-            "a model name or package:PKG/folder"
-        )
+    missing = None if classifier is None else missing_model_folder(classifier.backbone)
+    if missing:
+        problems.append(f"classifier.backbone: {missing}")
     for i, ann in enumerate(cfg.annotators):
         eng = ann.engine
         where = f"annotators[{i}] ({ann.name}).engine"
@@ -284,12 +282,29 @@ def pool_problems(pool: Any, field: str = "pool.path") -> list[str]:
     return problems
 
 
+def missing_model_folder(name: str) -> str | None:
+    """What is wrong with a model named by a path (absolute, ``./``, ``~`` or of more than two
+    parts: no hub name looks so) that is no folder here; None for a folder or a hub name."""
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        if not os.path.isdir(os.path.expanduser(name)):
+            return f"got {name!r}; no such folder (expected a model folder with config.json)"
+    return None
+
+
 def check_encoder(backbone: str, field: str = "encoder") -> None:
     """A ConfigError when the frozen encoder's config cannot be read (no such folder, a hub name
     that is not in the local cache when offline), before any Ray work starts."""
     from transformers import AutoConfig
 
+    missing = missing_model_folder(backbone)
+    if missing:
+        raise ConfigError(f"{field}: {missing}")
     try:
         AutoConfig.from_pretrained(backbone)
     except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, HFValidationError...
+        if "/" in backbone and not os.path.exists(backbone):
+            raise ConfigError(
+                f"{field}: cannot load {backbone!r}: no folder of that name here (from {os.getcwd()}), and as "
+                "a hub name it is not in the local cache (no internet: download it once, or give its folder)"
+            ) from None
         raise ConfigError(f"{field}: cannot load {backbone!r} ({one_line(exc)})") from None

@@ -202,3 +202,18 @@ def test_a_cluster_address_where_nothing_answers_is_one_line_within_seconds(tmp_
         r = CliRunner().invoke(main, ["annotators", *args, "--address", address])
         assert time.monotonic() - t0 < 15
         assert r.exit_code == 2 and r.output.startswith(f"error: --address: nothing answers at {address}"), r.output
+
+
+def test_an_encoder_that_is_neither_a_folder_here_nor_a_cached_hub_model_says_both(tmp_path, monkeypatch):
+    from molal_ray.exceptions import ConfigError
+    from molal_ray.preflight import check_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"cannot load 'models/minilm': no folder of that name here .* not in the local"
+    ):
+        check_encoder("models/minilm", "--encoder")
+    for path in (str(tmp_path / "gone"), "./gone/model"):
+        with pytest.raises(ConfigError, match="no such folder"):
+            check_encoder(path, "--encoder")

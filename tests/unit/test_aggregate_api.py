@@ -164,7 +164,7 @@ def test_aggregate_pool_mistakes_are_one_line_before_ray_starts(data, tmp_path, 
     cases = [
         (["--pool", str(tmp_path / "missing.parquet")], "expected an existing file"),
         (["--pool", str(tmp_path / "pool.parquet"), "--text-column", "question"], "no column ['question']"),
-        (["--pool", str(tmp_path / "pool.parquet"), "--encoder", str(tmp_path / "no-model")], "--encoder: cannot load"),
+        (["--pool", str(tmp_path / "pool.parquet"), "--encoder", str(tmp_path / "no-model")], "no such folder"),
     ]
     for extra, expected in cases:
         r = CliRunner().invoke(main, base + extra)
