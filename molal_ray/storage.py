@@ -133,15 +133,26 @@ class Location:
             self.fs.create_dir(self.path, recursive=True)
 
     @contextmanager
-    def _storage(self, doing: str) -> Iterator[None]:
+    def _storage(self, doing: str, temporary: str | None = None) -> Iterator[None]:
         """An error of the storage itself (unreachable, full, refused) as a :class:`StorageError`
-        naming the location; a missing file stays ``FileNotFoundError``."""
+        naming the location; a missing file or folder stays ``FileNotFoundError``. A
+        ``temporary`` file written in the location's place is named as the location in either
+        (the user never gave that name)."""
+
+        def told(exc: BaseException) -> str:
+            text = one_line(exc)
+            return text.replace(temporary, self.path) if temporary else text
+
         try:
             yield
-        except (FileNotFoundError, StorageError):
+        except StorageError:
+            raise
+        except FileNotFoundError as exc:
+            if temporary and temporary in str(exc):
+                raise FileNotFoundError(exc.errno, f"could not {doing} {self.uri}: {told(exc)}") from None
             raise
         except OSError as exc:
-            raise StorageError(f"storage: could not {doing} {self.uri}: {one_line(exc)}") from None
+            raise StorageError(f"storage: could not {doing} {self.uri}: {told(exc)}") from None
 
     def _tmp_sibling(self) -> str:
         d, n = os.path.split(self.path)
@@ -152,7 +163,7 @@ class Location:
         """A binary output stream whose file appears whole when the block ends (and not at all
         if it raises)."""
         target = self._tmp_sibling() if self.is_local else self.path
-        with self._storage("write"):
+        with self._storage("write", target if target != self.path else None):
             try:
                 with self.fs.open_output_stream(target) as f:
                     yield f

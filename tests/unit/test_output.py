@@ -219,3 +219,12 @@ def test_an_unreadable_table_file_is_a_clear_error_from_aggregate(tmp_path):
         ],
     )
     assert r.exit_code == 2 and "one.parquet" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
+    from molal_ray.storage import resolve
+
+    target = tmp_path / "missing" / "part.parquet"
+    with pytest.raises(FileNotFoundError) as err:
+        resolve(str(target)).write_text("x")
+    assert str(target) in str(err.value) and ".tmp-" not in str(err.value)
