@@ -67,8 +67,9 @@ def test_a_healthy_run_is_quiet(tmp_path):
     assert not loud, "\n".join(loud)
     rounds = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
     assert [r.split(":")[0] for r in rounds] == ["round 0", "round 1", "round 2"]
-    assert "report.html" in proc.stdout.splitlines()[-1]
-    assert (tmp_path / "run" / "report.html").is_file()
+    *_, report_line, products_line = proc.stdout.splitlines()
+    assert "report.html" in report_line and "run/model/" in products_line and "labels.parquet" in products_line
+    assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "model" / "classifier.json").is_file()
     log = (tmp_path / "run" / "molal-ray.log").read_text()
     assert "round 2:" in log  # the details went to the log file
 
