@@ -9,15 +9,36 @@ pytestmark = pytest.mark.ray
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
+def _app(tmp_path, name: str, recording: str, **resources):  # type: ignore[no-untyped-def]
+    """The annotator application of one replay annotator (``resources``: its replica's)."""
+    from molal_ray.config import LabelJobConfig
+    from tests.conftest import TREC_LABELS
+
+    (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
+    return LabelJobConfig.from_dict(
+        {
+            "task": {"labels": TREC_LABELS},
+            "annotators": [
+                {
+                    "name": name,
+                    "engine": {"type": "replay", "path": recording},
+                    "resources": {"num_cpus": 0.1, **resources},
+                }
+            ],
+            "pool": {"path": str(tmp_path / "pool.jsonl")},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    ).app_config()
+
+
 def test_the_local_runtime_listens_on_loopback_only_with_token_authentication(ray_local, tmp_path):
     """With the annotator application deployed (Serve's controller, the replicas and their own
     gRPC servers), no process of the local runtime listens beyond 127.0.0.1."""
     import psutil
     from ray._raylet import AuthenticationMode, get_authentication_mode
 
-    from molal_ray.config import LabelJobConfig
     from molal_ray.runtime import start_annotators, stop_annotators
-    from tests.conftest import TREC, TREC_LABELS
+    from tests.conftest import TREC
 
     ray = ray_local
 
@@ -26,22 +47,8 @@ def test_the_local_runtime_listens_on_loopback_only_with_token_authentication(ra
         return 1
 
     assert ray.get(ping.remote()) == 1  # workers up, so that their servers listen too
-    (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
-    cfg = LabelJobConfig.from_dict(
-        {
-            "task": {"labels": TREC_LABELS},
-            "annotators": [
-                {
-                    "name": "gemma",
-                    "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-                    "resources": {"num_cpus": 0.1},
-                }
-            ],
-            "pool": {"path": str(tmp_path / "pool.jsonl")},
-            "output": {"path": str(tmp_path / "out")},
-        }
-    )
-    start_annotators(cfg.app_config(), "loopback-app")
+    app = _app(tmp_path, "gemma", str(TREC / "recording.parquet"))
+    start_annotators(app, "loopback-app")
     try:
         procs = psutil.Process().children(recursive=True)
         listening = []
@@ -66,29 +73,13 @@ def test_an_annotator_that_cannot_start_names_its_own_error(ray_local, tmp_path)
     reaches the user as its own one line, not as 'failed to deploy, see the controller log'."""
     import time
 
-    from molal_ray.config import LabelJobConfig
     from molal_ray.exceptions import AnnotatorError
     from molal_ray.runtime import start_annotators, stop_annotators
-    from tests.conftest import TREC_LABELS
 
-    (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
-    cfg = LabelJobConfig.from_dict(
-        {
-            "task": {"labels": TREC_LABELS},
-            "annotators": [
-                {
-                    "name": "ghost",
-                    "engine": {"type": "replay", "path": str(tmp_path / "gone.parquet")},
-                    "resources": {"num_cpus": 0.1},
-                }
-            ],
-            "pool": {"path": str(tmp_path / "pool.jsonl")},
-            "output": {"path": str(tmp_path / "out")},
-        }
-    )
+    app = _app(tmp_path, "ghost", str(tmp_path / "gone.parquet"))
     t0 = time.monotonic()
     with pytest.raises(AnnotatorError) as err:
-        start_annotators(cfg.app_config(), "ghost-app")
+        start_annotators(app, "ghost-app")
     msg = str(err.value)
     assert "annotator 'ghost' could not start: " in msg and "gone.parquet" in msg, msg
     assert "Traceback" not in msg and len(msg.splitlines()) == 1, msg
@@ -104,31 +95,16 @@ def test_an_annotator_that_asks_for_more_than_any_node_has_is_one_line_not_a_sil
     import time
 
     import molal_ray.serve.control as control
-    from molal_ray.config import LabelJobConfig
     from molal_ray.exceptions import AnnotatorError
     from molal_ray.runtime import start_annotators, stop_annotators
-    from tests.conftest import TREC, TREC_LABELS
+    from tests.conftest import TREC
 
     monkeypatch.setattr(control, "PLACEMENT_GRACE_S", 2.0)
-    (tmp_path / "pool.jsonl").write_text('{"id": "a", "text": "b"}\n')
-    cfg = LabelJobConfig.from_dict(
-        {
-            "task": {"labels": TREC_LABELS},
-            "annotators": [
-                {
-                    "name": "greedy",
-                    "engine": {"type": "replay", "path": str(TREC / "recording.parquet")},
-                    "resources": {"num_cpus": 64},
-                }
-            ],
-            "pool": {"path": str(tmp_path / "pool.jsonl")},
-            "output": {"path": str(tmp_path / "out")},
-        }
-    )
+    app = _app(tmp_path, "greedy", str(TREC / "recording.parquet"), num_cpus=64)
     t0 = time.monotonic()
     try:
         with pytest.raises(AnnotatorError) as err:
-            start_annotators(cfg.app_config(), "greedy-app")
+            start_annotators(app, "greedy-app")
     finally:
         stop_annotators("greedy-app", True, False)
     msg = str(err.value)
