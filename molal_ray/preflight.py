@@ -228,12 +228,17 @@ def nesting_problems(pool_path: str, output_path: str) -> list[str]:
 
     target = pool_path.partition("?")[0] if is_uri(pool_path) else pool_path
     wild = [i for i, ch in enumerate(target) if ch in "*?["]
+    from molal_ray.pipeline.pool_store import format_of
+
+    if is_uri(pool_path) != is_uri(output_path):
+        return []  # a local folder and an object store never hold each other
     try:
         pool = resolve(target[: wild[0]].rsplit("/", 1)[0] or "/" if wild else pool_path)
         out = resolve(output_path)
-        pool_is_folder = bool(wild) or pool.is_dir()
     except (MolalError, ValueError, OSError):
         return []  # a pool or output that cannot be reached is reported by its own check
+    # Asked of the name, not of the storage (which may not answer: the pool's own check says so).
+    pool_is_folder = bool(wild) or (os.path.isdir(pool.path) if pool.is_local else format_of(pool.name) is None)
 
     def inside(a: Any, b: Any) -> bool:  # a is b or under it
         same_fs = type(a.fs).__name__ == type(b.fs).__name__
@@ -253,9 +258,52 @@ def nesting_problems(pool_path: str, output_path: str) -> list[str]:
     return []
 
 
+STORAGE_ANSWER_S = 60.0  # how long the check of a pool on object storage waits for it to answer
+
+
+def within(seconds: float, fn: Any) -> tuple[bool, Any]:
+    """``(True, fn())`` when ``fn`` returns within ``seconds``, else ``(False, None)`` (it goes on
+    in a daemon thread: a storage client that keeps retrying a dead endpoint is not waited for).
+    An exception of ``fn`` is raised here."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True, name="molal-preflight")
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        return False, None
+    if "error" in out:
+        raise out["error"]
+    return True, out.get("value")
+
+
 def pool_problems(pool: Any, field: str = "pool.path") -> list[str]:
     """What is wrong with a pool's files (a ``PoolConfig``), one line each; [] when nothing. Files of
-    a pool folder that are not of the pool's format are left out, and a warning names them."""
+    a pool folder that are not of the pool's format are left out, and a warning names them. A pool
+    on object storage that does not answer within ``STORAGE_ANSWER_S`` is one line, not a wait of
+    minutes while the storage client retries."""
+    from molal_ray.storage import is_uri
+
+    if not is_uri(pool.path):
+        return _pool_problems(pool, field)
+    answered, problems = within(STORAGE_ANSWER_S, lambda: _pool_problems(pool, field))
+    if not answered:
+        return [
+            f"{field}: {pool.path} did not answer in {STORAGE_ANSWER_S:.0f}s (no network here, a wrong "
+            "endpoint, or a storage that is down?)"
+        ]
+    return list(problems)
+
+
+def _pool_problems(pool: Any, field: str) -> list[str]:
     from molal_ray.pipeline.pool_store import list_pool_files, skipped_pool_files
 
     try:

@@ -217,3 +217,29 @@ def test_an_encoder_that_is_neither_a_folder_here_nor_a_cached_hub_model_says_bo
     for path in (str(tmp_path / "gone"), "./gone/model"):
         with pytest.raises(ConfigError, match="no such folder"):
             check_encoder(path, "--encoder")
+
+
+def test_a_pool_on_storage_that_never_answers_is_one_line_within_the_bound(tmp_path, monkeypatch):
+    """An endpoint that takes the connection and never answers (no network, a dead proxy): the
+    storage client retries for minutes (3m20s measured); the check gives up after its bound."""
+    import socket
+    import time
+
+    import molal_ray.preflight as preflight
+    from molal_ray.exceptions import ConfigError
+
+    monkeypatch.setattr(preflight, "STORAGE_ANSWER_S", 2.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the backlog; nothing ever answers
+    port = silent.getsockname()[1]
+    try:
+        cfg = _cfg(
+            tmp_path, "x", pool={"path": f"s3://bucket/pool.parquet?endpoint_override=127.0.0.1:{port}&scheme=http"}
+        )
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match=r"pool.path: s3://bucket/pool.parquet\?.* did not answer in 2s"):
+            check_files(cfg)
+        assert time.monotonic() - t0 < 10
+    finally:
+        silent.close()
