@@ -206,7 +206,6 @@ class TextAwareAggregator(PooledAggregator):
         self.text_used_ = False
         self.text_rows_ = 0
         self.text_note_ = ""
-        self.text_exponent_ = self.text_exponents[-1] if len(self.text_exponents) == 1 else 0.0
         self.text_models_: list[Any] = []
         self.text_dim_ = None if m.embeddings is None else int(m.embeddings.shape[1])
         if m.embeddings is None:
