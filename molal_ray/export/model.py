@@ -126,7 +126,10 @@ def _local(model_dir: str, where: Path) -> str:
     loc = resolve(model_dir)
     if not loc.is_dir():
         raise ConfigError(f"export: no model in {model_dir} (was the round's classifier deleted?)")
-    return model_dir if loc.is_local else loc.download(str(where))
+    if loc.is_local:
+        return loc.path
+    where.mkdir(parents=True, exist_ok=True)  # the copy goes into an existing folder, as the predictors' do
+    return loc.download(str(where))
 
 
 def _publish(folder: Path, to: Location) -> None:
