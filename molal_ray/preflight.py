@@ -228,7 +228,7 @@ def nesting_problems(pool_path: str, output_path: str) -> list[str]:
 
     target = pool_path.partition("?")[0] if is_uri(pool_path) else pool_path
     wild = [i for i, ch in enumerate(target) if ch in "*?["]
-    from molal_ray.pipeline.pool_store import format_of
+    from molal_ray.pipeline.pool import format_of
 
     if is_uri(pool_path) != is_uri(output_path):
         return []  # a local folder and an object store never hold each other

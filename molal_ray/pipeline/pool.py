@@ -41,6 +41,12 @@ ROWS_PER_BLOCK = 8192
 _READ_CHUNK = 8 << 20
 
 
+def format_of(name: str) -> str | None:
+    """The pool format a file's name says (its extension), or None."""
+    low = name.lower()
+    return next((fmt for fmt, exts in EXTENSIONS.items() if any(low.endswith("." + e) for e in exts)), None)
+
+
 def detect_format(path: str) -> str:
     """The pool format from a file or folder's extension."""
     p = path.lower().rstrip("/")
@@ -48,9 +54,9 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         candidates = sorted(f.lower() for f in os.listdir(path) if not f.startswith((".", "_")))
     for c in candidates:
-        for fmt, exts in EXTENSIONS.items():
-            if any(c.endswith("." + e) for e in exts):
-                return fmt
+        fmt = format_of(c)
+        if fmt is not None:
+            return fmt
     for unread, what in UNREAD.items():
         if any(c.endswith("." + e) for c in candidates for e in unread):
             raise ConfigError(

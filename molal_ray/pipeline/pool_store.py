@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from molal_ray import schema
 from molal_ray.config import PoolConfig
 from molal_ray.exceptions import ConfigError, SchemaError
-from molal_ray.pipeline.pool import EXTENSIONS, detect_format
+from molal_ray.pipeline.pool import EXTENSIONS, detect_format, format_of
 from molal_ray.pipeline.prepare import (
     ID_HASH,
     PREPARED_SCHEMA,
@@ -118,12 +118,6 @@ def list_pool_files(cfg: PoolConfig) -> tuple[pafs.FileSystem, list[pafs.FileInf
     if not kept:
         raise ConfigError(f"pool.path: got {path!r}; expected {fmt} files ({', '.join(exts)}) there")
     return loc.fs, sorted(kept, key=lambda i: i.path), fmt
-
-
-def format_of(name: str) -> str | None:
-    """The pool format a file's name says (its extension), or None."""
-    low = name.lower()
-    return next((fmt for fmt, exts in EXTENSIONS.items() if any(low.endswith("." + e) for e in exts)), None)
 
 
 def skipped_pool_files(cfg: PoolConfig) -> list[str]:
