@@ -13,6 +13,9 @@ from the file's folder), as the command line does::
     report = molal_ray.run("examples/trec/loop.yaml")                   # the active-learning loop
     clf = molal_ray.load_classifier("runs/trec-loop/model")             # the loop's classifier
     clf.predict(["Who wrote Hamlet?"])                                  # ['human']
+    molal_ray.predict(model="runs/trec-loop/model", pool={"path": "pool.parquet"},
+                      output={"path": "runs/trec-pred"})                # `molal-ray predict`
+    molal_ray.read_predictions("runs/trec-pred")                        # one label per pool row
 
 Everything below these functions (engines, aggregators, strategies, Ray stages) is importable
 from its module for those who need more; these names are the ones kept stable.
@@ -30,8 +33,10 @@ if TYPE_CHECKING:
     from molal_ray.aggregation.api import AggregationResult
     from molal_ray.config import LabelJobConfig
     from molal_ray.config.loop import LoopJobConfig
+    from molal_ray.config.predict import PredictJobConfig
     from molal_ray.export import Classifier, ExportSummary
     from molal_ray.pipeline.label_job import LabelSummary
+    from molal_ray.predict.job import PredictSummary
 
 PathLike = str | os.PathLike[str]
 
@@ -118,3 +123,39 @@ def load_classifier(path: PathLike, device: str = "cpu") -> Classifier:
     from molal_ray.export import load_classifier as load
 
     return load(os.fspath(path), device)
+
+
+def predict(config: PredictJobConfig | None = None, **fields: Any) -> PredictSummary:
+    """``molal-ray predict``: every text of a pool through an exported classifier (Ray Data;
+    resumable, each row once), and with ``escalation`` its doubtful texts through the LLM
+    annotators. ``config``: a :class:`~molal_ray.config.predict.PredictJobConfig`, or its fields
+    as keywords::
+
+        molal_ray.predict(model="runs/trec-loop/model", pool={"path": "pool.parquet"},
+                          output={"path": "runs/trec-pred"}, known="runs/trec-loop/labels.parquet",
+                          escalation={"label_config": "examples/trec/label.yaml", "budget": 0.2})
+    """
+    from molal_ray.config.predict import PredictJobConfig
+    from molal_ray.predict.job import run_predict_job
+
+    if config is None:
+        from pydantic import ValidationError
+
+        from molal_ray.config.base import format_validation_error
+        from molal_ray.exceptions import ConfigError
+
+        try:
+            config = PredictJobConfig.model_validate(fields)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "predict")) from None
+    elif fields:
+        raise TypeError("predict: give a config or its fields, not both")
+    return run_predict_job(config)
+
+
+def read_predictions(path: PathLike, columns: list[str] | None = None) -> pa.Table:
+    """The labels a ``molal-ray predict`` output holds, one row per pool row (``sample_id, label,
+    confidence, source, probs, error, warning``): the escalated final table when there is one."""
+    from molal_ray.predict.job import read_predictions as read
+
+    return read(os.fspath(path), columns)

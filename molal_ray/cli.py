@@ -840,6 +840,141 @@ def check_config(config: str, kind: str) -> None:
     click.echo(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
 
 
+@main.command()
+@click.option("--model", required=True, help="An exported classifier: a loop's OUT/model, or `molal-ray export --to`.")
+@click.option("--pool", "pool_path", required=True, help="The texts: a file, folder or glob (as pool.path), or a URI.")
+@click.option(
+    "--out", "out_path", required=True, help="The output folder (resumed when it holds this model's predictions)."
+)
+@click.option("--id-column", default="id", show_default=True, help="The pool's id column.")
+@click.option("--text-column", default="text", show_default=True, help="The pool's text column.")
+@click.option(
+    "--format", "pool_format", default="auto", show_default=True, type=click.Choice(["auto", "parquet", "jsonl", "csv"])
+)
+@click.option(
+    "--known",
+    default="auto",
+    show_default=True,
+    help="A loop's labels.parquet: pool rows it holds keep their label and source. 'auto': the one beside "
+    "--model's folder (a loop's OUT/labels.parquet), if any; 'none': no known labels.",
+)
+@click.option("--overwrite", is_flag=True, help="Delete an existing output instead of resuming it.")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1), help="Texts per forward pass.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1), help="Predictor actors.")
+@click.option("--num-cpus", default=1.0, show_default=True, type=click.FloatRange(0), help="CPUs per predictor.")
+@click.option("--num-gpus", default=0.0, show_default=True, type=click.FloatRange(0), help="GPUs per predictor.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="Torch threads per predictor (CPU).")
+@click.option(
+    "--escalate",
+    "label_config",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A `molal-ray label` config: the doubtful texts go through its annotators, and the aggregator "
+    "labels them (student-first labelling).",
+)
+@click.option(
+    "--budget",
+    default=None,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="--escalate: the share of the pool to escalate, least confident first.",
+)
+@click.option(
+    "--below", default=None, type=click.FloatRange(0, 1), help="--escalate: escalate every text below this confidence."
+)
+@click.option(
+    "--aggregator",
+    default="pooled",
+    show_default=True,
+    help="--escalate: the aggregator of the escalated texts' answers, fitted on the loop's gold and people's labels.",
+)
+@click.option(
+    "--combine",
+    default="product",
+    show_default=True,
+    type=click.Choice(["product", "mixture"]),
+    help="--escalate: an escalated text's label from the product of the mixture's and the classifier's "
+    "distributions, or from the mixture's alone.",
+)
+@click.option("--address", default=None, help="Ray address (default: a local Ray; RAY_ADDRESS is honoured).")
+@click.pass_context
+@user_errors()
+def predict(
+    ctx: click.Context,
+    model: str,
+    pool_path: str,
+    out_path: str,
+    id_column: str,
+    text_column: str,
+    pool_format: str,
+    known: str,
+    overwrite: bool,
+    batch_size: int,
+    concurrency: int,
+    num_cpus: float,
+    num_gpus: float,
+    threads: int | None,
+    label_config: str | None,
+    budget: float | None,
+    below: float | None,
+    aggregator: str,
+    combine: str,
+    address: str | None,
+) -> None:
+    """Label every text of a pool with a loop's classifier (Ray Data; resumable, each row once);
+    with --escalate, send the texts it is least sure of to the LLM annotators."""
+    from pydantic import ValidationError
+
+    from molal_ray.config.base import format_validation_error
+    from molal_ray.config.predict import PredictJobConfig
+    from molal_ray.console import drop_native_log_lines
+    from molal_ray.predict.job import default_known, run_predict_job, summary_lines
+    from molal_ray.progress import LabelProgress
+
+    if label_config is None and (budget is not None or below is not None):
+        raise ConfigError("--budget and --below choose the texts to escalate: give --escalate LABEL_CONFIG too")
+    if label_config is not None and (budget is None) == (below is None):
+        raise ConfigError("--escalate: give exactly one of --budget (a share of the pool) and --below (a confidence)")
+    known_path = default_known(model) if known == "auto" else None if known == "none" else known
+    absolute = lambda p: p if "://" in p else os.path.abspath(p)  # noqa: E731
+    data: dict[str, Any] = {
+        "model": absolute(model),
+        "pool": {
+            "path": absolute(pool_path),
+            "id_column": id_column,
+            "text_column": text_column,
+            "format": pool_format,
+        },
+        "output": {"path": absolute(out_path), "mode": "overwrite" if overwrite else "resume"},
+        "known": absolute(known_path) if known_path else None,
+        "predictor": {
+            "batch_size": batch_size,
+            "concurrency": concurrency,
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "threads": threads,
+        },
+        "ray": {"address": address, "log_to_driver": bool(ctx.obj.get("verbose"))},
+    }
+    if label_config is not None:
+        data["escalation"] = {
+            "label_config": label_config,
+            "budget": budget,
+            "below": below,
+            "aggregator": aggregator,
+            "combine": combine,
+        }
+    try:
+        cfg = PredictJobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "predict")) from None
+    if not ctx.obj.get("verbose"):
+        drop_native_log_lines()
+    with LabelProgress() as progress:
+        summary = run_predict_job(cfg, progress=progress)
+    click.echo("\n".join(summary_lines(summary)))
+    click.echo(f"summary: {summary.output}/summary.json; the labels: molal_ray.read_predictions({summary.output!r})")
+
+
 @main.command("export")
 @click.argument("loop_out")
 @click.option(

@@ -20,7 +20,17 @@ A loop output (``molal-ray run``)::
     report.json, report.html, curves.png, summary.md
     molal-ray.log         the command line's log (kept when the output is overwritten)
 
-Beside either folder ``OUT``: ``OUT.lock`` while a job writes it (``lock.py``) and, by default,
+A predictions output (``molal-ray predict``)::
+
+    manifest.json     the table kind (predictions), labels, the model's fingerprint, pool bucket count
+    parts/            the predictions table: one row per pool row, in parts per pool bucket
+    pool/             the prepared pool
+    summary.json      the predict summary
+    escalation/       with --escalate: the label output of the escalated rows (and the people-labelled
+                      rows the aggregator is fitted on), and mixture.parquet, their aggregated labels
+    labels/           with --escalate: the final table (predictions, escalated rows relabelled)
+
+Beside any of these folders ``OUT``: ``OUT.lock`` while a job writes it (``lock.py``) and, by default,
 ``_embeddings/`` (embeddings shared by every loop on the same pool and encoder).
 """
 
@@ -154,3 +164,25 @@ class LoopLayout:
         """What a new loop in this folder must not inherit (removed on ``output.mode: overwrite``;
         the prepared pool is kept: it is checked against the pool and reused)."""
         return (self.STATE, self.ANNOTATIONS, self.TRAIN, self.REVIEW, self.MODEL)
+
+
+@dataclass(frozen=True)
+class PredictLayout(LabelLayout):
+    """The paths of a predictions output folder (its table is laid out as a label output's)."""
+
+    ESCALATION: ClassVar[str] = "escalation"
+    LABELS: ClassVar[str] = "labels"
+    MIXTURE: ClassVar[str] = "mixture.parquet"
+
+    @property
+    def escalation(self) -> LabelLayout:
+        return LabelLayout(self.root.join(self.ESCALATION))
+
+    @property
+    def mixture(self) -> Location:
+        """The escalated rows' aggregated labels (the aggregator's output table)."""
+        return self.root.join(self.ESCALATION, self.MIXTURE)
+
+    @property
+    def labels(self) -> LabelLayout:
+        return LabelLayout(self.root.join(self.LABELS))

@@ -9,6 +9,8 @@ share); ``error`` is null on good rows and says why a row carries no annotation 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 SAMPLE_ID = "sample_id"
@@ -34,6 +36,49 @@ ANNOTATION_SCHEMA = pa.schema(
         pa.field(WARNING, pa.string()),
     ]
 )
+
+# The predictions table (``molal-ray predict``): one row per pool row. ``label`` is the row's label
+# and ``source`` where it came from (SOURCES); ``confidence`` is the label's probability under that
+# source; ``probs`` is always the classifier's distribution, in label-set order (null on a flagged
+# row, whose ``error`` says why it has no label).
+LABEL = "label"
+CONFIDENCE = "confidence"
+SOURCE = "source"
+
+SOURCE_CLASSIFIER = "classifier"  # the exported classifier's top label
+SOURCE_MIXTURE = "mixture"  # escalated: the LLM annotators' answers, aggregated
+# and the loop's own sources, for pool rows the loop had labelled: gold, human, molal, majority, annotator
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field(SAMPLE_ID, pa.string(), nullable=False),
+        pa.field(LABEL, pa.string()),
+        pa.field(CONFIDENCE, pa.float32()),
+        pa.field(SOURCE, pa.string()),
+        pa.field(PROBS, pa.list_(pa.float32())),
+        pa.field(ERROR, pa.string()),
+        pa.field(WARNING, pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableKind:
+    """A table written in parts by ``pipeline/output.py``: its name (in the folder's manifest),
+    its schema, and the column that with ``sample_id`` keys a row (None: ``sample_id`` alone)."""
+
+    name: str
+    schema: pa.Schema
+    key: str | None
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+
+ANNOTATIONS = TableKind("annotations", ANNOTATION_SCHEMA, ANNOTATOR)
+PREDICTIONS = TableKind("predictions", PREDICTION_SCHEMA, None)
+TABLE_KINDS = {k.name: k for k in (ANNOTATIONS, PREDICTIONS)}
 
 # Error kinds written to the ``error`` column (the text after the colon, if any, is detail).
 ERR_EMPTY_TEXT = "empty_text"

@@ -227,6 +227,61 @@ class FinetunedClassifier(Classifier):
         return torch.softmax(logits.float(), -1).cpu().numpy()
 
 
+def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an exported classifier is, read from its small files (no weights loaded): ``kind``
+    (head or finetune), ``labels`` and ``fingerprint`` (a digest of its card and its files' names
+    and sizes: a predictions table records which model wrote it). A folder that is not an export
+    is a :class:`ConfigError` saying what it should hold."""
+    import hashlib
+
+    loc = resolve(os.fspath(path), field="--model")
+    if not loc.is_dir():
+        raise ConfigError(
+            f"--model: {path} is not a folder; expected an exported classifier (a loop's OUT/model, "
+            "or `molal-ray export`)"
+        )
+    files = {i.base_name: i.size for i in loc.list()}
+    if HEAD_CARD in files:
+        card_text = loc.join(HEAD_CARD).read_text()
+        card = _json(card_text, path, HEAD_CARD)
+        if card.get("format") != HEAD_FORMAT or not isinstance(card.get("labels"), list):
+            raise ConfigError(
+                f"--model: {path}/{HEAD_CARD} is not a molal_ray head export (format {card.get('format')!r})"
+            )
+        if HEAD_SAFETENSORS not in files:
+            raise ConfigError(f"--model: {path} has {HEAD_CARD} but no {HEAD_SAFETENSORS} (an interrupted copy?)")
+        kind, labels = "head", [str(x) for x in card["labels"]]
+    elif "config.json" in files:
+        card_text = loc.join("config.json").read_text()
+        card = _json(card_text, path, "config.json")
+        id2label = card.get("id2label")
+        if not isinstance(id2label, dict) or not card.get("architectures"):
+            raise ConfigError(
+                f"--model: {path}/config.json names no classifier labels (id2label); expected a text-classification "
+                "folder exported by molal-ray"
+            )
+        kind, labels = "finetune", [str(id2label[k]) for k in sorted(id2label, key=int)]
+    else:
+        raise ConfigError(
+            f"--model: {path} holds neither {HEAD_CARD} (a head export) nor config.json (a Hugging Face "
+            "classifier); expected the folder `molal-ray export` or a loop writes (OUT/model)"
+        )
+    digest = hashlib.blake2b(card_text.encode(), digest_size=8)
+    for name in sorted(files):
+        digest.update(f"{name}:{files[name]}".encode())
+    return {"kind": kind, "labels": labels, "fingerprint": digest.hexdigest()}
+
+
+def _json(text: str, path: Any, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--model: {path}/{name} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model: {path}/{name} is not a JSON object")
+    return data
+
+
 def load_classifier(path: str | os.PathLike[str], device: str = "cpu") -> Classifier:
     """The classifier exported at ``path`` (a local folder or a URI): a head export
     (``classifier.json``) or a Hugging Face folder (``config.json``). Anything else is a

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from molal_ray import schema
 from molal_ray.aggregation.cascade import CascadePlan, everyone, needs_ranking, plan_for, rank
 from molal_ray.config import LabelJobConfig
 from molal_ray.engines.base import Engine
+from molal_ray.exceptions import ConfigError
 from molal_ray.lock import OutputLock
 from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage, stage_batch, stage_options
 from molal_ray.pipeline.output import (
@@ -68,7 +70,6 @@ def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, writte
     any row); the stages are refilled by accuracy there (``aggregation/cascade.py``)."""
     from molal_ray.aggregation import build_matrix
     from molal_ray.aggregation.api import load_gold
-    from molal_ray.exceptions import ConfigError
     from molal_ray.pipeline.prepare import ROW
 
     assert cfg.cascade is not None and cfg.cascade.gold
@@ -93,16 +94,22 @@ def rank_on_gold(cfg: LabelJobConfig, pool: PreparedPool, out: OutputDir, writte
     return plan
 
 
-def annotate_dataset(pool: PreparedPool, out: OutputDir, cfg: LabelJobConfig, stages: list[list[str]] | None = None):
-    """The lazy Ray Dataset of per-batch counts: every prepared row (usable and flagged) through
-    the annotate actors (in ``stages``; None: the configured ones)."""
+def annotate_dataset(
+    pool: PreparedPool,
+    out: OutputDir,
+    cfg: LabelJobConfig,
+    stages: list[list[str]] | None = None,
+    keys: np.ndarray | None = None,
+):
+    """The lazy Ray Dataset of per-batch counts: every prepared row (usable and flagged), or the
+    usable rows with ``keys``, through the annotate actors (in ``stages``; None: the configured ones)."""
     import ray.data
 
     pl = cfg.pipeline
-    if not pool.n_rows:
+    if not (pool.n_rows if keys is None else len(keys)):
         return None
     first_run = not table_files(out.parts)[0]
-    stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS, num_cpus=pl.stage_num_cpus)
+    stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS, keys=keys, num_cpus=pl.stage_num_cpus)
     stream = stream.map_batches(
         AnnotateStage,
         fn_constructor_kwargs=stage_options(
@@ -120,8 +127,10 @@ def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
     """Merge each bucket's parts into files of about 128 MB (Ray tasks, one per bucket)."""
     import ray
 
-    task = ray.remote(num_cpus=num_cpus)(compact_bucket)
-    return sum(ray.get([task.remote(out.parts, k) for k in range(buckets)]))
+    from molal_ray.pipeline.output import COMPACT_TARGET_BYTES
+
+    task: Any = ray.remote(num_cpus=num_cpus)(compact_bucket)
+    return sum(ray.get([task.remote(out.parts, k, COMPACT_TARGET_BYTES, out.kind) for k in range(buckets)]))
 
 
 def run_label_job(
@@ -130,17 +139,28 @@ def run_label_job(
     engine_cls: type[Engine] | None = None,
     progress: ProgressFn | None = None,
     deploy: bool = True,
+    pool: PreparedPool | None = None,
+    keys: np.ndarray | None = None,
 ) -> LabelSummary:
     """Label the pool; resumes from what the output folder already holds. The annotators are the
     application running under ``cfg.ray.serve_app_name`` when it matches the job, else deployed
-    (and deleted at the end); ``deploy=False`` uses the running one without checking it."""
+    (and deleted at the end); ``deploy=False`` uses the running one without checking it.
+
+    ``pool``: a pool already prepared (from ``cfg.pool``'s files) elsewhere, read instead of
+    preparing ``OUT/pool``; ``keys``: only these usable rows of it (``molal-ray predict
+    --escalate``: the classifier's doubtful rows)."""
     check_files(cfg)  # before Ray starts and any annotator is asked
     with OutputLock(cfg.output.path, "label"):  # one job at a time writes the folder
-        return _label(cfg, engine_cls, progress, deploy)
+        return _label(cfg, engine_cls, progress, deploy, pool, keys)
 
 
 def _label(
-    cfg: LabelJobConfig, engine_cls: type[Engine] | None, progress: ProgressFn | None, deploy: bool
+    cfg: LabelJobConfig,
+    engine_cls: type[Engine] | None,
+    progress: ProgressFn | None,
+    deploy: bool,
+    given: PreparedPool | None = None,
+    keys: np.ndarray | None = None,
 ) -> LabelSummary:
     t0 = time.monotonic()
     labels = cfg.task.labels
@@ -150,10 +170,18 @@ def _label(
         [("output.path", cfg.output.path, cfg.output.shared), ("pool.path", cfg.pool.path, cfg.pool.shared)]
     )
     out = open_output(cfg.output.path, cfg.output.mode, labels, names)
-    pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus, buckets=out.buckets)
+    if given is None:
+        pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus, buckets=out.buckets)
+    elif out.buckets not in (None, given.manifest.buckets):
+        raise ConfigError(
+            f"output.path: {out.root} holds a table written with {out.buckets} pool buckets; the pool has "
+            f"{given.manifest.buckets}. Use another folder"
+        )
+    else:
+        pool = given
     if out.buckets is None:
         out = pin_buckets(out, pool.manifest.buckets)
-    if pool.n_flagged:
+    if pool.n_flagged and keys is None:
         logger.warning(
             "%d of %d pool rows are flagged (%s); they get error rows",
             pool.n_flagged,
@@ -165,12 +193,13 @@ def _label(
     t_annotate = time.monotonic()
     try:
         plan = plan_cascade(cfg, pool, out, written)
-        results = annotate_dataset(pool, out, cfg, plan.stages if plan else None)
+        results = annotate_dataset(pool, out, cfg, plan.stages if plan else None, keys)
+        target = pool.n_rows if keys is None else len(keys)
         for stats in results.iter_batches(batch_format="pyarrow", batch_size=None) if results is not None else []:
             for a, r in zip(stats.column("annotator").to_pylist(), stats.column("rows").to_pylist()):
                 written[a] = written.get(a, 0) + int(r)
             if progress is not None:
-                progress(dict(written), pool.n_rows)
+                progress(dict(written), target)
     finally:
         stop_annotators(cfg.ray.serve_app_name, ours, cfg.ray.keep_serve_running)
     wall = time.monotonic() - t0
@@ -179,13 +208,14 @@ def _label(
     n_rows, err_kinds, warn_kinds, per = summarise_table(out.root)
     this_run = sum(written.values())
     # Each flagged pool row has an error row per annotator (never settled, it reaches every stage);
-    # every other row of the table is one LLM call.
-    calls = n_rows - pool.n_flagged * len(names)
+    # every other row of the table is one LLM call. A job on some rows (``keys``) asks no flagged row.
+    calls = n_rows - (pool.n_flagged * len(names) if keys is None else 0)
+    asked = pool.n_usable if keys is None else len(keys)
     summary = LabelSummary(
         output=str(out.root),
-        pool_rows=pool.n_rows,
+        pool_rows=pool.n_rows if keys is None else len(keys),
         table_rows=n_rows,
-        llm_calls_per_text=round(calls / pool.n_usable, 4) if pool.n_usable else 0.0,
+        llm_calls_per_text=round(calls / asked, 4) if asked else 0.0,
         rows_written_this_run=this_run,
         wall_time_s=round(wall, 3),
         rows_per_s=round(this_run / wall, 2) if wall > 0 else 0.0,

@@ -1,5 +1,9 @@
 """The annotation table on storage: a folder of Parquet files, added whole, each pair once.
 
+The same machinery writes the predictions table of ``molal-ray predict`` (one row per sample
+instead of per pair: :class:`~molal_ray.schema.TableKind`); what is said of pairs below holds
+for its rows.
+
 Layout (``OUT`` a local folder or a URI)::
 
     OUT/manifest.json                        label set and annotators the table was written for
@@ -40,6 +44,7 @@ from molal_ray import schema
 from molal_ray.exceptions import ConfigError, SchemaError, one_line
 from molal_ray.ids import hash_ids
 from molal_ray.layout import LabelLayout
+from molal_ray.schema import ANNOTATIONS, TableKind
 from molal_ray.storage import Location, resolve
 
 FORMAT_VERSION = 2
@@ -52,16 +57,25 @@ class OutputDir(LabelLayout):
     """A label output folder opened for writing (its paths: :class:`~molal_ray.layout.LabelLayout`)."""
 
     buckets: int | None = None  # the pool bucket count the table is written with (None: not yet chosen)
+    kind: TableKind = ANNOTATIONS  # what the parts hold
 
 
-def open_output(path: str | Location, mode: str, labels: list[str], annotators: list[str]) -> OutputDir:
-    """Create or reopen an output folder; refuse one written for another label set."""
-    root = resolve(path, field="output.path")
-    out = OutputDir(root)
+def open_output(
+    path: str | Location,
+    mode: str,
+    labels: list[str],
+    annotators: list[str],
+    kind: TableKind = ANNOTATIONS,
+    field: str = "output.path",
+) -> OutputDir:
+    """Create or reopen an output folder of a table of ``kind``; refuse one written for another
+    label set or holding another kind of table."""
+    root = resolve(path, field=field)
+    out = OutputDir(root, kind=kind)
     if not root.is_empty():
         if mode == "error":
             raise ConfigError(
-                f"output.path: {root} exists and output.mode is 'error'; "
+                f"{field}: {root} exists and output.mode is 'error'; "
                 "expected a new folder (or mode 'resume' / 'overwrite')"
             )
         if mode == "overwrite":
@@ -70,22 +84,35 @@ def open_output(path: str | Location, mode: str, labels: list[str], annotators: 
     manifest = out.manifest
     if manifest.exists():
         old = manifest.read_json()
+        found = old.get("table", ANNOTATIONS.name)
+        if found != kind.name:
+            raise ConfigError(
+                f"{field}: {root} holds a table of {found}; this command writes {kind.name}. Use another folder"
+            )
         if old.get("format_version") != FORMAT_VERSION:
             raise ConfigError(
-                f"output.path: {root} holds a table of format {old.get('format_version')}; this version "
+                f"{field}: {root} holds a table of format {old.get('format_version')}; this version "
                 f"writes format {FORMAT_VERSION}. Use another folder or output.mode: overwrite"
             )
         if old.get("labels") != labels:
             raise ConfigError(
-                f"output.path: {root} holds a table for labels {old.get('labels')}; "
+                f"{field}: {root} holds a table for labels {old.get('labels')}; "
                 f"the config has {labels}. Use another folder or output.mode: overwrite"
             )
         names = sorted(set(old.get("annotators", [])) | set(annotators))
         buckets = old.get("buckets")
     else:
         names, buckets = list(annotators), None
-    manifest.write_json({"format_version": FORMAT_VERSION, "labels": labels, "annotators": names, "buckets": buckets})
-    out = OutputDir(root, buckets)
+    manifest.write_json(
+        {
+            "format_version": FORMAT_VERSION,
+            "table": kind.name,
+            "labels": labels,
+            "annotators": names,
+            "buckets": buckets,
+        }
+    )
+    out = OutputDir(root, buckets, kind)
     out.parts.delete_stale_temporaries()  # parts of an interrupted run that never landed
     set_aside_unreadable(out)
     _files, members = table_files(out.parts)
@@ -101,13 +128,13 @@ def pin_buckets(out: OutputDir, buckets: int) -> OutputDir:
     data = manifest.read_json()
     data["buckets"] = buckets
     manifest.write_json(data)
-    return OutputDir(out.root, buckets)
+    return OutputDir(out.root, buckets, out.kind)
 
 
 # -- writing ------------------------------------------------------------------------------------
-def part_name(sample_ids: list[str], annotators: list[str], bucket: int = 0) -> str:
+def part_name(sample_ids: list[str], annotators: list[str] | None, bucket: int = 0) -> str:
     h = hashlib.blake2b(digest_size=12)
-    for s, a in sorted(zip(sample_ids, annotators)):
+    for s, a in sorted(zip(sample_ids, annotators if annotators is not None else [""] * len(sample_ids))):
         h.update(s.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
         h.update(a.encode())
@@ -115,11 +142,12 @@ def part_name(sample_ids: list[str], annotators: list[str], bucket: int = 0) -> 
     return f"part-b{bucket:05d}-{h.hexdigest()}.parquet"
 
 
-def write_part(parts_dir: Location | str, table: pa.Table, bucket: int = 0) -> Location:
-    """Write one part (whole or not at all), named after the pairs it holds."""
+def write_part(parts_dir: Location | str, table: pa.Table, bucket: int = 0, kind: TableKind = ANNOTATIONS) -> Location:
+    """Write one part (whole or not at all), named after the pairs (rows) it holds."""
     parts_dir = resolve(parts_dir)
-    table = table.select(list(schema.ANNOTATION_COLUMNS)).cast(schema.ANNOTATION_SCHEMA)
-    name = part_name(table.column(schema.SAMPLE_ID).to_pylist(), table.column(schema.ANNOTATOR).to_pylist(), bucket)
+    table = table.select(kind.columns).cast(kind.schema)
+    keys = table.column(kind.key).to_pylist() if kind.key else None
+    name = part_name(table.column(schema.SAMPLE_ID).to_pylist(), keys, bucket)
     final = parts_dir.join(name)
     final.write_parquet(table, compression="zstd")
     return final
@@ -204,14 +232,12 @@ def table_files(parts_dir: Location, bucket: int | None = None) -> tuple[list[Lo
     return [parts_dir.join(i.base_name) for i in (*data, *parts)], members
 
 
-def _dataset(path: str | Location) -> pads.Dataset:
+def _dataset(path: str | Location, kind: TableKind = ANNOTATIONS) -> pads.Dataset:
     loc = resolve(path)
     layout = LabelLayout(loc)
     if layout.holds_table():
         files, _ = table_files(layout.parts)
-        return pads.dataset(
-            [f.path for f in files], format="parquet", filesystem=loc.fs, schema=schema.ANNOTATION_SCHEMA
-        )
+        return pads.dataset([f.path for f in files], format="parquet", filesystem=loc.fs, schema=kind.schema)
     if loc.is_file():
         try:
             return pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
@@ -220,9 +246,9 @@ def _dataset(path: str | Location) -> pads.Dataset:
     raise SchemaError(f"annotation table: got {str(loc)!r}; expected a Parquet file or a label output folder")
 
 
-def _read(path: str | Location, **kwargs: Any) -> pa.Table:
+def _read(path: str | Location, kind: TableKind = ANNOTATIONS, **kwargs: Any) -> pa.Table:
     loc = resolve(path)
-    dataset = _dataset(loc)
+    dataset = _dataset(loc, kind)
     try:
         return dataset.to_table(**kwargs)
     except (pa.ArrowException, OSError) as exc:
@@ -303,6 +329,11 @@ def read_cascade(path: str | Location) -> dict[str, Any] | None:
     return f.read_json() if loc.is_dir() and f.exists() else None
 
 
+def read_table(path: str | Location, kind: TableKind, **kwargs: Any) -> pa.Table:
+    """A table of ``kind`` written by this module (``columns``, ``filter``: as ``Dataset.to_table``)."""
+    return _read(path, kind, **kwargs)
+
+
 def iter_annotation_table(
     path: str | Location, columns: list[str] | None = None, batch_size: int = 16384
 ) -> Iterator[pa.RecordBatch]:
@@ -329,8 +360,16 @@ class DoneIndex:
     annotate actor holds the keys of the few buckets it is working on. Also the rows themselves
     of some annotators (:meth:`rows`: a resumed cascade's earlier answers), cached the same way."""
 
-    def __init__(self, parts_dir: Location | str, *, empty: bool = False, cached_buckets: int = 4) -> None:
+    def __init__(
+        self,
+        parts_dir: Location | str,
+        *,
+        empty: bool = False,
+        cached_buckets: int = 4,
+        kind: TableKind = ANNOTATIONS,
+    ) -> None:
         self.parts_dir = resolve(parts_dir)
+        self.kind = kind
         self.empty = empty  # a first run: nothing to load
         self.cached_buckets = cached_buckets
         self._cache: OrderedDict[int | None, dict[str, np.ndarray]] = OrderedDict()
@@ -343,7 +382,7 @@ class DoneIndex:
         paths = [f.path for f in files]
         try:
             return pads.dataset(
-                paths, format="parquet", filesystem=self.parts_dir.fs, schema=schema.ANNOTATION_SCHEMA
+                paths, format="parquet", filesystem=self.parts_dir.fs, schema=self.kind.schema
             ).to_table(columns=columns, filter=expr)
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable_error(self.parts_dir, paths, exc) from None
@@ -360,10 +399,14 @@ class DoneIndex:
     def _load(self, bucket: int | None) -> dict[str, np.ndarray]:
         def load() -> dict[str, np.ndarray]:
             done: dict[str, np.ndarray] = {}
-            t = self._read(bucket, columns=[schema.SAMPLE_ID, schema.ANNOTATOR])
+            key = self.kind.key
+            t = self._read(bucket, columns=[schema.SAMPLE_ID, *([key] if key else [])])
             if t is not None:
-                ann = t.column(schema.ANNOTATOR).to_numpy(zero_copy_only=False)
                 ids = t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False)
+                if key is None:  # a row per sample: one set of ids
+                    done[""] = np.sort(hash_ids(ids))
+                    return done
+                ann = t.column(key).to_numpy(zero_copy_only=False)
                 for name in np.unique(ann):
                     done[str(name)] = np.sort(hash_ids(ids[ann == name]))
             return done
@@ -372,7 +415,8 @@ class DoneIndex:
 
     def mask(self, annotator: str, hashes: np.ndarray, bucket: int | None = None) -> np.ndarray:
         """True where the pair (sample with this id hash, annotator) is already in the table;
-        ``bucket`` None looks through the whole table (small tables: the loop's)."""
+        ``bucket`` None looks through the whole table (small tables: the loop's). A table keyed by
+        ``sample_id`` alone (predictions) takes ``annotator`` ''."""
         if self.empty:
             return np.zeros(len(hashes), dtype=bool)
         return is_done(self._load(bucket).get(annotator), hashes)
@@ -404,7 +448,9 @@ def is_done(done_sorted: np.ndarray | None, hashes: np.ndarray) -> np.ndarray:
 
 
 # -- compaction -----------------------------------------------------------------------------------
-def compact_bucket(parts_dir: Location | str, bucket: int, target_bytes: int = COMPACT_TARGET_BYTES) -> int:
+def compact_bucket(
+    parts_dir: Location | str, bucket: int, target_bytes: int = COMPACT_TARGET_BYTES, kind: TableKind = ANNOTATIONS
+) -> int:
     """Merge the parts of one bucket into files of about ``target_bytes``; returns the parts
     merged. Safe to interrupt at any point (see the module docstring)."""
     parts_dir = resolve(parts_dir)
@@ -426,13 +472,11 @@ def compact_bucket(parts_dir: Location | str, bucket: int, target_bytes: int = C
         names = [i.base_name for i in group]
         digest = hashlib.blake2b("\n".join(names).encode(), digest_size=12).hexdigest()
         target = parts_dir.join(f"data{pre}{digest}.parquet")
-        sch = schema.ANNOTATION_SCHEMA.with_metadata({MEMBERS_KEY: json.dumps(names).encode()})
+        sch = kind.schema.with_metadata({MEMBERS_KEY: json.dumps(names).encode()})
         with target.open_write() as f, pq.ParquetWriter(f, sch, compression="zstd") as writer:
             for i in group:  # one part at a time: memory stays flat
                 with parts_dir.fs.open_input_file(i.path) as src:
-                    writer.write_table(
-                        pq.read_table(src, schema=schema.ANNOTATION_SCHEMA).replace_schema_metadata(sch.metadata)
-                    )
+                    writer.write_table(pq.read_table(src, schema=kind.schema).replace_schema_metadata(sch.metadata))
         for i in group:
             parts_dir.join(i.base_name).delete_file()
         merged += len(group)
