@@ -969,7 +969,7 @@ def predict(
         raise ConfigError(format_validation_error(exc, "predict")) from None
     if not ctx.obj.get("verbose"):
         drop_native_log_lines()
-    with LabelProgress() as progress:
+    with LabelProgress(command="predict", per="model") as progress:
         summary = run_predict_job(cfg, progress=progress)
     click.echo("\n".join(summary_lines(summary)))
     click.echo(f"summary: {summary.output}/summary.json; the labels: molal_ray.read_predictions({summary.output!r})")

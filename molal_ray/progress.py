@@ -31,7 +31,10 @@ class _Live:
 class LabelProgress(_Live):
     """Callable progress sink: ``(rows written per annotator, rows expected per annotator)``."""
 
-    def __init__(self, console: Console | None = None, log_every_s: float = 10.0) -> None:
+    def __init__(
+        self, console: Console | None = None, log_every_s: float = 10.0, command: str = "label", per: str = "annotator"
+    ) -> None:
+        self.command, self.per = command, per  # how the line off a terminal names the run and its workers
         self.console = console or Console(stderr=True)
         self.live = self.console.is_terminal
         self.log_every_s = log_every_s
@@ -66,7 +69,7 @@ class LabelProgress(_Live):
             done = sum(written.values())
             parts = " ".join(f"{k}={v}" for k, v in written.items())
             print(
-                f"[label] {done} rows written ({done / elapsed:.1f} rows/s) of {total} per annotator: {parts}",
+                f"[{self.command}] {done} rows written ({done / elapsed:.1f} rows/s) of {total} per {self.per}: {parts}",
                 file=sys.stderr,
                 flush=True,
             )

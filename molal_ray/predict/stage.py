@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from molal_ray import schema
-from molal_ray.exceptions import SchemaError
+from molal_ray.exceptions import ConfigError, SchemaError, one_line
 from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS
 from molal_ray.pipeline.output import DoneIndex, write_part
 from molal_ray.pipeline.pool_store import BUCKET
@@ -109,7 +109,12 @@ class PredictStage:
 
         if threads:
             torch.set_num_threads(threads)
-        self.classifier = load_classifier(model, device=device)
+        try:
+            self.classifier = load_classifier(model, device=device)
+        except Exception as exc:  # noqa: BLE001 - whatever the loader raises, the user reads one line naming it
+            raise ConfigError(
+                f"--model: {model} cannot be loaded on a predictor: {type(exc).__name__}: {one_line(exc)}"
+            ) from None
         if self.classifier.labels != labels:  # checked before the job; a folder changed since is refused here
             raise SchemaError(f"model {model}: labels {self.classifier.labels}; the job was started for {labels}")
         self.labels = labels

@@ -123,3 +123,31 @@ def build_tiny_bert(
     )
     BertForSequenceClassification(cfg).save_pretrained(out)
     return out
+
+
+def build_head_export(folder: str | Path, labels: list[str], texts: list[str], *, seed: int = 0) -> Path:
+    """A head export (``molal_ray/export/model.py``) of a tiny random BERT and a random linear head
+    for ``labels``: what ``molal-ray predict`` reads, built in seconds (its labels mean nothing)."""
+    import tempfile
+
+    import torch
+
+    from molal_ray.export.model import export_head
+    from molal_ray.storage import resolve
+    from molal_ray.training.encoder import FrozenEncoder, encoder_fingerprint
+    from molal_ray.training.head import Head, HeadFit, save_head
+
+    with tempfile.TemporaryDirectory(prefix="molal-head-") as tmp:
+        bert = str(build_tiny_bert(Path(tmp) / "bert", texts))
+        dim = FrozenEncoder(bert, max_length=32, first_tokens=1).dim
+        torch.manual_seed(seed)
+        head = Head(dim, len(labels), 0)
+        with torch.no_grad():  # spread logits: confidences from near-sure to unsure
+            for p in head.parameters():
+                p.mul_(20.0)
+        saved = Path(tmp) / "head"
+        saved.mkdir()
+        fit = HeadFit({k: v.clone() for k, v in head.state_dict().items()}, 0.0, 0.0, 0)
+        save_head(str(saved), fit, dim, len(labels), 0, encoder_fingerprint(bert, 32, 1))
+        export_head(str(saved), resolve(str(folder)), list(labels), {"round": 0})
+    return Path(folder)

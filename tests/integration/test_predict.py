@@ -1,0 +1,186 @@
+"""`molal-ray predict` end to end on a local Ray: predictor actors over a prepared pool, each row
+once (a killed run resumed too), and student-first escalation through five replay annotators."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import molal_ray
+from molal_ray import schema
+from molal_ray.config.predict import PredictJobConfig
+from molal_ray.pipeline.output import read_annotation_table, read_table
+from molal_ray.predict.job import run_predict_job
+from molal_ray.schema import PREDICTIONS
+from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, replay_label_config
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from molal_ray.testing.tiny_models import build_head_export
+
+    texts = pq.read_table(TREC / "pool.parquet").column("text").to_pylist()[:200]
+    return str(build_head_export(tmp_path_factory.mktemp("m") / "model", TREC_LABELS, texts))
+
+
+def _pool(tmp_path: Path, n: int = 600) -> tuple[Path, list[str]]:
+    """The first ``n`` TREC questions, an empty text and a repeated id (its second copy is
+    flagged as ``ID#dup1``): (pool, its usable ids)."""
+    t = pq.read_table(TREC / "pool.parquet").slice(0, n).to_pylist()
+    ids = [r["id"] for r in t]
+    t += [{"id": "blank", "text": "  "}, {"id": ids[0], "text": "a second text for the first id"}]
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(t), path)
+    return path, ids
+
+
+def _known(tmp_path: Path, ids: list[str]) -> Path:
+    gold = pd.read_csv(TREC / "gold.csv", dtype=str).set_index("sample_id")
+    rows = [(i, gold.loc[i, "label"], "gold", 1.0) for i in ids[:30]]
+    rows += [(i, "entity", "molal", 0.55) for i in ids[30:35]]
+    path = tmp_path / "labels.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "sample_id": [r[0] for r in rows],
+                "label": [r[1] for r in rows],
+                "source": [r[2] for r in rows],
+                "confidence": pa.array([r[3] for r in rows], pa.float32()),
+            }
+        ),
+        path,
+    )
+    return path
+
+
+def test_predict_then_escalate_asks_the_llms_only_the_doubtful_rows_once(ray_local, tmp_path, model):
+    pool, usable = _pool(tmp_path)
+    known = _known(tmp_path, usable)
+    label_cfg = tmp_path / "label.yaml"
+    label_cfg.write_text(yaml.safe_dump(replay_label_config(pool, tmp_path / "unused")))
+
+    def cfg(budget: float | None) -> PredictJobConfig:
+        data = {
+            "model": model,
+            "pool": {"path": str(pool), "buckets": 4},
+            "output": {"path": str(tmp_path / "pred")},
+            "known": str(known),
+            "predictor": {"batch_size": 64, "concurrency": 1},
+        }
+        if budget is not None:
+            data["escalation"] = {"label_config": str(label_cfg), "budget": budget}
+        return PredictJobConfig.model_validate(data)
+
+    s = run_predict_job(cfg(None))
+    t = read_table(tmp_path / "pred", PREDICTIONS).to_pandas()
+    assert len(t) == s.table_rows == s.pool_rows == len(t["sample_id"].unique()) == len(usable) + 2
+    assert s.by_source == {"classifier": len(usable) - 35, "flagged": 2, "gold": 30, "molal": 5}
+    flagged = t[t["label"].isna()].set_index("sample_id")["error"]
+    assert sorted(flagged.index) == ["blank", f"{usable[0]}#dup1"] and flagged["blank"].startswith("empty_text")
+    assert (t.loc[t["source"] == "molal", "label"] == "entity").all()
+
+    # 10% of the usable rows escalated: those rows and the 30 gold rows through the five annotators.
+    s1 = run_predict_job(cfg(0.1))
+    assert s1.rows_written_this_run == 0  # the predictions were kept
+    e1 = s1.escalation
+    n1 = round(0.1 * len(usable))
+    assert e1["escalated"] == n1 and e1["people_rows"] == 30
+    table = read_annotation_table(tmp_path / "pred" / "escalation")
+    asked = set(table.column("sample_id").to_pylist())
+    assert table.num_rows == e1["llm_calls"] == (n1 + 30) * len(TREC_ANNOTATORS)
+    clf = t[t["source"] == "classifier"].sort_values("confidence")
+    doubtful = set(t.loc[t["sample_id"].isin(asked) & (t["source"] == "classifier"), "sample_id"])
+    assert (
+        len(doubtful) == n1
+        and clf["confidence"].iloc[n1 - 1] <= clf.loc[~clf["sample_id"].isin(doubtful), "confidence"].min()
+    )
+    final = molal_ray.read_predictions(tmp_path / "pred").to_pandas().set_index("sample_id")
+    assert len(final) == len(t) and set(final.index[final["source"] == "mixture"]) == doubtful
+    # An escalated row's label: the aggregator (fitted on the gold rows' answers) times the classifier.
+    gold = pd.read_csv(TREC / "gold.csv", dtype=str)
+    gold_df = gold[gold["sample_id"].isin(usable[:30])]
+    mix = molal_ray.aggregate(table, gold_df, labels=TREC_LABELS, method="pooled", validate=False)
+    m = mix.table.to_pandas().set_index("sample_id").loc[sorted(doubtful)]
+    p = np.stack(m["probs"].to_numpy()) * np.stack(t.set_index("sample_id").loc[sorted(doubtful), "probs"].to_numpy())
+    assert final.loc[sorted(doubtful), "label"].tolist() == [TREC_LABELS[i] for i in p.argmax(1)]
+    # The rows the classifier kept are untouched.
+    rest = t[(t["source"] == "classifier") & ~t["sample_id"].isin(doubtful)].set_index("sample_id")
+    assert (final.loc[rest.index, "label"] == rest["label"]).all() and (
+        final.loc[rest.index, "source"] == "classifier"
+    ).all()
+
+    # A larger budget later asks only the rows not asked yet.
+    s2 = run_predict_job(cfg(0.2))
+    n2 = round(0.2 * len(usable))
+    assert s2.escalation["escalated"] == n2
+    assert read_annotation_table(tmp_path / "pred" / "escalation").num_rows == (n2 + 30) * len(TREC_ANNOTATORS)
+    final2 = molal_ray.read_predictions(tmp_path / "pred").to_pandas()
+    assert (final2["source"] == "mixture").sum() == n2 and len(final2) == len(t)
+
+
+@pytest.mark.slow
+def test_a_killed_predict_resumes_to_each_row_once_as_an_uninterrupted_run(tmp_path, model):
+    """SIGKILL of the driver and its whole local Ray mid-run, then a rerun: every row once, each
+    what an uninterrupted run writes."""
+    base = pq.read_table(TREC / "pool.parquet").column("text").to_pylist()
+    n = 200_000
+    pq.write_table(
+        pa.table({"id": [f"q{i}" for i in range(n)], "text": [base[i % len(base)] for i in range(n)]}),
+        tmp_path / "pool.parquet",
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "molal_ray.cli",
+        "predict",
+        "--model",
+        model,
+        "--pool",
+        str(tmp_path / "pool.parquet"),
+        "--known",
+        "none",
+        "--threads",
+        "1",
+    ]
+    out = tmp_path / "pred"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out)], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        parts = len(list((out / "parts").glob("part-*.parquet"))) if (out / "parts").exists() else 0
+        if parts >= 3 or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = read_table(out, PREDICTIONS).num_rows
+    assert 0 < partial < n
+    done = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "predictions:" in done.stdout and f"({n} rows;" in done.stdout
+    resumed = read_table(out, PREDICTIONS).to_pandas()
+    assert len(resumed) == n and resumed["sample_id"].is_unique
+    clean = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "clean")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    ref = read_table(tmp_path / "clean", PREDICTIONS).to_pandas().set_index("sample_id").loc[resumed["sample_id"]]
+    assert (ref["label"].to_numpy() == resumed["label"].to_numpy()).all()
+    np.testing.assert_allclose(ref["confidence"].to_numpy(), resumed["confidence"].to_numpy(), atol=1e-5)
