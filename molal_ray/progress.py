@@ -69,7 +69,8 @@ class LabelProgress(_Live):
             done = sum(written.values())
             parts = " ".join(f"{k}={v}" for k, v in written.items())
             print(
-                f"[{self.command}] {done} rows written ({done / elapsed:.1f} rows/s) of {total} per {self.per}: {parts}",
+                f"[{self.command}] {done} rows written ({done / elapsed:.1f} rows/s) of {total} "
+                f"per {self.per}: {parts}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 import molal_ray
-from molal_ray import schema
 from molal_ray.config.predict import PredictJobConfig
 from molal_ray.pipeline.output import read_annotation_table, read_table
 from molal_ray.predict.job import run_predict_job
