@@ -11,7 +11,10 @@ each (12 sequences of 1-3 tokens), T=10 at temperature 0.7, top-p 0.9.
 
 (a) reference loop: per text, T sampled ``generate`` calls (batch one, stopping after the longest
 label) plus one forward pass; (b) ``molal_ray.engines.hf_scoring``: batches of texts, one prompt
-pass and one packed label pass, votes sampled from the trie's distributions.
+pass and one packed label pass, votes sampled from the trie's distributions; (c) what each
+predictor actor of ``molal-ray predict`` runs: ``FinetunedClassifier.predict_proba`` of an exported
+classifier, here a random BERT of DistilBERT's shape (6 layers, 768 wide, 12 heads; the ``tiny``
+shape: 2 x 32) with a word-level tokenizer, on TREC-length texts (about 10 words).
 """
 
 from __future__ import annotations
@@ -103,6 +106,28 @@ def engine(model, trie, prompts: list[list[int]], batch: int, T: int, device: st
     return len(prompts) / (time.perf_counter() - t0)
 
 
+def classifier_rate(shape: str, device: str, n: int, batch: int) -> float:
+    """(c): texts/s of ``FinetunedClassifier.predict_proba`` (the predictor's inner loop)."""
+    import tempfile
+
+    from molal_ray.products.model import FinetunedClassifier
+    from molal_ray.testing.tiny_models import build_tiny_bert
+
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(2000)]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(6, 15)))) for _ in range(n)]
+    size = {"hidden_size": 768, "layers": 6, "heads": 12} if shape == "8b" else {}
+    with tempfile.TemporaryDirectory(prefix="gpu-predict-") as tmp:
+        folder = build_tiny_bert(f"{tmp}/clf", texts[:500] + [" ".join(words)], num_labels=6, **size)
+        clf = FinetunedClassifier(str(folder), device=device, max_length=64)
+        clf.predict_proba(texts[:batch], batch_size=batch)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        clf.predict_proba(texts, batch_size=batch)
+        _sync(device)
+        return n / (time.perf_counter() - t0)
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -118,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=512, help="texts through the engine's scoring")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=250, help="mean prompt tokens (+-20%%)")
+    ap.add_argument("--predict-n", type=int, default=8192, help="texts through the classifier (c)")
+    ap.add_argument("--predict-batch", type=int, default=128)
     args = ap.parse_args(argv)
     import torch
 
@@ -136,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine(model, trie, prompts[: min(args.batch, 8)], args.batch, 10, args.device)  # warm-up
     a = reference(model, prompts[: args.n_ref], 10, trie.max_len + 1, args.device)
     b = engine(model, trie, prompts, args.batch, 10, args.device)
+    c = classifier_rate(args.shape, args.device, args.predict_n, args.predict_batch)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
     print(
@@ -146,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'method':44} {'texts/s':>10} {'s/text':>10} {'vs (a)':>8}")
     print(f"{'(a) reference loop (T generate + 1 forward)':44} {a:10.2f} {1 / a:10.4f} {1.0:8.1f}")
     print(f"{'(b) hf engine scoring, batch ' + str(args.batch):44} {b:10.2f} {1 / b:10.4f} {b / a:8.1f}")
-    return {"reference_texts_per_s": a, "engine_texts_per_s": b, "speedup": b / a}
+    print(f"{'(c) predict: exported classifier, batch ' + str(args.predict_batch):44} {c:10.2f} {1 / c:10.4f} {'':>8}")
+    return {"reference_texts_per_s": a, "engine_texts_per_s": b, "speedup": b / a, "predict_texts_per_s": c}
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from molal_ray.config import LabelJobConfig
     from molal_ray.config.loop import LoopJobConfig
     from molal_ray.config.predict import PredictJobConfig
-    from molal_ray.export import Classifier, ExportSummary
+    from molal_ray.inference.job import PredictSummary
     from molal_ray.pipeline.label_job import LabelSummary
-    from molal_ray.predict.job import PredictSummary
+    from molal_ray.products import Classifier, ExportSummary
 
 PathLike = str | os.PathLike[str]
 
@@ -112,7 +112,7 @@ def run(config: LoopJobConfig | PathLike, resume: bool = False) -> dict[str, Any
 def export(loop_out: PathLike, round: int | None = None, to: PathLike | None = None) -> ExportSummary:
     """``molal-ray export``: a loop's classifier (of ``round``, the last by default) as a portable
     folder (``to``, by default ``LOOP_OUT/model``) and ``LOOP_OUT/labels.parquet``."""
-    from molal_ray.export import export_loop
+    from molal_ray.products import export_loop
 
     return export_loop(os.fspath(loop_out), round, None if to is None else os.fspath(to))
 
@@ -120,7 +120,7 @@ def export(loop_out: PathLike, round: int | None = None, to: PathLike | None = N
 def load_classifier(path: PathLike, device: str = "cpu") -> Classifier:
     """The classifier a loop exported (``OUT/model``, or ``molal-ray export --to``), ready for
     ``predict_proba(texts)`` and ``predict(texts)``, with no file of the loop needed."""
-    from molal_ray.export import load_classifier as load
+    from molal_ray.products import load_classifier as load
 
     return load(os.fspath(path), device)
 
@@ -132,11 +132,11 @@ def predict(config: PredictJobConfig | None = None, **fields: Any) -> PredictSum
     as keywords::
 
         molal_ray.predict(model="runs/trec-loop/model", pool={"path": "pool.parquet"},
-                          output={"path": "runs/trec-pred"}, known="runs/trec-loop/labels.parquet",
+                          output={"path": "runs/trec-pred"},  # known: the loop's labels.parquet beside model/
                           escalation={"label_config": "examples/trec/label.yaml", "budget": 0.2})
     """
     from molal_ray.config.predict import PredictJobConfig
-    from molal_ray.predict.job import run_predict_job
+    from molal_ray.inference.job import run_predict_job
 
     if config is None:
         from pydantic import ValidationError
@@ -156,6 +156,6 @@ def predict(config: PredictJobConfig | None = None, **fields: Any) -> PredictSum
 def read_predictions(path: PathLike, columns: list[str] | None = None) -> pa.Table:
     """The labels a ``molal-ray predict`` output holds, one row per pool row (``sample_id, label,
     confidence, source, probs, error, warning``): the escalated final table when there is one."""
-    from molal_ray.predict.job import read_predictions as read
+    from molal_ray.inference.job import read_predictions as read
 
     return read(os.fspath(path), columns)

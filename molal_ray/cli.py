@@ -927,14 +927,13 @@ def predict(
     from molal_ray.config.base import format_validation_error
     from molal_ray.config.predict import PredictJobConfig
     from molal_ray.console import drop_native_log_lines
-    from molal_ray.predict.job import default_known, run_predict_job, summary_lines
+    from molal_ray.inference.job import run_predict_job, summary_lines
     from molal_ray.progress import LabelProgress
 
     if label_config is None and (budget is not None or below is not None):
         raise ConfigError("--budget and --below choose the texts to escalate: give --escalate LABEL_CONFIG too")
     if label_config is not None and (budget is None) == (below is None):
         raise ConfigError("--escalate: give exactly one of --budget (a share of the pool) and --below (a confidence)")
-    known_path = default_known(model) if known == "auto" else None if known == "none" else known
     absolute = lambda p: p if "://" in p else os.path.abspath(p)  # noqa: E731
     data: dict[str, Any] = {
         "model": absolute(model),
@@ -945,7 +944,7 @@ def predict(
             "format": pool_format,
         },
         "output": {"path": absolute(out_path), "mode": "overwrite" if overwrite else "resume"},
-        "known": absolute(known_path) if known_path else None,
+        "known": known if known in ("auto", "none") else absolute(known),
         "predictor": {
             "batch_size": batch_size,
             "concurrency": concurrency,
@@ -986,7 +985,7 @@ def export(loop_out: str, round_: int | None, to: str | None) -> None:
     """Write a loop's products again: the classifier of a round as a portable folder (a Hugging
     Face folder in finetune mode; head weights and the encoder's name in head mode) and
     LOOP_OUT/labels.parquet (every labelled row with its source)."""
-    from molal_ray.export import export_loop
+    from molal_ray.products import export_loop
     from molal_ray.storage import write_problem
 
     problem = None if to is None else write_problem(to, folder=True)

@@ -147,12 +147,12 @@ class LoopLayout:
 
     @property
     def model(self) -> Location:
-        """The exported classifier (``molal_ray.export``): a portable folder."""
+        """The exported classifier (``molal_ray/products``): a portable folder."""
         return self.root.join(self.MODEL)
 
     @property
     def labels(self) -> Location:
-        """Every labelled row with its source (``molal_ray.export.products``)."""
+        """Every labelled row with its source (``molal_ray.products.export``)."""
         return self.root.join(self.LABELS)
 
     def report(self, name: str) -> Location:

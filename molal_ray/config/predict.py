@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from molal_ray.config.base import StrictModel
 from molal_ray.config.job import OutputConfig, PoolConfig, RayConfig
@@ -61,10 +61,17 @@ class PredictJobConfig(StrictModel):
     pool: PoolConfig
     output: OutputConfig
     known: str | None = Field(
-        None,
+        "auto",
         description="A labels.parquet of the loop (sample_id, label, source, confidence): pool rows it holds "
-        "keep its label and source.",
+        "keep its label and source. 'auto': the labels.parquet beside the model folder (a loop's OUT/), if "
+        "any; None or 'none': no known labels.",
     )
+
+    @field_validator("known")
+    @classmethod
+    def _none(cls, v: str | None) -> str | None:
+        return None if v in (None, "", "none") else v
+
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     escalation: EscalationConfig | None = None

@@ -227,7 +227,7 @@ def _loop(
         gold,
     )
     phase(None, "exporting the classifier and the labels")
-    from molal_ray.export import export_loop
+    from molal_ray.products import export_loop
 
     export_loop(out.root)  # OUT/model (the last round's classifier) and OUT/labels.parquet
     return report

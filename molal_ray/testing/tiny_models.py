@@ -126,13 +126,13 @@ def build_tiny_bert(
 
 
 def build_head_export(folder: str | Path, labels: list[str], texts: list[str], *, seed: int = 0) -> Path:
-    """A head export (``molal_ray/export/model.py``) of a tiny random BERT and a random linear head
+    """A head export (``molal_ray/products/model.py``) of a tiny random BERT and a random linear head
     for ``labels``: what ``molal-ray predict`` reads, built in seconds (its labels mean nothing)."""
     import tempfile
 
     import torch
 
-    from molal_ray.export.model import export_head
+    from molal_ray.products.model import export_head
     from molal_ray.storage import resolve
     from molal_ray.training.encoder import FrozenEncoder, encoder_fingerprint
     from molal_ray.training.head import Head, HeadFit, save_head

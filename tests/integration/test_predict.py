@@ -19,8 +19,8 @@ import yaml
 
 import molal_ray
 from molal_ray.config.predict import PredictJobConfig
+from molal_ray.inference.job import run_predict_job
 from molal_ray.pipeline.output import read_annotation_table, read_table
-from molal_ray.predict.job import run_predict_job
 from molal_ray.schema import PREDICTIONS
 from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, replay_label_config
 

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from molal_ray.exceptions import ConfigError
-from molal_ray.export import export_loop, load_classifier
-from molal_ray.export.model import portable_encoder
 from molal_ray.layout import LoopLayout
 from molal_ray.loop.state import LabeledRow, LoopState
+from molal_ray.products import export_loop, load_classifier
+from molal_ray.products.model import portable_encoder
 from tests.conftest import TREC_LABELS
 
 TEXTS = ["Who wrote Hamlet?", "Where is Paris?", "How many legs has a spider?", "What is DNA?"] * 3

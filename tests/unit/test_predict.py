@@ -17,12 +17,12 @@ from molal_ray import schema
 from molal_ray.cli import main
 from molal_ray.config.predict import EscalationConfig
 from molal_ray.exceptions import ConfigError
-from molal_ray.export.model import describe_model
+from molal_ray.inference.escalate import choose, final_labels
+from molal_ray.inference.job import read_known
+from molal_ray.inference.stage import PredictStage
 from molal_ray.pipeline.annotate_stage import stage_batch
 from molal_ray.pipeline.output import DoneIndex, read_table
-from molal_ray.predict.escalate import choose, final_labels
-from molal_ray.predict.job import read_known
-from molal_ray.predict.stage import PredictStage
+from molal_ray.products.model import describe_model
 from molal_ray.schema import PREDICTIONS
 from tests.conftest import TREC, TREC_LABELS, replay_label_config
 
@@ -75,7 +75,7 @@ def test_the_stage_writes_each_row_once_keeps_flagged_rows_and_known_labels(tmp_
     assert t["s2"]["label"] == "entity" and t["s2"]["confidence"] == pytest.approx(0.6)
     assert t["s3"]["label"] is None and t["s3"]["error"] == "empty_text" and t["s3"]["probs"] is None
     # The classifier's rows are what the classifier itself says.
-    from molal_ray.export import load_classifier
+    from molal_ray.products import load_classifier
 
     probs = load_classifier(model).predict_proba([TEXTS[0], TEXTS[4]])
     for sid, p in zip(["s0", "s4"], probs):
@@ -106,7 +106,7 @@ def test_an_escalated_rows_label_is_the_product_of_the_mixture_and_the_classifie
 
     out: OutputDir = open_output(tmp_path, "resume", ["a", "b", "c"], [], PREDICTIONS)
     clf = np.array([[0.1, 0.6, 0.3], [0.5, 0.4, 0.1]], np.float32)
-    from molal_ray.predict.stage import prediction_rows
+    from molal_ray.inference.stage import prediction_rows
 
     write_part(out.parts, prediction_rows(["x", "y"], clf, ["a", "b", "c"]), 0, PREDICTIONS)
     mix = np.array([[0.2, 0.7, 0.1], [0.1, 0.2, 0.7]], np.float32)  # rows y, x
@@ -194,3 +194,17 @@ def test_bad_predict_input_is_one_line_before_ray_starts(tmp_path, model):
         assert "Traceback" not in r.output, r.output
         if not pattern.startswith("0<"):  # click's own range errors print a usage line too
             assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+
+
+def test_the_known_labels_default_to_the_loops_beside_its_model(tmp_path, model):
+    from molal_ray.config.predict import PredictJobConfig
+    from molal_ray.inference.job import default_known
+
+    loop = tmp_path / "loop"
+    (loop / "model").mkdir(parents=True)
+    assert default_known(str(loop / "model")) is None
+    _known(loop / "labels.parquet", [("a", "human", "gold", 1.0)])
+    assert default_known(str(loop / "model")) == str(loop / "labels.parquet")
+    cfg = {"model": model, "pool": {"path": str(TREC / "pool.parquet")}, "output": {"path": str(tmp_path / "p")}}
+    assert PredictJobConfig.model_validate(cfg).known == "auto"
+    assert PredictJobConfig.model_validate({**cfg, "known": "none"}).known is None

@@ -24,6 +24,24 @@ def test_the_package_exports_its_front_and_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
+def test_the_fronts_functions_stay_functions_once_their_modules_are_imported():
+    """A subpackage named like a function of the front would replace it on ``molal_ray`` the first
+    time it is imported (``molal_ray.export`` was the export subpackage after a load_classifier)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, molal_ray\n"
+        "for m in pkgutil.walk_packages(molal_ray.__path__, 'molal_ray.'):\n"
+        "    if not m.name.startswith('molal_ray.testing.vllm'):\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = [n for n in molal_ray.__all__ if n != '__version__' and not callable(getattr(molal_ray, n))]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_aggregate_from_a_table_or_a_file_and_gold_from_a_frame_or_a_file(tmp_path):
     table, truth = synthetic_table(400, seed=2)
     pq.write_table(table, tmp_path / "ann.parquet")

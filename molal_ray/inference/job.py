@@ -2,11 +2,11 @@
 escalation) the doubtful ones through the LLM annotators.
 
 Flow, the label job's: the pool is prepared once into ``PRED/pool`` (``pool_store``) -> Ray Data
-streams its rows to predictor actors (:class:`~molal_ray.predict.stage.PredictStage`: one model
+streams its rows to predictor actors (:class:`~molal_ray.inference.stage.PredictStage`: one model
 load each, a GPU each when asked) that write the predictions table in parts, skipping the rows it
 already holds -> the parts are compacted per bucket -> the summary is counted batch by batch.
 Nothing pool-sized reaches the driver. A rerun resumes; a kill loses no written row and writes
-none twice (``pipeline/output.py``). The escalation is ``predict/escalate.py``.
+none twice (``pipeline/output.py``). The escalation is ``inference/escalate.py``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PredictSummary:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     classifier_below: dict[str, int] = field(default_factory=dict)  # classifier rows under each confidence mark
     known: str | None = None  # the loop's labels.parquet used
-    escalation: dict[str, Any] | None = None  # what ``predict/escalate.py`` did
+    escalation: dict[str, Any] | None = None  # what ``inference/escalate.py`` did
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,8 +96,8 @@ def read_known(path: str, labels: list[str]) -> pa.Table:
 
 def check_job(cfg: PredictJobConfig) -> dict[str, Any]:
     """Every problem that can be known before Ray starts, as one ConfigError; the model's card."""
-    from molal_ray.export.model import describe_model
     from molal_ray.preflight import nesting_problems, pool_problems
+    from molal_ray.products.model import describe_model
     from molal_ray.storage import write_problem
 
     card = describe_model(cfg.model)
@@ -111,7 +111,7 @@ def check_job(cfg: PredictJobConfig) -> dict[str, Any]:
         except ConfigError as exc:
             problems.append(str(exc))
     if cfg.escalation is not None:
-        from molal_ray.predict.escalate import escalation_problems
+        from molal_ray.inference.escalate import escalation_problems
 
         problems += escalation_problems(cfg, card["labels"])
     if problems:
@@ -124,6 +124,8 @@ def run_predict_job(
     cfg: PredictJobConfig, *, progress: ProgressFn | None = None, engine_cls: Any = None
 ) -> PredictSummary:
     """Predict every row of the pool (resuming what the output holds), then escalate if asked."""
+    if cfg.known == "auto":
+        cfg = cfg.model_copy(update={"known": default_known(cfg.model)})
     card = check_job(cfg)
     with OutputLock(cfg.output.path, "predict"):
         return _predict(cfg, card, progress, engine_cls)
@@ -148,9 +150,9 @@ def _predict(
 ) -> PredictSummary:
     import ray.data
 
+    from molal_ray.inference.stage import PredictStage
     from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS
     from molal_ray.pipeline.label_job import compact
-    from molal_ray.predict.stage import PredictStage
     from molal_ray.runtime import check_paths_reach_every_node, ensure_ray
 
     t0 = time.monotonic()
@@ -209,7 +211,7 @@ def _predict(
     if table_rows != pool.n_rows:  # every row once: anything else is a bug, said loudly
         raise RuntimeError(f"predict: the table in {out.root} holds {table_rows} rows; the pool has {pool.n_rows}")
     if cfg.escalation is not None:
-        from molal_ray.predict.escalate import escalate
+        from molal_ray.inference.escalate import escalate
 
         summary.escalation = escalate(cfg, out, pool, known, engine_cls)
     out.summary.write_json(summary.to_dict())

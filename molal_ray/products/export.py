@@ -66,7 +66,7 @@ class ExportSummary:
 def export_loop(out: str | Location, round_: int | None = None, to: str | None = None) -> ExportSummary:
     """Write a finished (or paused) loop's products: the classifier of round ``round_`` (the last
     finished one by default) to ``to`` (``OUT/model`` by default) and ``OUT/labels.parquet``."""
-    from molal_ray.export.model import export_finetune, export_head
+    from molal_ray.products.model import export_finetune, export_head
     from molal_ray.training.head import is_head
 
     layout = LoopLayout.at(out)

@@ -1,6 +1,6 @@
 """Student-first labelling: the rows the classifier is least sure of go to the LLM annotators.
 
-After predicting (``predict/job.py``):
+After predicting (``inference/job.py``):
 
 1. The doubtful rows are chosen from the predictions table: the classifier's rows (never a row
    the loop labelled) with the lowest confidence, ``budget`` of the pool's usable rows (ties
@@ -174,7 +174,7 @@ def escalate(
     layout.mixture.write_parquet(mixture)
     # 4. the final table
     final = write_final(out, pool, final_labels(out, mixture, labels, e.combine))
-    from molal_ray.predict.job import summarise_predictions
+    from molal_ray.inference.job import summarise_predictions
 
     _rows, by_source, _errors, _below = summarise_predictions(final.root)
     calls = label_summary.table_rows

@@ -105,7 +105,7 @@ class PredictStage:
     ) -> None:
         import torch
 
-        from molal_ray.export.model import load_classifier
+        from molal_ray.products.model import load_classifier
 
         if threads:
             torch.set_num_threads(threads)

@@ -149,8 +149,16 @@ class Classifier:
     labels: list[str]
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = [self._proba(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+        """(N, C) probabilities, in the labels' order, batch by batch; the texts are batched by
+        length (less padding), the rows returned in the order given."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.labels)), np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = [self._proba([texts[j] for j in order[i : i + batch_size]]) for i in range(0, len(texts), batch_size)]
+        probs = np.empty((len(texts), len(self.labels)), np.float32)
+        probs[order] = np.concatenate(out)
+        return probs
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(texts, batch_size).argmax(1)]

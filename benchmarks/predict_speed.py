@@ -1,0 +1,131 @@
+"""`molal-ray predict` against a plain loop over the same classifier, and how it scales.
+
+1. Speed: the example loop's classifier (MiniLM, frozen, + the head; ``runs/trec-loop/model``,
+   or ``--model``) over each of ``--n`` texts (TREC questions repeated under new ids), with
+   ``molal_ray.predict`` (Ray Data, one predictor actor) and as a plain Python loop
+   (``load_classifier`` and ``predict_proba`` in batches, the model's load included), with the
+   same batch size and torch threads. ``cold``: a fresh process, everything counted (Ray's start,
+   its workers' first imports, the pool's preparation, the model's load, the compaction);
+   ``warm``: the same process after a first predict of 1,000 other texts (Ray and its workers
+   up, as in a notebook or a long-lived driver). Ratio = plain seconds / predict seconds.
+2. Scale: ``molal_ray.predict`` of a tiny classifier (``build_head_export``: the work per row is
+   small, so what is measured is the machinery) at each of ``--sizes`` rows, each in a fresh
+   process: wall time, and the peak memory of that driver process (``ru_maxrss``; Ray's workers
+   are other processes).
+
+    .venv/bin/python benchmarks/predict_speed.py [--n 20000 100000] [--sizes 10000 100000] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TREC = ROOT / "examples" / "trec"
+
+
+def write_pool(path: Path, n: int) -> list[str]:
+    base = pq.read_table(TREC / "pool.parquet").column("text").to_pylist()
+    texts = [base[i % len(base)] for i in range(n)]
+    pq.write_table(pa.table({"id": [f"q{i}" for i in range(n)], "text": texts}), path)
+    return texts
+
+
+DRIVER = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import molal_ray
+if {warm}:
+    molal_ray.predict(model={model!r}, pool={{"path": {warm_pool!r}}},
+                      output={{"path": {out!r} + "-warm-up", "mode": "overwrite"}},
+                      predictor={{"batch_size": {batch}, "threads": {threads}}}, ray={{"num_cpus": {cpus}}})
+t0 = time.monotonic()
+s = molal_ray.predict(model={model!r}, pool={{"path": {pool!r}}}, output={{"path": {out!r}, "mode": "overwrite"}},
+                      predictor={{"batch_size": {batch}, "threads": {threads}}}, ray={{"num_cpus": {cpus}}})
+wall = time.monotonic() - t0
+assert s.table_rows == {n}, s.table_rows
+print(json.dumps({{"wall_s": wall, "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+PLAIN = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import pyarrow.parquet as pq, torch
+t0 = time.monotonic()
+torch.set_num_threads({threads})
+from molal_ray.products import load_classifier
+clf = load_classifier({model!r})
+texts = pq.read_table({pool!r}).column("text").to_pylist()
+p = clf.predict_proba(texts, batch_size={batch})
+assert len(p) == {n}
+print(json.dumps({{"wall_s": time.monotonic() - t0}}))
+"""
+
+
+def run(code: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "runs" / "trec-loop" / "model"))
+    ap.add_argument("--n", type=int, nargs="+", default=[20000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--skip-speed", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="molal-predict-bench-") as tmp:
+        t = Path(tmp)
+        opts = {"root": str(ROOT), "threads": args.threads, "batch": args.batch, "cpus": 2}
+        warm_pool = t / "warm.parquet"
+        write_pool(warm_pool, 1000)
+        opts["warm_pool"] = str(warm_pool)
+        for n in [] if args.skip_speed else args.n:
+            pool = t / f"speed-{n}.parquet"
+            write_pool(pool, n)
+            plain = run(PLAIN.format(model=args.model, pool=str(pool), n=n, **opts))
+            for warm in (False, True):
+                ray_s = run(
+                    DRIVER.format(model=args.model, pool=str(pool), out=str(t / "pred"), n=n, warm=warm, **opts)
+                )
+                print(
+                    f"speed, {n} texts, {args.threads} threads, batch {args.batch}, {'warm' if warm else 'cold'}: "
+                    f"molal_ray.predict {ray_s['wall_s']:.1f} s ({n / ray_s['wall_s']:.0f} texts/s), plain loop "
+                    f"{plain['wall_s']:.1f} s ({n / plain['wall_s']:.0f} texts/s): ratio "
+                    f"{plain['wall_s'] / ray_s['wall_s']:.2f}x",
+                    flush=True,
+                )
+        from molal_ray.testing.tiny_models import build_head_export
+
+        tiny = str(build_head_export(t / "tiny", ["a", "b", "c", "d", "e", "f"], ["what is it", "who is it"]))
+        rows = []
+        for n in args.sizes:
+            pool = t / f"pool-{n}.parquet"
+            write_pool(pool, n)
+            r = run(DRIVER.format(model=tiny, pool=str(pool), out=str(t / f"pred-{n}"), n=n, warm=False, **opts))
+            rows.append((n, r))
+            print(f"scale, tiny classifier, {n} rows: {r['wall_s']:.1f} s, driver peak {r['driver_peak_mib']:.0f} MiB")
+        if len(rows) > 1:
+            (n0, a), (n1, b) = rows[0], rows[-1]
+            print(
+                f"scale {n1 // n0}x rows: time {b['wall_s'] / a['wall_s']:.2f}x, "
+                f"driver memory {b['driver_peak_mib'] / a['driver_peak_mib']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
