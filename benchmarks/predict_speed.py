@@ -3,7 +3,8 @@
 1. Speed: the example loop's classifier (MiniLM, frozen, + the head; ``runs/trec-loop/model``,
    or ``--model``) over each of ``--n`` texts (TREC questions repeated under new ids), with
    ``molal_ray.predict`` (Ray Data, one predictor actor) and as a plain Python loop
-   (``load_classifier`` and ``predict_proba`` in batches, the model's load included), with the
+   (``load_classifier`` and ``predict_proba`` in batches, its imports and the model's load
+   included, as a predictor actor's are), with the
    same batch size and torch threads. ``cold``: a fresh process, everything counted (Ray's start,
    its workers' first imports, the pool's preparation, the model's load, the compaction);
    ``warm``: the same process after a first predict of 1,000 other texts (Ray and its workers
@@ -59,9 +60,9 @@ print(json.dumps({{"wall_s": wall, "driver_peak_mib": resource.getrusage(resourc
 
 PLAIN = """
 import json, sys, time
+t0 = time.monotonic()  # the imports counted, as the predictor actor's are
 sys.path.insert(0, {root!r})
 import pyarrow.parquet as pq, torch
-t0 = time.monotonic()
 torch.set_num_threads({threads})
 from molal_ray.products import load_classifier
 clf = load_classifier({model!r})

@@ -895,6 +895,30 @@ def check_config(config: str, kind: str) -> None:
     help="--escalate: an escalated text's label from the product of the mixture's and the classifier's "
     "distributions, or from the mixture's alone.",
 )
+@click.option(
+    "--people",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="--escalate: the N escalated texts least sure after the mixture go to people: review files in "
+    "PRED/review/ (fill the label column, run the same command again), or --label-studio.",
+)
+@click.option("--label-studio", "ls_url", default=None, help="--people: a running Label Studio's address.")
+@click.option("--project", "ls_project", default=None, help="--label-studio: the project's title or id.")
+@click.option(
+    "--token-env",
+    default="LABEL_STUDIO_API_KEY",
+    show_default=True,
+    help="--label-studio: the environment variable that holds the access token.",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="--label-studio: seconds to wait.",
+)
 @click.option("--address", default=None, help="Ray address (default: a local Ray; RAY_ADDRESS is honoured).")
 @click.pass_context
 @user_errors()
@@ -918,6 +942,11 @@ def predict(
     below: float | None,
     aggregator: str,
     combine: str,
+    people: int,
+    ls_url: str | None,
+    ls_project: str | None,
+    token_env: str,
+    wait_s: float,
     address: str | None,
 ) -> None:
     """Label every text of a pool with a loop's classifier (Ray Data; resumable, each row once);
@@ -932,6 +961,10 @@ def predict(
 
     if label_config is None and (budget is not None or below is not None):
         raise ConfigError("--budget and --below choose the texts to escalate: give --escalate LABEL_CONFIG too")
+    if label_config is None and (people or ls_url):
+        raise ConfigError("--people and --label-studio review escalated texts: give --escalate LABEL_CONFIG too")
+    if ls_url and not people:
+        raise ConfigError("--label-studio: give --people N, the escalated texts to send there")
     if label_config is not None and (budget is None) == (below is None):
         raise ConfigError("--escalate: give exactly one of --budget (a share of the pool) and --below (a confidence)")
     absolute = lambda p: p if "://" in p else os.path.abspath(p)  # noqa: E731
@@ -955,12 +988,23 @@ def predict(
         "ray": {"address": address, "log_to_driver": bool(ctx.obj.get("verbose"))},
     }
     if label_config is not None:
+        review: dict[str, Any] = {"backend": "files"}
+        if ls_url:
+            review = {
+                "backend": "label_studio",
+                "url": ls_url,
+                "project": ls_project,
+                "token_env": token_env,
+                "wait_s": wait_s,
+            }
         data["escalation"] = {
             "label_config": label_config,
             "budget": budget,
             "below": below,
             "aggregator": aggregator,
             "combine": combine,
+            "people": people,
+            "review": review,
         }
     try:
         cfg = PredictJobConfig.model_validate(data)

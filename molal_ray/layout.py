@@ -29,6 +29,7 @@ A predictions output (``molal-ray predict``)::
     escalation/       with --escalate: the label output of the escalated rows (and the people-labelled
                       rows the aggregator is fitted on), and mixture.parquet, their aggregated labels
     labels/           with --escalate: the final table (predictions, escalated rows relabelled)
+    review/           with --people: the rows sent to people (review files; or a Label Studio project)
 
 Beside any of these folders ``OUT``: ``OUT.lock`` while a job writes it (``lock.py``) and, by default,
 ``_embeddings/`` (embeddings shared by every loop on the same pool and encoder).
@@ -173,6 +174,7 @@ class PredictLayout(LabelLayout):
     ESCALATION: ClassVar[str] = "escalation"
     LABELS: ClassVar[str] = "labels"
     MIXTURE: ClassVar[str] = "mixture.parquet"
+    REVIEW: ClassVar[str] = "review"
 
     @property
     def escalation(self) -> LabelLayout:
@@ -186,3 +188,8 @@ class PredictLayout(LabelLayout):
     @property
     def labels(self) -> LabelLayout:
         return LabelLayout(self.root.join(self.LABELS))
+
+    @property
+    def review(self) -> Location:
+        """The review files of the escalated rows sent to people (``--people``)."""
+        return self.root.join(self.REVIEW)

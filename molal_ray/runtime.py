@@ -74,7 +74,8 @@ def ensure_ray(cfg: RayConfig) -> None:
     """Join the configured cluster, or start a local embedded runtime; no-op if Ray is up."""
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # started by the caller (a notebook, a test): our Ray Data settings still hold
+        _data_settings()
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": cfg.log_to_driver}
@@ -91,6 +92,14 @@ def ensure_ray(cfg: RayConfig) -> None:
         address = cfg.address or os.environ["RAY_ADDRESS"]
         check_reachable(address, "ray.address" if cfg.address else "RAY_ADDRESS")
         ray.init(address=cfg.address, **kwargs)
+    _data_settings()
+    from molal_ray.console import said_once
+
+    said_once()
+
+
+def _data_settings() -> None:
+    """This driver's Ray Data settings (its ``DataContext``), whoever started Ray."""
     # Our own progress display replaces Ray Data's bars.
     from ray.data import DataContext
 
@@ -101,9 +110,6 @@ def ensure_ray(cfg: RayConfig) -> None:
     # not as a UserCodeException that loses it on the way (a pickled exception drops __cause__);
     # Ray Data's own log of it is left out (the caller says it: console.said_once).
     ctx.raise_original_map_exception = True
-    from molal_ray.console import said_once
-
-    said_once()
 
 
 def check_paths_reach_every_node(paths: list[tuple[str, str, bool]]) -> None:

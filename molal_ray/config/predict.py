@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from molal_ray.config.base import StrictModel
 from molal_ray.config.job import OutputConfig, PoolConfig, RayConfig
+from molal_ray.config.review import ReviewConfig
 
 
 class PredictorConfig(StrictModel):
@@ -34,7 +35,14 @@ class EscalationConfig(StrictModel):
     below: float | None = Field(
         None, ge=0.0, le=1.0, description="Escalate every row whose classifier confidence is below this."
     )
-    people: int = Field(0, ge=0, description="The rows the mixture is least sure of, after escalation, sent to review.")
+    people: int = Field(
+        0,
+        ge=0,
+        description="The escalated rows least sure after the mixture (and the classifier) that go to people "
+        "(review.backend: files in PRED/review/, or a running Label Studio); their labels, once given, replace "
+        "the mixture's when the command runs again.",
+    )
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="Where the people's rows go.")
     aggregator: str = Field(
         "pooled",
         description="The aggregator of the escalated rows' answers (fitted on the loop's gold and people's "
@@ -51,6 +59,11 @@ class EscalationConfig(StrictModel):
     def _one_rule(self) -> EscalationConfig:
         if (self.budget is None) == (self.below is None):
             raise ValueError("escalation: give exactly one of budget (a share of the pool) and below (a confidence)")
+        if self.people and self.review.backend == "simulated":
+            raise ValueError(
+                "escalation.review.backend: 'simulated' answers from a loop's gold file; predict has none: "
+                "use 'files' or 'label_studio'"
+            )
         return self
 
 

@@ -18,8 +18,13 @@ After predicting (``inference/job.py``):
    evidence (on TREC after the example loop, 20% escalated: the mixture alone 0.579 on those
    rows, the classifier 0.585, the product 0.620; ``benchmarks/student_first.py``).
    ``combine: mixture``: the mixture's label alone.
-4. ``PRED/labels/`` is the predictions table with the doubtful rows relabelled (source
-   ``mixture``), written again whole from the two (a Ray task per pool bucket).
+4. With ``people: N``, the N escalated rows least sure after step 3 go to people, as the loop's
+   routing sends them (``review.backend``: ``files`` writes ``PRED/review/escalated.csv`` to fill
+   in, ``label_studio`` pushes them to a running project and waits up to ``review.wait_s``). The
+   command does not stop for them: their labels replace the mixture's (source ``human``) when
+   they are there, on this run or when the same command runs again.
+5. ``PRED/labels/`` is the predictions table with the doubtful rows relabelled (source
+   ``mixture``, or ``human``), written again whole from the two (a Ray task per pool bucket).
 """
 
 from __future__ import annotations
@@ -172,8 +177,13 @@ def escalate(
     )
     mixture = result.table.filter(pc.is_in(result.table.column("sample_id"), value_set=pa.array(doubtful, pa.string())))
     layout.mixture.write_parquet(mixture)
-    # 4. the final table
-    final = write_final(out, pool, final_labels(out, mixture, labels, e.combine))
+    finals = final_labels(out, mixture, labels, e.combine)
+    # 4. people for the least sure
+    people = None
+    if e.people:
+        finals, people = ask_people(e, layout, pool, finals, table, labels)
+    # 5. the final table
+    final = write_final(out, pool, finals)
     from molal_ray.inference.job import summarise_predictions
 
     _rows, by_source, _errors, _below = summarise_predictions(final.root)
@@ -195,6 +205,7 @@ def escalate(
         "mixture": str(layout.mixture),
         "labels": str(final.root),
         "by_source": by_source,
+        "people": people,
     }
 
 
@@ -220,13 +231,91 @@ def final_labels(out: OutputDir, mixture: pa.Table, labels: list[str], combine: 
             "sample_id": ids,
             "label": pa.array(lab[pm.argmax(1)].tolist() if len(ids) else [], pa.string()),
             "confidence": pa.array(pm.max(1).astype(np.float32) if len(ids) else np.zeros(0, np.float32)),
+            "source": pa.array([schema.SOURCE_MIXTURE] * len(ids), pa.string()),
         }
     )
 
 
+PEOPLE_BATCH = "escalated"  # the review batch's name (PRED/review/escalated.csv; Label Studio's data.batch)
+
+
+def ask_people(
+    e: EscalationConfig,
+    layout: PredictLayout,
+    pool: PreparedPool,
+    finals: pa.Table,
+    table: pa.Table,
+    labels: list[str],
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Step 4: the ``e.people`` least sure of ``finals`` (the escalated rows' labels) to review;
+    ``finals`` with the labels people have given so far (source ``human``, confidence 1), and
+    what was asked, given and is pending."""
+    from molal_ray.exceptions import ReviewServerError
+    from molal_ray.review.backend import make_backend, wait_for_people
+    from molal_ray.review.files import ReviewItem
+    from molal_ray.review.selection import answers_by_sample
+
+    conf = finals.column("confidence").to_numpy()
+    ids_all = finals.column("sample_id").to_pylist()
+    pick = np.lexsort((hash_ids(ids_all) if ids_all else np.zeros(0, np.uint64), conf))[: e.people]
+    ids = [ids_all[i] for i in pick]
+    backend = make_backend(e.review, layout.review, labels)
+    where, note = str(backend.where), None
+    try:
+        got = backend.pull(PEOPLE_BATCH, ids)
+        if not got.complete(ids):
+            found = pool.find(ids)
+            texts = dict(
+                zip(
+                    found.column(schema.SAMPLE_ID).to_pylist(),
+                    pool.fetch(found.column(ROW).to_numpy(), columns=(schema.TEXT,)).column(schema.TEXT).to_pylist(),
+                )
+            )
+            answers = answers_by_sample(table, labels, ids)
+            suggested = finals.column("label").to_pylist()
+            items = [
+                ReviewItem(ids_all[j], texts[ids_all[j]], suggested[j], float(conf[j]), answers.get(ids_all[j], {}))
+                for j in pick
+            ]
+            where = backend.push(PEOPLE_BATCH, items)
+            if e.review.backend == "label_studio" and e.review.wait_s > 0:
+                got = wait_for_people(backend, PEOPLE_BATCH, ids, poll_s=e.review.poll_s, wait_s=e.review.wait_s)
+    except ReviewServerError as exc:
+        got, note = None, f"the server could not be reached: {exc}"
+    finally:
+        backend.close()
+    given = {i: lab for i, lab in (got.labels.items() if got else []) if i in set(ids)}
+    skipped = set(got.skipped) & set(ids) if got else set()
+    if given:
+        label = finals.column("label").to_pylist()
+        confidence = conf.astype(np.float32).copy()
+        source = finals.column("source").to_pylist()
+        for j, sid in enumerate(ids_all):
+            if sid in given:
+                label[j], confidence[j], source[j] = given[sid], 1.0, "human"
+        finals = pa.table(
+            {
+                "sample_id": finals.column("sample_id"),
+                "label": pa.array(label, pa.string()),
+                "confidence": pa.array(confidence, pa.float32()),
+                "source": pa.array(source, pa.string()),
+            }
+        )
+    pending = len(ids) - len(given) - len(skipped)
+    return finals, {
+        "asked": len(ids),
+        "labelled": len(given),
+        "skipped": len(skipped),
+        "pending": pending,
+        "where": where,
+        "note": note,
+    }
+
+
 def relabel_bucket(pred_parts: Location, bucket: int, mixture: pa.Table, labels_parts: Location) -> int:
     """One bucket of the final table: the bucket's predictions, the ``mixture``'s rows (the
-    escalated rows of this bucket: ``sample_id, label, confidence``) relabelled; returns its rows."""
+    escalated rows of this bucket: ``sample_id, label, confidence, source``) relabelled; returns
+    its rows."""
     import pyarrow.dataset as pads
 
     from molal_ray.pipeline.output import write_part
@@ -247,7 +336,7 @@ def relabel_bucket(pred_parts: Location, bucket: int, mixture: pa.Table, labels_
         source = np.asarray(t.column(schema.SOURCE).to_pylist(), dtype=object)
         label[hit] = np.asarray(mixture.column("label").to_pylist(), dtype=object)[at[hit]]
         conf[hit] = mixture.column("confidence").to_numpy()[at[hit]]
-        source[hit] = schema.SOURCE_MIXTURE
+        source[hit] = np.asarray(mixture.column("source").to_pylist(), dtype=object)[at[hit]]
         t = t.set_column(t.schema.get_field_index(schema.LABEL), schema.LABEL, pa.array(label.tolist(), pa.string()))
         t = t.set_column(t.schema.get_field_index(schema.CONFIDENCE), schema.CONFIDENCE, pa.array(conf, pa.float32()))
         t = t.set_column(t.schema.get_field_index(schema.SOURCE), schema.SOURCE, pa.array(source.tolist(), pa.string()))
@@ -265,7 +354,7 @@ def write_final(out: OutputDir, pool: PreparedPool, mixture: pa.Table) -> Output
     final = pin_buckets(final, pool.manifest.buckets)
     buckets = pool.manifest.buckets
     of = bucket_of(hash_ids(mixture.column("sample_id").to_pylist()), buckets) if mixture.num_rows else np.zeros(0)
-    small = mixture.select(["sample_id", "label", "confidence"])  # the final labels of the escalated rows
+    small = mixture.select(["sample_id", "label", "confidence", "source"])  # the final labels of the escalated rows
     task = ray.remote(num_cpus=0.25)(relabel_bucket)
     refs = [task.remote(out.parts, k, small.filter(pa.array(of == k)), final.parts) for k in range(buckets)]
     rows = sum(ray.get(refs))

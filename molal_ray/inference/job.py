@@ -276,4 +276,12 @@ def summary_lines(s: PredictSummary) -> list[str]:
             "every usable text through every annotator)",
             f"final labels: {e['labels']} (" + ", ".join(f"{k}={v}" for k, v in e["by_source"].items()) + ")",
         ]
+        p = e.get("people")
+        if p:
+            lines.append(
+                f"people: {p['asked']} rows asked, {p['labelled']} labelled, {p['skipped']} skipped, {p['pending']} "
+                f"pending in {p['where']}"
+                + (f" ({p['note']})" if p["note"] else "")
+                + ("; once they are labelled, run the same command again to take their labels" if p["pending"] else "")
+            )
     return lines

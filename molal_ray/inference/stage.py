@@ -109,14 +109,20 @@ class PredictStage:
 
         if threads:
             torch.set_num_threads(threads)
+        # A model that cannot be loaded fails the first block, not the actor's creation: Ray reports an
+        # actor that dies in its constructor without the error of ours inside (and retries it).
+        self.load_error: Exception | None = None
         try:
             self.classifier = load_classifier(model, device=device)
         except Exception as exc:  # noqa: BLE001 - whatever the loader raises, the user reads one line naming it
-            raise ConfigError(
+            self.load_error = ConfigError(
                 f"--model: {model} cannot be loaded on a predictor: {type(exc).__name__}: {one_line(exc)}"
-            ) from None
-        if self.classifier.labels != labels:  # checked before the job; a folder changed since is refused here
-            raise SchemaError(f"model {model}: labels {self.classifier.labels}; the job was started for {labels}")
+            )
+        else:
+            if self.classifier.labels != labels:  # checked before the job; a folder changed since is refused here
+                self.load_error = SchemaError(
+                    f"model {model}: labels {self.classifier.labels}; the job was started for {labels}"
+                )
         self.labels = labels
         self.parts_dir = resolve(parts_dir)
         self.done = done
@@ -135,6 +141,8 @@ class PredictStage:
             }
 
     def __call__(self, block: pa.Table) -> pa.Table:
+        if self.load_error is not None:
+            raise self.load_error
         missing = [c for c in INPUT_COLUMNS if c not in block.column_names]
         if missing:
             raise SchemaError(f"predict stage: input lacks columns {missing}; got {block.column_names}")

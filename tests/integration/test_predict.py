@@ -71,7 +71,7 @@ def test_predict_then_escalate_asks_the_llms_only_the_doubtful_rows_once(ray_loc
     label_cfg = tmp_path / "label.yaml"
     label_cfg.write_text(yaml.safe_dump(replay_label_config(pool, tmp_path / "unused")))
 
-    def cfg(budget: float | None) -> PredictJobConfig:
+    def cfg(budget: float | None, people: int = 0) -> PredictJobConfig:
         data = {
             "model": model,
             "pool": {"path": str(pool), "buckets": 4},
@@ -80,7 +80,7 @@ def test_predict_then_escalate_asks_the_llms_only_the_doubtful_rows_once(ray_loc
             "predictor": {"batch_size": 64, "concurrency": 1},
         }
         if budget is not None:
-            data["escalation"] = {"label_config": str(label_cfg), "budget": budget}
+            data["escalation"] = {"label_config": str(label_cfg), "budget": budget, "people": people}
         return PredictJobConfig.model_validate(data)
 
     s = run_predict_job(cfg(None))
@@ -128,6 +128,26 @@ def test_predict_then_escalate_asks_the_llms_only_the_doubtful_rows_once(ray_loc
     assert read_annotation_table(tmp_path / "pred" / "escalation").num_rows == (n2 + 30) * len(TREC_ANNOTATORS)
     final2 = molal_ray.read_predictions(tmp_path / "pred").to_pandas()
     assert (final2["source"] == "mixture").sum() == n2 and len(final2) == len(t)
+
+    # The 5 least sure after the mixture go to people; the command does not wait for them.
+    s3 = run_predict_job(cfg(0.2, people=5))
+    p = s3.escalation["people"]
+    assert p["asked"] == 5 and p["labelled"] == 0 and p["pending"] == 5
+    sheet = tmp_path / "pred" / "review" / "escalated.csv"
+    rows = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    final3 = molal_ray.read_predictions(tmp_path / "pred").to_pandas().set_index("sample_id")
+    mixture = final3[final3["source"] == "mixture"].sort_values("confidence")
+    assert set(rows["sample_id"]) == set(mixture.index[:5]) and (rows["label"] == "").all()
+    # People label four of them (the fifth left empty: still pending); the same command takes their labels.
+    rows.loc[:3, "label"] = "location"
+    rows.to_csv(sheet, index=False)
+    s4 = run_predict_job(cfg(0.2, people=5))
+    assert s4.escalation["people"]["labelled"] == 4 and s4.escalation["people"]["pending"] == 1
+    assert s4.escalation["llm_calls"] == s2.escalation["llm_calls"]  # nothing asked of the LLMs again
+    final4 = molal_ray.read_predictions(tmp_path / "pred").to_pandas().set_index("sample_id")
+    humans = final4[final4["source"] == "human"]
+    assert set(humans.index) == set(rows["sample_id"][:4]) and (humans["label"] == "location").all()
+    assert (humans["confidence"] == 1.0).all() and (final4["source"] == "mixture").sum() == n2 - 4
 
 
 @pytest.mark.slow
@@ -183,3 +203,23 @@ def test_a_killed_predict_resumes_to_each_row_once_as_an_uninterrupted_run(tmp_p
     ref = read_table(tmp_path / "clean", PREDICTIONS).to_pandas().set_index("sample_id").loc[resumed["sample_id"]]
     assert (ref["label"].to_numpy() == resumed["label"].to_numpy()).all()
     np.testing.assert_allclose(ref["confidence"].to_numpy(), resumed["confidence"].to_numpy(), atol=1e-5)
+
+
+def test_a_model_that_cannot_load_on_a_worker_is_one_line_naming_its_error(ray_local, tmp_path, model):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from molal_ray.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    (broken / "head.safetensors").write_bytes(b"not a safetensors file")  # the card still reads
+    pool, _ = _pool(tmp_path, n=50)
+    r = CliRunner().invoke(
+        main,
+        ["predict", "--model", str(broken), "--pool", str(pool), "--out", str(tmp_path / "pred"), "--known", "none"],
+    )
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "cannot be loaded on a predictor" in lines[0] and "SafetensorError" in lines[0], r.output
