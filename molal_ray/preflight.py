@@ -19,6 +19,8 @@ import logging
 import os
 from typing import Any
 
+import pyarrow as pa
+
 from molal_ray.exceptions import ConfigError, MolalError, one_line
 
 _SNIFF = 64 << 10
@@ -117,7 +119,9 @@ def _exists(fs: Any, path: str) -> bool:
 
 
 def _local_model(value: str) -> bool:
-    return os.path.isabs(value) or value.startswith(".")
+    """A model named by a path (absolute, ``./``, ``~`` or of more than two parts: no hub name
+    looks so; a relative one was taken from the config's folder when the config was read)."""
+    return os.path.isabs(value) or value.startswith((".", "~")) or value.count("/") > 1
 
 
 def check_files(cfg: Any) -> None:
@@ -155,7 +159,15 @@ def check_files(cfg: Any) -> None:
         gold_df = guard("gold", lambda: load_gold(gold, task.labels))
         loop = getattr(cfg, "loop", None)
         if gold_df is not None and loop is not None:
-            problems += gold_count_problems(len(gold_df), loop)
+            in_pool = None if pool is None or problems else pool_ids_among(pool, gold_df["sample_id"].tolist())
+            if in_pool == 0 and pool is not None:
+                problems.append(
+                    f"gold: none of the {len(gold_df)} ids of {gold} is an id of the pool (first gold id "
+                    f"{gold_df['sample_id'].iloc[0]!r}): the gold labels of another pool, or pool.id_column "
+                    f"({pool.id_column!r}) is not the column they name?"
+                )
+            else:
+                problems += gold_count_problems(len(gold_df) if in_pool is None else in_pool, loop, len(gold_df))
     classifier = getattr(cfg, "classifier", None)
     missing = None if classifier is None else missing_model_folder(classifier.backbone)
     if missing:
@@ -182,7 +194,7 @@ def check_files(cfg: Any) -> None:
                 "without one"
             )
         elif eng.type in ("hf", "vllm") and _local_model(eng.model):
-            path = eng.model
+            path = os.path.expanduser(eng.model)
             if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))) and not (
                 os.path.isfile(path) and path.lower().endswith(".gguf")
             ):
@@ -197,15 +209,78 @@ def check_files(cfg: Any) -> None:
         raise ConfigError(f"{len(problems)} problem(s) with the files the config names:\n  " + "\n  ".join(problems))
 
 
-def gold_count_problems(n_gold: int, loop: Any) -> list[str]:
-    """Whether a gold file of ``n_gold`` rows can give the loop its test split and round 0's
-    ``initial_gold`` rows (an upper bound: gold ids missing from the pool leave fewer, which the
-    loop finds once the pool is read)."""
+POOL_IDS_READ_BYTES = 256 << 20
+"""The pre-flight reads a local pool's ids (to count the gold ids in it) up to this many bytes of
+pool files; a larger pool, or one on object storage, is counted by the loop once it is read."""
+
+
+def pool_ids_among(pool: Any, ids: list[str]) -> int | None:
+    """How many of ``ids`` are ids of the pool's rows, read from its files (the id column only);
+    None when the pool is on object storage or larger than ``POOL_IDS_READ_BYTES``, or its ids
+    cannot be read here (the pool's own checks say why)."""
+    import pyarrow.compute as pc
+
+    from molal_ray.pipeline.pool_store import list_pool_files
+    from molal_ray.storage import is_uri
+
+    if is_uri(pool.path):
+        return None
+    try:
+        fs, files, fmt = list_pool_files(pool)
+        if sum(f.size or 0 for f in files) > POOL_IDS_READ_BYTES:
+            return None
+        want = pa.array(sorted(set(ids)), pa.string())
+        found: set[str] = set()
+        for f in files:
+            col = _id_column(fs, f.path, fmt, pool.id_column)
+            if col is None:
+                return None
+            col = pc.cast(col, pa.string())
+            found.update(pc.filter(col, pc.is_in(col, value_set=want)).to_pylist())
+        return len(found)
+    except (MolalError, ValueError, OSError, pa.ArrowException):
+        return None
+
+
+def _id_column(fs: Any, path: str, fmt: str, id_col: str) -> Any:
+    """The id column of one pool file, or None when it is not a plain column (left to the pool's checks)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    with fs.open_input_file(path) as fh:
+        if fmt == "parquet":
+            return pq.read_table(fh, columns=[id_col]).column(id_col)
+        raw = fh.read()
+    if path.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    if fmt == "csv":
+        return pacsv.read_csv(
+            io.BytesIO(raw),
+            convert_options=pacsv.ConvertOptions(include_columns=[id_col], column_types={id_col: pa.string()}),
+        ).column(id_col)
+    values = []
+    for line in raw.decode("utf-8-sig", "replace").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            v = rec.get(id_col) if isinstance(rec, dict) else None
+            values.append(None if v is None or isinstance(v, (list, dict)) else str(v))
+    return pa.array(values, pa.string())
+
+
+def gold_count_problems(n_gold: int, loop: Any, of: int | None = None) -> list[str]:
+    """Whether ``n_gold`` gold rows (those whose ids are pool ids, when the pool could be read) can
+    give the loop its test split and round 0's ``initial_gold`` rows (a pool too large to read in
+    the pre-flight is counted by the loop once it is read)."""
     n_test = int(round(n_gold * loop.test_fraction))
     if loop.test_max:
         n_test = min(n_test, loop.test_max)
     left = n_gold - n_test
-    split = f"the gold file has {n_gold} rows and loop.test_fraction {loop.test_fraction:g} holds {n_test} of them out"
+    rows = (
+        f"the gold file has {n_gold} rows"
+        if of is None or of == n_gold
+        else f"{n_gold} of the gold file's {of} rows are pool rows"
+    )
+    split = f"{rows} and loop.test_fraction {loop.test_fraction:g} holds {n_test} of them out"
     if left < loop.initial_gold:
         return [
             f"loop.initial_gold: {loop.initial_gold} gold rows asked for round 0; {split} as the test split, "

@@ -121,17 +121,15 @@ def test_predict_then_escalate_asks_the_llms_only_the_doubtful_rows_once(ray_loc
         final.loc[rest.index, "source"] == "classifier"
     ).all()
 
-    # A larger budget later asks only the rows not asked yet.
-    s2 = run_predict_job(cfg(0.2))
+    # A larger budget later asks only the rows not asked yet; the 5 least sure after the mixture
+    # go to people, and the command does not wait for them.
+    s2 = run_predict_job(cfg(0.2, people=5))
     n2 = round(0.2 * len(usable))
     assert s2.escalation["escalated"] == n2
     assert read_annotation_table(tmp_path / "pred" / "escalation").num_rows == (n2 + 30) * len(TREC_ANNOTATORS)
     final2 = molal_ray.read_predictions(tmp_path / "pred").to_pandas()
     assert (final2["source"] == "mixture").sum() == n2 and len(final2) == len(t)
-
-    # The 5 least sure after the mixture go to people; the command does not wait for them.
-    s3 = run_predict_job(cfg(0.2, people=5))
-    p = s3.escalation["people"]
+    p = s2.escalation["people"]
     assert p["asked"] == 5 and p["labelled"] == 0 and p["pending"] == 5
     sheet = tmp_path / "pred" / "review" / "escalated.csv"
     rows = pd.read_csv(sheet, dtype=str, keep_default_na=False)

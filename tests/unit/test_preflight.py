@@ -196,3 +196,49 @@ def test_a_gold_mode_loop_that_would_run_out_of_gold_rows_is_refused_before(tmp_
     check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20, "annotation": "gold", "rounds": 2, "query_size": 10}))
     with pytest.raises(ConfigError, match=r"loop.annotation 'gold': 50 gold rows needed .* leaving 40"):
         check_files(_loop_cfg(tmp_path, loop={"initial_gold": 20, "annotation": "gold", "rounds": 3, "query_size": 10}))
+
+
+def test_gold_ids_that_are_not_pool_ids_are_counted_before_the_loop_starts(tmp_path):
+    import pandas as pd
+
+    gold = pd.read_csv(TREC / "gold-50.csv", dtype=str)
+    # Gold labels of another pool: no id in common.
+    other = gold.assign(sample_id=lambda d: "other-" + d["sample_id"])
+    other.to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(ConfigError, match=r"gold: none of the 50 ids .* is an id of the pool \(first gold id 'other-"):
+        check_files(_loop_cfg(tmp_path, gold=str(tmp_path / "other.csv"), loop={"initial_gold": 20}))
+    # 30 of 50 are pool ids: 6 held out for testing leave 24, not the 30 asked (every format reads its ids).
+    half = pd.concat([gold[:30], other[30:]])
+    half.to_csv(tmp_path / "half.csv", index=False)
+    pool = pq.read_table(TREC / "pool.parquet").to_pandas()
+    pool.to_json(tmp_path / "pool.jsonl", orient="records", lines=True)
+    pool.to_csv(tmp_path / "pool.csv", index=False)
+    for path in (TREC / "pool.parquet", tmp_path / "pool.jsonl", tmp_path / "pool.csv"):
+        cfg = _loop_cfg(tmp_path, gold=str(tmp_path / "half.csv"), pool={"path": str(path)}, loop={"initial_gold": 30})
+        with pytest.raises(
+            ConfigError,
+            match=r"loop.initial_gold: 30 gold rows asked .* 30 of the gold file's 50 rows are pool rows .* leaving 24",
+        ):
+            check_files(cfg)
+        check_files(
+            _loop_cfg(tmp_path, gold=str(tmp_path / "half.csv"), pool={"path": str(path)}, loop={"initial_gold": 24})
+        )
+
+
+def test_a_model_path_that_is_no_folder_is_named_with_the_path_taken_from_the_configs_folder(tmp_path):
+    import yaml
+
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    for model in ("./models/tiny", "models/sub/tiny", "~/no-such-molal-model"):
+        data = {
+            "task": {"labels": TREC_LABELS},
+            "annotators": [{"name": "a", "engine": {"type": "hf", "model": model}}],
+            "pool": {"path": str(TREC / "pool.parquet")},
+            "output": {"path": str(tmp_path / "out")},
+        }
+        (cfg_dir / "label.yaml").write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError, match=r"engine.model: got .*expected a model folder") as err:
+            check_files(LabelJobConfig.from_file(cfg_dir / "label.yaml"))
+        if model.startswith("./"):  # relative to the config's folder, not to where the command runs
+            assert str(cfg_dir / "models" / "tiny") in str(err.value)
