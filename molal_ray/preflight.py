@@ -287,10 +287,16 @@ def gold_count_problems(n_gold: int, loop: Any, of: int | None = None) -> list[s
             f"leaving {left}: lower initial_gold or test_fraction, or add gold rows"
         ]
     need = loop.initial_gold + loop.rounds * loop.query_size
-    if loop.annotation == "gold" and left < need:  # every query is labelled from the gold file
+    # Every query is labelled from the gold file. Counted over the whole file: a pool that holds
+    # fewer rows than the rounds ask ends its rounds short with a warning, which is no error.
+    total = n_gold if of is None else of
+    left_all = total - min(int(round(total * loop.test_fraction)), loop.test_max or total)
+    if loop.annotation == "gold" and left_all < need:
+        split_all = f"the gold file has {total} rows and loop.test_fraction {loop.test_fraction:g} holds out"
         return [
             f"loop.annotation 'gold': {need} gold rows needed ({loop.initial_gold} for round 0, {loop.rounds} rounds "
-            f"of {loop.query_size}); {split}, leaving {left}: fewer rounds, a lower test_fraction, or more gold rows"
+            f"of {loop.query_size}); {split_all} {total - left_all}, leaving {left_all}: fewer rounds, a lower "
+            "test_fraction, or more gold rows"
         ]
     return []
 
