@@ -408,12 +408,15 @@ def _connect(address: str | None) -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        check_reachable(address or os.environ.get("RAY_ADDRESS") or "auto", "--address")
-        ray.init(
-            address=address or os.environ.get("RAY_ADDRESS") or "auto",
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+        target = address or os.environ.get("RAY_ADDRESS") or "auto"
+        check_reachable(target, "--address")
+        try:
+            ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING)
+        except ConnectionError as exc:  # 'auto' with no cluster on this machine
+            raise ConfigError(
+                f"--address: no Ray cluster found ({target}): start one (`ray start --head`, or a job that "
+                "deploys the annotators), or give its address with --address or RAY_ADDRESS"
+            ) from exc
 
 
 _APP = click.option("--app", "app_name", default="annotators", show_default=True, help="Serve application name.")
@@ -478,8 +481,9 @@ def annotators_scale(
 ) -> None:
     """Change one annotator's replicas (or its autoscaling range) while jobs run; nothing in
     flight is lost."""
-    from molal_ray.serve.control import scale
+    from molal_ray.serve.control import check_scale_target, scale
 
+    check_scale_target(replicas, min_replicas, max_replicas)
     _connect(address)
     seconds = scale(
         app_name,

@@ -188,6 +188,17 @@ class OpenAIEngineConfig(StrictModel):
         description="api 'completions': a local tokenizer (folder, hub name, GGUF or package: path) whose "
         "chat template renders the prompt, as the model was trained on.",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"got {v!r}; expected the server's address with its scheme, e.g. http://127.0.0.1:8000/v1")
+        return v.strip()
+
     structured_choice: bool = Field(
         True,
         description="With sampling.constrained: send the label spellings as vLLM's structured-output "

@@ -138,10 +138,11 @@ def check_labelstudio_config(config: str, labels: Sequence[str], source: str) ->
 
 # -- reading ------------------------------------------------------------------------------------
 def _read_csv(text: str, source: str) -> list[tuple[str, str]]:
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows:
-        return []
-    cols = set(rows[0])
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        raise ReviewError(f"{source}: the file is empty; expected a review CSV with sample_id and label columns")
+    cols = set(reader.fieldnames)
+    rows = list(reader)
     if not {"sample_id", "label"} <= cols:
         raise ReviewError(f"{source}: got columns {sorted(cols)}; expected at least sample_id and label")
     return [(str(r["sample_id"]), (r["label"] or "").strip()) for r in rows]

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from molal_ray.config import AnnotatorAppConfig
 from molal_ray.engines.base import Engine
-from molal_ray.exceptions import AnnotatorError, ConfigError
+from molal_ray.exceptions import AnnotatorError, ConfigError, one_line
 from molal_ray.serve import INGRESS_NAME
 from molal_ray.serve.fingerprint import differences, fingerprint
 
@@ -63,7 +63,13 @@ def app_details(app_name: str) -> dict[str, Any] | None:
     return _client().get_serve_details().get("applications", {}).get(app_name)
 
 
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
+# ``KeyError: ...``, ``pkg.mod.SomeError: ...``, and any exception named with its module
+# (``httpx.UnsupportedProtocol: ...``), as a traceback's last line names it.
+_EXCEPTION_LINE = re.compile(
+    r"^(?:(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit))"  # KeyError, pkg.SomeError
+    r"|[a-z_]\w*(?:\.[A-Za-z_]\w*)*\.([A-Z]\w*)"  # httpx.UnsupportedProtocol
+    r"): (.+)$"
+)
 
 
 def replica_error(message: str | None) -> str | None:
@@ -74,9 +80,17 @@ def replica_error(message: str | None) -> str | None:
     found = None
     for line in message.splitlines():
         m = _EXCEPTION_LINE.match(line.strip())
-        if m:  # a chained traceback ends with the exception that was raised last
-            found = f"{m.group(1)}: {m.group(2)}"
+        # A chained traceback ends with the exception that was raised last; an exception whose
+        # message is itself a traceback (a wrapper's) is not the cause.
+        if m and not m.group(3).startswith("Traceback"):
+            found = f"{m.group(1) or m.group(2)}: {m.group(3)}"
     return found
+
+
+def last_line(message: str | None) -> str:
+    """The last non-empty line of a status message (a traceback's is its exception), on one line."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    return one_line(lines[-1]) if lines else "no message"
 
 
 PLACEMENT_GRACE_S = 60.0  # how long a replica that fits no node is waited for (an autoscaler may add one)
@@ -136,7 +150,7 @@ def _wait_running(app_name: str, timeout_s: float, config: Any = None) -> None:
             ]
             raise AnnotatorError(
                 f"annotator application {app_name!r} failed to deploy: "
-                + ("; ".join(causes) if causes else app.message)
+                + ("; ".join(causes) if causes else last_line(app.message))
             )
         if app is not None and app.status == "RUNNING":
             return True
@@ -293,6 +307,18 @@ def status(app_name: str) -> list[AnnotatorStatus]:
     return out
 
 
+def check_scale_target(replicas: int | None, min_replicas: int | None, max_replicas: int | None) -> None:
+    """A ConfigError for a scale target that is not one (asked before any cluster is reached)."""
+    if (replicas is None) == (min_replicas is None and max_replicas is None):
+        raise ConfigError("scale: expected --replicas N, or --min N and --max M (one or the other)")
+    if replicas is not None and replicas < 1:
+        raise ConfigError(f"scale: --replicas got {replicas}; expected at least 1")
+    if replicas is None and (
+        min_replicas is None or max_replicas is None or not 0 <= min_replicas <= max_replicas or max_replicas < 1
+    ):
+        raise ConfigError(f"scale: got --min {min_replicas} --max {max_replicas}; expected 0 <= min <= max, max >= 1")
+
+
 def scale(
     app_name: str,
     annotator: str,
@@ -306,14 +332,7 @@ def scale(
     until the new target's replicas answer (0 when not waiting)."""
     from ray import serve
 
-    if (replicas is None) == (min_replicas is None and max_replicas is None):
-        raise ConfigError("scale: expected --replicas N, or --min N and --max M (one or the other)")
-    if replicas is not None and replicas < 1:
-        raise ConfigError(f"scale: --replicas got {replicas}; expected at least 1")
-    if replicas is None and (
-        min_replicas is None or max_replicas is None or not 0 <= min_replicas <= max_replicas or max_replicas < 1
-    ):
-        raise ConfigError(f"scale: got --min {min_replicas} --max {max_replicas}; expected 0 <= min <= max, max >= 1")
+    check_scale_target(replicas, min_replicas, max_replicas)
     declared = _declared_apps()
     if app_name not in declared:
         if app_name in serve.status().applications:

@@ -81,6 +81,14 @@ def test_a_replicas_own_error_is_read_from_serves_status_message():
     )
     assert replica_error(message) == "AnnotatorError: replay engine ghost: recording not found: gone.parquet"
     assert replica_error("Deploying: waiting for replicas") is None and replica_error(None) is None
+    # A wrapper whose message is a traceback is not the cause; an exception named with its module
+    # (no Error in its name) is.
+    wrapped = (
+        'Error:\nTraceback (most recent call last):\n  File "x.py", line 1, in f\n'
+        'RuntimeError: Traceback (most recent call last):\n  File "openai.py", line 9, in start\n'
+        "httpx.UnsupportedProtocol: Request URL is missing an 'http://' or 'https://' protocol.\n"
+    )
+    assert replica_error(wrapped) == "UnsupportedProtocol: Request URL is missing an 'http://' or 'https://' protocol."
 
 
 def test_poll_returns_the_first_answer_or_none_when_the_time_runs_out():
