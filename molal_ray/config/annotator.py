@@ -114,6 +114,13 @@ class VLLMEngineConfig(StrictModel):
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field("auto", description="vLLM dtype.")
     max_model_len: int = Field(2048, ge=16, description="Context length the engine is built with.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0.0,
+        description="The KV cache's size in GiB. None: on GPUs, what gpu_memory_utilization leaves; on "
+        "vLLM's CPU build, 2 GiB (vLLM would reserve gpu_memory_utilization of the machine's RAM, 0.9 by "
+        "default, and refuse to start whenever other processes hold more than the rest).",
+    )
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of the shared instruction prefix.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for CPU builds in tests).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica for one model.")

@@ -39,11 +39,15 @@ from molal_ray.annotation import Annotation, votes_from_answers
 from molal_ray.config import VLLMEngineConfig
 from molal_ray.engines.base import Engine
 from molal_ray.engines.label_tokens import build_label_trie, first_token_logprobs
+from molal_ray.engines.output_tap import OutputTap, root_cause
 from molal_ray.engines.prompting import PromptBuilder
-from molal_ray.exceptions import AnnotatorError, ConfigError
+from molal_ray.exceptions import AnnotatorError, ConfigError, one_line
 from molal_ray.models import local_model
 
 MISSING = -1e30
+
+
+CPU_KV_CACHE_GIB = 2.0  # the KV cache on vLLM's CPU build unless kv_cache_gib says otherwise
 
 
 class VLLMEngine(Engine):
@@ -92,6 +96,14 @@ class VLLMEngine(Engine):
                     "CPU build; drop it from engine_kwargs or set per_request_seed: false"
                 )
             engine_kwargs["enable_chunked_prefill"] = False
+        kv_gib = self.config.kv_cache_gib
+        if kv_gib is None and current_platform.is_cpu():
+            # vLLM's CPU build reserves gpu_memory_utilization of the machine's RAM (0.9 by default)
+            # and refuses to start when less than that is free: whenever other processes (Ray, a
+            # driver, another engine) hold more than a tenth of the memory.
+            kv_gib = CPU_KV_CACHE_GIB
+        if kv_gib is not None and "kv_cache_memory_bytes" not in engine_kwargs:
+            engine_kwargs["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
         args = AsyncEngineArgs(
             model=model,
             dtype=self.config.dtype,
@@ -105,7 +117,18 @@ class VLLMEngine(Engine):
             trust_remote_code=self.config.trust_remote_code,
             **engine_kwargs,
         )
-        self.engine = AsyncLLM.from_engine_args(args)
+        with OutputTap() as tap:  # the engine core logs its own error in its process only
+            try:
+                self.engine = AsyncLLM.from_engine_args(args)
+            except Exception as exc:
+                cause = root_cause(tap.lines()) or f"{type(exc).__name__}: {one_line(exc)}"
+                hint = (
+                    " (in this annotator's engine: kv_cache_gib sets the KV cache's size, gpu_memory_utilization "
+                    "the share of a GPU's memory vLLM takes)"
+                    if "memory" in cause.lower()
+                    else ""
+                )
+                raise AnnotatorError(f"vllm engine {self.name!r} could not start: {cause}{hint}") from exc
 
     def _params(
         self, n: int, constrained: bool, max_tokens: int, temperature: float, top_p: float, seed: int | None = None

@@ -25,13 +25,16 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def loop():
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # No VLLM_CPU_KVCACHE_SPACE: the engine's own KV cache size on the CPU build is what is tested.
+    saved = os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
     lp = asyncio.new_event_loop()
     yield lp
     lp.close()
+    if saved is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = saved
 
 
-def _start(loop, model_dir, seed=0):
+def _start(loop, model_dir, seed=0, **engine):
     ann = AnnotatorConfig(
         name="tiny",
         engine={
@@ -40,6 +43,7 @@ def _start(loop, model_dir, seed=0):
             "dtype": "float32",
             "max_model_len": 256,
             "enforce_eager": True,
+            **engine,
         },
         sampling={"seed": seed},
     )
@@ -125,3 +129,16 @@ def test_chunked_prefill_with_per_request_seeds_is_refused_on_cpu(loop, tiny_lla
     eng = build_engine(ann, TaskConfig(labels=ENGINE_LABELS))
     with pytest.raises(ConfigError, match="chunked_prefill"):
         loop.run_until_complete(eng.start())
+
+
+def test_an_engine_that_cannot_start_names_the_root_cause(loop, tiny_llama):
+    """vLLM's parent process only says "Engine core initialization failed. See root cause above";
+    the error of its worker process (here: a KV cache larger than the machine's memory) is what the
+    user reads. Without kv_cache_gib the CPU build gets 2 GiB (the engine fixture above), not 0.9 of
+    the machine's RAM, which failed whenever other processes held more than a tenth of it."""
+    from molal_ray.exceptions import AnnotatorError
+
+    with pytest.raises(AnnotatorError) as err:
+        _start(loop, tiny_llama, kv_cache_gib=100000)
+    message = str(err.value)
+    assert "could not start: ValueError: Available memory" in message and "See root cause" not in message
