@@ -577,20 +577,29 @@ def _items_to_review(
     text_column: str,
     annotations: str | None = None,
 ) -> list[Any]:
-    from molal_ray.exceptions import SchemaError
+    import pyarrow.parquet as pq
+
+    from molal_ray.exceptions import SchemaError, one_line
     from molal_ray.pipeline.output import read_annotation_table
     from molal_ray.review import answers_by_sample, review_items, texts_for_review, to_review
     from molal_ray.storage import resolve
 
+    wanted = ["sample_id", "label", "probs", "confidence", "is_gold"]
+    expected = f"--aggregated {aggregated}: expected a `molal-ray aggregate --out` Parquet file"
     try:
-        t = resolve(aggregated, field="--aggregated").read_parquet(
-            columns=["sample_id", "label", "probs", "confidence", "is_gold"]
-        )
+        loc = resolve(aggregated, field="--aggregated")
+        if not loc.is_file():
+            raise SchemaError(f"{expected}; there is no file there")
+        with loc.fs.open_input_file(loc.path) as f:
+            names = pq.read_schema(f).names
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise SchemaError(f"{expected} (with {', '.join(wanted)}); it has {names}, without {missing}")
+        t = loc.read_parquet(columns=wanted)
+    except SchemaError:
+        raise
     except (OSError, KeyError, ValueError) as exc:
-        raise SchemaError(
-            f"--aggregated {aggregated}: expected a `molal-ray aggregate --out` Parquet file "
-            f"({type(exc).__name__}: {exc})"
-        ) from None
+        raise SchemaError(f"{expected} ({type(exc).__name__}: {one_line(exc)})") from None
     chosen = to_review(t, n, below, rule)
     ids = chosen.column("sample_id").to_pylist()
     answers = answers_by_sample(read_annotation_table(annotations), labels, ids) if annotations is not None else None

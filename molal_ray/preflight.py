@@ -185,6 +185,13 @@ def check_files(cfg: Any) -> None:
                     head = f.read(4)
                 if head != b"PAR1" and head[:2] != b"\x1f\x8b" and not head.lstrip()[:1] == b"{":
                     raise ValueError(f"{path!r} is neither Parquet nor JSON lines (gzipped or not)")
+                if head == b"PAR1":  # its columns and their types, from the footer (no rows read)
+                    import pyarrow.parquet as pq
+
+                    from molal_ray.engines.recording import check_recording_schema
+
+                    with loc.fs.open_input_file(loc.path) as f:
+                        check_recording_schema(pq.read_schema(f), path)
 
             guard(f"{where}.path", recording)
         elif eng.type == "openai" and eng.api_key_env and not os.environ.get(eng.api_key_env):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from molal_ray.exceptions import SchemaError
 from molal_ray.storage import resolve
@@ -66,16 +65,15 @@ def iter_recording(path: str | Path, annotator: str, batch_size: int = 65536) ->
     if not loc.exists():
         raise FileNotFoundError(p)
     ds = pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
-    missing = set(RECORDING_SCHEMA.names) - set(ds.schema.names)
-    if missing:
-        raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; expected {RECORDING_SCHEMA.names}")
-    yield from ds.to_batches(
+    check_recording_schema(ds.schema, p)
+    for batch in ds.to_batches(
         columns=RECORDING_SCHEMA.names,
-        filter=pc.field("annotator") == annotator,
+        filter=_of_annotator(ds.schema, annotator),
         batch_size=batch_size,
         batch_readahead=1,
         fragment_readahead=1,
-    )
+    ):
+        yield batch.cast(RECORDING_SCHEMA)
 
 
 def load_recording_table(path: str | Path, annotator: str) -> pa.Table:
@@ -85,11 +83,53 @@ def load_recording_table(path: str | Path, annotator: str) -> pa.Table:
         table = trec_jsonl_to_recording(p)
         return table.filter(pc.equal(table.column("annotator"), annotator))
     loc = resolve(p)
-    table = pq.read_table(loc.path, filesystem=loc.fs, filters=[("annotator", "=", annotator)])
-    missing = set(RECORDING_SCHEMA.names) - set(table.column_names)
+    ds = pads.dataset(loc.path, format="parquet", filesystem=loc.fs)
+    check_recording_schema(ds.schema, p)
+    table = ds.to_table(columns=RECORDING_SCHEMA.names, filter=_of_annotator(ds.schema, annotator))
+    return table.cast(RECORDING_SCHEMA)
+
+
+def _of_annotator(schema: pa.Schema, annotator: str) -> pc.Expression:
+    """The rows of ``annotator`` (a column of texts, or of whole numbers read as texts)."""
+    col = pc.field("annotator")
+    return (col if pa.types.is_string(schema.field("annotator").type) else col.cast(pa.string())) == annotator
+
+
+def check_recording_schema(schema: pa.Schema, path: str) -> None:
+    """A SchemaError naming each column of a recording that is missing or of a type that cannot
+    be read as ``RECORDING_SCHEMA``'s (ids as text or whole numbers, probabilities as a list of
+    numbers, the answers as a list of texts)."""
+    missing = set(RECORDING_SCHEMA.names) - set(schema.names)
     if missing:
-        raise SchemaError(f"recording {p}: missing columns {sorted(missing)}; expected {RECORDING_SCHEMA.names}")
-    return table.select(RECORDING_SCHEMA.names)
+        raise SchemaError(f"recording {path}: missing columns {sorted(missing)}; expected {RECORDING_SCHEMA.names}")
+    t = {name: schema.field(name).type for name in RECORDING_SCHEMA.names}
+
+    def listed(typ: pa.DataType, ok: Callable[[pa.DataType], bool]) -> bool:
+        return (pa.types.is_list(typ) or pa.types.is_large_list(typ)) and ok(typ.value_type)
+
+    def text_or_int(typ: pa.DataType) -> bool:
+        return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
+
+    wrong = [
+        f"{name} is {t[name]}; expected {want}"
+        for name, good, want in [
+            ("sample_id", text_or_int(t["sample_id"]), "text"),
+            ("annotator", text_or_int(t["annotator"]), "text"),
+            (
+                "label_probs",
+                listed(t["label_probs"], lambda v: pa.types.is_floating(v) or pa.types.is_integer(v)),
+                "a list of numbers (one per label)",
+            ),
+            (
+                "samples",
+                listed(t["samples"], lambda v: pa.types.is_string(v) or pa.types.is_large_string(v)),
+                "a list of texts (the sampled answers)",
+            ),
+        ]
+        if not good
+    ]
+    if wrong:
+        raise SchemaError(f"recording {path}: " + "; ".join(wrong))
 
 
 def load_recording(path: str | Path, annotator: str) -> dict[str, tuple[list[float] | None, list[str] | None]]:

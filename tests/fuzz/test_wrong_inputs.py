@@ -612,6 +612,37 @@ simple(
     ],
 )
 simple(
+    "review export: a Parquet file that is not an aggregate output",
+    r"without \['probs', 'confidence', 'is_gold'\]",
+    lambda w: [
+        "review",
+        "export",
+        "--labels",
+        ",".join(TREC_LABELS),
+        "--aggregated",
+        w.table("agg.parquet", sample_id=["q1"], label=["human"]),
+        "--texts",
+        w.path("pool.parquet"),
+        "--out",
+        w.path("r.csv"),
+    ],
+)
+simple(
+    "label: a recording whose answers are numbers",
+    r"samples is list<.*int64>; expected a list of texts",
+    lambda w: [
+        "label",
+        w.label_config(
+            annotators__0__engine={
+                "type": "replay",
+                "path": w.table(
+                    "rec.parquet", sample_id=["q1"], annotator=["gemma"], label_probs=[[0.5, 0.5]], samples=[[1, 2]]
+                ),
+            }
+        ),
+    ],
+)
+simple(
     "review push: an aggregated table that does not exist",
     r"no-agg",
     lambda w: [
