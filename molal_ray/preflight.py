@@ -132,11 +132,15 @@ def check_files(cfg: Any) -> None:
     problems: list[str] = []
 
     def guard(field: str, fn: Any) -> Any:
+        """``fn()``, or None with its error (or its storage's silence) as one problem line."""
         try:
-            return fn()
+            answered, value = within(STORAGE_ANSWER_S, fn)
         except (MolalError, ValueError, OSError) as exc:
             problems.append(f"{field}: {one_line(exc)}")
             return None
+        if not answered:
+            problems.append(f"{field}: {silent(STORAGE_ANSWER_S)}")
+        return value
 
     pool = getattr(cfg, "pool", None)
     if pool is not None:
@@ -148,7 +152,7 @@ def check_files(cfg: Any) -> None:
     if output_path is not None:
         from molal_ray.storage import write_problem
 
-        problem = write_problem(output_path, folder=True)
+        problem = guard("output.path", lambda: write_problem(output_path, folder=True))
         if problem:
             problems.append(f"output.path: {problem}")
     task = cfg.task
@@ -373,6 +377,10 @@ def within(seconds: float, fn: Any) -> tuple[bool, Any]:
     return True, out.get("value")
 
 
+def silent(seconds: float) -> str:
+    return f"did not answer in {seconds:.0f}s (no network here, a wrong endpoint, or a storage that is down?)"
+
+
 def pool_problems(pool: Any, field: str = "pool.path") -> list[str]:
     """What is wrong with a pool's files (a ``PoolConfig``), one line each; [] when nothing. Files of
     a pool folder that are not of the pool's format are left out, and a warning names them. A pool
@@ -384,10 +392,7 @@ def pool_problems(pool: Any, field: str = "pool.path") -> list[str]:
         return _pool_problems(pool, field)
     answered, problems = within(STORAGE_ANSWER_S, lambda: _pool_problems(pool, field))
     if not answered:
-        return [
-            f"{field}: {pool.path} did not answer in {STORAGE_ANSWER_S:.0f}s (no network here, a wrong "
-            "endpoint, or a storage that is down?)"
-        ]
+        return [f"{field}: {pool.path} {silent(STORAGE_ANSWER_S)}"]
     return list(problems)
 
 

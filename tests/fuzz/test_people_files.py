@@ -243,3 +243,35 @@ def test_a_pool_on_storage_that_never_answers_is_one_line_within_the_bound(tmp_p
         assert time.monotonic() - t0 < 10
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("field", ["gold", "few-shot", "recording"])
+def test_every_file_on_storage_that_never_answers_is_one_line_within_the_bound(tmp_path, monkeypatch, field):
+    """The gold file, the few-shot examples and a recording on an object store that takes the
+    connection and never answers: each is one line after the check's bound, as the pool is,
+    instead of the storage client's minutes of retries."""
+    import socket
+    import time
+
+    import molal_ray.preflight as preflight
+    from molal_ray.exceptions import ConfigError
+    from tests.unit.test_preflight import _loop_cfg
+
+    monkeypatch.setattr(preflight, "STORAGE_ANSWER_S", 2.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the backlog; nothing ever answers
+    uri = f"s3://bucket/{{}}?endpoint_override=127.0.0.1:{silent.getsockname()[1]}&scheme=http"
+    over: dict = {
+        "gold": {"gold": uri.format("gold.csv")},
+        "few-shot": {"task": {"few_shot": {"examples": uri.format("examples.csv"), "k": 2}}},
+        "recording": {"annotators": [{"name": "gemma", "engine": {"type": "replay", "path": uri.format("r.parquet")}}]},
+    }[field]
+    try:
+        cfg = _loop_cfg(tmp_path, loop={"initial_gold": 20}, **over)
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match=r"did not answer in 2s") as err:
+            check_files(cfg)
+        assert time.monotonic() - t0 < 15 and err.value.args[0].count("did not answer") == 1, err.value
+    finally:
+        silent.close()
