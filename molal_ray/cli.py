@@ -246,6 +246,17 @@ def aggregate(
     def say(msg: str) -> None:
         click.echo(f"... {msg}", err=True)
 
+    from molal_ray.aggregation.base import get_aggregator
+    from molal_ray.storage import resolve
+
+    try:
+        get_aggregator(method)  # a name that is none: one line before any work
+    except ConfigError as exc:
+        raise ConfigError(f"--method: {str(exc).split(': ', 1)[1]}") from None
+    if not resolve(annotations, field="--annotations").exists():
+        raise ConfigError(
+            f"--annotations: {annotations} does not exist; expected a `molal-ray label` output folder or a Parquet file"
+        )
     _output_files((out_path, "--out"), (report_path, "--report"))
     labels = check_table_labels(annotations, None if labels_spec is None else load_labels(labels_spec))
     gold_df = combine_gold([load_gold(g, labels) for g in gold])
@@ -782,6 +793,11 @@ def review_import(
 
         if round_ is None:
             raise ReviewError("review import --loop: give --round (the round the loop waits for)")
+        if labels_spec is not None or out_path is not None:
+            raise ReviewError(
+                "review import --loop: the loop's own labels are used and its round takes the labels: "
+                "leave --labels and --out out (they are for a gold CSV without --loop)"
+            )
         layout = LoopLayout.at(loop_out)
         state = LoopState.load(layout.state)
         labels = state.labels

@@ -40,6 +40,9 @@ def load_labels(spec: str) -> list[str]:
     else:
         labels = [x.strip() for x in spec.split(",") if x.strip()]
     if len(labels) < 2:
+        looks_like_file = "," not in spec and ("/" in spec or os.path.splitext(spec)[1] in (".txt", ".csv", ".labels"))
+        if looks_like_file:
+            raise AggregationError(f"labels: {spec} is no file here; expected 'a,b,c' or a file with one label a line")
         raise AggregationError(f"labels: got {labels!r}; expected at least 2 labels (comma-separated or a file)")
     if len({x.lower() for x in labels}) != len(labels):
         raise AggregationError(f"labels: got {labels!r}; expected distinct labels")

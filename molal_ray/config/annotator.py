@@ -203,7 +203,7 @@ class OpenAIEngineConfig(StrictModel):
 
         parts = urlsplit(v.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"got {v!r}; expected the server's address with its scheme, e.g. http://127.0.0.1:8000/v1")
+            raise ValueError("the server's address with its scheme, e.g. http://127.0.0.1:8000/v1")
         return v.strip()
 
     structured_choice: bool = Field(

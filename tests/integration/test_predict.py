@@ -23,6 +23,7 @@ from molal_ray.inference.job import run_predict_job
 from molal_ray.pipeline.output import read_annotation_table, read_table
 from molal_ray.schema import PREDICTIONS
 from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, replay_label_config
+from tests.unit.test_predict import _known as write_known
 
 pytestmark = pytest.mark.ray
 
@@ -51,17 +52,7 @@ def _known(tmp_path: Path, ids: list[str]) -> Path:
     rows = [(i, gold.loc[i, "label"], "gold", 1.0) for i in ids[:30]]
     rows += [(i, "entity", "molal", 0.55) for i in ids[30:35]]
     path = tmp_path / "labels.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "sample_id": [r[0] for r in rows],
-                "label": [r[1] for r in rows],
-                "source": [r[2] for r in rows],
-                "confidence": pa.array([r[3] for r in rows], pa.float32()),
-            }
-        ),
-        path,
-    )
+    write_known(path, rows)
     return path
 
 
