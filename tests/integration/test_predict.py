@@ -144,7 +144,7 @@ def test_a_killed_predict_resumes_to_each_row_once_as_an_uninterrupted_run(tmp_p
     """SIGKILL of the driver and its whole local Ray mid-run, then a rerun: every row once, each
     what an uninterrupted run writes."""
     base = pq.read_table(TREC / "pool.parquet").column("text").to_pylist()
-    n = 200_000
+    n = 100_000
     pq.write_table(
         pa.table({"id": [f"q{i}" for i in range(n)], "text": [base[i % len(base)] for i in range(n)]}),
         tmp_path / "pool.parquet",
