@@ -14,7 +14,7 @@
    process: wall time, and the peak memory of that driver process (``ru_maxrss``; Ray's workers
    are other processes).
 
-    .venv/bin/python benchmarks/predict_speed.py [--n 20000 100000] [--sizes 10000 100000] [--threads 2]
+    .venv/bin/python benchmarks/predict_speed.py [--n 20000 100000] [--sizes 10000 100000] [--threads 2] [--blocks 1 4]
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ DRIVER = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import molal_ray
+import molal_ray.inference.job as job
+job.PREDICT_GROUPS_PER_BLOCK = {groups}
 if {warm}:
     molal_ray.predict(model={model!r}, pool={{"path": {warm_pool!r}}},
                       output={{"path": {out!r} + "-warm-up", "mode": "overwrite"}},
@@ -88,6 +90,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument(
+        "--blocks", type=int, nargs="+", default=[4], help="row groups per predictor block (the job's default: 4)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="molal-predict-bench-") as tmp:
         t = Path(tmp)
@@ -99,12 +105,15 @@ def main() -> None:
             pool = t / f"speed-{n}.parquet"
             write_pool(pool, n)
             plain = run(PLAIN.format(model=args.model, pool=str(pool), n=n, **opts))
-            for warm in (False, True):
+            for groups, warm in [(g, w) for g in args.blocks for w in (False, True)]:
                 ray_s = run(
-                    DRIVER.format(model=args.model, pool=str(pool), out=str(t / "pred"), n=n, warm=warm, **opts)
+                    DRIVER.format(
+                        model=args.model, pool=str(pool), out=str(t / "pred"), n=n, warm=warm, groups=groups, **opts
+                    )
                 )
                 print(
-                    f"speed, {n} texts, {args.threads} threads, batch {args.batch}, {'warm' if warm else 'cold'}: "
+                    f"speed, {n} texts, {args.threads} threads, batch {args.batch}, blocks of {groups} row groups, "
+                    f"{'warm' if warm else 'cold'}: "
                     f"molal_ray.predict {ray_s['wall_s']:.1f} s ({n / ray_s['wall_s']:.0f} texts/s), plain loop "
                     f"{plain['wall_s']:.1f} s ({n / plain['wall_s']:.0f} texts/s): ratio "
                     f"{plain['wall_s'] / ray_s['wall_s']:.2f}x",
@@ -114,10 +123,14 @@ def main() -> None:
 
         tiny = str(build_head_export(t / "tiny", ["a", "b", "c", "d", "e", "f"], ["what is it", "who is it"]))
         rows = []
-        for n in args.sizes:
+        for n in args.sizes if not args.skip_scale else []:
             pool = t / f"pool-{n}.parquet"
             write_pool(pool, n)
-            r = run(DRIVER.format(model=tiny, pool=str(pool), out=str(t / f"pred-{n}"), n=n, warm=False, **opts))
+            r = run(
+                DRIVER.format(
+                    model=tiny, pool=str(pool), out=str(t / f"pred-{n}"), n=n, warm=False, groups=args.blocks[0], **opts
+                )
+            )
             rows.append((n, r))
             print(f"scale, tiny classifier, {n} rows: {r['wall_s']:.1f} s, driver peak {r['driver_peak_mib']:.0f} MiB")
         if len(rows) > 1:

@@ -119,6 +119,9 @@ def check_job(cfg: PredictJobConfig) -> dict[str, Any]:
     return card
 
 
+PREDICT_GROUPS_PER_BLOCK = 4  # row groups (4,096 rows each) per predictor block
+
+
 # -- the job --------------------------------------------------------------------------------------
 def run_predict_job(
     cfg: PredictJobConfig, *, progress: ProgressFn | None = None, engine_cls: Any = None
@@ -170,7 +173,11 @@ def _predict(
     written = 0
     if pool.n_rows:
         first_run = not table_files(out.parts)[0]
-        stream = pool.dataset(("bucket", "flagged"), columns=INPUT_COLUMNS).map_batches(
+        # Blocks of several row groups: the stage sorts a block's texts by length before batching
+        # them, and a longer list pads less (a plain loop sorts the whole pool).
+        stream = pool.dataset(
+            ("bucket", "flagged"), columns=INPUT_COLUMNS, groups_per_read=PREDICT_GROUPS_PER_BLOCK
+        ).map_batches(
             PredictStage,
             fn_constructor_kwargs={
                 "model": cfg.model,

@@ -355,10 +355,12 @@ class PreparedPool:
         table = pa.concat_tables(parts)  # keys ascending: buckets in order, positions in order
         return table.take(pa.array(np.searchsorted(table.column(ROW).to_numpy(), keys)))
 
-    def read_items(self, kinds: Sequence[str] = ("bucket",), keys: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """Units of work of a read: one row group of one file each; when ``keys`` (usable rows
-        only) are given, up to ``GROUPS_PER_KEYED_READ`` row groups holding them, and the
-        positions of the wanted rows in what those row groups read."""
+    def read_items(
+        self, kinds: Sequence[str] = ("bucket",), keys: np.ndarray | None = None, groups_per_read: int = 1
+    ) -> list[dict[str, Any]]:
+        """Units of work of a read: ``groups_per_read`` row groups of one file each; when ``keys``
+        (usable rows only) are given, up to ``GROUPS_PER_KEYED_READ`` row groups holding them, and
+        the positions of the wanted rows in what those row groups read."""
         items: list[dict[str, Any]] = []
         if keys is not None:  # a few rows of many row groups: several row groups per read task
             keys = np.unique(np.asarray(keys, dtype=np.int64))
@@ -378,8 +380,10 @@ class PreparedPool:
         for kind in kinds:
             counts = self.manifest.usable if kind == "bucket" else self.manifest.flagged
             for k, n in enumerate(counts):
-                for g in range(math.ceil(n / ROW_GROUP_ROWS)):
-                    items.append({"file": bucket_file(kind, k), "row_groups": [g], "positions": None})
+                n_groups = math.ceil(n / ROW_GROUP_ROWS)
+                for first in range(0, n_groups, groups_per_read):
+                    read = list(range(first, min(first + groups_per_read, n_groups)))
+                    items.append({"file": bucket_file(kind, k), "row_groups": read, "positions": None})
         return items
 
     def dataset(
@@ -388,12 +392,14 @@ class PreparedPool:
         columns: Sequence[str] = (ROW, schema.SAMPLE_ID, schema.TEXT),
         keys: np.ndarray | None = None,
         num_cpus: float = 0.25,
+        groups_per_read: int = 1,
     ):
         """A Ray Dataset of the prepared rows (of ``kinds``, or the usable rows with ``keys``),
-        read by Ray tasks one row group at a time: ``columns`` only, the wanted rows only."""
+        read by Ray tasks ``groups_per_read`` row groups at a time (a block each): ``columns``
+        only, the wanted rows only."""
         import ray.data
 
-        items = self.read_items(kinds, keys)
+        items = self.read_items(kinds, keys, groups_per_read)
         if not items:
             return ray.data.from_arrow(USABLE_SCHEMA.empty_table().select(list(columns)))
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
