@@ -109,6 +109,10 @@ def test_read_items_cover_every_row_group_or_just_the_wanted_rows(tmp_path):
     pool = _pool(tmp_path, [(f"s{i:06d}", f"t{i:06d}", f"f:{i}") for i in range(n)], buckets=1)
     items = pool.read_items(("bucket",))
     assert [(i["file"], i["row_groups"]) for i in items] == [("bucket-00000.parquet", [g]) for g in range(4)]
+    # Several row groups a read (predict's blocks): each once, in order, the last read shorter.
+    assert [i["row_groups"] for i in pool.read_items(("bucket",), groups_per_read=3)] == [[0, 1, 2], [3]]
+    whole = read_row_groups(pa.Table.from_pylist(pool.read_items(groups_per_read=3)), pool.folder, ["sample_id"])
+    assert whole.column("sample_id").to_pylist() == [f"s{i:06d}" for i in range(n)]
     dense = np.array([1, 3 * ROW_GROUP_ROWS + 2, ROW_GROUP_ROWS - 1])  # row groups 0 and 3, not 1 or 2
     items = pool.read_items(keys=pool.keys_of(dense))
     assert [i["row_groups"] for i in items] == [[0, 3]]
