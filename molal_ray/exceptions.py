@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 
 def one_line(exc: BaseException | str) -> str:
     """A message on one line: another library's multi-line error, or one holding control
     characters from a corrupt file, quoted inside ours."""
     text = " ".join(str(exc).split())
     return "".join(ch if ch.isprintable() else "?" for ch in text) or type(exc).__name__
+
+
+# An exception as a traceback's last line or a log line names it, after any log prefix:
+# ``KeyError: ...``, ``pkg.mod.SomeError: ...``, ``httpx.UnsupportedProtocol: ...``.
+_EXCEPTION_LINE = re.compile(
+    r"(?:^|[\s\]])(?:(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit))"  # KeyError, pkg.SomeError
+    r"|[a-z_]\w*(?:\.[A-Za-z_]\w*)*\.([A-Z]\w*)"  # httpx.UnsupportedProtocol
+    r"): (.+)$"
+)
+# Messages that point at another error instead of being one (a wrapper's).
+_POINTERS = ("traceback (most recent call last)", "see root cause", "see stack trace", "failed core proc")
+
+
+def exceptions_in(lines: Iterable[str]) -> list[str]:
+    """``Type: message`` of each exception that ``lines`` (a traceback, a process's log) name,
+    in order, leaving out those whose message only points at another: a chained traceback's last
+    is the one raised last, a failed start's first is often its root cause."""
+    found = []
+    for line in lines:
+        m = _EXCEPTION_LINE.search(line.strip())
+        if m and not any(p in m.group(3).lower() for p in _POINTERS):
+            found.append(f"{m.group(1) or m.group(2)}: {m.group(3).strip()}")
+    return found
 
 
 class MolalError(Exception):

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import threading
 import time
 from types import TracebackType
 
-# ``ValueError: ...``, ``pkg.SomeError: ...``, ``Exception: ...``, after any log prefix.
-_EXCEPTION = re.compile(r"(?:^|[\s\]])(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (.+)$")
-# Messages that point at another error instead of being one.
-_WRAPPERS = ("see root cause", "see stack trace", "traceback (most recent call last)", "failed core proc")
+from molal_ray.exceptions import exceptions_in
 
 
 def root_cause(lines: list[str]) -> str | None:
     """``Type: message`` of the first exception in ``lines`` that is not a wrapper's pointer to
-    another; None when there is none."""
-    for line in lines:
-        m = _EXCEPTION.search(line.rstrip())
-        if m and not any(w in m.group(2).lower() for w in _WRAPPERS):
-            return f"{m.group(1)}: {m.group(2).strip()}"
-    return None
+    another (:func:`~molal_ray.exceptions.exceptions_in`); None when there is none."""
+    found = exceptions_in(lines)
+    return found[0] if found else None
 
 
 class OutputTap:

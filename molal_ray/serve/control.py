@@ -14,7 +14,6 @@ others keep answering, and a request in flight on a replica being removed finish
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any, TypeVar
 
 from molal_ray.config import AnnotatorAppConfig
 from molal_ray.engines.base import Engine
-from molal_ray.exceptions import AnnotatorError, ConfigError, one_line
+from molal_ray.exceptions import AnnotatorError, ConfigError, exceptions_in, one_line
 from molal_ray.serve import INGRESS_NAME
 from molal_ray.serve.fingerprint import differences, fingerprint
 
@@ -63,28 +62,13 @@ def app_details(app_name: str) -> dict[str, Any] | None:
     return _client().get_serve_details().get("applications", {}).get(app_name)
 
 
-# ``KeyError: ...``, ``pkg.mod.SomeError: ...``, and any exception named with its module
-# (``httpx.UnsupportedProtocol: ...``), as a traceback's last line names it.
-_EXCEPTION_LINE = re.compile(
-    r"^(?:(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit))"  # KeyError, pkg.SomeError
-    r"|[a-z_]\w*(?:\.[A-Za-z_]\w*)*\.([A-Z]\w*)"  # httpx.UnsupportedProtocol
-    r"): (.+)$"
-)
-
-
 def replica_error(message: str | None) -> str | None:
     """The replica's own exception (``Type: message``, the last one of the traceback Serve puts
     in a deployment's status message), or None when the message holds none."""
     if not message or "Error:" not in message:
         return None
-    found = None
-    for line in message.splitlines():
-        m = _EXCEPTION_LINE.match(line.strip())
-        # A chained traceback ends with the exception that was raised last; an exception whose
-        # message is itself a traceback (a wrapper's) is not the cause.
-        if m and not m.group(3).startswith("Traceback"):
-            found = f"{m.group(1) or m.group(2)}: {m.group(3)}"
-    return found
+    found = exceptions_in(message.splitlines())
+    return found[-1] if found else None
 
 
 def last_line(message: str | None) -> str:
