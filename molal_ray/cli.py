@@ -252,7 +252,7 @@ def aggregate(
     try:
         get_aggregator(method)  # a name that is none: one line before any work
     except ConfigError as exc:
-        raise ConfigError(f"--method: {str(exc).split(': ', 1)[1]}") from None
+        raise ConfigError(f"--method: {exc}") from None
     if not resolve(annotations, field="--annotations").exists():
         raise ConfigError(
             f"--annotations: {annotations} does not exist; expected a `molal-ray label` output folder or a Parquet file"

@@ -152,7 +152,7 @@ def check_files(cfg: Any) -> None:
     if output_path is not None:
         from molal_ray.storage import write_problem
 
-        problem = guard("output.path", lambda: write_problem(output_path, folder=True))
+        problem = write_problem(output_path, folder=True)  # local paths only: asks no storage
         if problem:
             problems.append(f"output.path: {problem}")
     task = cfg.task
