@@ -174,9 +174,15 @@ def _predict(
     if pool.n_rows:
         first_run = not table_files(out.parts)[0]
         # Blocks of several row groups: the stage sorts a block's texts by length before batching
-        # them, and a longer list pads less (a plain loop sorts the whole pool).
+        # them, and a longer list pads less (a plain loop sorts the whole pool). The reads ask what
+        # the predictors ask, so Ray Data runs them inside the predictor actors (no read tasks
+        # competing with the classifier for CPUs, no block passed between processes).
         stream = pool.dataset(
-            ("bucket", "flagged"), columns=INPUT_COLUMNS, groups_per_read=PREDICT_GROUPS_PER_BLOCK
+            ("bucket", "flagged"),
+            columns=INPUT_COLUMNS,
+            groups_per_read=PREDICT_GROUPS_PER_BLOCK,
+            num_cpus=p.num_cpus,
+            num_gpus=p.num_gpus,
         ).map_batches(
             PredictStage,
             fn_constructor_kwargs={

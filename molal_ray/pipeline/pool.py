@@ -310,6 +310,17 @@ def read_pool(cfg: PoolConfig, filesystem: Any, paths: list[str], fmt: str, num_
     return ray.data.read_datasource(make_datasource(cfg, filesystem, paths, fmt), num_cpus=num_cpus)
 
 
+def iter_raw(cfg: PoolConfig, filesystem: Any, files: list[Any], fmt: str) -> Iterator[pa.Table]:
+    """The raw rows (``RAW_SCHEMA``) of the pool's files (``pyarrow.fs.FileInfo``), block by
+    block, in the calling process: the readers of :func:`read_pool`'s datasource."""
+    reader = _READERS[fmt]
+    for info in files:
+        # Parquet needs random access; the stream of the other formats is decompressed by extension.
+        with filesystem.open_input_file(info.path) if fmt == "parquet" else filesystem.open_input_stream(info.path) as f:
+            for table in reader(f, info.base_name, cfg.id_column, cfg.text_column):
+                yield table
+
+
 def texts_of_ids(cfg: PoolConfig, ids: list[str]) -> dict[str, str]:
     """The texts of some ids, read from the pool's files in the calling process (streamed,
     chunk by chunk; for a few hundred ids such as few-shot examples, not for the whole pool).
@@ -319,17 +330,14 @@ def texts_of_ids(cfg: PoolConfig, ids: list[str]) -> dict[str, str]:
     fs, files, fmt = list_pool_files(cfg)
     wanted = set(ids)
     found: dict[str, str] = {}
-    reader = _READERS[fmt]
     for info in files:
-        # Parquet needs random access; the stream of the other formats is decompressed by extension.
-        with fs.open_input_file(info.path) if fmt == "parquet" else fs.open_input_stream(info.path) as f:
-            for table in reader(f, info.base_name, cfg.id_column, cfg.text_column):
-                for raw_id, raw_text in zip(table.column(RAW_ID).to_pylist(), table.column(RAW_TEXT).to_pylist()):
-                    if raw_id is None or raw_text is None:
-                        continue
-                    sid = raw_id.decode("utf-8", "replace")
-                    if sid in wanted and sid not in found:
-                        found[sid] = raw_text.decode("utf-8", "replace")
+        for table in iter_raw(cfg, fs, [info], fmt):
+            for raw_id, raw_text in zip(table.column(RAW_ID).to_pylist(), table.column(RAW_TEXT).to_pylist()):
+                if raw_id is None or raw_text is None:
+                    continue
+                sid = raw_id.decode("utf-8", "replace")
+                if sid in wanted and sid not in found:
+                    found[sid] = raw_text.decode("utf-8", "replace")
         if len(found) == len(wanted):
             break
     return found

@@ -253,3 +253,26 @@ def test_a_cascade_ranked_on_gold_rows_asks_the_best_first(ray_local, tmp_path):
     g = m.votes[:40][:, cols]
     g_sure = (g.argmax(2) == g.argmax(2)[:, :1]).all(1) & (g.max(2) / np.maximum(g.sum(2), 1e-12) >= 0.8).all(1)
     assert res.report["cascade"]["answers_hidden"] == 3 * int(g_sure.sum()) > 0
+
+
+def test_a_small_pool_prepared_in_the_driver_gives_ray_datas_files(ray_local, tmp_path, monkeypatch):
+    # Two files of a folder, an id repeated across them, flagged rows of several kinds, 3 buckets:
+    # the in-process preparation of a small pool writes what Ray Data's tasks write, byte for byte.
+    from molal_ray.config import PoolConfig
+    from molal_ray.pipeline import pool_store
+
+    good = pq.read_table(TREC / "pool.parquet").slice(0, 200).to_pylist()
+    (tmp_path / "pool").mkdir()
+    first = [json.dumps(r).encode() for r in good[:120]] + [b'{"id": "empty", "text": " "}', b"{broken"]
+    second = [json.dumps(r).encode() for r in good[100:]] + [b'{"id": "latin1", "text": "caf\xe9"}', b'{"text": "x"}']
+    (tmp_path / "pool" / "a.jsonl").write_bytes(b"\n".join(first) + b"\n")
+    (tmp_path / "pool" / "b.jsonl").write_bytes(b"\n".join(second) + b"\n")
+    cfg = PoolConfig(path=str(tmp_path / "pool"), buckets=3)
+    here = pool_store.PreparedPool.build(cfg, tmp_path / "here")
+    monkeypatch.setattr(pool_store, "LOCAL_PREPARE_BYTES", 0)
+    ray = pool_store.PreparedPool.build(cfg, tmp_path / "ray")
+    assert here.manifest == ray.manifest and here.n_flagged == 2 + 2 + 20  # 20 ids repeated across the files
+    assert sorted(here.manifest.flagged_by_kind) == ["bad_json", "duplicate_id", "empty_text", "invalid_utf8", "missing_id"]
+    for kind in ("bucket", "flagged"):
+        for a, b in zip(here.files(kind), ray.files(kind), strict=True):
+            assert a.read_parquet().equals(b.read_parquet()), a.path

@@ -126,3 +126,31 @@ def test_bucket_files_do_not_depend_on_row_order(tmp_path):
     a = split_bucket(t, 0)
     b = split_bucket(t.take(np.random.default_rng(0).permutation(t.num_rows)), 0)
     assert a[0].equals(b[0]) and a[1].equals(b[1])
+
+
+def test_a_small_pool_is_prepared_in_this_process_without_ray(tmp_path):
+    # Below LOCAL_PREPARE_BYTES no Ray Data task runs (they would start Ray); the files are the
+    # same as Ray Data's (tests/integration/test_label_pipeline.py compares them).
+    import json
+
+    import ray
+
+    from molal_ray.config import PoolConfig
+
+    lines = [json.dumps({"id": f"q{i}", "text": f"question {i}"}) for i in range(40)]
+    lines += ['{"id": "q3", "text": "again"}', '{"id": "blank", "text": ""}']
+    (tmp_path / "pool.jsonl").write_text("\n".join(lines) + "\n")
+    assert not ray.is_initialized()
+    pool = PreparedPool.build(PoolConfig(path=str(tmp_path / "pool.jsonl"), buckets=2), tmp_path / "prep")
+    assert not ray.is_initialized()
+    assert (pool.n_usable, pool.n_flagged, pool.manifest.flagged_by_kind) == (
+        40,
+        2,
+        {"duplicate_id": 1, "empty_text": 1},
+    )
+    assert sorted(pool.fetch(pool.keys_of(np.arange(40))).column("sample_id").to_pylist()) == sorted(
+        f"q{i}" for i in range(40)
+    )
+    assert PreparedPool.build(PoolConfig(path=str(tmp_path / "pool.jsonl"), buckets=2), tmp_path / "prep").manifest == (
+        pool.manifest
+    )  # reused
