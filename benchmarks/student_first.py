@@ -15,7 +15,8 @@ For each seed, with the commands a user runs:
 
 LLM calls count every (text, annotator) request: the loop's annotation table, plus the
 escalation's table (the doubtful rows and the loop's gold rows again, which the aggregator is
-fitted on). Accuracy is against the gold label of every one of the 5,452 questions.
+fitted on). Accuracy is against the gold label of every one of the 5,452 questions; each
+escalation's ``accuracy_mixture_alone`` is what ``--combine mixture`` gives on the same rows.
 
     .venv/bin/python benchmarks/student_first.py [--seeds 0 1 2] [--budgets 0.1 0.2 0.3 0.5]
         [--out benchmarks/results/student_first.jsonl]
@@ -101,8 +102,14 @@ def main() -> None:
             summary = json.loads((pred / "summary.json").read_text())["escalation"]
             final = read_predictions(pred, columns=["sample_id", "label", "source"]).to_pandas()
             calls = loop_calls + summary["llm_calls"]
+            # --combine mixture on the same rows: the escalated rows take the mixture's own label
+            # (PRED/escalation/mixture.parquet), the others keep the classifier's.
+            mix = pd.read_parquet(pred / "escalation" / "mixture.parquet", columns=["sample_id", "label"])
+            alone = base.set_index("sample_id")["label"].copy()
+            alone.loc[mix["sample_id"]] = mix["label"].to_numpy()
             row[f"escalate_{b:g}"] = {
                 "accuracy": accuracy(final, gold),
+                "accuracy_mixture_alone": accuracy(alone.rename("label").reset_index(), gold),
                 "calls": calls,
                 "share_of_mixture_calls": round(calls / everything, 4),
                 "escalated": summary["escalated"],
@@ -125,6 +132,11 @@ def main() -> None:
         acc = [r[n]["accuracy"] for r in rows]
         calls = sum(r[n]["calls"] for r in rows) / len(rows)
         print(f"{n:<16}{sum(acc) / len(acc):>28.4f}{min(acc):>8.4f}{calls:>12.0f}{calls / everything:>8.1%}")
+    print("\n--combine product against mixture (the escalated rows' labels), per seed:")
+    for b in args.budgets:
+        n = f"escalate_{b:g}"
+        pairs = ", ".join(f"{r[n]['accuracy']:.4f} / {r[n]['accuracy_mixture_alone']:.4f}" for r in rows)
+        print(f"  {b:g} escalated: {pairs}")
 
 
 if __name__ == "__main__":

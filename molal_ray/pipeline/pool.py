@@ -316,9 +316,10 @@ def iter_raw(cfg: PoolConfig, filesystem: Any, files: list[Any], fmt: str) -> It
     reader = _READERS[fmt]
     for info in files:
         # Parquet needs random access; the stream of the other formats is decompressed by extension.
-        with filesystem.open_input_file(info.path) if fmt == "parquet" else filesystem.open_input_stream(info.path) as f:
-            for table in reader(f, info.base_name, cfg.id_column, cfg.text_column):
-                yield table
+        with (
+            filesystem.open_input_file(info.path) if fmt == "parquet" else filesystem.open_input_stream(info.path) as f
+        ):
+            yield from reader(f, info.base_name, cfg.id_column, cfg.text_column)
 
 
 def texts_of_ids(cfg: PoolConfig, ids: list[str]) -> dict[str, str]:

@@ -148,9 +148,10 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def head(tmp_path):
-    h = RayHead(tmp_path)
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """One head for the module's tests (its start and stop cost about 40 s here)."""
+    h = RayHead(tmp_path_factory.mktemp("head"))
     try:
         h.start()
         yield h
@@ -214,6 +215,9 @@ def test_jobs_submitted_to_a_ray_head_use_the_operators_annotators(head, tmp_pat
 
 
 def test_a_job_stopped_part_way_and_submitted_again_writes_each_pair_once(head, tmp_path):
+    # The operator's application of another test may still run (a job with another task would be
+    # refused): deleted first, so that this job deploys its own.
+    head.molal("annotators", "delete")
     cfg = _label_config(tmp_path, tmp_path / "stopped", latency=0.05, in_flight=1)
     head.submit("stopped-1", "python", "jobs/label.py", str(cfg))
     parts = tmp_path / "stopped" / "parts"

@@ -272,7 +272,13 @@ def test_a_small_pool_prepared_in_the_driver_gives_ray_datas_files(ray_local, tm
     monkeypatch.setattr(pool_store, "LOCAL_PREPARE_BYTES", 0)
     ray = pool_store.PreparedPool.build(cfg, tmp_path / "ray")
     assert here.manifest == ray.manifest and here.n_flagged == 2 + 2 + 20  # 20 ids repeated across the files
-    assert sorted(here.manifest.flagged_by_kind) == ["bad_json", "duplicate_id", "empty_text", "invalid_utf8", "missing_id"]
+    assert sorted(here.manifest.flagged_by_kind) == [
+        "bad_json",
+        "duplicate_id",
+        "empty_text",
+        "invalid_utf8",
+        "missing_id",
+    ]
     for kind in ("bucket", "flagged"):
         for a, b in zip(here.files(kind), ray.files(kind), strict=True):
             assert a.read_parquet().equals(b.read_parquet()), a.path

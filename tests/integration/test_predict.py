@@ -60,8 +60,19 @@ def test_predict_then_escalate_asks_the_llms_only_the_doubtful_rows_once(ray_loc
     pool, usable = _pool(tmp_path)
     known = _known(tmp_path, usable)
     label_cfg = tmp_path / "label.yaml"
-    label_cfg.write_text(yaml.safe_dump(replay_label_config(pool, tmp_path / "unused")))
+    # The annotators stay up between this test's escalations (as an operator's application on a
+    # cluster would), under a name of their own: deployed once, deleted at the end.
+    app = {"keep_serve_running": True, "serve_app_name": "escalation-test"}
+    label_cfg.write_text(yaml.safe_dump({**replay_label_config(pool, tmp_path / "unused"), "ray": app}))
+    try:
+        _escalate(tmp_path, pool, usable, known, label_cfg, model)
+    finally:
+        from ray import serve
 
+        serve.delete(app["serve_app_name"])
+
+
+def _escalate(tmp_path: Path, pool: Path, usable: list[str], known: Path, label_cfg: Path, model: str) -> None:
     def cfg(budget: float | None, people: int = 0) -> PredictJobConfig:
         data = {
             "model": model,

