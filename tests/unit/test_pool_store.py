@@ -128,21 +128,23 @@ def test_bucket_files_do_not_depend_on_row_order(tmp_path):
     assert a[0].equals(b[0]) and a[1].equals(b[1])
 
 
-def test_a_small_pool_is_prepared_in_this_process_without_ray(tmp_path):
-    # Below LOCAL_PREPARE_BYTES no Ray Data task runs (they would start Ray); the files are the
-    # same as Ray Data's (tests/integration/test_label_pipeline.py compares them).
+def test_a_small_pool_is_prepared_in_this_process_without_ray(tmp_path, monkeypatch):
+    # Below LOCAL_PREPARE_BYTES no Ray Data task runs; the files are the same as Ray Data's
+    # (tests/integration/test_label_pipeline.py compares them).
     import json
 
-    import ray
-
     from molal_ray.config import PoolConfig
+    from molal_ray.pipeline import pool_store
 
+    def no_ray_data(*args, **kwargs):
+        raise AssertionError("a small pool went through Ray Data")
+
+    monkeypatch.setattr(pool_store, "prepare_with_ray_data", no_ray_data)
     lines = [json.dumps({"id": f"q{i}", "text": f"question {i}"}) for i in range(40)]
     lines += ['{"id": "q3", "text": "again"}', '{"id": "blank", "text": ""}']
     (tmp_path / "pool.jsonl").write_text("\n".join(lines) + "\n")
-    assert not ray.is_initialized()
-    pool = PreparedPool.build(PoolConfig(path=str(tmp_path / "pool.jsonl"), buckets=2), tmp_path / "prep")
-    assert not ray.is_initialized()
+    cfg = PoolConfig(path=str(tmp_path / "pool.jsonl"), buckets=2)
+    pool = PreparedPool.build(cfg, tmp_path / "prep")
     assert (pool.n_usable, pool.n_flagged, pool.manifest.flagged_by_kind) == (
         40,
         2,
@@ -151,6 +153,7 @@ def test_a_small_pool_is_prepared_in_this_process_without_ray(tmp_path):
     assert sorted(pool.fetch(pool.keys_of(np.arange(40))).column("sample_id").to_pylist()) == sorted(
         f"q{i}" for i in range(40)
     )
-    assert PreparedPool.build(PoolConfig(path=str(tmp_path / "pool.jsonl"), buckets=2), tmp_path / "prep").manifest == (
-        pool.manifest
-    )  # reused
+    assert PreparedPool.build(cfg, tmp_path / "prep").manifest == pool.manifest  # reused
+    monkeypatch.setattr(pool_store, "LOCAL_PREPARE_BYTES", 0)  # a larger pool: Ray Data's tasks
+    with pytest.raises(AssertionError, match="went through Ray Data"):
+        PreparedPool.build(cfg, tmp_path / "prep2")
