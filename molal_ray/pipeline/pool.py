@@ -113,10 +113,26 @@ class _Rows:
         return table
 
 
+def _unreadable_rest(name: str, where: str, exc: BaseException) -> pa.Table:
+    """One flagged row standing for the rest of a file whose stream breaks part-way (a truncated
+    or damaged ``.gz``): the rows read before it are kept, the file is named, nothing fails."""
+    rows = _Rows()
+    rows.add(
+        None, None, f"{name}:{where}", f"{schema.ERR_BAD_ROW}: the file cannot be read from here on ({one_line(exc)})"
+    )
+    return rows.flush()
+
+
 def _read_jsonl(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Table]:
     rows, rest, lineno = _Rows(), b"", 0
     while True:
-        chunk = f.read(_READ_CHUNK)
+        try:
+            chunk = f.read(_READ_CHUNK)
+        except (pa.ArrowException, OSError, EOFError) as exc:
+            if len(rows):
+                yield rows.flush()
+            yield _unreadable_rest(name, str(lineno + 1), exc)
+            return
         data = rest + chunk
         lines = data.split(b"\n")
         rest = lines.pop() if chunk else b""
@@ -170,14 +186,18 @@ def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Tabl
         return "skip"
 
     # Read every column as bytes, so a bad UTF-8 cell flags one row instead of failing the file.
-    reader = csv.open_csv(
-        f,
-        read_options=csv.ReadOptions(use_threads=False, block_size=1 << 22),
-        parse_options=csv.ParseOptions(invalid_row_handler=skip),
-        convert_options=csv.ConvertOptions(
-            column_types={id_col: pa.binary(), text_col: pa.binary()}, strings_can_be_null=False
-        ),
-    )
+    try:
+        reader = csv.open_csv(
+            f,
+            read_options=csv.ReadOptions(use_threads=False, block_size=1 << 22),
+            parse_options=csv.ParseOptions(invalid_row_handler=skip),
+            convert_options=csv.ConvertOptions(
+                column_types={id_col: pa.binary(), text_col: pa.binary()}, strings_can_be_null=False
+            ),
+        )
+    except (OSError, EOFError) as exc:  # a stream that breaks in its first block
+        yield _unreadable_rest(name, "1", exc)
+        return
     taken: set[int] = set()  # numbers of skipped records: the good rows are numbered around them
     unnumbered = 0
 
@@ -197,7 +217,18 @@ def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Tabl
         yield bad.flush()
 
     number = 2
-    for batch in reader:  # a block's records are parsed, and bad ones reported, before it is yielded
+    batches = iter(reader)
+    while True:  # a block's records are parsed, and bad ones reported, before it is yielded
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except (pa.ArrowException, OSError, EOFError) as exc:
+            yield from skipped_rows()
+            while number in taken:
+                number += 1
+            yield _unreadable_rest(name, str(number), exc)
+            return
         bad = list(skipped_rows())
         numbers = []
         for _ in range(batch.num_rows):

@@ -157,3 +157,28 @@ def test_a_small_pool_is_prepared_in_this_process_without_ray(tmp_path, monkeypa
     monkeypatch.setattr(pool_store, "LOCAL_PREPARE_BYTES", 0)  # a larger pool: Ray Data's tasks
     with pytest.raises(AssertionError, match="went through Ray Data"):
         PreparedPool.build(cfg, tmp_path / "prep2")
+
+
+@pytest.mark.parametrize("name", ["pool.jsonl.gz", "pool.csv.gz"])
+def test_a_file_whose_stream_breaks_part_way_keeps_its_rows_read_and_flags_the_rest(tmp_path, name):
+    # A truncated .gz (a copy cut short): the rows before the break are kept, one flagged
+    # bad_row stands for the rest and names the error; the job does not fail.
+    import gzip
+    import json
+
+    from molal_ray.config import PoolConfig
+
+    n = 250_000  # 20-30 MB of text: the reads (8 MiB of JSON lines, 4 MiB of CSV) get rows before the break
+    if name.endswith(".jsonl.gz"):
+        body = "".join(json.dumps({"id": f"q{i}", "text": f"question number {i} " * 4}) + "\n" for i in range(n))
+    else:
+        body = "id,text\n" + "".join(f"q{i},{f'question number {i} ' * 4}\n" for i in range(n))
+    raw = gzip.compress(body.encode())
+    (tmp_path / name).write_bytes(raw[: len(raw) // 2])
+    pool = PreparedPool.build(PoolConfig(path=str(tmp_path / name)), tmp_path / "prep")
+    assert 0 < pool.n_usable < n and pool.manifest.flagged_by_kind == {"bad_row": 1}
+    (flagged,) = pa.Table.from_batches(list(pool.iter_flagged())).to_pylist()
+    assert flagged["pool_error"].startswith("bad_row: the file cannot be read from here on (")
+    assert "ompressed" in flagged["pool_error"] or "gzip" in flagged["pool_error"].lower()
+    ids = sorted(pool.fetch(pool.keys_of(np.arange(pool.n_usable))).column("sample_id").to_pylist())
+    assert ids == sorted(f"q{i}" for i in range(pool.n_usable))  # the rows read, each once, none lost
