@@ -13,6 +13,9 @@
    small, so what is measured is the machinery) at each of ``--sizes`` rows, each in a fresh
    process: wall time, and the peak memory of that driver process (``ru_maxrss``; Ray's workers
    are other processes).
+3. Preparation (printed first; ``--skip-prepare``): ``PreparedPool.build`` of each ``--n`` pool
+   twice in the driver (a pool under ``LOCAL_PREPARE_BYTES``) and twice through Ray Data's
+   tasks, in one process with Ray up.
 
     .venv/bin/python benchmarks/predict_speed.py [--n 20000 100000] [--sizes 10000 100000] [--threads 2] [--blocks 1 4]
 """
@@ -75,6 +78,27 @@ print(json.dumps({{"wall_s": time.monotonic() - t0}}))
 """
 
 
+PREPARE = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from molal_ray.config import PoolConfig
+from molal_ray.pipeline import pool_store
+from molal_ray.runtime import init_local
+init_local(num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
+cfg = PoolConfig(path={pool!r})
+out = {{}}
+for way, limit in (("driver", pool_store.LOCAL_PREPARE_BYTES), ("ray_data", 0)):
+    pool_store.LOCAL_PREPARE_BYTES = limit
+    times = []
+    for i in range(2):
+        t0 = time.monotonic()
+        pool_store.PreparedPool.build(cfg, {out!r} + f"-{{way}}-{{i}}")
+        times.append(time.monotonic() - t0)
+    out[way] = times
+print(json.dumps(out))
+"""
+
+
 def run(code: str) -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -91,6 +115,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--skip-prepare", action="store_true")
     ap.add_argument(
         "--blocks", type=int, nargs="+", default=[4], help="row groups per predictor block (the job's default: 4)"
     )
@@ -101,6 +126,15 @@ def main() -> None:
         warm_pool = t / "warm.parquet"
         write_pool(warm_pool, 1000)
         opts["warm_pool"] = str(warm_pool)
+        for n in [] if args.skip_prepare else args.n:  # the pool's preparation alone, Ray up
+            pool = t / f"prepare-{n}.parquet"
+            write_pool(pool, n)
+            r = run(PREPARE.format(pool=str(pool), out=str(t / "prepared"), **opts))
+            print(
+                f"prepare, {n} texts: in the driver {' / '.join(f'{x:.2f}' for x in r['driver'])} s, "
+                f"through Ray Data's tasks {' / '.join(f'{x:.2f}' for x in r['ray_data'])} s",
+                flush=True,
+            )
         for n in [] if args.skip_speed else args.n:
             pool = t / f"speed-{n}.parquet"
             write_pool(pool, n)
