@@ -123,11 +123,22 @@ def annotate_dataset(
     return long_blocks(stream)  # a block waits on every annotator: slow ones take hours
 
 
-def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
-    """Merge each bucket's parts into files of about 128 MB (Ray tasks, one per bucket)."""
-    import ray
+LOCAL_COMPACT_BYTES = 32 << 20
+"""Outputs whose parts hold at most this many bytes are compacted in the calling process (one
+bucket after the other, one part in memory at a time); larger ones by Ray tasks, one per bucket.
+Below it a task's start costs more than its work (20,000 predictions: 0.02 s here against about
+1 s through the tasks, ``benchmarks/results/predict_speed.md``)."""
 
+
+def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
+    """Merge each bucket's parts into files of about 128 MB: in this process for a small output,
+    else Ray tasks, one per bucket (the same :func:`compact_bucket` either way)."""
     from molal_ray.pipeline.output import COMPACT_TARGET_BYTES
+
+    parts = out.parts
+    if sum(max(i.size or 0, 0) for i in parts.list(prefix="part-", suffix=".parquet")) <= LOCAL_COMPACT_BYTES:
+        return sum(compact_bucket(parts, k, COMPACT_TARGET_BYTES, out.kind) for k in range(buckets))
+    import ray
 
     task: Any = ray.remote(num_cpus=num_cpus)(compact_bucket)
     return sum(ray.get([task.remote(out.parts, k, COMPACT_TARGET_BYTES, out.kind) for k in range(buckets)]))

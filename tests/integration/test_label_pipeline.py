@@ -19,6 +19,7 @@ from molal_ray import schema
 from molal_ray.config import LabelJobConfig
 from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table
+from molal_ray.storage import resolve
 from tests.conftest import (
     ROOT,
     TREC,
@@ -43,7 +44,10 @@ def _table_dict(out: Path) -> dict[tuple[str, str], dict]:
     return dict(zip(keys, rows))
 
 
-def test_trec_subset_matches_the_recording_row_by_row(ray_local, tmp_path):
+def test_trec_subset_matches_the_recording_row_by_row(ray_local, tmp_path, monkeypatch):
+    from molal_ray.pipeline import label_job
+
+    monkeypatch.setattr(label_job, "LOCAL_COMPACT_BYTES", 0)  # compacted by Ray tasks, as a large output is
     pool = pq.read_table(TREC / "pool.parquet").slice(0, 400)
     pq.write_table(pool, tmp_path / "pool.parquet")
     cfg = LabelJobConfig.from_dict(_config(tmp_path, tmp_path / "pool.parquet", tmp_path / "out"))
@@ -62,6 +66,8 @@ def test_trec_subset_matches_the_recording_row_by_row(ray_local, tmp_path):
     assert summary.annotators["mistral"].invalid_vote_rate > 0
     assert seen[-1] == ({n: 400 for n in TREC_ANNOTATORS}, 400)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["table_rows"] == 2000
+    parts = resolve(tmp_path / "out").join("parts")
+    assert not parts.list(prefix="part-") and parts.list(prefix="data-")  # every bucket's parts merged
 
 
 def test_a_block_slower_than_ray_datas_no_progress_guard_is_labelled_whole(ray_local, tmp_path, monkeypatch):
