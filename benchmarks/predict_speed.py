@@ -4,11 +4,16 @@
    or ``--model``) over each of ``--n`` texts (TREC questions repeated under new ids), with
    ``molal_ray.predict`` (Ray Data, one predictor actor) and as a plain Python loop
    (``load_classifier`` and ``predict_proba`` in batches, its imports and the model's load
-   included, as a predictor actor's are), with the
-   same batch size and torch threads. ``cold``: a fresh process, everything counted (Ray's start,
-   its workers' first imports, the pool's preparation, the model's load, the compaction);
+   included, as a predictor actor's are), with the same batch size and torch threads. Each
+   predict run is paired with a plain loop run just before it (this machine's speed drifts by
+   10-15% over minutes), ``--repeat`` pairs of each, the median ratio printed. ``cold``: a fresh
+   process, everything counted (Ray's start, its workers' first imports, the pool's preparation,
+   the model's load, the compaction);
    ``warm``: the same process after a first predict of 1,000 other texts (Ray and its workers
-   up, as in a notebook or a long-lived driver). Ratio = plain seconds / predict seconds.
+   up, as in a notebook or a long-lived driver); ``cluster``: a fresh process joining a Ray head
+   started before (``ray start --head`` on 127.0.0.1, 2 CPUs), as a job submitted to a running
+   cluster is (its imports, its workers, the model's load counted; Ray's start not).
+   ``--modes`` picks them. Ratio = plain seconds / predict seconds.
 2. Scale: ``molal_ray.predict`` of a tiny classifier (``build_head_export``: the work per row is
    small, so what is measured is the machinery) at each of ``--sizes`` rows, each in a fresh
    process: wall time, and the peak memory of that driver process (``ru_maxrss``; Ray's workers
@@ -17,13 +22,15 @@
    twice in the driver (a pool under ``LOCAL_PREPARE_BYTES``) and twice through Ray Data's
    tasks, in one process with Ray up.
 
-    .venv/bin/python benchmarks/predict_speed.py [--n 20000 100000] [--sizes 10000 100000] [--threads 2] [--blocks 1 4]
+    .venv/bin/python benchmarks/predict_speed.py [--n 20000 100000] [--sizes 10000 100000] [--threads 2]
+        [--blocks 1 4] [--repeat 3] [--modes cold warm cluster]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,13 +58,14 @@ sys.path.insert(0, {root!r})
 import molal_ray
 import molal_ray.inference.job as job
 job.PREDICT_GROUPS_PER_BLOCK = {groups}
+ray_cfg = {{"num_cpus": {cpus}}} if {address!r} is None else {{"address": {address!r}}}
 if {warm}:
     molal_ray.predict(model={model!r}, pool={{"path": {warm_pool!r}}},
                       output={{"path": {out!r} + "-warm-up", "mode": "overwrite"}},
-                      predictor={{"batch_size": {batch}, "threads": {threads}}}, ray={{"num_cpus": {cpus}}})
+                      predictor={{"batch_size": {batch}, "threads": {threads}}}, ray=ray_cfg)
 t0 = time.monotonic()
 s = molal_ray.predict(model={model!r}, pool={{"path": {pool!r}}}, output={{"path": {out!r}, "mode": "overwrite"}},
-                      predictor={{"batch_size": {batch}, "threads": {threads}}}, ray={{"num_cpus": {cpus}}})
+                      predictor={{"batch_size": {batch}, "threads": {threads}}}, ray=ray_cfg)
 wall = time.monotonic() - t0
 assert s.table_rows == {n}, s.table_rows
 print(json.dumps({{"wall_s": wall, "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
@@ -99,11 +107,28 @@ print(json.dumps(out))
 """
 
 
-def run(code: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+def run(code: str, env: dict | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_predict(folder: Path, model: str, pool: Path, n: int, groups: int, mode: str, opts: dict) -> dict:
+    """One timed ``molal_ray.predict`` in a fresh process; ``cluster``: joining a Ray head started
+    for it (before the clock starts, stopped after: the plain loop never shares the CPUs with it)."""
+    folder.mkdir()
+    code = dict(model=model, pool=str(pool), out=str(folder / "pred"), n=n, warm=mode == "warm", groups=groups)
+    if mode != "cluster":
+        return run(DRIVER.format(address=None, **code, **opts))
+    from molal_ray.testing.ray_head import RayHead
+
+    head = RayHead(folder, cwd=ROOT, num_cpus=opts["cpus"])
+    try:
+        head.start()
+        return run(DRIVER.format(address=head.address, **code, **opts), env=head.env)
+    finally:
+        head.stop()
 
 
 def main() -> None:
@@ -113,6 +138,10 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="pairs of (plain loop, predict) runs per setting, run in turn"
+    )
+    ap.add_argument("--modes", nargs="+", choices=["cold", "warm", "cluster"], default=["cold", "warm"])
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-prepare", action="store_true")
@@ -138,19 +167,24 @@ def main() -> None:
         for n in [] if args.skip_speed else args.n:
             pool = t / f"speed-{n}.parquet"
             write_pool(pool, n)
-            plain = run(PLAIN.format(model=args.model, pool=str(pool), n=n, **opts))
-            for groups, warm in [(g, w) for g in args.blocks for w in (False, True)]:
-                ray_s = run(
-                    DRIVER.format(
-                        model=args.model, pool=str(pool), out=str(t / "pred"), n=n, warm=warm, groups=groups, **opts
+            ratios: dict[tuple[int, str], list[float]] = {}
+            for rep in range(args.repeat):  # each predict beside a plain loop run just before it
+                for groups, mode in [(g, m) for g in args.blocks for m in args.modes]:
+                    plain = run(PLAIN.format(model=args.model, pool=str(pool), n=n, **opts))
+                    ray_s = run_predict(t / f"run-{n}-{rep}-{groups}-{mode}", args.model, pool, n, groups, mode, opts)
+                    ratio = plain["wall_s"] / ray_s["wall_s"]
+                    ratios.setdefault((groups, mode), []).append(ratio)
+                    print(
+                        f"speed, {n} texts, {args.threads} threads, batch {args.batch}, blocks of {groups} row "
+                        f"groups, {mode}, pair {rep + 1}: molal_ray.predict {ray_s['wall_s']:.1f} s "
+                        f"({n / ray_s['wall_s']:.0f} texts/s), plain loop {plain['wall_s']:.1f} s "
+                        f"({n / plain['wall_s']:.0f} texts/s): ratio {ratio:.2f}x",
+                        flush=True,
                     )
-                )
+            for (groups, mode), rs in ratios.items() if args.repeat > 1 else ():
                 print(
-                    f"speed, {n} texts, {args.threads} threads, batch {args.batch}, blocks of {groups} row groups, "
-                    f"{'warm' if warm else 'cold'}: "
-                    f"molal_ray.predict {ray_s['wall_s']:.1f} s ({n / ray_s['wall_s']:.0f} texts/s), plain loop "
-                    f"{plain['wall_s']:.1f} s ({n / plain['wall_s']:.0f} texts/s): ratio "
-                    f"{plain['wall_s'] / ray_s['wall_s']:.2f}x",
+                    f"speed, {n} texts, blocks of {groups} row groups, {mode}: median ratio "
+                    f"{statistics.median(rs):.2f}x of {len(rs)} pairs (min {min(rs):.2f}x, max {max(rs):.2f}x)",
                     flush=True,
                 )
         from molal_ray.testing.tiny_models import build_head_export
@@ -162,7 +196,14 @@ def main() -> None:
             write_pool(pool, n)
             r = run(
                 DRIVER.format(
-                    model=tiny, pool=str(pool), out=str(t / f"pred-{n}"), n=n, warm=False, groups=args.blocks[0], **opts
+                    model=tiny,
+                    pool=str(pool),
+                    out=str(t / f"pred-{n}"),
+                    n=n,
+                    warm=False,
+                    groups=args.blocks[0],
+                    address=None,
+                    **opts,
                 )
             )
             rows.append((n, r))

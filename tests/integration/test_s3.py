@@ -15,11 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from molal_ray.config import LabelJobConfig
 from molal_ray.config.loop import LoopJobConfig
 from molal_ray.loop.runner import run_loop
 from molal_ray.loop.state import LoopState
-from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table
 from molal_ray.storage import resolve
 from tests.conftest import (
@@ -52,23 +50,6 @@ def data(s3, tmp_path_factory):
 
 def _label_cfg(pool: str, recording: str, out: str, latency: float = 0.0, in_flight: int = 4) -> dict:
     return replay_label_config(pool, out, recording=recording, latency=latency, buckets=3, in_flight=in_flight)
-
-
-def test_label_job_on_s3_writes_the_rows_of_a_local_run(ray_local, s3, data, tmp_path):
-    out = s3.uri(data["bucket"], "label-a")
-    summary = run_label_job(LabelJobConfig.from_dict(_label_cfg(data["pool"], data["recording"], out)))
-    local = tmp_path / "local"
-    run_label_job(
-        LabelJobConfig.from_dict(
-            _label_cfg(str(data["root"] / "pool.parquet"), str(TREC / "recording.parquet"), str(local))
-        )
-    )
-    remote, here = table_pairs(out), table_pairs(local)
-    assert len(remote) == 300 * 5 and remote == here
-    assert summary.table_rows == 1500 and summary.output == out
-    names = [i.base_name for i in resolve(out).join("parts").list()]
-    assert names and all(n.startswith(("part-b", "data-b")) for n in names)  # nothing left half-written
-    assert resolve(out).join("pool", "_manifest.json").exists()
 
 
 def test_a_label_job_whose_object_store_stops_ends_with_one_clear_line_and_resumes_once_it_is_back(tmp_path):
@@ -140,9 +121,13 @@ def test_a_killed_label_job_on_s3_resumes_to_the_rows_of_an_uninterrupted_one(ra
     assert 0 < partial < 1500
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_rows_are_the_recordings(
+    assert_rows_are_the_recordings(  # every pair once, each the recording's: what a local run writes
         table_pairs(out), pq.read_table(data["root"] / "pool.parquet").column("id").to_pylist()
     )
+    assert json.loads(resolve(out).join("summary.json").read_text())["table_rows"] == 1500
+    names = [i.base_name for i in resolve(out).join("parts").list()]
+    assert names and all(n.startswith(("part-b", "data-b")) for n in names)  # nothing left half-written
+    assert resolve(out).join("pool", "_manifest.json").exists()
 
 
 def test_a_loop_on_s3_matches_the_local_one(ray_local, s3, data, tmp_path):
