@@ -18,9 +18,11 @@
    small, so what is measured is the machinery) at each of ``--sizes`` rows, each in a fresh
    process: wall time, and the peak memory of that driver process (``ru_maxrss``; Ray's workers
    are other processes).
-3. Preparation (printed first; ``--skip-prepare``): ``PreparedPool.build`` of each ``--n`` pool
-   twice in the driver (a pool under ``LOCAL_PREPARE_BYTES``) and twice through Ray Data's
-   tasks, in one process with Ray up.
+3. Preparation and compaction (printed first; ``--skip-prepare``): ``PreparedPool.build`` of
+   each ``--n`` pool twice in the driver (a pool under ``LOCAL_PREPARE_BYTES``) and twice through
+   Ray Data's tasks, and the compaction of ``--n`` predictions written as a predict's two blocks
+   do (16 parts) twice in the driver (under ``LOCAL_COMPACT_BYTES``) and twice as Ray tasks, each
+   in one process with Ray up.
 
     .venv/bin/python benchmarks/predict_speed.py [--n 20000 100000] [--sizes 10000 100000] [--threads 2]
         [--blocks 1 4] [--repeat 3] [--modes cold warm cluster]
@@ -107,6 +109,42 @@ print(json.dumps(out))
 """
 
 
+COMPACT = """
+import json, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import numpy as np
+from molal_ray.ids import hash_ids
+from molal_ray.inference.stage import prediction_rows
+from molal_ray.pipeline import label_job
+from molal_ray.pipeline.output import open_output, write_part
+from molal_ray.pipeline.prepare import bucket_of
+from molal_ray.runtime import init_local
+from molal_ray.schema import PREDICTIONS
+init_local(num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
+labels, buckets = list("abcdef"), 8
+ids = np.array([f"q{{i}}" for i in range({n})], dtype=object)
+of = bucket_of(hash_ids(ids.tolist()), buckets)
+rng = np.random.default_rng(0)
+out = {{}}
+for way, limit in (("driver", label_job.LOCAL_COMPACT_BYTES), ("ray_tasks", 0)):
+    label_job.LOCAL_COMPACT_BYTES = limit
+    times = []
+    for i in range(2):
+        o = open_output(tempfile.mkdtemp() + "/o", "overwrite", labels, ["classifier"], kind=PREDICTIONS)
+        for block in (slice(0, 16384), slice(16384, None)):  # the parts of a predict's two blocks
+            for k in range(buckets):
+                sel = ids[block][of[block] == k].tolist()
+                rows = prediction_rows(sel, rng.dirichlet(np.ones(6), len(sel)), labels)
+                write_part(o.parts, rows, bucket=k, kind=PREDICTIONS)
+        t0 = time.monotonic()
+        label_job.compact(o, buckets, 0.25)
+        times.append(time.monotonic() - t0)
+    out[way] = times
+print(json.dumps(out))
+"""
+
+
 def run(code: str, env: dict | None = None) -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
@@ -162,6 +200,13 @@ def main() -> None:
             print(
                 f"prepare, {n} texts: in the driver {' / '.join(f'{x:.2f}' for x in r['driver'])} s, "
                 f"through Ray Data's tasks {' / '.join(f'{x:.2f}' for x in r['ray_data'])} s",
+                flush=True,
+            )
+        for n in [] if args.skip_prepare else args.n:  # the output's compaction alone, Ray up
+            r = run(COMPACT.format(n=n, **opts))
+            print(
+                f"compact, {n} predictions in 16 parts: in the driver {' / '.join(f'{x:.2f}' for x in r['driver'])} s, "
+                f"as Ray tasks {' / '.join(f'{x:.2f}' for x in r['ray_tasks'])} s",
                 flush=True,
             )
         for n in [] if args.skip_speed else args.n:

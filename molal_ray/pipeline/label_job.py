@@ -126,8 +126,9 @@ def annotate_dataset(
 LOCAL_COMPACT_BYTES = 32 << 20
 """Outputs whose parts hold at most this many bytes are compacted in the calling process (one
 bucket after the other, one part in memory at a time); larger ones by Ray tasks, one per bucket.
-Below it a task's start costs more than its work (20,000 predictions: 0.02 s here against about
-1 s through the tasks, ``benchmarks/results/predict_speed.md``)."""
+Below it the tasks' first start costs more than the work: 20,000 predictions in 16 parts took
+0.09-0.19 s in the driver, 4.2 s as the first Ray tasks of a process and 0.17 s as the next
+(``benchmarks/predict_speed.py --skip-speed --skip-scale``, with the test suite running beside)."""
 
 
 def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
