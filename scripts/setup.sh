@@ -40,10 +40,12 @@ if [[ "${1:-}" == "--test" ]]; then
   LS_VENV="${MOLAL_LABEL_STUDIO_VENV:-.venv-label-studio}"
   if [[ ! -x "$LS_VENV/bin/label-studio" ]]; then
     "$PY" -m venv "$LS_VENV"
+    # Under the versions it was verified with: a later release of one of its dependencies broke it.
+    ls_pin=("label-studio==1.23.2" -c scripts/label-studio-constraints.txt)
     if [[ "${install[0]}" == "$VENV/bin/uv" ]]; then
-      "$VENV/bin/uv" pip install -q --python "$LS_VENV/bin/python" "label-studio==1.23.2"
+      "$VENV/bin/uv" pip install -q --python "$LS_VENV/bin/python" "${ls_pin[@]}"
     else
-      "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install "label-studio==1.23.2"
+      "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install "${ls_pin[@]}"
     fi
   fi
 fi
