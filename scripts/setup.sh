@@ -38,15 +38,16 @@ if [[ "${1:-}" == "--test" ]]; then
   # The review tests run a real Label Studio server. Its own dependencies (Django and more) pin
   # versions the project does not use, so it gets a venv of its own; molal_ray talks to it over HTTP.
   LS_VENV="${MOLAL_LABEL_STUDIO_VENV:-.venv-label-studio}"
-  if [[ ! -x "$LS_VENV/bin/label-studio" ]]; then
+  if [[ ! -x "$LS_VENV/bin/python" ]]; then
     "$PY" -m venv "$LS_VENV"
-    # Under the versions it was verified with: a later release of one of its dependencies broke it.
-    ls_pin=("label-studio==1.23.2" -c scripts/label-studio-constraints.txt)
-    if [[ "${install[0]}" == "$VENV/bin/uv" ]]; then
-      "$VENV/bin/uv" pip install -q --python "$LS_VENV/bin/python" "${ls_pin[@]}"
-    else
-      "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install "${ls_pin[@]}"
-    fi
+  fi
+  # Under the versions it was verified with (a later release of one of its dependencies broke
+  # it); run each time, so that a venv made before the constraints is brought back to them.
+  ls_pin=("label-studio==1.23.2" -c scripts/label-studio-constraints.txt)
+  if [[ "${install[0]}" == "$VENV/bin/uv" ]]; then
+    "$VENV/bin/uv" pip install -q --python "$LS_VENV/bin/python" "${ls_pin[@]}"
+  else
+    "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install "${ls_pin[@]}"
   fi
 fi
 echo "molal_ray environment ready in $VENV ($extras)"
