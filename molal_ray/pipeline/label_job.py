@@ -142,7 +142,7 @@ def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
     import ray
 
     task: Any = ray.remote(num_cpus=num_cpus)(compact_bucket)
-    return sum(ray.get([task.remote(out.parts, k, COMPACT_TARGET_BYTES, out.kind) for k in range(buckets)]))
+    return sum(ray.get([task.remote(parts, k, COMPACT_TARGET_BYTES, out.kind) for k in range(buckets)]))
 
 
 def run_label_job(
