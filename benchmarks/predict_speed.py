@@ -116,7 +116,7 @@ sys.path.insert(0, {root!r})
 import numpy as np
 from molal_ray.ids import hash_ids
 from molal_ray.inference.stage import prediction_rows
-from molal_ray.pipeline import label_job
+from molal_ray.pipeline import output
 from molal_ray.pipeline.output import open_output, write_part
 from molal_ray.pipeline.prepare import bucket_of
 from molal_ray.runtime import init_local
@@ -127,8 +127,8 @@ ids = np.array([f"q{{i}}" for i in range({n})], dtype=object)
 of = bucket_of(hash_ids(ids.tolist()), buckets)
 rng = np.random.default_rng(0)
 out = {{}}
-for way, limit in (("driver", label_job.LOCAL_COMPACT_BYTES), ("ray_tasks", 0)):
-    label_job.LOCAL_COMPACT_BYTES = limit
+for way, limit in (("driver", output.LOCAL_COMPACT_BYTES), ("ray_tasks", 0)):
+    output.LOCAL_COMPACT_BYTES = limit
     times = []
     for i in range(2):
         o = open_output(tempfile.mkdtemp() + "/o", "overwrite", labels, ["classifier"], kind=PREDICTIONS)
@@ -138,7 +138,7 @@ for way, limit in (("driver", label_job.LOCAL_COMPACT_BYTES), ("ray_tasks", 0)):
                 rows = prediction_rows(sel, rng.dirichlet(np.ones(6), len(sel)), labels)
                 write_part(o.parts, rows, bucket=k, kind=PREDICTIONS)
         t0 = time.monotonic()
-        label_job.compact(o, buckets, 0.25)
+        output.compact(o, buckets, 0.25)
         times.append(time.monotonic() - t0)
     out[way] = times
 print(json.dumps(out))

@@ -122,19 +122,36 @@ def drop_native_log_lines() -> None:
     _Sinks.installed = True
 
 
+class _Quiet:
+    level: int | None = None  # what quiet_ray_loggers set in this process, if it ran
+
+
 def quiet_ray_loggers(level: int = logging.WARNING) -> None:
     """Ray's driver-side loggers (they carry their own levels and handlers) at ``level``, and its
     notices about our own settings at ERROR. Ray Data and Serve set their loggers' levels when
-    they are imported, so they are imported first."""
+    they are imported: Ray Data is imported first; Serve (a third of a second, which a job
+    without annotators, such as ``predict``, does not need) is quieted when it is imported, by
+    :func:`serve_imported`."""
     import ray.data  # noqa: F401
-    import ray.serve  # noqa: F401
 
+    _Quiet.level = level
+    _set_ray_levels(level)
+    # Ray Data's advice when a small pool gives an actor pool fewer blocks than actors.
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
+
+
+def serve_imported() -> None:
+    """After ``ray.serve``'s import, which sets its logger's level: the level
+    :func:`quiet_ray_loggers` set in this process again (nothing when it did not run)."""
+    if _Quiet.level is not None:
+        _set_ray_levels(_Quiet.level)
+
+
+def _set_ray_levels(level: int) -> None:
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(level)
     for name in RAY_NOTICES:
         logging.getLogger(name).setLevel(max(level, logging.ERROR))
-    # Ray Data's advice when a small pool gives an actor pool fewer blocks than actors.
-    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
 
 
 def is_forwarded(line: str) -> bool:

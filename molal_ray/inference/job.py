@@ -27,7 +27,7 @@ from molal_ray.config.predict import PredictJobConfig
 from molal_ray.exceptions import ConfigError
 from molal_ray.layout import PredictLayout
 from molal_ray.lock import OutputLock
-from molal_ray.pipeline.output import DoneIndex, OutputDir, open_output, pin_buckets, table_files
+from molal_ray.pipeline.output import DoneIndex, OutputDir, compact, open_output, pin_buckets, table_files
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.schema import PREDICTIONS
 from molal_ray.storage import Location, resolve
@@ -155,7 +155,6 @@ def _predict(
 
     from molal_ray.inference.stage import PredictStage
     from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS
-    from molal_ray.pipeline.label_job import compact
     from molal_ray.runtime import check_paths_reach_every_node, ensure_ray
 
     t0 = time.monotonic()

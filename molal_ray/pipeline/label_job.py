@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from molal_ray.pipeline.annotate_stage import INPUT_COLUMNS, AnnotateStage, stag
 from molal_ray.pipeline.output import (
     DoneIndex,
     OutputDir,
-    compact_bucket,
+    compact,
     open_output,
     pin_buckets,
     read_annotation_rows,
@@ -121,28 +120,6 @@ def annotate_dataset(
         compute=ray.data.ActorPoolStrategy(size=pl.concurrency),
     )
     return long_blocks(stream)  # a block waits on every annotator: slow ones take hours
-
-
-LOCAL_COMPACT_BYTES = 32 << 20
-"""Outputs whose parts hold at most this many bytes are compacted in the calling process (one
-bucket after the other, one part in memory at a time); larger ones by Ray tasks, one per bucket.
-Below it the tasks' first start costs more than the work: 20,000 predictions in 16 parts took
-0.09-0.19 s in the driver, 4.2 s as the first Ray tasks of a process and 0.17 s as the next
-(``benchmarks/predict_speed.py --skip-speed --skip-scale``, with the test suite running beside)."""
-
-
-def compact(out: OutputDir, buckets: int, num_cpus: float) -> int:
-    """Merge each bucket's parts into files of about 128 MB: in this process for a small output,
-    else Ray tasks, one per bucket (the same :func:`compact_bucket` either way)."""
-    from molal_ray.pipeline.output import COMPACT_TARGET_BYTES
-
-    parts = out.parts
-    if sum(max(i.size or 0, 0) for i in parts.list(prefix="part-", suffix=".parquet")) <= LOCAL_COMPACT_BYTES:
-        return sum(compact_bucket(parts, k, COMPACT_TARGET_BYTES, out.kind) for k in range(buckets))
-    import ray
-
-    task: Any = ray.remote(num_cpus=num_cpus)(compact_bucket)
-    return sum(ray.get([task.remote(parts, k, COMPACT_TARGET_BYTES, out.kind) for k in range(buckets)]))
 
 
 def run_label_job(

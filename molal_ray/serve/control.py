@@ -19,13 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import ray.serve  # noqa: F401  (every use below; its import sets its logger, quieted again here)
+
 from molal_ray.config import AnnotatorAppConfig
+from molal_ray.console import serve_imported
 from molal_ray.engines.base import Engine
 from molal_ray.exceptions import AnnotatorError, ConfigError, exceptions_in, one_line
 from molal_ray.serve import INGRESS_NAME
 from molal_ray.serve.fingerprint import differences, fingerprint
 
 logger = logging.getLogger("molal_ray.serve")
+serve_imported()
 
 BUILDER = "molal_ray.serve.app:build_app"
 

@@ -45,9 +45,9 @@ def _table_dict(out: Path) -> dict[tuple[str, str], dict]:
 
 
 def test_trec_subset_matches_the_recording_row_by_row(ray_local, tmp_path, monkeypatch):
-    from molal_ray.pipeline import label_job
+    from molal_ray.pipeline import output
 
-    monkeypatch.setattr(label_job, "LOCAL_COMPACT_BYTES", 0)  # compacted by Ray tasks, as a large output is
+    monkeypatch.setattr(output, "LOCAL_COMPACT_BYTES", 0)  # compacted by Ray tasks, as a large output is
     pool = pq.read_table(TREC / "pool.parquet").slice(0, 400)
     pq.write_table(pool, tmp_path / "pool.parquet")
     cfg = LabelJobConfig.from_dict(_config(tmp_path, tmp_path / "pool.parquet", tmp_path / "out"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import logging
+import subprocess
 import sys
 
-from molal_ray.console import forwarded_lines_to, is_forwarded, quiet_ray_loggers
+from molal_ray.console import forwarded_lines_to, is_forwarded
 
 
 def test_forwarded_lines_are_recognised():
@@ -39,12 +39,26 @@ def test_router_sends_forwarded_lines_to_the_sink_and_keeps_ours(monkeypatch):
 
 
 def test_ray_loggers_quieted_after_ray_data_and_serve_set_theirs():
-    quiet_ray_loggers()
-    for name in ("ray", "ray.data", "ray.serve", "ray.train"):
-        assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
-    assert logging.getLogger("ray.data._internal.progress").getEffectiveLevel() >= logging.ERROR
-    quiet_ray_loggers(logging.INFO)
-    assert logging.getLogger("ray.data").level == logging.INFO
+    # In a fresh process: Serve is not imported for the quiet (a job without annotators does not
+    # need it), and when our Serve code imports it, which sets its logger to INFO, it is quiet again.
+    code = """
+import logging, sys
+from molal_ray.console import quiet_ray_loggers
+quiet_ray_loggers()
+assert "ray.serve" not in sys.modules
+for name in ("ray", "ray.data", "ray.serve", "ray.train"):
+    assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING, name
+assert logging.getLogger("ray.data._internal.progress").getEffectiveLevel() >= logging.ERROR
+import ray.serve
+assert logging.getLogger("ray.serve").level == logging.INFO  # what Serve's import sets
+import molal_ray.serve.control
+assert logging.getLogger("ray.serve").level == logging.WARNING
+quiet_ray_loggers(logging.INFO)
+assert logging.getLogger("ray.data").level == logging.INFO
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_after_a_quiet_command_rays_late_lines_are_dropped(monkeypatch):

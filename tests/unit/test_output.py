@@ -120,7 +120,7 @@ def test_a_small_output_is_compacted_in_this_process_and_a_larger_one_by_ray_tas
     # tests/integration/test_label_pipeline.py::test_trec_subset_matches_the_recording_row_by_row).
     import ray
 
-    from molal_ray.pipeline import label_job
+    from molal_ray.pipeline import output
 
     def no_ray(*args, **kwargs):
         raise AssertionError("compacted by Ray tasks")
@@ -130,14 +130,14 @@ def test_a_small_output_is_compacted_in_this_process_and_a_larger_one_by_ray_tas
     for bucket, ids in ((0, ["a", "b"]), (0, ["c"]), (1, ["d"]), (1, ["e", "f"]), (1, ["g"])):
         write_part(out.parts, _rows(ids), bucket=bucket)
     before = sorted(read_annotation_table(out.root).column("sample_id").to_pylist())
-    assert label_job.compact(out, 2, 0.25) == 5
+    assert output.compact(out, 2, 0.25) == 5
     assert len(out.parts.list(prefix="part-")) == 0 and len(out.parts.list(prefix="data-")) == 2
     assert sorted(read_annotation_table(out.root).column("sample_id").to_pylist()) == before
     write_part(out.parts, _rows(["h"]), bucket=0)
     write_part(out.parts, _rows(["i"]), bucket=0)
-    monkeypatch.setattr(label_job, "LOCAL_COMPACT_BYTES", 0)
+    monkeypatch.setattr(output, "LOCAL_COMPACT_BYTES", 0)
     with pytest.raises(AssertionError, match="compacted by Ray tasks"):
-        label_job.compact(out, 2, 0.25)
+        output.compact(out, 2, 0.25)
 
 
 def test_a_uri_output_is_resolved_through_pyarrow(tmp_path):
