@@ -232,11 +232,13 @@ def main() -> None:
                     f"{statistics.median(rs):.2f}x of {len(rs)} pairs (min {min(rs):.2f}x, max {max(rs):.2f}x)",
                     flush=True,
                 )
+        if args.skip_scale:
+            return
         from molal_ray.testing.tiny_models import build_head_export
 
         tiny = str(build_head_export(t / "tiny", ["a", "b", "c", "d", "e", "f"], ["what is it", "who is it"]))
         rows = []
-        for n in args.sizes if not args.skip_scale else []:
+        for n in args.sizes:
             pool = t / f"pool-{n}.parquet"
             write_pool(pool, n)
             r = run(

@@ -155,6 +155,20 @@ def check_files(cfg: Any) -> None:
         problem = write_problem(output_path, folder=True)  # local paths only: asks no storage
         if problem:
             problems.append(f"output.path: {problem}")
+        elif cfg.output.mode == "resume":  # the table it resumes holds the same annotators, if any
+
+            def same_annotators(out: str = output_path) -> None:
+                from molal_ray.layout import LoopLayout
+                from molal_ray.pipeline.output import check_table_settings
+                from molal_ray.serve.fingerprint import fingerprints
+
+                table = LoopLayout.at(out).annotations.root if getattr(cfg, "loop", None) is not None else out
+                try:
+                    check_table_settings(table, fingerprints(cfg.annotators, cfg.task))
+                except ConfigError as exc:  # it names its field
+                    problems.append(str(exc))
+
+            guard("output.path", same_annotators)
     task = cfg.task
     gold = getattr(cfg, "gold", None) or (cfg.cascade.gold if getattr(cfg, "cascade", None) else None)
     if gold:

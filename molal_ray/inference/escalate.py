@@ -9,7 +9,9 @@ After predicting (``inference/job.py``):
    labels.parquet: what the aggregator is fitted on), go through the annotators of a label
    config: the label job itself (``run_label_job`` on the prepared pool's rows with those keys),
    into ``PRED/escalation/``: exactly once and resumable; a larger budget later asks only the
-   rows not asked yet.
+   rows not asked yet. The people-labelled rows' answers the loop already has (its
+   ``OUT/annotations`` beside the labels.parquet) are copied in first, from each annotator
+   whose settings are the label config's (the same fingerprint), and not asked again.
 3. The aggregator is fitted on the people-labelled rows' answers and labels the doubtful rows
    (``PRED/escalation/mixture.parquet``, its output table). A row's label is then, by default
    (``combine: product``), the top of the product of the mixture's and the classifier's
@@ -43,12 +45,24 @@ from molal_ray.config.job import OutputConfig
 from molal_ray.config.predict import EscalationConfig, PredictJobConfig
 from molal_ray.exceptions import ConfigError
 from molal_ray.ids import hash_ids
-from molal_ray.layout import PredictLayout
-from molal_ray.pipeline.output import OutputDir, open_output, pin_buckets, read_annotation_rows, read_table, table_files
+from molal_ray.layout import LabelLayout, LoopLayout, PredictLayout
+from molal_ray.pipeline.output import (
+    DoneIndex,
+    OutputDir,
+    check_table_settings,
+    open_output,
+    pin_buckets,
+    read_annotation_rows,
+    read_table,
+    table_files,
+    table_fingerprints,
+    write_part,
+)
 from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.prepare import ROW, bucket_of
 from molal_ray.schema import PREDICTIONS
-from molal_ray.storage import Location
+from molal_ray.serve.fingerprint import fingerprints
+from molal_ray.storage import Location, resolve
 
 logger = logging.getLogger("molal_ray.predict")
 
@@ -73,6 +87,15 @@ def escalation_problems(cfg: PredictJobConfig, labels: list[str]) -> list[str]:
             f"--escalate: {e.label_config} labels {lcfg.task.labels}; the model was trained for {labels}"
             + (" (the same labels in another order: the config's order must be the model's)" if same else "")
         )
+    if cfg.output.mode == "resume":  # the escalation's table, if any, holds the same annotators
+        try:
+            check_table_settings(
+                PredictLayout(resolve(cfg.output.path, field="--out")).escalation.root,
+                fingerprints(lcfg.annotators, lcfg.task),
+                field="--escalate",
+            )
+        except ConfigError as exc:
+            problems.append(str(exc))
     name = DEFAULT if e.aggregator == "default" else e.aggregator
     if name not in available():
         problems.append(f"--aggregator: got {e.aggregator!r}; expected one of {['default', *available()]}")
@@ -126,6 +149,50 @@ def people_rows(known: pa.Table | None, labels: list[str]) -> pd.DataFrame:
     ).drop_duplicates("sample_id")
 
 
+def loop_answers(known_path: str | None) -> LabelLayout | None:
+    """The annotation table of the loop whose ``labels.parquet`` is ``known_path`` (``OUT/annotations``
+    beside it), when there is one."""
+    if not known_path:
+        return None
+    table = LoopLayout(resolve(known_path).parent).annotations
+    return table if table.holds_table() else None
+
+
+def reuse_loop_answers(
+    lcfg: LabelJobConfig, escalation: OutputDir, loop: LabelLayout | None, ids: list[str], buckets: int
+) -> int:
+    """The loop's answers to ``ids`` (the people-labelled rows the aggregator is fitted on) copied
+    into the escalation's table, from each annotator whose fingerprint (task and engine settings)
+    is the same in the loop's table as in the label config, so that the label job does not ask
+    them again; error rows are left to be asked. Pairs the escalation's table already holds are
+    not copied twice. Returns the pairs of ``ids`` the loop's answers cover (copied now or on an
+    earlier run), which were not LLM calls of the escalation."""
+    if loop is None or not ids:
+        return 0
+    kept = table_fingerprints(loop.root)
+    names = [n for n, fp in fingerprints(lcfg.annotators, lcfg.task).items() if kept.get(n) == fp]
+    if not names:
+        return 0
+    rows = read_annotation_rows(loop.root, ids)
+    ours = pc.is_in(rows.column(schema.ANNOTATOR), value_set=pa.array(names))
+    rows = rows.filter(pc.and_(ours, pc.is_null(rows.column(schema.ERROR))))
+    if not rows.num_rows:
+        return 0
+    rows = rows.select(list(schema.ANNOTATION_SCHEMA.names)).cast(schema.ANNOTATION_SCHEMA)
+    h = hash_ids(rows.column(schema.SAMPLE_ID).to_pylist())
+    of = bucket_of(h, buckets)
+    done = DoneIndex(escalation.parts)
+    annotators = np.asarray(rows.column(schema.ANNOTATOR).to_pylist(), dtype=object)
+    for k in np.unique(of):
+        new = np.zeros(rows.num_rows, dtype=bool)
+        for name in names:
+            at = (of == k) & (annotators == name)
+            new[at] = ~done.mask(name, h[at], int(k))
+        if new.any():
+            write_part(escalation.parts, rows.filter(pa.array(new)), bucket=int(k))
+    return rows.num_rows
+
+
 def escalate(
     cfg: PredictJobConfig, out: OutputDir, pool: PreparedPool, known: pa.Table | None, engine_cls: Any = None
 ) -> dict[str, Any]:
@@ -167,7 +234,27 @@ def escalate(
         )
     found = pool.find(doubtful)
     keys = np.unique(np.concatenate([found.column(ROW).to_numpy(), fit.column(ROW).to_numpy()]).astype(np.int64))
-    logger.info("escalating %d rows (%s) and %d people-labelled rows", len(doubtful), rule, len(gold_df))
+    escalation = pin_buckets(
+        open_output(
+            lcfg.output.path,
+            lcfg.output.mode,
+            labels,
+            names,
+            fingerprints=fingerprints(lcfg.annotators, lcfg.task),
+            field="--out",
+        ),
+        pool.manifest.buckets,
+    )
+    reused = reuse_loop_answers(
+        lcfg, escalation, loop_answers(cfg.known), gold_df["sample_id"].tolist(), pool.manifest.buckets
+    )
+    logger.info(
+        "escalating %d rows (%s) and %d people-labelled rows (%d of their answers from the loop)",
+        len(doubtful),
+        rule,
+        len(gold_df),
+        reused,
+    )
     label_summary = run_label_job(lcfg, engine_cls=engine_cls, pool=pool, keys=keys)
     # 3. the aggregator, fitted on the people's rows, labels the doubtful ones
     asked = doubtful + gold_df["sample_id"].tolist()
@@ -187,7 +274,7 @@ def escalate(
     from molal_ray.inference.job import summarise_predictions
 
     _rows, by_source, _errors, _below = summarise_predictions(final.root)
-    calls = label_summary.table_rows
+    calls = label_summary.table_rows - reused
     everything = pool.n_usable * len(names)
     validation = result.report.get("validation", {}).get(result.report["method"])
     return {
@@ -199,6 +286,7 @@ def escalate(
         "combine": e.combine,
         "aggregator_cv_accuracy": validation["accuracy"] if validation else None,
         "llm_calls": calls,
+        "answers_from_loop": reused,
         "llm_calls_everything": everything,
         "llm_calls_share": round(calls / everything, 4) if everything else 0.0,
         "escalation": str(layout.escalation.root),

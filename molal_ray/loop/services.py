@@ -159,8 +159,15 @@ class RayRoundServices:
             return 0
         if self._stage is None:
             from molal_ray.pipeline.output import open_output
+            from molal_ray.serve.fingerprint import fingerprints
 
-            open_output(self.ann_dir, "resume", self.cfg.task.labels, [a.name for a in self.cfg.annotators])
+            open_output(
+                self.ann_dir,
+                "resume",
+                self.cfg.task.labels,
+                [a.name for a in self.cfg.annotators],
+                fingerprints=fingerprints(self.cfg.annotators, self.cfg.task),
+            )
             self._stage = AnnotateStage(**stage_options(self.cfg, self.parts, DoneIndex(self.parts)))
         self._stage.forget()  # the table grew since the last round
         self._stage.stages = stages or self.cfg.stages()

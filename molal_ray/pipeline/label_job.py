@@ -36,6 +36,7 @@ from molal_ray.pipeline.pool_store import PreparedPool
 from molal_ray.pipeline.summary import LabelSummary, summarise_table
 from molal_ray.preflight import check_files
 from molal_ray.runtime import check_paths_reach_every_node, ensure_ray, long_blocks, start_annotators, stop_annotators
+from molal_ray.serve.fingerprint import fingerprints
 
 logger = logging.getLogger("molal_ray.label")
 
@@ -158,7 +159,9 @@ def _label(
     check_paths_reach_every_node(
         [("output.path", cfg.output.path, cfg.output.shared), ("pool.path", cfg.pool.path, cfg.pool.shared)]
     )
-    out = open_output(cfg.output.path, cfg.output.mode, labels, names)
+    out = open_output(
+        cfg.output.path, cfg.output.mode, labels, names, fingerprints=fingerprints(cfg.annotators, cfg.task)
+    )
     if given is None:
         pool = PreparedPool.build(cfg.pool, out.pool, num_cpus=cfg.pipeline.stage_num_cpus, buckets=out.buckets)
     elif out.buckets not in (None, given.manifest.buckets):

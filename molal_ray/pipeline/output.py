@@ -67,9 +67,12 @@ def open_output(
     annotators: list[str],
     kind: TableKind = ANNOTATIONS,
     field: str = "output.path",
+    fingerprints: dict[str, dict[str, Any]] | None = None,
 ) -> OutputDir:
     """Create or reopen an output folder of a table of ``kind``; refuse one written for another
-    label set or holding another kind of table."""
+    label set or holding another kind of table, or (``fingerprints``: annotator name -> what
+    makes it answer as it does, ``serve/fingerprint.py``) one that holds answers of an annotator
+    of the same name given with other settings: resumed, its rows would mix two annotators."""
     root = resolve(path, field=field)
     out = OutputDir(root, kind=kind)
     if not root.is_empty():
@@ -101,8 +104,10 @@ def open_output(
             )
         names = sorted(set(old.get("annotators", [])) | set(annotators))
         buckets = old.get("buckets")
+        kept = old.get("fingerprints", {})
+        _check_fingerprints(field, root, kept, fingerprints or {})
     else:
-        names, buckets = list(annotators), None
+        names, buckets, kept = list(annotators), None, {}
     manifest.write_json(
         {
             "format_version": FORMAT_VERSION,
@@ -110,6 +115,7 @@ def open_output(
             "labels": labels,
             "annotators": names,
             "buckets": buckets,
+            "fingerprints": {**kept, **(fingerprints or {})},
         }
     )
     out = OutputDir(root, buckets, kind)
@@ -119,6 +125,38 @@ def open_output(
     for name in members:  # parts a compaction had already copied when it was interrupted
         out.parts.join(name).delete_file()
     return out
+
+
+def _check_fingerprints(
+    field: str, root: Location, kept: dict[str, dict[str, Any]], given: dict[str, dict[str, Any]]
+) -> None:
+    """A ConfigError when an annotator the table has answers of comes with other settings (a
+    table written before fingerprints were kept has none to compare: accepted)."""
+    from molal_ray.serve.fingerprint import differences
+
+    for name, fp in given.items():
+        if name in kept and kept[name] != fp:
+            diff = differences(fp, kept[name], theirs="in the table")
+            raise ConfigError(
+                f"{field}: {root} holds answers of the annotator {name!r} given with other settings "
+                f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); resumed, its rows would mix two "
+                "annotators. Expected the same settings, another name for the new annotator, another folder, "
+                "or a new table (output.mode: overwrite, or --overwrite)"
+            )
+
+
+def check_table_settings(path: str | Location, given: dict[str, dict[str, Any]], field: str = "output.path") -> None:
+    """Before a job resumes the table at ``path`` (if there is one): the ConfigError
+    :func:`open_output` would raise for annotators of the same name with other settings."""
+    root = resolve(path, field=field)
+    _check_fingerprints(field, root, table_fingerprints(root), given)
+
+
+def table_fingerprints(path: str | Location) -> dict[str, dict[str, Any]]:
+    """The fingerprints of the annotators whose answers a table holds (none for a table written
+    before they were kept)."""
+    manifest = LabelLayout.at(path).manifest
+    return dict(manifest.read_json().get("fingerprints", {})) if manifest.exists() else {}
 
 
 def pin_buckets(out: OutputDir, buckets: int) -> OutputDir:

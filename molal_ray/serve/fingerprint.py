@@ -2,7 +2,10 @@
 
 A job that finds an annotator application already running compares each annotator's
 fingerprint with its own and uses the running one only when they are equal; replica counts and
-other resources are not part of it (scaling changes how fast, not what is answered).
+other resources are not part of it (scaling changes how fast, not what is answered). An
+annotation table keeps its annotators' fingerprints in its manifest (``pipeline/output.py``):
+a job that resumes it with an annotator of the same name but other settings is refused, and
+``predict --escalate`` reuses a loop's answers only from annotators with the same fingerprint.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ def fingerprint(annotator: AnnotatorConfig, task: TaskConfig) -> dict[str, Any]:
     }
 
 
+def fingerprints(annotators: list[AnnotatorConfig], task: TaskConfig) -> dict[str, dict[str, Any]]:
+    """Each annotator's fingerprint, by name (what an annotation table's manifest keeps)."""
+    return {a.name: fingerprint(a, task) for a in annotators}
+
+
 def fingerprint_key(fp: dict[str, Any]) -> str:
     return hashlib.blake2b(json.dumps(fp, sort_keys=True).encode(), digest_size=8).hexdigest()
 
@@ -39,12 +47,13 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differences(job: dict[str, Any], running: dict[str, Any]) -> list[str]:
-    """Readable differences: ``sampling.temperature: 0.7 in the job, 0.5 running``."""
+def differences(job: dict[str, Any], running: dict[str, Any], theirs: str = "running") -> list[str]:
+    """Readable differences: ``sampling.temperature: 0.7 in the job, 0.5 running`` (``theirs``
+    says where the other fingerprint is from)."""
     a, b = _flat(job), _flat(running)
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             va, vb = (repr(x)[:80] for x in (a.get(key), b.get(key)))
-            out.append(f"{key}: {va} in the job, {vb} running")
+            out.append(f"{key}: {va} in the job, {vb} {theirs}")
     return out

@@ -104,6 +104,21 @@ class World:
         shutil.copytree(self.model, dst)
         return dst
 
+    def hotter_table(self, config: str, folder: str) -> None:
+        """An annotation table at ``folder``, as a run of ``config`` with its first annotator at
+        another temperature left it (the manifest only: no rows are needed to refuse it)."""
+        from molal_ray.config import LabelJobConfig
+        from molal_ray.config.loop import LoopJobConfig
+        from molal_ray.pipeline.output import open_output
+        from molal_ray.serve.fingerprint import fingerprints
+
+        data = yaml.safe_load(Path(config).read_text())
+        data["annotators"][0] = {**data["annotators"][0], "sampling": {"temperature": 0.95}}
+        cls = LoopJobConfig if "loop" in data else LabelJobConfig
+        cfg = cls.from_file(self.write("hotter.yaml", yaml.safe_dump(data)))
+        names = [a.name for a in cfg.annotators]
+        open_output(folder, "resume", cfg.task.labels, names, fingerprints=fingerprints(cfg.annotators, cfg.task))
+
     def predict(self, *more: str) -> list[str]:
         return [
             "predict",
@@ -346,6 +361,15 @@ simple(
     ],
 )
 simple("label: an unknown output mode", r"mode", lambda w: ["label", w.label_config(output__mode="append")])
+
+
+@case("label: resumed with an annotator of the same name at another temperature", r"gemma.*temperature")
+def _label_other_settings(w: World) -> list[str]:
+    cfg = w.label_config()
+    w.hotter_table(cfg, w.path("out"))
+    return ["label", cfg]
+
+
 simple("label: batch size 0", r"batch_size", lambda w: ["label", w.label_config(pipeline__batch_size=0)])
 simple("label: negative concurrency", r"concurrency", lambda w: ["label", w.label_config(pipeline__concurrency=-1)])
 simple(
@@ -361,6 +385,15 @@ simple(
 )
 # ---- run: the loop config -------------------------------------------------------------------------
 simple("run: a label config", r"molal-ray label", lambda w: ["run", w.label_config()])
+
+
+@case("run: resumed with an annotator of the same name at another temperature", r"gemma.*temperature")
+def _loop_other_settings(w: World) -> list[str]:
+    cfg = w.loop_config()
+    w.hotter_table(cfg, w.path("loop-out/annotations"))
+    return ["run", cfg]
+
+
 simple("run: no gold file", r"gold", lambda w: ["run", w.loop_config(gold=w.path("no-gold.csv"))])
 simple(
     "run: a gold file of other labels",
@@ -816,6 +849,15 @@ simple(
     r"order|labels",
     lambda w: w.predict("--escalate", w.label_config(task__labels=list(reversed(TREC_LABELS))), "--budget", "0.2"),
 )
+
+
+@case("predict: --escalate resumed with an annotator of the same name at another temperature", r"gemma.*temperature")
+def _escalate_other_settings(w: World) -> list[str]:
+    cfg = w.label_config()
+    w.hotter_table(cfg, w.path("pred/escalation"))
+    return w.predict("--escalate", cfg, "--budget", "0.2")
+
+
 simple(
     "predict: --escalate that does not exist",
     r"no-label\.yaml|not exist",

@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 import molal_ray
+from molal_ray.config import LabelJobConfig
 from molal_ray.config.predict import PredictJobConfig
 from molal_ray.inference.job import run_predict_job
+from molal_ray.pipeline.label_job import run_label_job
 from molal_ray.pipeline.output import read_annotation_table, read_table
 from molal_ray.schema import PREDICTIONS
 from tests.conftest import ROOT, TREC, TREC_ANNOTATORS, TREC_LABELS, replay_label_config
@@ -65,6 +68,12 @@ def test_predict_then_escalate_asks_the_llms_only_the_doubtful_rows_once(ray_loc
     app = {"keep_serve_running": True, "serve_app_name": "escalation-test"}
     label_cfg.write_text(yaml.safe_dump({**replay_label_config(pool, tmp_path / "unused"), "ray": app}))
     try:
+        # The loop's own answers beside its labels.parquet (OUT/annotations): the 30 gold rows,
+        # asked by the same annotators (a label job of those rows).
+        gold_pool = tmp_path / "gold_pool.parquet"
+        pq.write_table(pq.read_table(pool).slice(0, 30), gold_pool)
+        loop = {**replay_label_config(gold_pool, tmp_path / "annotations"), "ray": app}
+        assert run_label_job(LabelJobConfig.from_dict(loop)).table_rows == 30 * len(TREC_ANNOTATORS)
         _escalate(tmp_path, pool, usable, known, label_cfg, model)
     finally:
         from ray import serve
@@ -93,7 +102,8 @@ def _escalate(tmp_path: Path, pool: Path, usable: list[str], known: Path, label_
     assert sorted(flagged.index) == ["blank", f"{usable[0]}#dup1"] and flagged["blank"].startswith("empty_text")
     assert (t.loc[t["source"] == "molal", "label"] == "entity").all()
 
-    # 10% of the usable rows escalated: those rows and the 30 gold rows through the five annotators.
+    # 10% of the usable rows escalated: those rows through the five annotators; the 30 gold rows'
+    # answers (what the aggregator is fitted on) are the loop's, not asked again.
     s1 = run_predict_job(cfg(0.1))
     assert s1.rows_written_this_run == 0  # the predictions were kept
     e1 = s1.escalation
@@ -101,7 +111,17 @@ def _escalate(tmp_path: Path, pool: Path, usable: list[str], known: Path, label_
     assert e1["escalated"] == n1 and e1["people_rows"] == 30
     table = read_annotation_table(tmp_path / "pred" / "escalation")
     asked = set(table.column("sample_id").to_pylist())
-    assert table.num_rows == e1["llm_calls"] == (n1 + 30) * len(TREC_ANNOTATORS)
+    assert table.num_rows == (n1 + 30) * len(TREC_ANNOTATORS)
+    assert e1["answers_from_loop"] == 30 * len(TREC_ANNOTATORS) and e1["llm_calls"] == n1 * len(TREC_ANNOTATORS)
+    loop_rows = read_annotation_table(tmp_path / "annotations").sort_by(
+        [("sample_id", "ascending"), ("annotator", "ascending")]
+    )
+    copied = table.filter(pc.is_in(table.column("sample_id"), value_set=loop_rows.column("sample_id").unique()))
+    assert (
+        copied.sort_by([("sample_id", "ascending"), ("annotator", "ascending")])
+        .select(["sample_id", "annotator", "probs", "votes"])
+        .equals(loop_rows.select(["sample_id", "annotator", "probs", "votes"]))
+    )
     clf = t[t["source"] == "classifier"].sort_values("confidence")
     doubtful = set(t.loc[t["sample_id"].isin(asked) & (t["source"] == "classifier"), "sample_id"])
     assert (
@@ -129,6 +149,7 @@ def _escalate(tmp_path: Path, pool: Path, usable: list[str], known: Path, label_
     n2 = round(0.2 * len(usable))
     assert s2.escalation["escalated"] == n2
     assert read_annotation_table(tmp_path / "pred" / "escalation").num_rows == (n2 + 30) * len(TREC_ANNOTATORS)
+    assert s2.escalation["llm_calls"] == n2 * len(TREC_ANNOTATORS)
     final2 = molal_ray.read_predictions(tmp_path / "pred").to_pandas()
     assert (final2["source"] == "mixture").sum() == n2 and len(final2) == len(t)
     p = s2.escalation["people"]

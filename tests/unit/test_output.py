@@ -18,6 +18,7 @@ from molal_ray.pipeline.output import (
     part_name,
     read_annotation_table,
     table_files,
+    table_fingerprints,
     write_part,
 )
 from molal_ray.storage import resolve
@@ -63,6 +64,36 @@ def test_done_set_per_annotator(tmp_path):
     assert done.mask("m", h).tolist() == [True, True, False, False, True]  # the whole table
     assert DoneIndex(out.parts, empty=True).mask("m", h, 0).tolist() == [False] * 5
     assert is_done(None, h).tolist() == [False] * 5
+
+
+def test_a_table_refuses_an_annotator_of_the_same_name_with_other_settings(tmp_path):
+    from molal_ray.config import AnnotatorConfig, TaskConfig
+    from molal_ray.serve.fingerprint import fingerprints
+
+    task = TaskConfig(name="t", labels=["x", "y"])
+    m = AnnotatorConfig(name="m", engine={"type": "replay", "path": "/r.parquet"})
+    hotter = m.model_copy(update={"sampling": m.sampling.model_copy(update={"temperature": 0.9})})
+    path = str(tmp_path / "o")
+    out = open_output(path, "resume", ["x", "y"], ["m"], fingerprints=fingerprints([m], task))
+    write_part(out.parts, _rows(["a"]))
+    open_output(path, "resume", ["x", "y"], ["m"], fingerprints=fingerprints([m], task))  # the same: resumed
+    with pytest.raises(
+        ConfigError,
+        match=r"annotator 'm' given with other settings \(sampling.temperature: 0.9 in the job, 0.7 in the table",
+    ):
+        open_output(path, "resume", ["x", "y"], ["m"], fingerprints=fingerprints([hotter], task))
+    # under another name it is another annotator: both kept
+    n = hotter.model_copy(update={"name": "n"})
+    open_output(path, "resume", ["x", "y"], ["n"], fingerprints=fingerprints([n], task))
+    kept = table_fingerprints(path)
+    assert kept == {**fingerprints([m], task), **fingerprints([n], task)}
+    # a table written before fingerprints were kept has none to compare: resumed, and they are kept from then on
+    manifest = out.root.join("manifest.json")
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "fingerprints"}))
+    assert table_fingerprints(path) == {}
+    open_output(path, "resume", ["x", "y"], ["m"], fingerprints=fingerprints([hotter], task))
+    assert table_fingerprints(path) == fingerprints([hotter], task)
+    assert read_annotation_table(path).num_rows == 1
 
 
 def test_modes_and_label_mismatch(tmp_path):

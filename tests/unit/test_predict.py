@@ -120,6 +120,75 @@ def test_an_escalated_rows_label_is_the_product_of_the_mixture_and_the_classifie
     assert [r["label"] for r in alone] == ["b", "c"] and alone[0]["confidence"] == pytest.approx(0.7)
 
 
+def _answers(annotator, ids, label=0):
+    from molal_ray.pipeline.annotate_stage import annotation_rows
+
+    n, c = len(ids), len(TREC_LABELS)
+    probs = np.full((n, c), 0.1 / (c - 1), np.float32)
+    probs[:, label] = 0.9
+    payload = {"error": [None] * n, "warning": [None] * n, "probs": probs, "votes": probs * 10}
+    return annotation_rows(annotator, ids, {**payload, "n_invalid": [0] * n, "n_samples": [10] * n}, [None] * n)
+
+
+def test_the_escalation_reuses_the_loops_answers_of_annotators_with_the_same_settings(tmp_path):
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.inference.escalate import loop_answers, reuse_loop_answers
+    from molal_ray.pipeline.annotate_stage import error_rows
+    from molal_ray.pipeline.output import compact, open_output, pin_buckets, read_annotation_table, write_part
+    from molal_ray.serve.fingerprint import fingerprints
+
+    lcfg = LabelJobConfig.from_dict(replay_label_config(tmp_path / "pool.parquet", tmp_path / "unused"))
+    names = [a.name for a in lcfg.annotators]
+    # The loop's table (OUT/annotations beside OUT/labels.parquet): gemma, llama and mistral with
+    # the label config's settings; qwen with another temperature; yi never asked.
+    qwen = lcfg.annotators[3]
+    other = [
+        *lcfg.annotators[:3],
+        qwen.model_copy(update={"sampling": qwen.sampling.model_copy(update={"temperature": 0.2})}),
+    ]
+    loop = open_output(
+        tmp_path / "loop" / "annotations", "resume", TREC_LABELS, names[:4], fingerprints=fingerprints(other, lcfg.task)
+    )
+    for name in names[:4]:
+        write_part(loop.parts, _answers(name, ["g1", "g2", "g3", "q9"]))
+    write_part(loop.parts, error_rows("gemma", ["g4"], ["timeout: 3 tries"], [None]))  # a call that failed: asked again
+    assert loop_answers(str(tmp_path / "loop" / "labels.parquet")).root == loop.root
+    assert loop_answers(str(tmp_path / "labels.parquet")) is None and loop_answers(None) is None
+
+    esc = pin_buckets(
+        open_output(
+            tmp_path / "pred" / "escalation",
+            "resume",
+            TREC_LABELS,
+            names,
+            fingerprints=fingerprints(lcfg.annotators, lcfg.task),
+        ),
+        4,
+    )
+    gold = ["g1", "g2", "g3", "g4", "not-in-the-loop"]
+    assert reuse_loop_answers(lcfg, esc, loop, gold, 4) == 9  # 3 rows x 3 annotators; not q9 (not asked for)
+    t = read_annotation_table(esc.root)
+    assert sorted(zip(t.column("sample_id").to_pylist(), t.column("annotator").to_pylist())) == sorted(
+        (i, n) for i in ["g1", "g2", "g3"] for n in names[:3]
+    )
+    src = read_annotation_table(loop.root).to_pandas().set_index(["sample_id", "annotator"])
+    got = t.to_pandas().set_index(["sample_id", "annotator"])
+    assert got["error"].isna().all() and all(list(got.loc[k, "probs"]) == list(src.loc[k, "probs"]) for k in got.index)
+    # Each row lands in its pool bucket, as the label job's own parts do.
+    from molal_ray.ids import hash_ids
+    from molal_ray.pipeline.prepare import bucket_of
+
+    done = DoneIndex(esc.parts)
+    for k in range(4):
+        mine = [i for i in ["g1", "g2", "g3"] if bucket_of(hash_ids([i]), 4)[0] == k]
+        assert done.mask("gemma", hash_ids(mine), k).all() if mine else True
+    # Again (a larger budget later), and after a compaction: nothing copied twice.
+    assert reuse_loop_answers(lcfg, esc, loop, gold, 4) == 9
+    compact(esc, 4, 0.25)
+    assert reuse_loop_answers(lcfg, esc, loop, gold, 4) == 9
+    assert read_annotation_table(esc.root).num_rows == 9
+
+
 def test_what_is_not_a_model_is_one_clear_error(tmp_path, model):
     assert describe_model(model)["labels"] == TREC_LABELS and describe_model(model)["kind"] == "head"
     with pytest.raises(ConfigError, match="is not a folder"):
