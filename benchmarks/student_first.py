@@ -14,8 +14,9 @@ For each seed, with the commands a user runs:
    loop's own 50 gold rows.
 
 LLM calls count every (text, annotator) request: the loop's annotation table, plus the
-escalation's table (the doubtful rows and the loop's gold rows again, which the aggregator is
-fitted on). Accuracy is against the gold label of every one of the 5,452 questions; each
+escalation's calls (its doubtful rows; the answers to the loop's gold rows, which the aggregator
+is fitted on, are copied from the loop's table, ``answers_from_loop``, not asked again).
+Accuracy is against the gold label of every one of the 5,452 questions; each
 escalation's ``accuracy_mixture_alone`` is what ``--combine mixture`` gives on the same rows.
 
     .venv/bin/python benchmarks/student_first.py [--seeds 0 1 2] [--budgets 0.1 0.2 0.3 0.5]
@@ -113,6 +114,7 @@ def main() -> None:
                 "calls": calls,
                 "share_of_mixture_calls": round(calls / everything, 4),
                 "escalated": summary["escalated"],
+                "answers_from_loop": summary.get("answers_from_loop", 0),
                 "seconds": round(t, 1),
             }
         mix_out = work / f"mixture-{seed}.parquet"

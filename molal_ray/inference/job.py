@@ -283,7 +283,8 @@ def summary_lines(s: PredictSummary) -> list[str]:
     if e:
         lines += [
             f"escalated: {e['escalated']} rows ({e['rule']}) to {', '.join(e['annotators'])}; "
-            f"aggregator {e['aggregator']} fitted on {e['people_rows']} people-labelled rows",
+            f"aggregator {e['aggregator']} fitted on {e['people_rows']} people-labelled rows"
+            + (f" ({e['answers_from_loop']} of their answers the loop's)" if e.get("answers_from_loop") else ""),
             f"LLM calls: {e['llm_calls']} ({e['llm_calls_share']:.1%} of {e['llm_calls_everything']}, "
             "every usable text through every annotator)",
             f"final labels: {e['labels']} (" + ", ".join(f"{k}={v}" for k, v in e["by_source"].items()) + ")",
