@@ -15,11 +15,19 @@ import psutil
 
 from molal_ray.testing.vllm_server import free_port
 
+HEAD_MARK = "MOLAL_TEST_RAY_HEAD"
+
 
 class RayHead:
-    """`ray start --head` in a subprocess, every server on 127.0.0.1 with ports of its own, token
-    authentication on (its token under ``tmp/home/.ray``), stopped by the process ids of its own
-    processes (never a machine-wide `ray stop`). For tests and benchmarks."""
+    """`ray start --head` in a subprocess, with ports and a temp dir of its own, token
+    authentication on (its token under ``tmp/home/.ray``), the dashboard on 127.0.0.1, stopped by
+    the process ids of its own processes (never a machine-wide `ray stop`). For tests and
+    benchmarks.
+
+    Its node address is given as 127.0.0.1, but `ray start` (Ray 2.60) turns a loopback node
+    address into the machine's routable one, and the GCS, the raylet and the agents listen there:
+    a head kept on loopback would need every driver that joins it (``ray job submit``'s among
+    them) to be told its node address, which Ray offers no setting for."""
 
     def __init__(self, tmp: Path, cwd: Path | None = None, num_cpus: int = 2) -> None:
         # Ray's socket paths must stay under 108 bytes: a short temp dir of its own.
@@ -35,6 +43,7 @@ class RayHead:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": "token",
             "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{self.dashboard}",
+            HEAD_MARK: str(self.temp_dir),  # inherited by every process the head starts
         }
         self.env.pop("RAY_ADDRESS", None)
         self.cwd = cwd or Path.cwd()  # where `ray job submit --working-dir .` and molal-ray run
@@ -122,21 +131,33 @@ class RayHead:
     def logs(self, job_id: str) -> str:
         return self.ray("job", "logs", job_id, check=False).stdout
 
-    def stop(self) -> None:
+    def processes(self) -> list[psutil.Process]:
+        """This head's processes: those started with its temp dir or its environment, and their
+        children. Not by command line alone: the agents rename themselves (``ray::DashboardAgent``)
+        and the Ray client server names neither, so they outlived a stop that looked only there."""
         mine = str(self.temp_dir)
-        procs = []
-        for p in psutil.process_iter(["cmdline"]):
+        found: dict[int, psutil.Process] = {}
+        for p in psutil.process_iter(["cmdline", "environ"]):
             try:
-                if any(mine in part for part in (p.info["cmdline"] or [])):
-                    procs.append(p)
+                env = p.info["environ"] or {}
+                if env.get(HEAD_MARK) == mine or any(mine in part for part in (p.info["cmdline"] or [])):
+                    for q in (p, *p.children(recursive=True)):
+                        found[q.pid] = q
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self) -> None:
+        procs = self.processes()
         for p in procs:
             try:
                 p.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=20)
+        # The GCS and the autoscaler's monitor outwait a SIGTERM by more than 20 s; nothing of a
+        # test head needs a graceful end.
+        _, alive = psutil.wait_procs(procs, timeout=3)
         for p in alive:
             p.kill()
         shutil.rmtree(self.temp_dir, ignore_errors=True)

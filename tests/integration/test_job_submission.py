@@ -1,5 +1,5 @@
-"""Real job submission: a Ray head started with `ray start` (its own ports and temp dir, on
-127.0.0.1, token authentication on), the annotators deployed by the operator, jobs submitted with
+"""Real job submission: a Ray head started with `ray start` (its own ports and temp dir, token
+authentication on; see ``RayHead`` for where it listens), the annotators deployed by the operator, jobs submitted with
 `ray job submit --working-dir .`, one stopped part-way with `ray job stop` and submitted again.
 These are the README's cluster commands."""
 
@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -24,11 +25,15 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def head(tmp_path_factory):
     """One head for the module's tests (its start and stop cost about 40 s here)."""
     h = RayHead(tmp_path_factory.mktemp("head"), cwd=ROOT)
+    running = []
     try:
         h.start()
         yield h
+        running = h.processes()  # the head's own, its agents, the client server, the jobs' workers
     finally:
         h.stop()
+    left = [p for p in running if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"the head's stop left {[p.name() for p in left]} running"
 
 
 def _label_config(tmp: Path, out: Path, latency: float, in_flight: int = 4) -> Path:
