@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -32,6 +33,8 @@ class RayHead:
     def __init__(self, tmp: Path, cwd: Path | None = None, num_cpus: int = 2) -> None:
         # Ray's socket paths must stay under 108 bytes: a short temp dir of its own.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="molal-ray-"))
+        self.mark = uuid.uuid4().hex
+        self.seen: dict[int, psutil.Process] = {}  # its processes found so far (see processes())
         self.home = tmp / "home"  # the head's token goes to HOME/.ray; jobs and clients read it there
         self.home.mkdir()
         self.dashboard = free_port()
@@ -43,7 +46,7 @@ class RayHead:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": "token",
             "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{self.dashboard}",
-            HEAD_MARK: str(self.temp_dir),  # inherited by every process the head starts
+            HEAD_MARK: self.mark,  # inherited by every process the head starts
         }
         self.env.pop("RAY_ADDRESS", None)
         self.cwd = cwd or Path.cwd()  # where `ray job submit --working-dir .` and molal-ray run
@@ -86,6 +89,7 @@ class RayHead:
                 [*self.cmd, "--temp-dir", str(self.temp_dir)], env=self.env, capture_output=True, text=True, timeout=180
             )
             if out.returncode == 0:
+                self.processes()  # the agents are known while the raylet is their parent
                 return
             self.stop()
             self.temp_dir = Path(tempfile.mkdtemp(prefix="molal-ray-"))
@@ -132,21 +136,23 @@ class RayHead:
         return self.ray("job", "logs", job_id, check=False).stdout
 
     def processes(self) -> list[psutil.Process]:
-        """This head's processes: those started with its temp dir or its environment, and their
-        children. Not by command line alone: the agents rename themselves (``ray::DashboardAgent``)
-        and the Ray client server names neither, so they outlived a stop that looked only there."""
+        """This head's processes: those started with its temp dir or its environment, their
+        children, and those found so before that still run. Not by command line alone: the agents
+        rename themselves (``ray::DashboardAgent``, which also hides their environment) and the Ray
+        client server names neither, so they outlived a stop that looked only there; once their
+        raylet is gone nothing names them, hence the ones seen before."""
         mine = str(self.temp_dir)
-        found: dict[int, psutil.Process] = {}
         for p in psutil.process_iter(["cmdline", "environ"]):
             try:
                 env = p.info["environ"] or {}
-                if env.get(HEAD_MARK) == mine or any(mine in part for part in (p.info["cmdline"] or [])):
+                if env.get(HEAD_MARK) == self.mark or any(mine in part for part in (p.info["cmdline"] or [])):
                     for q in (p, *p.children(recursive=True)):
-                        found[q.pid] = q
+                        self.seen[q.pid] = q
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        found.pop(os.getpid(), None)
-        return list(found.values())
+        self.seen.pop(os.getpid(), None)
+        self.seen = {pid: p for pid, p in self.seen.items() if p.is_running()}  # is_running: not a reused pid
+        return list(self.seen.values())
 
     def stop(self) -> None:
         procs = self.processes()

@@ -1,7 +1,7 @@
 """Real job submission: a Ray head started with `ray start` (its own ports and temp dir, token
-authentication on; see ``RayHead`` for where it listens), the annotators deployed by the operator, jobs submitted with
-`ray job submit --working-dir .`, one stopped part-way with `ray job stop` and submitted again.
-These are the README's cluster commands."""
+authentication on; ``RayHead`` says where it listens), the annotators deployed by the operator,
+jobs submitted with `ray job submit --working-dir .`, one stopped part-way with `ray job stop`
+and submitted again. These are the README's cluster commands."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """One head for the module's tests (its start and stop cost about 40 s here)."""
+    """One head for the module's tests (its start and stop cost about 10 s here); after its stop,
+    none of its processes may be left running."""
     h = RayHead(tmp_path_factory.mktemp("head"), cwd=ROOT)
     running = []
     try:
@@ -32,8 +33,15 @@ def head(tmp_path_factory):
         running = h.processes()  # the head's own, its agents, the client server, the jobs' workers
     finally:
         h.stop()
-    left = [p for p in running if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"the head's stop left {[p.name() for p in left]} running"
+    stray = [p.pid for p in running if _alive(p)]
+    assert not stray, f"the head's stop left its processes {stray} running"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE  # is_running: not a reused pid
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _label_config(tmp: Path, out: Path, latency: float, in_flight: int = 4) -> Path:
