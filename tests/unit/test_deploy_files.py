@@ -98,3 +98,18 @@ def test_check_config_names_the_bad_field(tmp_path):
     )
     result = CliRunner().invoke(main, ["check-config", str(bad)])
     assert result.exit_code == 2 and "aggregator" in result.output and "poold" in result.output
+
+
+def test_the_examples_loop_and_label_configs_give_their_annotators_the_same_settings():
+    """`predict --escalate examples/trec/label.yaml` after `run examples/trec/loop.yaml` copies the
+    loop's answers to its gold rows only from annotators with the same settings (the README's
+    journey); a prompt or sampling changed in one file only would silently ask them again."""
+    from molal_ray.config import LabelJobConfig
+    from molal_ray.config.loop import LoopJobConfig
+    from molal_ray.serve.fingerprint import differences, fingerprints
+
+    loop = LoopJobConfig.from_file(ROOT / "examples/trec/loop.yaml")
+    label = LabelJobConfig.from_file(ROOT / "examples/trec/label.yaml")
+    theirs, ours = fingerprints(loop.annotators, loop.task), fingerprints(label.annotators, label.task)
+    assert sorted(theirs) == sorted(ours)
+    assert {n: differences(ours[n], theirs[n], theirs="in the loop") for n in ours if ours[n] != theirs[n]} == {}
