@@ -38,7 +38,9 @@ UNREAD = {
     ("xlsx", "xls", "ods", "numbers"): "a spreadsheet workbook",
 }
 ROWS_PER_BLOCK = 8192
-_READ_CHUNK = 8 << 20
+# The size of one read of a JSON lines or CSV stream: a read that fails (a truncated .gz) loses
+# what it had decompressed, so at most this much before a break is not kept.
+READ_CHUNK = 1 << 20
 
 
 def format_of(name: str) -> str | None:
@@ -127,7 +129,7 @@ def _read_jsonl(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Ta
     rows, rest, lineno = _Rows(), b"", 0
     while True:
         try:
-            chunk = f.read(_READ_CHUNK)
+            chunk = f.read(READ_CHUNK)
         except (pa.ArrowException, OSError, EOFError) as exc:
             if len(rows):
                 yield rows.flush()
@@ -167,8 +169,77 @@ def _read_jsonl(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Ta
         yield rows.flush()
 
 
+class _UpToBreak:
+    """A CSV byte stream handed out whole records at a time, that ends cleanly where it breaks.
+
+    Arrow's CSV reader reads ahead of the blocks it has parsed, and a read error met ahead drops
+    the blocks before it: a truncated ``.gz`` gave all, some or none of its rows depending on the
+    threads' timing. Read through this, the reader sees the stream end after the last whole
+    record before the error (a record cut by the break is not parsed as a shorter one, even inside
+    a quoted field), and ``error`` holds the error for the caller to flag the rest.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.held = b""  # read, not handed out yet
+        self.quotes = 0  # parity of the '"' handed out: odd inside a quoted field
+        self.ended = False
+        self.error: BaseException | None = None
+        self.closed = False
+        self.pos = 0
+
+    def _records_end(self, limit: int) -> int:
+        """The end of the last whole record in ``held[:limit]`` (after a line break outside
+        quotes; a doubled quote inside a quoted field keeps the count's parity), or 0."""
+        q, i = self.quotes + self.held.count(b'"', 0, limit), limit
+        while (j := self.held.rfind(b"\n", 0, i)) >= 0:
+            q -= self.held.count(b'"', j + 1, i)
+            if q % 2 == 0:
+                return j + 1
+            i = j
+        return 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        want = n if n is not None and n > 0 else READ_CHUNK
+        while not self.ended and len(self.held) < want:
+            try:
+                chunk = self.f.read(READ_CHUNK)
+            except (pa.ArrowException, OSError, EOFError) as exc:
+                self.error, self.ended = exc, True
+                self.held = self.held[: self._records_end(len(self.held))]
+                break
+            self.ended = not chunk
+            self.held += chunk
+        cut = min(want, len(self.held))
+        if not self.ended:  # whole records, unless one is longer than what was asked
+            cut = self._records_end(cut) or cut
+        out, self.held = self.held[:cut], self.held[cut:]
+        self.quotes = (self.quotes + out.count(b'"')) % 2
+        self.pos += len(out)
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Table]:
     from pyarrow import csv
+
+    f = _UpToBreak(f)
 
     # A record with too many or too few fields is skipped by the parser and becomes a flagged row
     # here, under its own number (the parser counts records from 1, the header included, as the
@@ -217,6 +288,14 @@ def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Tabl
         yield bad.flush()
 
     number = 2
+
+    def rest(exc: BaseException) -> Iterator[pa.Table]:
+        nonlocal number
+        yield from skipped_rows()
+        while number in taken:
+            number += 1
+        yield _unreadable_rest(name, str(number), f.error or exc)  # the stream's break is the cause
+
     batches = iter(reader)
     while True:  # a block's records are parsed, and bad ones reported, before it is yielded
         try:
@@ -224,10 +303,7 @@ def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Tabl
         except StopIteration:
             break
         except (pa.ArrowException, OSError, EOFError) as exc:
-            yield from skipped_rows()
-            while number in taken:
-                number += 1
-            yield _unreadable_rest(name, str(number), exc)
+            yield from rest(exc)
             return
         bad = list(skipped_rows())
         numbers = []
@@ -238,6 +314,9 @@ def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Tabl
             number += 1
         yield _from_columns(batch, name, id_col, text_col, numbers)
         yield from bad
+    if f.error is not None:
+        yield from rest(f.error)
+        return
     yield from skipped_rows()  # bad records after the last good one
 
 

@@ -52,7 +52,7 @@ def test_jsonl_bad_rows_are_flagged_not_dropped():
 def test_jsonl_rows_across_read_chunks(monkeypatch):
     import molal_ray.pipeline.pool as pool
 
-    monkeypatch.setattr(pool, "_READ_CHUNK", 7)
+    monkeypatch.setattr(pool, "READ_CHUNK", 7)
     data = b"\n".join(json.dumps({"id": str(i), "text": f"t{i}"}).encode() for i in range(20))
     rows = _prepared(_read_jsonl(io.BytesIO(data), "p", "id", "text"))
     assert [r["sample_id"] for r in rows] == [str(i) for i in range(20)]
@@ -193,3 +193,34 @@ def test_gzip_jsonl_is_read_by_the_datasource_path():
     rows = _prepared(_read_jsonl(io.BytesIO(gzip.decompress(raw)), "p.jsonl.gz", "id", "text"))
     assert rows[0]["sample_id"] == "a"
     assert PoolConfig(path="p.jsonl.gz").format == "auto"
+
+
+class _BreaksAfter:
+    """A stream that fails (as a truncated .gz does) once ``size`` bytes of it have been read."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data, self.size, self.at = data, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.at >= self.size:
+            raise OSError("Truncated compressed stream")
+        out = self.data[self.at : min(self.at + n, self.size)]
+        self.at += len(out)
+        return out
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 20])
+def test_csv_that_breaks_in_a_quoted_field_keeps_its_whole_records_and_flags_the_rest(monkeypatch, chunk):
+    # Records with line breaks and doubled quotes inside quoted fields; the stream breaks in the
+    # middle of the sixth record's quoted text. The five before it are kept whole (the cut one is
+    # not read as a shorter text), one row flagged where the rest begins, whatever the read size.
+    import molal_ray.pipeline.pool as pool
+
+    monkeypatch.setattr(pool, "READ_CHUNK", chunk)
+    records = [b'%d,"line one of %d\nsays ""hi""\nand ends"' % (i, i) for i in range(10)]
+    data = b"id,text\n" + b"\n".join(records) + b"\n"
+    size = data.index(b"says", data.index(b"line one of 5"))
+    rows = _prepared(_read_csv(_BreaksAfter(data, size), "p.csv", "id", "text"), max_chars=100)
+    assert [r["text"] for r in rows[:-1]] == [f'line one of {i}\nsays "hi"\nand ends' for i in range(5)]
+    assert rows[-1]["_source"] == "p.csv:7"
+    assert rows[-1]["pool_error"] == "bad_row: the file cannot be read from here on (Truncated compressed stream)"

@@ -161,24 +161,33 @@ def test_a_small_pool_is_prepared_in_this_process_without_ray(tmp_path, monkeypa
 
 @pytest.mark.parametrize("name", ["pool.jsonl.gz", "pool.csv.gz"])
 def test_a_file_whose_stream_breaks_part_way_keeps_its_rows_read_and_flags_the_rest(tmp_path, name):
-    # A truncated .gz (a copy cut short): the rows before the break are kept, one flagged
-    # bad_row stands for the rest and names the error; the job does not fail.
+    # A truncated .gz (a copy cut short): the rows before the break are kept, but for those of the
+    # one read that fails (READ_CHUNK); one flagged bad_row stands for the rest and names the
+    # error; the job does not fail. The CSV parser reads ahead, and an error met there used to
+    # drop the blocks before it: all, some or none of the rows were kept, with the threads' timing.
     import gzip
     import json
+    import zlib
 
     from molal_ray.config import PoolConfig
+    from molal_ray.pipeline.pool import READ_CHUNK
 
-    n = 250_000  # 20-30 MB of text: the reads (8 MiB of JSON lines, 4 MiB of CSV) get rows before the break
+    n = 250_000  # 25 MB of text, 12 MB of it before the break: several reads and CSV blocks
     if name.endswith(".jsonl.gz"):
         body = "".join(json.dumps({"id": f"q{i}", "text": f"question number {i} " * 4}) + "\n" for i in range(n))
     else:
         body = "id,text\n" + "".join(f"q{i},{f'question number {i} ' * 4}\n" for i in range(n))
     raw = gzip.compress(body.encode())
     (tmp_path / name).write_bytes(raw[: len(raw) // 2])
+    header = int(name.endswith(".csv.gz"))
+    before_break = -header + zlib.decompressobj(wbits=31).decompress(raw[: len(raw) // 2]).count(b"\n")
     pool = PreparedPool.build(PoolConfig(path=str(tmp_path / name)), tmp_path / "prep")
-    assert 0 < pool.n_usable < n and pool.manifest.flagged_by_kind == {"bad_row": 1}
+    row_bytes = len(body) / n
+    assert before_break - READ_CHUNK / row_bytes - 1 <= pool.n_usable <= before_break
+    assert pool.manifest.flagged_by_kind == {"bad_row": 1}
     (flagged,) = pa.Table.from_batches(list(pool.iter_flagged())).to_pylist()
     assert flagged["pool_error"].startswith("bad_row: the file cannot be read from here on (")
     assert "ompressed" in flagged["pool_error"] or "gzip" in flagged["pool_error"].lower()
+    assert flagged["_source"] == f"{name}:{pool.n_usable + 1 + header}"  # where the rest begins
     ids = sorted(pool.fetch(pool.keys_of(np.arange(pool.n_usable))).column("sample_id").to_pylist())
     assert ids == sorted(f"q{i}" for i in range(pool.n_usable))  # the rows read, each once, none lost
