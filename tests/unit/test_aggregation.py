@@ -272,3 +272,29 @@ def test_self_training_repeats_until_the_pool_labels_settle(synth):
         PooledAggregator(tol=float("nan"))
     with pytest.raises(ConfigError, match="threshold"):
         PooledAggregator(threshold=-0.1)
+
+
+def test_the_gold_models_regularisation_is_chosen_once_per_gold_set(monkeypatch):
+    # A loop refits its aggregator each round on the same gold rows: the cross-validated choice
+    # of C is made once for the same features, labels and seed, and again for any other.
+    from molal_ray.aggregation import pooled
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 6)), rng.integers(0, 3, 40)
+    calls = []
+    real = pooled._choose_c
+    monkeypatch.setattr(pooled, "_choose_c", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(pooled, "_CHOSEN_C", type(pooled._CHOSEN_C)())
+    c = pooled.choose_c(X, y, 0)
+    assert c in pooled.C_GRID and c == real(X, y, 0) and len(calls) == 1
+    assert pooled.choose_c(X.copy(), y.copy(), 0) == c and len(calls) == 1  # the same set: remembered
+    y2 = y.copy()
+    y2[0] = (y2[0] + 1) % 3
+    X2 = X.copy()
+    X2[0, 0] += 1e-9
+    for args in ((X, y2, 0), (X2, y, 0), (X, y, 1), (X[:39], y[:39], 0)):
+        pooled.choose_c(*args)
+    assert len(calls) == 5  # another label, feature value, seed or row count: chosen again
+    monkeypatch.setattr(pooled, "_CHOSEN_C_KEPT", 2)
+    pooled.choose_c(X, y, 2)
+    assert len(pooled._CHOSEN_C) == 2  # bounded: the least recently used are forgotten
