@@ -202,6 +202,7 @@ def test_gold_mode_needs_no_annotator_and_flagged_rows_stay_out(ray_local, setup
         backbone,
         tmp_path / "gold",
         rounds=1,
+        trainer="local",  # Ray Train fine-tunes in the loop in test_s3, test_job_submission, test_multinode
         annotation="gold",
         strategy="random",
         query_size=400,
@@ -312,7 +313,10 @@ def test_a_loop_waits_for_people_in_label_studio_and_pauses_when_it_stops(
     full[full.sample_id.isin(ids[:120])].to_csv(tmp_path / "gold.csv", index=False)  # initial + test rows only
     truth = dict(zip(full.sample_id, full.label))
     out = tmp_path / "run"
-    c = _cfg(root, backbone, out, rounds=2, classifier=HEAD, human_per_round=4).model_dump(mode="json")
+    # The local trainer: Ray Train's head mode runs in test_two_rounds_end_to_end_then_resume.
+    c = _cfg(root, backbone, out, rounds=2, trainer="local", classifier=HEAD, human_per_round=4).model_dump(
+        mode="json"
+    )
     c["gold"] = str(tmp_path / "gold.csv")
     c["review"] = {
         "backend": "label_studio",
