@@ -314,9 +314,7 @@ def test_a_loop_waits_for_people_in_label_studio_and_pauses_when_it_stops(
     truth = dict(zip(full.sample_id, full.label))
     out = tmp_path / "run"
     # The local trainer: Ray Train's head mode runs in test_two_rounds_end_to_end_then_resume.
-    c = _cfg(root, backbone, out, rounds=2, trainer="local", classifier=HEAD, human_per_round=4).model_dump(
-        mode="json"
-    )
+    c = _cfg(root, backbone, out, rounds=2, trainer="local", classifier=HEAD, human_per_round=4).model_dump(mode="json")
     c["gold"] = str(tmp_path / "gold.csv")
     c["review"] = {
         "backend": "label_studio",

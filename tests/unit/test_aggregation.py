@@ -298,3 +298,6 @@ def test_the_gold_models_regularisation_is_chosen_once_per_gold_set(monkeypatch)
     monkeypatch.setattr(pooled, "_CHOSEN_C_KEPT", 2)
     pooled.choose_c(X, y, 2)
     assert len(pooled._CHOSEN_C) == 2  # bounded: the least recently used are forgotten
+    pooled.forget_chosen_c()
+    pooled.choose_c(X, y, 0)
+    assert len(calls) == 7  # forgotten on demand (a benchmark timing a fresh process)
