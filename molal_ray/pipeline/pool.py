@@ -40,7 +40,7 @@ UNREAD = {
 ROWS_PER_BLOCK = 8192
 # The size of one read of a JSON lines or CSV stream: a read that fails (a truncated .gz) loses
 # what it had decompressed, so at most this much before a break is not kept.
-READ_CHUNK = 1 << 20
+READ_CHUNK = 64 << 10
 
 
 def format_of(name: str) -> str | None:
@@ -181,7 +181,7 @@ class _UpToBreak:
 
     def __init__(self, f: Any) -> None:
         self.f = f
-        self.held = b""  # read, not handed out yet
+        self.held = bytearray()  # read, not handed out yet
         self.quotes = 0  # parity of the '"' handed out: odd inside a quoted field
         self.ended = False
         self.error: BaseException | None = None
@@ -208,14 +208,15 @@ class _UpToBreak:
                 chunk = self.f.read(READ_CHUNK)
             except (pa.ArrowException, OSError, EOFError) as exc:
                 self.error, self.ended = exc, True
-                self.held = self.held[: self._records_end(len(self.held))]
+                del self.held[self._records_end(len(self.held)) :]
                 break
             self.ended = not chunk
             self.held += chunk
         cut = min(want, len(self.held))
         if not self.ended:  # whole records, unless one is longer than what was asked
             cut = self._records_end(cut) or cut
-        out, self.held = self.held[:cut], self.held[cut:]
+        out = bytes(self.held[:cut])
+        del self.held[:cut]
         self.quotes = (self.quotes + out.count(b'"')) % 2
         self.pos += len(out)
         return out
@@ -266,8 +267,11 @@ def _read_csv(f: Any, name: str, id_col: str, text_col: str) -> Iterator[pa.Tabl
                 column_types={id_col: pa.binary(), text_col: pa.binary()}, strings_can_be_null=False
             ),
         )
-    except (OSError, EOFError) as exc:  # a stream that breaks in its first block
-        yield _unreadable_rest(name, "1", exc)
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        if f.error is None and isinstance(exc, pa.ArrowException):
+            raise
+        # A stream that breaks before its first whole record: the parser found it empty.
+        yield _unreadable_rest(name, "1", f.error or exc)
         return
     taken: set[int] = set()  # numbers of skipped records: the good rows are numbered around them
     unnumbered = 0

@@ -224,3 +224,22 @@ def test_csv_that_breaks_in_a_quoted_field_keeps_its_whole_records_and_flags_the
     assert [r["text"] for r in rows[:-1]] == [f'line one of {i}\nsays "hi"\nand ends' for i in range(5)]
     assert rows[-1]["_source"] == "p.csv:7"
     assert rows[-1]["pool_error"] == "bad_row: the file cannot be read from here on (Truncated compressed stream)"
+
+
+def test_csv_that_breaks_before_its_first_whole_record_is_one_flagged_row(tmp_path, monkeypatch):
+    # A small .csv.gz cut short: the one read that fails holds all of it, the parser gets an
+    # empty stream; one flagged row names the break, not the parser's "Empty CSV file".
+    import molal_ray.pipeline.pool as pool_module
+    from molal_ray.config import PoolConfig
+    from molal_ray.pipeline.pool_store import PreparedPool
+
+    monkeypatch.setattr(pool_module, "READ_CHUNK", 1 << 20)  # more than the whole file
+
+    raw = gzip.compress(b"id,text\n" + b"".join(b"q%d,question number %d\n" % (i, i) for i in range(5000)))
+    (tmp_path / "pool.csv.gz").write_bytes(raw[: len(raw) // 2])
+    pool = PreparedPool.build(PoolConfig(path=str(tmp_path / "pool.csv.gz")), tmp_path / "prep")
+    assert pool.n_usable == 0 and pool.manifest.flagged_by_kind == {"bad_row": 1}
+    (flagged,) = pa.Table.from_batches(list(pool.iter_flagged())).to_pylist()
+    assert flagged["_source"] == "pool.csv.gz:1"
+    assert flagged["pool_error"].startswith("bad_row: the file cannot be read from here on (")
+    assert "Empty CSV" not in flagged["pool_error"]
